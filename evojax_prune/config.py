@@ -233,7 +233,10 @@ class RunConfig:
             if name == "preset":
                 changes[name] = fields
                 continue
-            _check(name in _SECTIONS, f"RunConfig has no section {name!r}; expected one of {tuple(_SECTIONS)}")
+            _check(
+                name in _SECTIONS,
+                f"RunConfig has no section {name!r}; expected one of {tuple(_SECTIONS)}",
+            )
             changes[name] = _replace_checked(getattr(self, name), fields)
         return dataclasses.replace(self, **changes)
 

@@ -1,0 +1,91 @@
+import dataclasses
+
+import pytest
+
+from evojax_prune import config as cfg
+
+
+@pytest.mark.parametrize("name", sorted(cfg.PRESETS))
+def test_presets_round_trip_through_json(name):
+    run = cfg.preset(name)
+    assert run.preset == name
+    assert cfg.RunConfig.from_json(run.to_json()) == run
+
+
+def test_paper_preset_is_the_authors_protocol():
+    run = cfg.preset("paper")
+    assert run.head.hidden == 512
+    train = run.train
+    assert (train.optimizer, train.learning_rate, train.momentum, train.nesterov) == ("sgd", 1e-3, 0.9, True)
+    assert (train.batch_size, train.max_epochs, train.patience, train.min_delta) == (32, 600, 10, 1e-5)
+    assert train.restore_best
+    search = run.search
+    assert (search.population_size, search.num_offspring, search.max_evaluations) == (30, 2, 200)
+    assert (search.crossover_rate, search.swap_rate, search.mutation_rate) == (1.0, 0.5, None)
+    assert (run.odin.temperature, run.odin.epsilon, run.odin.auroc) == (1000.0, 0.0, "paper")
+
+
+def test_default_preset_is_generational():
+    search = cfg.preset("default").search
+    assert search.num_offspring == search.population_size
+    assert search.max_evaluations == search.population_size * (search.generations + 1)
+
+
+def test_configs_are_hashable_so_they_can_be_static_jit_arguments():
+    assert hash(cfg.preset("quick")) == hash(cfg.preset("quick"))
+    options = cfg.TrainConfig(optimizer="adam", optimizer_options=[["b1", 0.8]])
+    assert options.optimizer_options == (("b1", 0.8),)
+    hash(options)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: cfg.SearchConfig(population_size=-4), "population_size"),
+        (lambda: cfg.SearchConfig(population_size=0), "population_size"),
+        (lambda: cfg.SearchConfig(generations=0), "generations"),
+        (lambda: cfg.SearchConfig(crossover_rate=1.5), "crossover_rate"),
+        (lambda: cfg.SearchConfig(mutation_rate=-0.1), "mutation_rate"),
+        (lambda: cfg.SearchConfig(swap_rate=2), "swap_rate"),
+        (lambda: cfg.SearchConfig(strategy="cmaes"), "strategy"),
+        (lambda: cfg.TrainConfig(optimizer="adamz"), "unknown optimizer 'adamz'"),
+        (lambda: cfg.TrainConfig(learning_rate=0), "learning_rate"),
+        (lambda: cfg.TrainConfig(momentum=1.2), "momentum"),
+        (lambda: cfg.TrainConfig(batch_size=0), "batch_size"),
+        (lambda: cfg.TrainConfig(max_epochs=2.5), "max_epochs"),
+        (lambda: cfg.TrainConfig(min_delta=-1.0), "min_delta"),
+        (lambda: cfg.TrainConfig(chunk_size=0), "chunk_size"),
+        (lambda: cfg.HeadConfig(hidden=0), "hidden"),
+        (lambda: cfg.OdinConfig(temperature=0.0), "temperature"),
+        (lambda: cfg.OdinConfig(auroc="fuzzy"), "auroc"),
+        (lambda: cfg.preset("tiny"), "unknown preset 'tiny'"),
+    ],
+)
+def test_invalid_settings_raise_a_value_error_naming_the_setting(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_from_json_rejects_unknown_fields_and_bad_json():
+    with pytest.raises(ValueError, match="unknown field"):
+        cfg.RunConfig.from_dict({"search": {"populaton_size": 8}})
+    with pytest.raises(ValueError, match="unknown section"):
+        cfg.RunConfig.from_dict({"serach": {}})
+    with pytest.raises(ValueError, match="not valid JSON"):
+        cfg.RunConfig.from_json("{")
+
+
+def test_replace_changes_one_field_and_validates():
+    run = cfg.preset("paper").replace(search={"population_size": 64})
+    assert run.search.population_size == 64
+    assert run.search.num_offspring == 2
+    assert run.train == cfg.preset("paper").train
+    with pytest.raises(ValueError, match="population_size"):
+        run.replace(search={"population_size": 0})
+    with pytest.raises(ValueError, match="unknown field"):
+        run.replace(train={"epochs": 3})
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.preset("quick").search.population_size = 3
