@@ -37,6 +37,57 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from datetime import datetime
+    from pathlib import Path
+
+    from evojax_prune.config import preset
+    from evojax_prune.data import embedded
+    from evojax_prune.data.featureset import FeatureSet
+
+    # Everything is checked before anything is computed or written.
+    if args.population is not None and args.population < 2:
+        raise UsageError(f"--population must be at least 2, got {args.population}")
+    if args.generations is not None and args.generations < 1:
+        raise UsageError(f"--generations must be at least 1, got {args.generations}")
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out DIR, the run directory to continue")
+    features = FeatureSet.load(args.features) if args.features else embedded.digits()
+    # The embedded digits are a CPU demo: they default to the quick preset.
+    preset_name = args.preset or ("default" if args.features else "quick")
+    config = preset(preset_name)
+    search = {}
+    if args.population is not None:
+        search["population_size"] = args.population
+    if args.generations is not None:
+        search["generations"] = args.generations
+    config = config.replace(search=search, preset=config.preset)
+    out = Path(args.out) if args.out else Path("runs") / (
+        f"{features.name}-{preset_name}-seed{args.seed}-{datetime.now():%Y%m%d-%H%M%S}"
+    )
+
+    from rich.console import Console
+
+    from evojax_prune.progress import SearchProgress, front_table
+    from evojax_prune.search import run_search
+
+    console = Console(stderr=True, quiet=args.quiet)
+    console.print(
+        f"evojax-prune run: {features}\npreset {preset_name}: population {config.search.population_size}, "
+        f"{config.search.generations} generations of {config.search.num_offspring} offspring "
+        f"(up to {config.search.max_evaluations} evaluations), seed {args.seed}, output {out}",
+        highlight=False,
+    )
+    with SearchProgress(config.search.generations, console) as progress:
+        result = run_search(
+            features, config, seed=args.seed, out_dir=out, resume=args.resume, overwrite=args.overwrite,
+            on_generation=progress.update,
+        )
+    console.print(front_table(result))
+    console.print(f"{result}\nresults in {out}", highlight=False)
+    return 0
+
+
 def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         raise UsageError(f"'{name}' is not available in evojax-prune {__version__} yet")
@@ -59,8 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("features", nargs="?", help="FeatureSet .npz (default: the embedded digits)")
     inspect.set_defaults(handler=_inspect)
 
+    run = commands.add_parser("run", help="run the evolutionary search")
+    run.add_argument("--features", metavar="FILE", help="FeatureSet .npz (default: the embedded digits)")
+    run.add_argument("--preset", choices=["paper", "default", "quick"],
+                     help="configuration preset (default: quick on the embedded digits, else default)")
+    run.add_argument("--population", type=int, metavar="N", help="population size")
+    run.add_argument("--generations", type=int, metavar="G", help="generations after the initial one")
+    run.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    run.add_argument("--out", metavar="DIR", help="run directory (default: runs/NAME-PRESET-seedS-TIME)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    run.set_defaults(handler=_run)
+
     for name, summary in (
-        ("run", "run the evolutionary search"),
         ("extract", "compute a FeatureSet from images"),
         ("report", "plots and a report for a finished run"),
         ("bench", "run the benchmark suite"),

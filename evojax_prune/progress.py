@@ -1,0 +1,64 @@
+"""Progress of a search on the terminal: a bar with ETA, a line per generation, the front's table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TimeRemainingColumn
+from rich.table import Table
+
+
+def generation_line(record: dict[str, Any]) -> str:
+    return (
+        f"gen {record['generation']:>4}  evals {record['evaluations']:>6}  "
+        f"front {record['front_size']:>4}  HV {record['hypervolume']:.4f}  "
+        f"best acc {record['best_accuracy']:.4f}  min MEM {record['smallest_mem']:.4f}  "
+        f"best AUROC {record['best_auroc']:.4f}  "
+        f"(train {record['train_seconds']:.1f}s, score {record['score_seconds']:.1f}s, "
+        f"select {record['select_seconds']:.2f}s)"
+    )
+
+
+class SearchProgress:
+    """A context manager whose ``update(record)`` is ``run_search``'s ``on_generation``."""
+
+    def __init__(self, generations: int, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("generations"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=self.console, transient=True,
+        )
+        self.task = self.progress.add_task("search", total=generations + 1)
+
+    def __enter__(self) -> SearchProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, record: dict[str, Any]) -> None:
+        self.progress.console.print(generation_line(record), highlight=False)
+        self.progress.update(self.task, completed=record["generation"] + 1)
+
+
+def front_table(result, limit: int = 15) -> Table:
+    """The front (best validation accuracy first) beside the all-ones baseline."""
+    table = Table(title=f"Pareto front: {len(result.masks)} members (validation / test)")
+    for column in ("member", "features", "MEM", "acc val", "acc test", "AUROC val", "AUROC test"):
+        table.add_column(column, justify="right")
+    base_val, base_test = result.baseline_validation, result.baseline_test
+    table.add_row("baseline", str(result.masks.shape[1]), "1.000", f"{base_val['accuracy']:.4f}",
+                  f"{base_test['accuracy']:.4f}", f"{base_val['auroc']:.4f}", f"{base_test['auroc']:.4f}",
+                  style="dim")
+    for member in range(min(limit, len(result.masks))):
+        val, test = result.validation, result.test
+        table.add_row(str(member), str(int(result.masks[member].sum())), f"{val['mem'][member]:.3f}",
+                      f"{val['accuracy'][member]:.4f}", f"{test['accuracy'][member]:.4f}",
+                      f"{val['auroc'][member]:.4f}", f"{test['auroc'][member]:.4f}")
+    if len(result.masks) > limit:
+        table.caption = f"{len(result.masks) - limit} more in pareto.csv"
+    return table

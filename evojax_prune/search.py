@@ -1,0 +1,371 @@
+"""The search: NSGA-II over feature masks, one generation at a time.
+
+Each generation (ARCHITECTURE.md):
+
+  NSGA2.ask -> offspring masks (K, D)                                    [jit]
+  masks never seen before: train_population on the train split          [jit, one call]
+  evaluate_population on the validation split and OoD validation data   [jit, one call]
+  objectives (error, MEM, 1 - AUROC), minimised; NSGA2.tell              [jit]
+  history line, checkpoint, progress                                     [host, once]
+
+A head's objectives are a deterministic function of its mask (every head
+starts from the same weights and sees the same minibatch order), so a mask is
+trained once and its metrics cached (``MaskCache``); the final front is
+retrained from its masks to recover the weights, then scored on the test split
+and the OoD test data beside the all-ones baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evojax_prune import atomic, evaluate, nsga2, rundir, trainer
+from evojax_prune.config import RunConfig
+from evojax_prune.data.featureset import FeatureSet
+from evojax_prune.evaluation_cache import METRIC_NAMES, MaskCache
+from evojax_prune.hypervolume import hypervolume
+
+REFERENCE_POINT = (1.0, 1.0, 1.0)  # every objective lies in [0, 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """What a finished search found.
+
+    Attributes:
+      masks: (K, D) bool, the final Pareto front (distinct masks), sorted by
+        validation accuracy, best first.
+      validation, test: metric name -> (K,) float64, the front scored on the
+        validation split / OoD validation data and on the test split / OoD test data.
+      params: the front's trained heads, HeadParams of numpy arrays with a leading K axis.
+      baseline_validation, baseline_test: metric name -> float, the all-ones mask.
+      baseline_params: the all-ones head, HeadParams of numpy arrays.
+      history: one dict per generation (generation 0 is the initial population).
+      hypervolume: of the final front's validation objectives, reference (1, 1, 1).
+      evaluations: masks evaluated (duplicates counted once).
+      wall_time: seconds.
+      config, seed: what produced it.
+    """
+
+    masks: np.ndarray
+    validation: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
+    params: Any
+    baseline_validation: dict[str, float]
+    baseline_test: dict[str, float]
+    baseline_params: Any
+    history: list[dict[str, Any]]
+    hypervolume: float
+    evaluations: int
+    wall_time: float
+    config: RunConfig
+    seed: int
+
+    @property
+    def objectives(self) -> np.ndarray:
+        """(K, 3) validation objectives as minimised: error, MEM, 1 - AUROC."""
+        return _objectives(self.validation, self.config.odin.auroc)
+
+    def __repr__(self) -> str:
+        return (
+            f"SearchResult(front of {len(self.masks)}, best test accuracy "
+            f"{self.test['accuracy'].max():.3f} vs baseline {self.baseline_test['accuracy']:.3f}, "
+            f"smallest MEM {self.validation['mem'].min():.3f}, hypervolume {self.hypervolume:.4f}, "
+            f"{self.evaluations} evaluations in {self.wall_time:.1f} s)"
+        )
+
+
+def _objectives(values: dict[str, np.ndarray], auroc_kind: str) -> np.ndarray:
+    robustness = values["auroc"] if auroc_kind == "exact" else values["auroc_paper"]
+    return np.stack([1.0 - values["accuracy"], values["mem"], 1.0 - robustness], axis=-1)
+
+
+class MaskEvaluator:
+    """Trains and scores masks on the validation data, each distinct mask once.
+
+    Masks not in the cache are trained together in one ``train_population``
+    call, padded to a power of two (at most ``max_batch``) so that a run
+    compiles a handful of shapes instead of one per count.
+    """
+
+    def __init__(self, features: FeatureSet, config: RunConfig, train_key: jax.Array, max_batch: int):
+        self.config = config
+        self.train_key = train_key
+        self.max_batch = max_batch
+        self.num_classes = features.num_classes
+        self.x_train, self.y_train = jnp.asarray(features.x_train), jnp.asarray(features.y_train)
+        self.x_val, self.y_val = jnp.asarray(features.x_val), jnp.asarray(features.y_val)
+        self.ood_val = jnp.asarray(features.ood_val)
+        self.cache = MaskCache(features.num_features)
+        self.seconds = {"train": 0.0, "score": 0.0}
+        self.trained_masks = 0
+
+    def metrics(self, masks: np.ndarray) -> np.ndarray:
+        """(K, D) bool -> (K, len(METRIC_NAMES)) float64 validation metrics."""
+        found, values = self.cache.lookup(masks)
+        if not found.all():
+            fresh = np.unique(masks[~found], axis=0)
+            for start in range(0, len(fresh), self.max_batch):  # one call per generation in practice
+                self.cache.insert(fresh[start:start + self.max_batch],
+                                  self._train_and_score(fresh[start:start + self.max_batch]))
+            found, values = self.cache.lookup(masks)
+        return values
+
+    def objectives(self, masks: np.ndarray) -> np.ndarray:
+        values = self.metrics(masks)
+        return _objectives(dict(zip(METRIC_NAMES, values.T, strict=True)), self.config.odin.auroc)
+
+    def _train_and_score(self, masks: np.ndarray) -> np.ndarray:
+        count = len(masks)
+        bucket = min(self.max_batch, 1 << (count - 1).bit_length())
+        padded = np.concatenate([masks, np.repeat(masks[:1], bucket - count, axis=0)])
+        started = time.perf_counter()
+        trained = trainer.train_population(
+            self.train_key, padded, self.x_train, self.y_train, self.config, num_classes=self.num_classes
+        )
+        jax.block_until_ready(trained)
+        scored_at = time.perf_counter()
+        scores = evaluate.evaluate_population(
+            trained.params, padded, self.x_val, self.y_val, self.ood_val, self.config
+        )
+        values = _metric_rows(scores, trained)
+        self.seconds["train"] += scored_at - started
+        self.seconds["score"] += time.perf_counter() - scored_at
+        self.trained_masks += count
+        return values[:count]
+
+
+def _metric_rows(scores: evaluate.PopulationMetrics, trained: trainer.TrainedPopulation) -> np.ndarray:
+    columns = {name: getattr(scores, name) for name in METRIC_NAMES[:7]}
+    columns["epochs"] = trained.epochs
+    columns["train_loss"] = trained.final_loss
+    host = jax.device_get(columns)  # the generation's one transfer to the host
+    return np.stack([np.asarray(host[name], np.float64) for name in METRIC_NAMES], axis=-1)
+
+
+def run_search(
+    features: FeatureSet,
+    config: RunConfig,
+    *,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_generation: Callable[[dict[str, Any]], None] | None = None,
+) -> SearchResult:
+    """Runs MO-EvoPruneDeepTL on a FeatureSet.
+
+    Args:
+      features: the data (train / validation / test and OoD features).
+      config: the run configuration (e.g. ``preset("quick")``).
+      seed: the run's seed; the same seed on the same device gives the same front.
+      out_dir: run directory to write (config, history, checkpoint, front, summary);
+        ``None`` keeps everything in memory.
+      resume: continue the run in ``out_dir`` from its last checkpoint.
+      overwrite: replace an earlier run in ``out_dir``.
+      on_generation: called with each generation's history record (progress).
+
+    Returns:
+      SearchResult.
+    """
+    if not isinstance(features, FeatureSet):
+        raise TypeError(f"features must be a FeatureSet, got {type(features).__name__}")
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
+    started = time.perf_counter()
+    run_path = rundir.prepare(out_dir, resume=resume, overwrite=overwrite) if out_dir is not None else None
+    search = config.search
+    num_features = features.num_features
+    if search.min_active > num_features:
+        raise ValueError(f"search.min_active = {search.min_active} exceeds the {num_features} features")
+    strategy = nsga2.NSGA2(search.population_size, num_features, search.offspring_size)
+    params = nsga2.params_from_config(search, num_features)
+    train_key, init_key, evolve_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+    evaluator = MaskEvaluator(
+        features, config, train_key, max_batch=max(search.population_size, strategy.num_offspring)
+    )
+    settings = {"config": config.to_dict(), "seed": seed, "features": features.metadata,
+                "num_features": num_features, "num_classes": features.num_classes}
+
+    if resume:
+        state, history, elapsed = _restore(run_path, settings, strategy, params, evaluator, init_key)
+        started -= elapsed
+    else:
+        if run_path is not None:
+            atomic.write_json(run_path / "config.json", {**settings, "environment": rundir.environment()})
+        population = np.asarray(nsga2.init_masks(init_key, search.population_size, num_features,
+                                                 params.min_active))
+        state = strategy.init(init_key, population, evaluator.objectives(population), params)
+        history = []
+        _record(history, state, evaluator, started, 0, on_generation)
+        _checkpoint(run_path, state, evaluator, history, started)
+
+    for generation in range(len(history), search.generations + 1):
+        ask_key, tell_key = jax.random.split(jax.random.fold_in(evolve_key, generation))
+        offspring, state = strategy.ask(ask_key, state, params)
+        fitness = evaluator.objectives(np.asarray(offspring))
+        selected_at = time.perf_counter()
+        state, _ = strategy.tell(tell_key, offspring, jnp.asarray(fitness), state, params)
+        jax.block_until_ready(state)
+        evaluator.seconds["select"] = time.perf_counter() - selected_at
+        _record(history, state, evaluator, started, generation, on_generation)
+        _checkpoint(run_path, state, evaluator, history, started)
+
+    result = _final_front(features, config, seed, state, evaluator, history, started, train_key)
+    if run_path is not None:
+        _write_results(run_path, result)
+    return result
+
+
+def _front_masks(state) -> np.ndarray:
+    population = np.asarray(state.population)
+    rank = np.asarray(nsga2.non_dominated_rank(jnp.asarray(state.fitness)))
+    return np.unique(population[rank == 0], axis=0)
+
+
+def _record(history, state, evaluator, started, generation, on_generation) -> None:
+    front = _front_masks(state)
+    values = dict(zip(METRIC_NAMES, evaluator.metrics(front).T, strict=True))
+    objectives = _objectives(values, evaluator.config.odin.auroc)
+    record = {
+        "generation": generation,
+        "evaluations": len(evaluator.cache),
+        "trained": evaluator.trained_masks,
+        "front_size": len(front),
+        "hypervolume": hypervolume(objectives, REFERENCE_POINT),
+        "best_accuracy": float(values["accuracy"].max()),
+        "smallest_mem": float(values["mem"].min()),
+        "best_auroc": float(values["auroc"].max()),
+        "train_seconds": evaluator.seconds["train"],
+        "score_seconds": evaluator.seconds["score"],
+        "select_seconds": evaluator.seconds.get("select", 0.0),
+        "elapsed_seconds": time.perf_counter() - started,
+    }
+    evaluator.seconds = {"train": 0.0, "score": 0.0}
+    history.append(record)
+    if on_generation is not None:
+        on_generation(record)
+
+
+def _checkpoint(run_path, state, evaluator, history, started) -> None:
+    if run_path is None:
+        return
+    leaves = jax.tree.leaves(jax.device_get(state))
+    arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    arrays.update(evaluator.cache.state_dict())
+    arrays["trained_masks"] = np.asarray(evaluator.trained_masks)
+    arrays["elapsed_seconds"] = np.asarray(time.perf_counter() - started)
+    arrays["generation"] = np.asarray(history[-1]["generation"])
+    # History first: a kill between the two writes leaves a history one line
+    # ahead of the checkpoint, which resume trims.
+    rundir.write_history(run_path, history)
+    rundir.write_checkpoint(run_path, arrays)
+
+
+def _restore(run_path, settings, strategy, params, evaluator, init_key):
+    import json
+
+    recorded = json.loads((run_path / "config.json").read_text())
+    for name in ("config", "seed", "features", "num_features", "num_classes"):
+        if recorded.get(name) != json.loads(json.dumps(settings[name])):
+            raise rundir.RunDirectoryError(
+                f"{run_path}: cannot resume, the run was started with a different {name}"
+            )
+    arrays = rundir.read_checkpoint(run_path)
+    dummy = np.zeros((strategy.population_size, evaluator.cache.num_features), bool)
+    template = strategy.init(init_key, dummy, np.zeros((len(dummy), 3), np.float32), params)
+    leaves, treedef = jax.tree.flatten(template)
+    state = jax.tree.unflatten(treedef, [jnp.asarray(arrays[f"state_{i}"]) for i in range(len(leaves))])
+    evaluator.cache = MaskCache.from_state_dict(evaluator.cache.num_features, arrays)
+    evaluator.trained_masks = int(arrays["trained_masks"])
+    generation = int(arrays["generation"])
+    lines = (run_path / "history.jsonl").read_text().splitlines()
+    history = [json.loads(line) for line in lines[: generation + 1]]
+    return state, history, float(arrays["elapsed_seconds"])
+
+
+def _final_front(features, config, seed, state, evaluator, history, started, train_key) -> SearchResult:
+    front = _front_masks(state)
+    everything = np.concatenate([front, np.ones((1, features.num_features), bool)])
+    trained = trainer.train_population(
+        train_key, everything, features.x_train, features.y_train, config, num_classes=features.num_classes
+    )
+    scores = {}
+    for split, (x, y, ood) in {
+        "validation": (features.x_val, features.y_val, features.ood_val),
+        "test": (features.x_test, features.y_test, features.ood_test),
+    }.items():
+        scored = evaluate.evaluate_population(trained.params, everything, x, y, ood, config)
+        rows = _metric_rows(scored, trained)
+        scores[split] = dict(zip(METRIC_NAMES, rows.T, strict=True))
+    order = np.argsort(-scores["validation"]["accuracy"][:-1], kind="stable")
+    params = jax.device_get(trained.params)
+    front_only = lambda values: {name: value[:-1][order] for name, value in values.items()}
+    baseline = lambda values: {name: float(value[-1]) for name, value in values.items()}
+    validation = front_only(scores["validation"])
+    return SearchResult(
+        masks=front[order],
+        validation=validation,
+        test=front_only(scores["test"]),
+        params=jax.tree.map(lambda leaf: np.asarray(leaf)[:-1][order], params),
+        baseline_validation=baseline(scores["validation"]),
+        baseline_test=baseline(scores["test"]),
+        baseline_params=jax.tree.map(lambda leaf: np.asarray(leaf)[-1], params),
+        history=history,
+        hypervolume=hypervolume(_objectives(validation, config.odin.auroc), REFERENCE_POINT),
+        evaluations=len(evaluator.cache),
+        wall_time=time.perf_counter() - started,
+        config=config,
+        seed=seed,
+    )
+
+
+def _write_results(run_path: Path, result: SearchResult) -> None:
+    import csv
+    import io
+
+    columns = ["member", "active_features", "mem", "val_accuracy", "test_accuracy", "val_auroc",
+               "test_auroc", "val_auroc_paper", "test_auroc_paper", "val_fpr95", "test_fpr95",
+               "val_aupr_in", "test_aupr_in", "val_aupr_out", "test_aupr_out", "epochs"]
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(columns)
+    for member, mask in enumerate(result.masks):
+        row = [member, int(mask.sum()), result.validation["mem"][member]]
+        for name in ("accuracy", "auroc", "auroc_paper", "fpr95", "aupr_in", "aupr_out"):
+            row += [result.validation[name][member], result.test[name][member]]
+        row.append(int(result.validation["epochs"][member]))
+        writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in row])
+    atomic.write_text(run_path / "pareto.csv", table.getvalue())
+
+    arrays = {"masks": result.masks, "objectives": result.objectives,
+              "baseline_mask": np.ones(result.masks.shape[1], bool)}
+    for prefix, params in (("", result.params), ("baseline_", result.baseline_params)):
+        for name in ("hidden_kernel", "output_kernel", "output_bias"):
+            arrays[prefix + name] = np.asarray(getattr(params, name))
+    atomic.write_atomically(run_path / "pareto.npz", lambda stream: np.savez_compressed(stream, **arrays))
+
+    as_lists = lambda values: {name: np.asarray(value).tolist() for name, value in values.items()}
+    atomic.write_json(run_path / "summary.json", {
+        "seed": result.seed,
+        "preset": result.config.preset,
+        "generations": len(result.history) - 1,
+        "evaluations": result.evaluations,
+        "wall_seconds": result.wall_time,
+        "hypervolume": result.hypervolume,
+        "hypervolume_reference": list(REFERENCE_POINT),
+        "auroc_objective": result.config.odin.auroc,
+        "fpr95_convention": "in-distribution as positive (ODIN paper)",
+        "baseline": {"validation": result.baseline_validation, "test": result.baseline_test,
+                     "active_features": int(result.masks.shape[1])},
+        "front": {"size": len(result.masks), "active_features": result.masks.sum(axis=1).tolist(),
+                  "validation": as_lists(result.validation), "test": as_lists(result.test)},
+    })
