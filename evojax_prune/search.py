@@ -123,24 +123,32 @@ class MaskEvaluator:
         values = self.metrics(masks)
         return _objectives(dict(zip(METRIC_NAMES, values.T, strict=True)), self.config.odin.auroc)
 
-    def _train_and_score(self, masks: np.ndarray) -> np.ndarray:
+    def train(self, masks: np.ndarray) -> trainer.TrainedPopulation:
+        """Trains (K, D) masks, padded to a bucket size; returns the K trained heads (device arrays)."""
         count = len(masks)
-        bucket = min(self.max_batch, 1 << (count - 1).bit_length())
+        if count <= self.max_batch:
+            bucket = min(self.max_batch, 1 << (count - 1).bit_length())
+        else:
+            bucket = -(-count // self.max_batch) * self.max_batch
+        # Padding repeats a real mask: a head's result does not depend on its neighbours.
         padded = np.concatenate([masks, np.repeat(masks[:1], bucket - count, axis=0)])
-        started = time.perf_counter()
         trained = trainer.train_population(
             self.train_key, padded, self.x_train, self.y_train, self.config, num_classes=self.num_classes
         )
-        jax.block_until_ready(trained)
+        return jax.tree.map(lambda leaf: leaf[:count], trained)
+
+    def _train_and_score(self, masks: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        trained = jax.block_until_ready(self.train(masks))
         scored_at = time.perf_counter()
         scores = evaluate.evaluate_population(
-            trained.params, padded, self.x_val, self.y_val, self.ood_val, self.config
+            trained.params, masks, self.x_val, self.y_val, self.ood_val, self.config
         )
         values = _metric_rows(scores, trained)
         self.seconds["train"] += scored_at - started
         self.seconds["score"] += time.perf_counter() - scored_at
-        self.trained_masks += count
-        return values[:count]
+        self.trained_masks += len(masks)
+        return values
 
 
 def _metric_rows(scores: evaluate.PopulationMetrics, trained: trainer.TrainedPopulation) -> np.ndarray:
@@ -201,8 +209,7 @@ def run_search(
     else:
         if run_path is not None:
             atomic.write_json(run_path / "config.json", {**settings, "environment": rundir.environment()})
-        population = np.asarray(nsga2.init_masks(init_key, search.population_size, num_features,
-                                                 params.min_active))
+        population = np.asarray(strategy.initial_population(init_key, params))
         state = strategy.init(init_key, population, evaluator.objectives(population), params)
         history = []
         _record(history, state, evaluator, started, 0, on_generation)
@@ -219,7 +226,7 @@ def run_search(
         _record(history, state, evaluator, started, generation, on_generation)
         _checkpoint(run_path, state, evaluator, history, started)
 
-    result = _final_front(features, config, seed, state, evaluator, history, started, train_key)
+    result = _final_front(features, config, seed, state, evaluator, history, started)
     if run_path is not None:
         _write_results(run_path, result)
     return result
@@ -292,12 +299,10 @@ def _restore(run_path, settings, strategy, params, evaluator, init_key):
     return state, history, float(arrays["elapsed_seconds"])
 
 
-def _final_front(features, config, seed, state, evaluator, history, started, train_key) -> SearchResult:
+def _final_front(features, config, seed, state, evaluator, history, started) -> SearchResult:
     front = _front_masks(state)
     everything = np.concatenate([front, np.ones((1, features.num_features), bool)])
-    trained = trainer.train_population(
-        train_key, everything, features.x_train, features.y_train, config, num_classes=features.num_classes
-    )
+    trained = evaluator.train(everything)
     scores = {}
     for split, (x, y, ood) in {
         "validation": (features.x_val, features.y_val, features.ood_val),

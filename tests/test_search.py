@@ -1,0 +1,216 @@
+"""The search end to end, on the embedded digits with a tiny configuration."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from evojax_prune import cli, config
+from evojax_prune.data import embedded
+from evojax_prune.data.featureset import FeatureSet
+from evojax_prune.search import run_search
+
+
+def tiny_config(generations=3):
+    return config.preset("quick").replace(
+        head={"hidden": 16},
+        train={"max_epochs": 6, "patience": 3},
+        search={"population_size": 8, "generations": generations},
+    )
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return embedded.digits()
+
+
+@pytest.fixture(scope="module")
+def finished(digits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    return run_search(digits, tiny_config(), seed=3, out_dir=out), out
+
+
+def test_same_seed_same_front(digits, finished):
+    first, _ = finished
+    again = run_search(digits, tiny_config(), seed=3)
+    np.testing.assert_array_equal(first.masks, again.masks)
+    for name in first.validation:
+        np.testing.assert_array_equal(first.validation[name], again.validation[name])
+        np.testing.assert_array_equal(first.test[name], again.test[name])
+
+
+def test_front_is_non_dominated_and_masks_are_distinct(finished):
+    result, _ = finished
+    objectives = result.objectives
+    for i in range(len(objectives)):
+        dominated = np.all(objectives <= objectives[i], axis=1) & np.any(objectives < objectives[i], axis=1)
+        assert not dominated.any()
+    assert len(np.unique(result.masks, axis=0)) == len(result.masks)
+    np.testing.assert_allclose(result.validation["mem"], result.masks.mean(axis=1))
+
+
+def test_no_mask_is_trained_twice(finished):
+    result, _ = finished
+    last = result.history[-1]
+    assert last["trained"] == last["evaluations"] == result.evaluations
+    assert result.evaluations <= result.config.search.max_evaluations
+
+
+def test_outputs_parse_and_agree(finished):
+    result, out = finished
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        ["config.json", "history.jsonl", "checkpoint.npz", "pareto.csv", "pareto.npz", "summary.json"]
+    )
+    recorded = json.loads((out / "config.json").read_text())
+    assert config.RunConfig.from_dict(recorded["config"]) == result.config
+    assert recorded["seed"] == 3 and recorded["environment"]["packages"]["jax"]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [row["generation"] for row in history] == list(range(4))
+    assert history == result.history
+    for row in history:
+        assert {"train_seconds", "score_seconds", "select_seconds", "hypervolume"} <= set(row)
+    with open(out / "pareto.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == len(result.masks)
+    np.testing.assert_allclose([float(r["test_accuracy"]) for r in rows], result.test["accuracy"], atol=1e-6)
+    np.testing.assert_array_equal([int(r["active_features"]) for r in rows], result.masks.sum(axis=1))
+    with np.load(out / "pareto.npz") as archive:
+        np.testing.assert_array_equal(archive["masks"], result.masks)
+        np.testing.assert_array_equal(archive["hidden_kernel"], result.params.hidden_kernel)
+        assert archive["baseline_hidden_kernel"].shape == result.params.hidden_kernel.shape[1:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["front"]["size"] == len(result.masks)
+    assert summary["hypervolume"] == pytest.approx(result.hypervolume)
+    assert summary["hypervolume"] == pytest.approx(history[-1]["hypervolume"])
+    assert summary["baseline"]["test"]["accuracy"] == pytest.approx(result.baseline_test["accuracy"])
+
+
+def test_front_scores_reproduce_from_saved_weights(digits, finished):
+    """The saved heads, applied to the test split, give the reported test accuracy."""
+    from evojax_prune import head
+
+    result, _ = finished
+    logits = head.apply_population(result.params, result.masks, digits.x_test)
+    accuracy = (np.asarray(logits).argmax(-1) == digits.y_test).mean(axis=1)
+    np.testing.assert_allclose(accuracy, result.test["accuracy"], atol=1e-6)
+    # The validation figures of the retrained front equal those the search cached.
+    assert np.all(result.validation["accuracy"] >= 0) and result.baseline_test["mem"] == 1.0
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(digits, finished, tmp_path):
+    uninterrupted, _ = finished
+    out = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from evojax_prune import config
+        from evojax_prune.data import embedded
+        from evojax_prune.search import run_search
+        cfg = config.preset("quick").replace(head={{"hidden": 16}}, train={{"max_epochs": 6, "patience": 3}},
+                                             search={{"population_size": 8, "generations": 3}})
+        def die(record):
+            if record["generation"] == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        run_search(embedded.digits(), cfg, seed=3, out_dir={str(out)!r}, on_generation=die)
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (out / "summary.json").exists()
+    resumed = run_search(digits, tiny_config(), seed=3, out_dir=out, resume=True)
+    np.testing.assert_array_equal(resumed.masks, uninterrupted.masks)
+    for name in uninterrupted.validation:
+        np.testing.assert_array_equal(resumed.validation[name], uninterrupted.validation[name])
+    assert [row["generation"] for row in resumed.history] == [0, 1, 2, 3]
+    assert resumed.evaluations == uninterrupted.evaluations
+
+
+def test_resume_refuses_a_different_configuration(digits, finished):
+    _, out = finished
+    with pytest.raises(ValueError, match="different config"):
+        run_search(digits, tiny_config(generations=5).replace(head={"hidden": 8}), seed=3, out_dir=out,
+                   resume=True)
+
+
+def test_existing_run_directory_is_refused_unless_asked(digits, finished, capsys):
+    _, out = finished
+    before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
+    with pytest.raises(ValueError, match="--resume.*--overwrite"):
+        run_search(digits, tiny_config(), seed=3, out_dir=out)
+    assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
+
+
+def test_paper_preset_runs_end_to_end_on_small_synthetic_features():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 40)) * 2
+
+    def split(n):
+        y = np.arange(n, dtype=np.int32) % 3
+        return (centres[y] + rng.normal(size=(n, 40))).astype(np.float32), y
+
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = split(60), split(30), split(30)
+    features = FeatureSet(
+        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
+        ood_val=rng.normal(size=(30, 40)).astype(np.float32),
+        ood_test=rng.normal(size=(30, 40)).astype(np.float32),
+        class_names=("a", "b", "c"), metadata={"name": "synthetic"},
+    )
+    paper = config.preset("paper").replace(train={"max_epochs": 4}, head={"hidden": 32},
+                                            search={"generations": 5})
+    result = run_search(features, paper, seed=0)
+    assert paper.search.num_offspring == 2 and len(result.history) == 6
+    assert result.evaluations <= 30 + 5 * 2
+    assert 0.0 <= result.hypervolume <= 1.0
+    assert set(result.test) >= {"accuracy", "auroc", "auroc_paper", "fpr95"}
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "evojax_prune.cli", *args], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--features", "missing.npz"], "missing.npz: no such file"),
+        (["--features", "garbage.npz"], "garbage.npz: not a FeatureSet"),
+        (["--preset", "huge"], "invalid choice: 'huge'"),
+        (["--population", "0"], "--population must be at least 2"),
+        (["--generations", "0"], "--generations must be at least 1"),
+        (["--out", "afile/run"], "afile"),
+        (["--resume"], "--resume needs --out"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, arguments, message):
+    (tmp_path / "garbage.npz").write_text("not numpy")
+    (tmp_path / "afile").write_text("a file, not a directory")
+    before = sorted(path.name for path in tmp_path.iterdir())
+    result = run_cli("run", *arguments, "--quiet", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+def test_cli_refuses_an_existing_directory(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    assert cli.main(["run", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main(["run", "--out", str(tmp_path / "run"), "--overwrite", "--quiet"]) == 2
+    assert "not a run's" in capsys.readouterr().err
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(os.environ.get("EVOJAX_PRUNE_FULL_DEFAULT") != "1",
+                    reason="the full default job; set EVOJAX_PRUNE_FULL_DEFAULT=1")
+def test_default_job_beats_the_baseline_with_a_small_member(tmp_path):
+    result = run_cli("run", "--out", "run", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert max(summary["front"]["test"]["accuracy"]) >= summary["baseline"]["test"]["accuracy"]
+    assert min(summary["front"]["active_features"]) < 0.25 * summary["baseline"]["active_features"]
