@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evojax_prune import atomic, evaluate, nsga2, rundir, trainer
+from evojax_prune import atomic, evaluate, rundir, strategy, trainer
 from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.evaluation_cache import METRIC_NAMES, MaskCache
@@ -168,6 +168,7 @@ def run_search(
     resume: bool = False,
     overwrite: bool = False,
     on_generation: Callable[[dict[str, Any]], None] | None = None,
+    algorithm: Any = None,
 ) -> SearchResult:
     """Runs MO-EvoPruneDeepTL on a FeatureSet.
 
@@ -180,6 +181,12 @@ def run_search(
       resume: continue the run in ``out_dir`` from its last checkpoint.
       overwrite: replace an earlier run in ``out_dir``.
       on_generation: called with each generation's history record (progress).
+      algorithm: ``None`` runs NSGA-II on the three objectives (the method).
+        An evosax population-based algorithm (e.g.
+        ``evosax.algorithms.SimpleGA(population_size, solution=jnp.zeros(D))``)
+        runs a single-objective search on the validation error instead, as
+        EvoPruneDeepTL did, its genomes thresholded at 0.5 into masks; the
+        reported front is then the lowest-error members.
 
     Returns:
       SearchResult.
@@ -189,57 +196,56 @@ def run_search(
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
     started = time.perf_counter()
-    run_path = rundir.prepare(out_dir, resume=resume, overwrite=overwrite) if out_dir is not None else None
     search = config.search
     num_features = features.num_features
     if search.min_active > num_features:
         raise ValueError(f"search.min_active = {search.min_active} exceeds the {num_features} features")
-    strategy = nsga2.NSGA2(search.population_size, num_features, search.offspring_size)
-    params = nsga2.params_from_config(search, num_features)
+    evolver = strategy.build(search, num_features, algorithm)
+    run_path = rundir.prepare(out_dir, resume=resume, overwrite=overwrite) if out_dir is not None else None
     train_key, init_key, evolve_key = jax.random.split(jax.random.PRNGKey(seed), 3)
     evaluator = MaskEvaluator(
-        features, config, train_key, max_batch=max(search.population_size, strategy.num_offspring)
+        features, config, train_key, max_batch=max(evolver.population_size, evolver.num_offspring)
     )
     settings = {"config": config.to_dict(), "seed": seed, "features": features.metadata,
-                "num_features": num_features, "num_classes": features.num_classes}
+                "num_features": num_features, "num_classes": features.num_classes,
+                "strategy": evolver.kind if algorithm is None else type(algorithm).__name__}
 
     if resume:
-        state, history, elapsed = _restore(run_path, settings, strategy, params, evaluator, init_key)
+        state, history, elapsed = _restore(run_path, settings, evolver, evaluator, init_key)
         started -= elapsed
     else:
         if run_path is not None:
             atomic.write_json(run_path / "config.json", {**settings, "environment": rundir.environment()})
-        population = np.asarray(strategy.initial_population(init_key, params))
-        state = strategy.init(init_key, population, evaluator.objectives(population), params)
+        population = evolver.initial_population(init_key)
+        state = evolver.init(init_key, population, evaluator.objectives(evolver.masks(population)))
         history = []
-        _record(history, state, evaluator, started, 0, on_generation)
+        _record(history, state, evolver, evaluator, started, 0, on_generation)
         _checkpoint(run_path, state, evaluator, history, started)
 
     for generation in range(len(history), search.generations + 1):
         ask_key, tell_key = jax.random.split(jax.random.fold_in(evolve_key, generation))
-        offspring, state = strategy.ask(ask_key, state, params)
-        fitness = evaluator.objectives(np.asarray(offspring))
+        offspring, state = evolver.ask(ask_key, state)
+        objectives = evaluator.objectives(evolver.masks(offspring))
         selected_at = time.perf_counter()
-        state, _ = strategy.tell(tell_key, offspring, jnp.asarray(fitness), state, params)
-        jax.block_until_ready(state)
+        state = jax.block_until_ready(evolver.tell(tell_key, offspring, objectives, state))
         evaluator.seconds["select"] = time.perf_counter() - selected_at
-        _record(history, state, evaluator, started, generation, on_generation)
+        _record(history, state, evolver, evaluator, started, generation, on_generation)
         _checkpoint(run_path, state, evaluator, history, started)
 
-    result = _final_front(features, config, seed, state, evaluator, history, started)
+    result = _final_front(features, config, seed, state, evolver, evaluator, history, started)
     if run_path is not None:
         _write_results(run_path, result)
     return result
 
 
-def _front_masks(state) -> np.ndarray:
-    population = np.asarray(state.population)
-    rank = np.asarray(nsga2.non_dominated_rank(jnp.asarray(state.fitness)))
-    return np.unique(population[rank == 0], axis=0)
+def _front_masks(state, evolver, evaluator) -> np.ndarray:
+    """(F, D) bool: the distinct masks of the population's front."""
+    masks = np.unique(evolver.masks(state.population), axis=0)
+    return masks[evolver.front(evaluator.objectives(masks))]
 
 
-def _record(history, state, evaluator, started, generation, on_generation) -> None:
-    front = _front_masks(state)
+def _record(history, state, evolver, evaluator, started, generation, on_generation) -> None:
+    front = _front_masks(state, evolver, evaluator)
     values = dict(zip(METRIC_NAMES, evaluator.metrics(front).T, strict=True))
     objectives = _objectives(values, evaluator.config.odin.auroc)
     record = {
@@ -277,18 +283,19 @@ def _checkpoint(run_path, state, evaluator, history, started) -> None:
     rundir.write_checkpoint(run_path, arrays)
 
 
-def _restore(run_path, settings, strategy, params, evaluator, init_key):
+def _restore(run_path, settings, evolver, evaluator, init_key):
     import json
 
     recorded = json.loads((run_path / "config.json").read_text())
-    for name in ("config", "seed", "features", "num_features", "num_classes"):
+    for name in ("config", "seed", "features", "num_features", "num_classes", "strategy"):
         if recorded.get(name) != json.loads(json.dumps(settings[name])):
             raise rundir.RunDirectoryError(
                 f"{run_path}: cannot resume, the run was started with a different {name}"
             )
     arrays = rundir.read_checkpoint(run_path)
-    dummy = np.zeros((strategy.population_size, evaluator.cache.num_features), bool)
-    template = strategy.init(init_key, dummy, np.zeros((len(dummy), 3), np.float32), params)
+    # A state of the right structure to pour the saved leaves into.
+    population = evolver.initial_population(init_key)
+    template = evolver.init(init_key, population, np.zeros((evolver.population_size, 3), np.float32))
     leaves, treedef = jax.tree.flatten(template)
     state = jax.tree.unflatten(treedef, [jnp.asarray(arrays[f"state_{i}"]) for i in range(len(leaves))])
     evaluator.cache = MaskCache.from_state_dict(evaluator.cache.num_features, arrays)
@@ -299,8 +306,8 @@ def _restore(run_path, settings, strategy, params, evaluator, init_key):
     return state, history, float(arrays["elapsed_seconds"])
 
 
-def _final_front(features, config, seed, state, evaluator, history, started) -> SearchResult:
-    front = _front_masks(state)
+def _final_front(features, config, seed, state, evolver, evaluator, history, started) -> SearchResult:
+    front = _front_masks(state, evolver, evaluator)
     everything = np.concatenate([front, np.ones((1, features.num_features), bool)])
     trained = evaluator.train(everything)
     scores = {}

@@ -214,3 +214,17 @@ def test_default_job_beats_the_baseline_with_a_small_member(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert max(summary["front"]["test"]["accuracy"]) >= summary["baseline"]["test"]["accuracy"]
     assert min(summary["front"]["active_features"]) < 0.25 * summary["baseline"]["active_features"]
+
+
+def test_an_evosax_algorithm_runs_a_single_objective_search(digits):
+    import jax.numpy as jnp
+    from evosax.algorithms import SimpleGA
+
+    simple_ga = SimpleGA(population_size=8, solution=jnp.zeros(digits.num_features))
+    result = run_search(digits, tiny_config(generations=2), seed=1, algorithm=simple_ga)
+    # The reported members are the lowest-error masks the final population holds.
+    assert len(result.history) == 3
+    assert np.all(result.validation["accuracy"] == result.validation["accuracy"].max())
+    assert result.history[-1]["best_accuracy"] == pytest.approx(result.validation["accuracy"].max())
+    with pytest.raises(ValueError, match="works on 5 dimensions, the features have 64"):
+        run_search(digits, tiny_config(), algorithm=SimpleGA(population_size=8, solution=jnp.zeros(5)))

@@ -1,0 +1,107 @@
+"""What the search loop asks of a strategy, and the two kinds it runs.
+
+* ``MultiObjective``: our NSGA-II on masks, all three objectives (MO-EvoPruneDeepTL).
+* ``SingleObjective``: any evosax population-based algorithm on real-valued
+  genomes, thresholded into masks, minimising the validation error alone (the
+  predecessor, EvoPruneDeepTL, arXiv 2202.03844).
+
+Both expose the same small surface: ``initial_population``, ``init``, ``ask``,
+``tell`` (evosax's signatures, taking the (K, 3) objective matrix), ``masks``
+(genomes -> (K, D) bool) and ``front`` (which members to report).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from evojax_prune import nsga2
+from evojax_prune.config import SearchConfig
+
+
+class MultiObjective:
+    """NSGA-II over (K, D) bool masks; fitness is the (K, 3) objective matrix."""
+
+    kind = "nsga2"
+
+    def __init__(self, search: SearchConfig, num_features: int):
+        self.algorithm = nsga2.NSGA2(search.population_size, num_features, search.offspring_size)
+        self.params = nsga2.params_from_config(search, num_features)
+        self.population_size = self.algorithm.population_size
+        self.num_offspring = self.algorithm.num_offspring
+
+    def initial_population(self, key: jax.Array) -> jax.Array:
+        return self.algorithm.initial_population(key, self.params)
+
+    def init(self, key, population, objectives):
+        return self.algorithm.init(key, population, jnp.asarray(objectives), self.params)
+
+    def ask(self, key, state):
+        return self.algorithm.ask(key, state, self.params)
+
+    def tell(self, key, population, objectives, state):
+        state, _ = self.algorithm.tell(key, population, jnp.asarray(objectives), state, self.params)
+        return state
+
+    def masks(self, genomes: Any) -> np.ndarray:
+        return np.asarray(genomes, bool)
+
+    def front(self, objectives: np.ndarray) -> np.ndarray:
+        """(K,) bool: the non-dominated members."""
+        return np.asarray(nsga2.non_dominated_rank(jnp.asarray(objectives))) == 0
+
+
+class SingleObjective:
+    """An evosax population-based algorithm minimising the validation error.
+
+    Genomes are real vectors of length D; a feature is kept where its gene
+    exceeds ``threshold`` (``nsga2.masks_from_genomes``). The initial genomes
+    are the authors' initial masks as 0.0 / 1.0, so the first generation is the
+    same as NSGA-II's.
+    """
+
+    kind = "evosax"
+
+    def __init__(self, algorithm: Any, num_features: int, min_active: int, threshold: float = 0.5):
+        if getattr(algorithm, "num_dims", None) != num_features:
+            raise ValueError(
+                f"the evosax algorithm works on {getattr(algorithm, 'num_dims', None)} dimensions, "
+                f"the features have {num_features}: build it with solution=jnp.zeros({num_features})"
+            )
+        if not hasattr(algorithm, "population_size") or not hasattr(algorithm, "tell"):
+            raise TypeError(f"{type(algorithm).__name__} is not an evosax population-based algorithm")
+        self.algorithm = algorithm
+        self.params = algorithm.default_params
+        self.population_size = self.num_offspring = algorithm.population_size
+        self.num_features, self.min_active, self.threshold = num_features, min_active, threshold
+
+    def initial_population(self, key: jax.Array) -> jax.Array:
+        masks = nsga2.init_masks(key, self.population_size, self.num_features, self.min_active)
+        return masks.astype(jnp.float32)
+
+    def init(self, key, population, objectives):
+        return self.algorithm.init(key, population, jnp.asarray(objectives)[:, 0], self.params)
+
+    def ask(self, key, state):
+        return self.algorithm.ask(key, state, self.params)
+
+    def tell(self, key, population, objectives, state):
+        state, _ = self.algorithm.tell(key, population, jnp.asarray(objectives)[:, 0], state, self.params)
+        return state
+
+    def masks(self, genomes: Any) -> np.ndarray:
+        return np.asarray(nsga2.masks_from_genomes(jnp.asarray(genomes), self.threshold))
+
+    def front(self, objectives: np.ndarray) -> np.ndarray:
+        """(K,) bool: the members with the lowest error."""
+        return objectives[:, 0] == objectives[:, 0].min()
+
+
+def build(search: SearchConfig, num_features: int, algorithm: Any = None):
+    """The strategy a run uses: NSGA-II from the config, or the evosax ``algorithm`` given."""
+    if algorithm is None:
+        return MultiObjective(search, num_features)
+    return SingleObjective(algorithm, num_features, search.min_active)
