@@ -1,0 +1,578 @@
+"""Train a population of masked heads at once: one jitted call per generation.
+
+Every candidate of a generation is the same network (``head.py``) with a
+different feature mask, trained on the same features. The trainer trains all of
+them in one jitted call:
+
+  * ``vmap``-style batching over the K heads of a chunk: the minibatch is shared,
+    so the first layer of the chunk is one batched matrix product,
+    ``einsum('kbd,kdh->kbh', x_batch * mask, hidden_kernel)``;
+  * ``scan`` over the minibatches of an epoch;
+  * ``while_loop`` over epochs, until every head of the chunk has stopped early
+    or ``max_epochs`` is reached;
+  * ``lax.map`` over chunks of heads, so memory is bounded by the chunk, not by
+    the population.
+
+Pruned features are skipped, not multiplied by zero (``gather_features``): a
+head keeping k of D features only needs k rows of its first kernel, so each
+chunk is trained on the kept columns alone, ``x_batch[:, index]`` with ``index``
+(K, c) the kept features padded to a capacity c from a short ladder
+(``capacity_levels``). Heads are sorted by their feature count so that a chunk
+holds heads of similar size, and ``lax.switch`` picks the chunk's capacity on
+the device, so the call is compiled once per population shape. The first
+layer's work and the optimizer's pass over the weights shrink by c / D. This is
+exact for optimizers that update every weight from its own gradient history
+(``ROW_SEPARABLE_OPTIMIZERS``): a pruned row gets a zero gradient and so never
+moves; other optimizers (weight decay, layer-wise trust ratios, factored
+moments) train the dense kernel.
+
+The training protocol is the authors' (PROTOCOL.md, "Training one candidate"),
+with Keras semantics where Keras defines it:
+
+  * the last partial minibatch is used; its loss is the mean over its real
+    samples (the batch is padded to a static shape and the padding has weight 0);
+  * the epoch loss is Keras' running ``Mean`` of the batch losses weighted by the
+    batch size, i.e. the mean per-sample loss seen during the epoch (it differs
+    from an unweighted mean of batch losses only through the last batch);
+  * early stopping is Keras' ``EarlyStopping(monitor="loss")``: an epoch improves
+    when its loss is below ``best - min_delta``; a head stops once ``patience``
+    epochs pass without improvement; with ``restore_best`` it gets back the
+    weights from the end of its best epoch (Keras 3 restores them also when
+    ``max_epochs`` ends training);
+  * a stopped head stops changing.
+
+Determinism: every head starts from the same initial weights and sees the same
+minibatch order (the permutation of epoch ``e`` is drawn from
+``fold_in(order_key, e)``), so a head's result is a function of its mask, the
+data, the configuration and the key alone, whatever the population size, the
+head's position in it, or the chunking, up to floating-point reassociation (the
+matrix products of different shapes may sum in a different order).
+
+Differences from the authors' Keras code, on purpose: the loss is the exact
+softmax cross-entropy on logits (Keras clips probabilities to [1e-7, 1 - 1e-7]
+first), and Keras' SGD ``decay=1e-6`` is not applied (PROTOCOL.md: negligible).
+
+Reference: Poyatos et al., MO-EvoPruneDeepTL, arXiv 2302.10253.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from evojax_prune import head
+from evojax_prune.config import RunConfig, TrainConfig
+
+_FLOAT_BYTES = 4
+
+# Optimizers whose update of a weight depends only on that weight's own gradient
+# history (no weight decay, no norms over a layer, no factored moments): a weight
+# whose gradient is always zero never moves, so training only the kept rows of
+# the first kernel is the same as training the masked dense kernel.
+ROW_SEPARABLE_OPTIMIZERS = frozenset(
+    {"sgd", "adam", "nadam", "adamax", "amsgrad", "rmsprop", "adagrad", "adabelief", "yogi"}
+)
+
+# Capacities of the gathered first layer: multiples of D / _CAPACITY_LEVELS,
+# rounded up to _CAPACITY_ALIGN, and at least _CAPACITY_MIN_STEP apart. More
+# levels waste less padding but each adds one compiled branch (seconds of XLA
+# compile), which small D does not repay.
+_CAPACITY_LEVELS = 8
+_CAPACITY_ALIGN = 8
+_CAPACITY_MIN_STEP = 32
+
+
+@struct.dataclass
+class TrainedPopulation:
+    """The outcome of ``train_population`` for P heads, all device arrays.
+
+    Attributes:
+      params: ``HeadParams`` stacked on a leading P axis: hidden_kernel
+        (P, D, H), output_kernel (P, H, C), output_bias (P, C), float32. With
+        ``restore_best`` the weights from the end of each head's best epoch,
+        else its last weights. Rows of pruned features keep their initial
+        values (they never influence the logits).
+      epochs: (P,) int32, epochs each head ran before it stopped.
+      final_loss: (P,) float32, the training loss of the epoch whose weights are
+        returned (the best epoch with ``restore_best``, else the last one).
+      best_loss: (P,) float32, the lowest epoch training loss seen (``inf`` if
+        no epoch had a finite loss).
+      best_epoch: (P,) int32, the 0-based epoch whose weights were kept as best.
+    """
+
+    params: head.HeadParams
+    epochs: jax.Array
+    final_loss: jax.Array
+    best_loss: jax.Array
+    best_epoch: jax.Array
+
+
+@struct.dataclass
+class _ChunkState:
+    """The ``while_loop`` carry for a chunk of K heads (leading axis K)."""
+
+    epoch: jax.Array  # () int32, next epoch to run
+    params: head.HeadParams  # hidden_kernel (K, c, H): the kept rows only
+    opt_state: Any
+    best_params: Any  # HeadParams like params, or () when weights are not restored
+    running: jax.Array  # (K,) bool, still training
+    wait: jax.Array  # (K,) int32, epochs since the last improvement
+    epochs: jax.Array  # (K,) int32
+    best_loss: jax.Array  # (K,) float32
+    best_epoch: jax.Array  # (K,) int32
+    kept_loss: jax.Array  # (K,) float32, loss of the epoch whose weights are kept
+
+
+def make_optimizer(train_config: TrainConfig) -> optax.GradientTransformation:
+    """The optax optimizer named by ``train_config.optimizer``.
+
+    ``sgd`` is ``optax.sgd(learning_rate, momentum, nesterov)`` (the paper's
+    Keras SGD); any other name is ``getattr(optax, name)(learning_rate,
+    **optimizer_options)``.
+    """
+    options = dict(train_config.optimizer_options)
+    if train_config.optimizer == "sgd":
+        return optax.sgd(
+            train_config.learning_rate,
+            momentum=train_config.momentum or None,
+            nesterov=train_config.nesterov,
+            **options,
+        )
+    return getattr(optax, train_config.optimizer)(train_config.learning_rate, **options)
+
+
+def epoch_orders(order_key: jax.Array, num_epochs: int, num_samples: int) -> jax.Array:
+    """The sample order of every epoch: row e is ``permutation(fold_in(order_key, e), N)``.
+
+    Drawn once per call, outside the training loops, so that the random-number
+    code is compiled once rather than once per capacity branch.
+
+    Returns:
+      (num_epochs, N) int32; E * N * 4 bytes (6 MB for 600 epochs of 2520 samples).
+    """
+    return jax.vmap(lambda epoch: jax.random.permutation(jax.random.fold_in(order_key, epoch), num_samples))(
+        jnp.arange(num_epochs)
+    ).astype(jnp.int32)
+
+
+def epoch_batches(order: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """One epoch's minibatches, the last one padded to the batch size.
+
+    Args:
+      order: (N,) int32, the epoch's sample order.
+      batch_size: B.
+
+    Returns:
+      indices: (ceil(N / B), B) int32 sample indices; padding points at sample 0.
+      weights: (ceil(N / B), B) float32, 1 for a real sample, 0 for padding.
+    """
+    num_samples = order.shape[0]
+    num_batches = -(-num_samples // batch_size)
+    padding = num_batches * batch_size - num_samples
+    indices = jnp.concatenate([order, jnp.zeros((padding,), jnp.int32)])
+    weights = jnp.concatenate([jnp.ones((num_samples,), jnp.float32), jnp.zeros((padding,), jnp.float32)])
+    return indices.reshape(num_batches, batch_size), weights.reshape(num_batches, batch_size)
+
+
+def population_loss_and_grads(
+    params: head.HeadParams, inputs: jax.Array, labels: jax.Array, weights: jax.Array
+) -> tuple[jax.Array, head.HeadParams]:
+    """Softmax cross-entropy of K heads on one minibatch, and its gradients.
+
+    The backward pass is written out rather than taken with ``jax.grad`` of a
+    ``vmap``: autodiff there emits the kernel gradient as (K, H, c) followed by
+    a transpose, which XLA on CPU fuses into the optimizer update as a strided
+    read, four times slower per step (16 ms vs 4 ms for the paper's head).
+    Here every product comes out in the layout its consumer reads.
+
+    Args:
+      params: K heads, hidden_kernel (K, c, H), output_kernel (K, H, C),
+        output_bias (K, C), float32.
+      inputs: (K, B, c) float32, each head's first-layer input: the minibatch
+        times the mask, or the kept columns of the minibatch.
+      labels: (B,) int32 class indices.
+      weights: (B,) float32, 1 for a real sample and 0 for padding.
+
+    Returns:
+      loss: (K,) float32, sum(weights * cross-entropy) / sum(weights) per head.
+      grads: ``HeadParams`` shaped like ``params``.
+    """
+    pre_activation = jnp.einsum("kbc,kch->kbh", inputs, params.hidden_kernel)
+    hidden = jax.nn.relu(pre_activation)
+    logits = jnp.einsum("kbh,khc->kbc", hidden, params.output_kernel) + params.output_bias[:, None, :]
+    log_probs = jax.nn.log_softmax(logits)
+    one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    sample_weights = weights / jnp.sum(weights)  # (B,): the mean over real samples
+    loss = -jnp.einsum("kbc,bc,b->k", log_probs, one_hot, sample_weights)
+
+    d_logits = (jnp.exp(log_probs) - one_hot) * sample_weights[:, None]  # (K, B, C)
+    d_hidden = jnp.einsum("kbc,khc->kbh", d_logits, params.output_kernel)
+    d_pre_activation = jnp.where(pre_activation > 0, d_hidden, 0.0)
+    grads = head.HeadParams(
+        hidden_kernel=jnp.einsum("kbc,kbh->kch", inputs, d_pre_activation),
+        output_kernel=jnp.einsum("kbh,kbc->khc", hidden, d_logits),
+        output_bias=jnp.sum(d_logits, axis=1),
+    )
+    return loss, grads
+
+
+def capacity_levels(num_features: int) -> tuple[int, ...]:
+    """First-layer widths a chunk of heads can be trained at, the last one D.
+
+    Multiples of D / 8 rounded up to a multiple of 8, and at least 32 apart: a
+    head keeping k features is padded to the smallest level >= k, wasting at
+    most max(D / 8, 32) rows. D <= 32 gives the single level D (no gathering).
+    """
+    step = -(-num_features // _CAPACITY_LEVELS)
+    step = max(-(-step // _CAPACITY_ALIGN) * _CAPACITY_ALIGN, _CAPACITY_MIN_STEP)
+    levels = {min(level * step, num_features) for level in range(1, _CAPACITY_LEVELS + 1)}
+    return tuple(sorted(levels | {num_features}))
+
+
+def kept_feature_index(masks: jax.Array, capacity: int) -> jax.Array:
+    """The kept features of each mask, padded with D: (K, D) bool -> (K, capacity) int32.
+
+    Each mask must keep at most ``capacity`` features.
+    """
+    num_features = masks.shape[1]
+    kept_first = jnp.argsort(~masks, axis=1, stable=True)[:, :capacity].astype(jnp.int32)
+    counts = jnp.sum(masks, axis=1, keepdims=True)
+    return jnp.where(jnp.arange(capacity) < counts, kept_first, num_features)
+
+
+def _tree_bytes(tree: Any) -> int:
+    return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+
+def bytes_per_head(num_features: int, num_classes: int, hidden: int, train_config: TrainConfig) -> int:
+    """Estimated device memory one head needs while it trains (dense upper bound).
+
+    Parameters (D*H + H*C + C floats), the optimizer state (``optax`` tells its
+    shapes: one more copy of the parameters for SGD with momentum, two for
+    Adam), the best-weights copy (with ``restore_best``), the gradient, the
+    update and the returned full-width kernel (one copy each) and the
+    activations of one minibatch (the masked input B*D, a few B*H hidden
+    buffers and B*C logits).
+    """
+    params = jax.eval_shape(lambda: head.init(jax.random.key(0), num_features, num_classes, hidden))
+    opt_state = jax.eval_shape(make_optimizer(train_config).init, params)
+    param_bytes = _tree_bytes(params)
+    copies = 4 + int(train_config.restore_best)  # params, gradient, update, output, best
+    batch = train_config.batch_size
+    activations = batch * (num_features + 4 * hidden + 4 * num_classes) * _FLOAT_BYTES
+    return copies * param_bytes + _tree_bytes(opt_state) + activations
+
+
+def choose_chunk_size(
+    population: int, num_features: int, num_classes: int, hidden: int, train_config: TrainConfig
+) -> int:
+    """Heads trained at once (batched) inside one chunk.
+
+    ``train_config.chunk_size`` if set (capped at the population), else as many
+    as ``memory_budget_mb`` allows per ``bytes_per_head``, balanced so that the
+    last chunk is nearly full (P = 100 with room for 80 gives 2 chunks of 50,
+    not 80 + 20 padded to 160).
+    """
+    if train_config.chunk_size is not None:
+        return max(1, min(train_config.chunk_size, population))
+    per_head = bytes_per_head(num_features, num_classes, hidden, train_config)
+    fits = max(1, int(train_config.memory_budget_mb * 2**20 // per_head))
+    num_chunks = -(-population // fits)
+    return -(-population // num_chunks)
+
+
+def _repeat(array: jax.Array, times: int) -> jax.Array:
+    """(...) -> (times, ...): the same initial weights for every head."""
+    return jnp.broadcast_to(array, (times, *array.shape))
+
+
+def _expand(flags: jax.Array, like: jax.Array) -> jax.Array:
+    """(K,) -> broadcastable against ``like`` (K, ...)."""
+    return flags.reshape(flags.shape + (1,) * (like.ndim - 1))
+
+
+def _train_chunk(
+    init_params: head.HeadParams,
+    masks: jax.Array,
+    valid: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    orders: jax.Array,
+    *,
+    train_config: TrainConfig,
+    capacity: int,
+) -> TrainedPopulation:
+    """Train K heads together (see ``train_population``).
+
+    ``masks`` (K, D) bool, ``valid`` (K,) bool marks real heads (padding heads
+    never run), ``x`` (N, D + 1) float32 with a trailing zero column that padded
+    feature indices point at. With ``capacity < D`` every mask keeps at most
+    ``capacity`` features and the heads train on their kept columns only.
+    """
+    num_heads, num_features = masks.shape
+    num_samples = x.shape[0]
+    optimizer = make_optimizer(train_config)
+    restore_best = train_config.restore_best
+    gather = capacity < num_features
+
+    if gather:
+        index = kept_feature_index(masks, capacity)  # (K, c), padding = D
+        # Row D of the padded kernel is zero; padded rows see zero inputs and stay so.
+        padded_kernel = jnp.concatenate(
+            [init_params.hidden_kernel, jnp.zeros_like(init_params.hidden_kernel[:1])]
+        )
+        hidden_kernel = padded_kernel[index]  # (K, c, H)
+
+        def first_layer_inputs(x_batch):  # (B, D + 1) -> (K, B, c)
+            return jax.vmap(lambda columns: x_batch[:, columns])(index)
+    else:
+        hidden_kernel = _repeat(init_params.hidden_kernel, num_heads)
+        float_masks = masks.astype(x.dtype)
+
+        def first_layer_inputs(x_batch):  # (B, D + 1) -> (K, B, D)
+            return x_batch[None, :, :num_features] * float_masks[:, None, :]
+
+    params = head.HeadParams(
+        hidden_kernel=hidden_kernel,
+        output_kernel=_repeat(init_params.output_kernel, num_heads),
+        output_bias=_repeat(init_params.output_bias, num_heads),
+    )
+    opt_state = jax.vmap(optimizer.init)(params)
+
+    def run_epoch(state: _ChunkState) -> _ChunkState:
+        indices, weights = epoch_batches(orders[state.epoch], train_config.batch_size)
+        running = state.running
+
+        def step(carry, batch):
+            params, opt_state = carry
+            batch_indices, batch_weights = batch
+            inputs = first_layer_inputs(x[batch_indices])
+            losses, grads = population_loss_and_grads(params, inputs, y[batch_indices], batch_weights)
+            updates, opt_state = jax.vmap(optimizer.update)(grads, opt_state, params)
+            # A stopped head must not change; its optimizer state may (it is never read again).
+            updates = jax.tree.map(lambda u: jnp.where(_expand(running, u), u, 0.0), updates)
+            return (optax.apply_updates(params, updates), opt_state), losses
+
+        (params, opt_state), losses = jax.lax.scan(step, (state.params, state.opt_state), (indices, weights))
+        # Keras' epoch loss: the batch losses weighted by the batch sizes.
+        epoch_loss = jnp.sum(losses * jnp.sum(weights, axis=1)[:, None], axis=0) / num_samples
+
+        improved = running & (epoch_loss < state.best_loss - train_config.min_delta)
+        # Keras keeps the first epoch's weights even when its loss is not finite.
+        keep = improved | (running & (state.epoch == 0))
+        wait = jnp.where(running, jnp.where(improved, 0, state.wait + 1), state.wait)
+        stop = running & (wait >= train_config.patience) & (state.epoch > 0)
+        if restore_best:
+            best_params = jax.tree.map(
+                lambda new, old: jnp.where(_expand(keep, new), new, old), params, state.best_params
+            )
+            kept_loss = jnp.where(keep, epoch_loss, state.kept_loss)
+        else:
+            best_params = ()
+            kept_loss = jnp.where(running, epoch_loss, state.kept_loss)
+        return _ChunkState(
+            epoch=state.epoch + 1,
+            params=params,
+            opt_state=opt_state,
+            best_params=best_params,
+            running=running & ~stop,
+            wait=wait,
+            epochs=jnp.where(running, state.epoch + 1, state.epochs),
+            best_loss=jnp.where(improved, epoch_loss, state.best_loss),
+            best_epoch=jnp.where(keep, state.epoch, state.best_epoch),
+            kept_loss=kept_loss,
+        )
+
+    def keep_going(state: _ChunkState) -> jax.Array:
+        return (state.epoch < train_config.max_epochs) & jnp.any(state.running)
+
+    zeros = jnp.zeros((num_heads,), jnp.int32)
+    infinities = jnp.full((num_heads,), jnp.inf, jnp.float32)
+    state = _ChunkState(
+        epoch=jnp.int32(0),
+        params=params,
+        opt_state=opt_state,
+        best_params=params if restore_best else (),
+        running=valid,
+        wait=zeros,
+        epochs=zeros,
+        best_loss=infinities,
+        best_epoch=zeros,
+        kept_loss=infinities,
+    )
+    state = jax.lax.while_loop(keep_going, run_epoch, state)
+    trained = state.best_params if restore_best else state.params
+    if gather:
+        # Back to (K, D, H): kept rows trained, pruned rows at their initial values.
+        # Kept feature d sits at row cumsum(mask)[d] - 1 of the gathered kernel.
+        position = jnp.clip(jnp.cumsum(masks, axis=1) - 1, 0, capacity - 1)
+        kept_rows = jnp.take_along_axis(trained.hidden_kernel, position[:, :, None], axis=1)
+        trained = trained.replace(
+            hidden_kernel=jnp.where(masks[:, :, None], kept_rows, init_params.hidden_kernel[None])
+        )
+    return TrainedPopulation(
+        params=trained,
+        epochs=state.epochs,
+        final_loss=state.kept_loss,
+        best_loss=state.best_loss,
+        best_epoch=state.best_epoch,
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("train_config", "hidden", "num_classes", "chunk_size", "capacities")
+)
+def _train_population_jit(
+    key: jax.Array,
+    masks: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    train_config: TrainConfig,
+    hidden: int,
+    num_classes: int,
+    chunk_size: int,
+    capacities: tuple[int, ...],
+) -> TrainedPopulation:
+    """``train_population`` after validation: everything on the device, in one call.
+
+    P is padded to a multiple of ``chunk_size`` with empty heads marked stopped
+    from the start. With several ``capacities``, heads are sorted by feature
+    count so that a chunk holds heads of similar size, and each chunk trains at
+    the smallest capacity holding its largest mask.
+    """
+    population, num_features = masks.shape
+    padded_population = -(-population // chunk_size) * chunk_size
+    num_chunks = padded_population // chunk_size
+    init_key, order_key = jax.random.split(key)
+    init_params = head.init(init_key, num_features, num_classes, hidden)
+    orders = epoch_orders(order_key, train_config.max_epochs, x.shape[0])
+    # A zero column at index D: padded feature indices of the gathered layer point at it.
+    x = jnp.concatenate([x.astype(jnp.float32), jnp.zeros((x.shape[0], 1), jnp.float32)], axis=1)
+    y = y.astype(jnp.int32)
+    masks = jnp.pad(masks.astype(bool), ((0, padded_population - population), (0, 0)))
+    valid = jnp.arange(padded_population) < population
+    counts = jnp.where(valid, jnp.sum(masks, axis=1), -1)
+    order = jnp.argsort(-counts, stable=True) if len(capacities) > 1 else jnp.arange(padded_population)
+    branches = [functools.partial(_train_chunk, train_config=train_config, capacity=c) for c in capacities]
+
+    def train_chunk(chunk):
+        chunk_masks, chunk_valid, chunk_counts = chunk
+        operands = (init_params, chunk_masks, chunk_valid, x, y, orders)
+        if len(branches) == 1:
+            return branches[0](*operands)
+        level = jnp.searchsorted(jnp.asarray(capacities), jnp.max(chunk_counts))
+        return jax.lax.switch(level, branches, *operands)
+
+    def by_chunk(array):
+        return array[order].reshape(num_chunks, chunk_size, *array.shape[1:])
+
+    trained = jax.lax.map(train_chunk, (by_chunk(masks), by_chunk(valid), by_chunk(counts)))
+    original_position = jnp.argsort(order)[:population]
+    return jax.tree.map(
+        lambda leaf: leaf.reshape(padded_population, *leaf.shape[2:])[original_position], trained
+    )
+
+
+def train_population(
+    key: jax.Array,
+    masks: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    config: RunConfig,
+    *,
+    num_classes: int | None = None,
+    gather_features: bool | None = None,
+) -> TrainedPopulation:
+    """Train one head per mask on (x, y), all in one jitted call.
+
+    Args:
+      key: PRNG key. Split into the initial-weights key (``head.init``, the same
+        weights for every head) and the minibatch-order key.
+      masks: (P, D) bool, the features each head keeps; an all-zero mask is
+        allowed.
+      x: (N, D) float features (cast to float32).
+      y: (N,) int class labels in [0, num_classes).
+      config: uses ``config.head.hidden`` and ``config.train``.
+      num_classes: C; defaults to ``int(y.max()) + 1`` (computed on the host).
+      gather_features: train each head on its kept features only (see the
+        module docstring). ``None`` (default) does so when the optimizer is in
+        ``ROW_SEPARABLE_OPTIMIZERS``; ``True`` with another optimizer is an
+        error, ``False`` trains masked dense kernels.
+
+    Returns:
+      ``TrainedPopulation`` with a leading P axis on every field.
+
+    Memory: the per-head state is ``bytes_per_head``, about
+    (4 + restore_best) * (D*H + H*C + C) * 4 bytes for the weights, the best
+    copy, the gradient, the update and the returned kernel, plus the optimizer
+    state (another (D*H + H*C + C) * 4 for SGD with momentum, twice that for
+    Adam), plus one minibatch of activations, about B * (D + 4H) * 4 bytes; with
+    ``gather_features`` the training state shrinks to c / D of that. It grows
+    linearly in the chunk size K, not in P (chunks run one after another), and
+    linearly in D * H. The data, N * (D + 1) * 4 bytes, is shared by all heads.
+    With the paper's head (D = 2048, H = 512, SGD with momentum, restore_best)
+    a head needs about 25 MiB, so the default 2 GiB budget trains chunks of up
+    to about 80 heads. The chunk size is ``config.train.chunk_size`` if set,
+    else chosen by ``choose_chunk_size`` from ``config.train.memory_budget_mb``;
+    P is padded to a multiple of it with heads marked stopped from the start,
+    and the padding is sliced off.
+
+    Compute: each minibatch costs about 4 * B * c * H FLOPs per head for the
+    first layer (forward and kernel gradient), the bulk of the work, plus the
+    optimizer's pass over c * H weights; stopped heads of a chunk ride along
+    (their updates discarded) until every head of the chunk has stopped.
+    """
+    masks = jnp.asarray(masks)
+    x = jnp.asarray(x)
+    y_host = np.asarray(y)
+    if masks.ndim != 2:
+        raise ValueError(f"train_population: masks must be (P, D), got shape {masks.shape}")
+    if x.ndim != 2 or x.shape[1] != masks.shape[1]:
+        raise ValueError(
+            f"train_population: x must be (N, D) with D = {masks.shape[1]} (from masks), got shape {x.shape}"
+        )
+    if y_host.shape != (x.shape[0],):
+        raise ValueError(f"train_population: y must be ({x.shape[0]},) to match x, got shape {y_host.shape}")
+    if not np.issubdtype(y_host.dtype, np.integer):
+        raise ValueError(f"train_population: y must hold integer class labels, got dtype {y_host.dtype}")
+    if x.shape[0] == 0 or masks.shape[0] == 0:
+        raise ValueError(
+            f"train_population: need at least one sample and one mask, got x {x.shape}, masks {masks.shape}"
+        )
+    label_min, label_max = int(y_host.min()), int(y_host.max())
+    if num_classes is None:
+        num_classes = label_max + 1
+    if label_min < 0 or label_max >= num_classes:
+        raise ValueError(
+            f"train_population: labels must lie in [0, {num_classes}), found [{label_min}, {label_max}]"
+        )
+    train_config = config.train
+    separable = train_config.optimizer in ROW_SEPARABLE_OPTIMIZERS
+    if gather_features and not separable:
+        raise ValueError(
+            f"train_population: gather_features needs an optimizer from {sorted(ROW_SEPARABLE_OPTIMIZERS)}, "
+            f"got {train_config.optimizer!r}"
+        )
+    if gather_features is None:
+        gather_features = separable
+
+    population, num_features = masks.shape
+    return _train_population_jit(
+        key,
+        masks,
+        x,
+        y,
+        train_config=train_config,
+        hidden=config.head.hidden,
+        num_classes=int(num_classes),
+        chunk_size=choose_chunk_size(population, num_features, num_classes, config.head.hidden, train_config),
+        capacities=capacity_levels(num_features) if gather_features else (num_features,),
+    )

@@ -1,0 +1,347 @@
+"""The population trainer against a plain sequential reference, and its invariances."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from evojax_prune import head, trainer
+from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
+
+D, H, C, N = 64, 8, 3, 50  # N = 6 full batches of 8 + a partial batch of 2; D gives 2 capacities
+RTOL, ATOL = 2e-4, 2e-5
+
+
+def _data(seed=0, n=N):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, D)).astype(np.float32)
+    # Labels from a few features, so that masks matter and the full head can learn.
+    y = np.argmax(x[:, :C] + 0.5 * x[:, C : 2 * C], axis=1).astype(np.int32)
+    return x, y
+
+
+def _author_masks(seed, population, num_features=D):
+    """The authors' initialisation: p ~ U(0, 1), exactly round(p * D) ones at random positions."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((population, num_features), bool)
+    for row in masks:
+        row[rng.choice(num_features, round(rng.uniform() * num_features), replace=False)] = True
+    return masks
+
+
+def _config(**train):
+    defaults = dict(learning_rate=0.05, batch_size=8, max_epochs=6, patience=3, min_delta=1e-5)
+    return RunConfig(head=HeadConfig(hidden=H), train=TrainConfig(**{**defaults, **train}))
+
+
+_SHARED_CONFIG = _config(max_epochs=8, patience=2, min_delta=0.02)
+
+
+@jax.jit
+def _accuracy_jit(params, masks, x, y):
+    logits = head.apply_population(params, masks, x)
+    return jnp.mean(jnp.argmax(logits, -1) == y[None], axis=1)
+
+
+def _accuracy(params, masks, x, y):
+    return np.asarray(_accuracy_jit(params, jnp.asarray(masks), jnp.asarray(x), jnp.asarray(y)))
+
+
+def _head(params, i):
+    return jax.tree.map(lambda leaf: leaf[i], params)
+
+
+def _assert_params_close(actual, expected, rtol=RTOL, atol=ATOL):
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
+
+
+@functools.cache
+def _reference_step(train):
+    """The optimizer and a jitted plain training step for one head, cached per TrainConfig."""
+    if train.optimizer == "sgd":
+        optimizer = optax.sgd(train.learning_rate, momentum=train.momentum, nesterov=train.nesterov)
+    else:
+        optimizer = getattr(optax, train.optimizer)(train.learning_rate)
+
+    @jax.jit
+    def step(params, opt_state, mask, xb, yb):
+        def loss_fn(p):
+            logits = head.apply(p, mask, xb)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return optimizer, step
+
+
+def reference_train(key, masks, x, y, config, num_classes):
+    """One head at a time, one epoch at a time, one batch at a time: Keras' fit, spelled out.
+
+    Written from the protocol, not from the trainer: the same initial weights
+    for every head (the first half of ``split(key)``), epoch e shuffled by
+    ``permutation(fold_in(second half, e), N)``, the last short batch used as
+    is, the epoch loss the sample-weighted mean of batch losses, Keras'
+    EarlyStopping on it. Returns per head: params (best or last), epochs run,
+    the loss of the returned epoch, the best epoch, and every epoch's params.
+    """
+    train = config.train
+    init_key, order_key = jax.random.split(key)
+    init_params = head.init(init_key, x.shape[1], num_classes, config.head.hidden)
+    optimizer, step = _reference_step(train)
+    results = []
+    for mask in jnp.asarray(masks):
+        params, opt_state = init_params, optimizer.init(init_params)
+        best_loss, best_params, best_epoch, kept_loss, wait = np.inf, None, 0, np.inf, 0
+        history = []
+        for epoch in range(train.max_epochs):
+            order = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, epoch), len(x)))
+            total = 0.0
+            for start in range(0, len(x), train.batch_size):
+                batch = order[start : start + train.batch_size]
+                params, opt_state, loss = step(params, opt_state, mask, x[batch], y[batch])
+                total += float(loss) * len(batch)
+            epoch_loss = total / len(x)
+            history.append(params)
+            wait += 1
+            if epoch_loss < best_loss - train.min_delta:
+                best_loss, best_params, best_epoch, kept_loss, wait = epoch_loss, params, epoch, epoch_loss, 0
+            elif wait >= train.patience and epoch > 0:
+                break
+        results.append(
+            dict(
+                params=best_params if train.restore_best else params,
+                epochs=epoch + 1,
+                final_loss=kept_loss if train.restore_best else epoch_loss,
+                best_epoch=best_epoch,
+                history=history,
+            )
+        )
+    return results
+
+
+@pytest.mark.parametrize(
+    ("gather_features", "restore_best"), [(False, True), (True, False)], ids=["dense-best", "gathered-last"]
+)
+def test_matches_sequential_reference(gather_features, restore_best):
+    x, y = _data()
+    masks = _author_masks(1, 5)
+    masks[0] = True  # one full head
+    masks[1] = False  # one empty head
+    config = _SHARED_CONFIG.replace(train={"restore_best": restore_best})
+    key = jax.random.key(3)
+    trained = trainer.train_population(key, masks, x, y, config, gather_features=gather_features)
+    expected = reference_train(key, masks, x, y, config, C)
+    assert trained.epochs.dtype == jnp.int32 and trained.final_loss.dtype == jnp.float32
+    epochs = [r["epochs"] for r in expected]
+    np.testing.assert_array_equal(trained.epochs, epochs)
+    assert min(epochs) < config.train.max_epochs  # early stopping happened
+    np.testing.assert_array_equal(trained.best_epoch, [r["best_epoch"] for r in expected])
+    np.testing.assert_allclose(trained.final_loss, [r["final_loss"] for r in expected], rtol=1e-5)
+    for i, reference in enumerate(expected):
+        _assert_params_close(_head(trained.params, i), reference["params"])
+
+
+def test_invariant_to_population_position_and_chunking():
+    x, y = _data(seed=1)
+    masks = _author_masks(2, 64)
+    config = _config(max_epochs=5)
+    key = jax.random.key(7)
+    chosen = [0, 13, 63]
+    alone = [trainer.train_population(key, masks[i : i + 1], x, y, config) for i in chosen]
+    for chunk_size in (1, 7, 64):
+        chunked = config.replace(train={"chunk_size": chunk_size})
+        together = trainer.train_population(key, masks, x, y, chunked)
+        assert together.epochs.shape == (64,)
+        for i, single in zip(chosen, alone, strict=True):
+            _assert_params_close(_head(together.params, i), _head(single.params, 0))
+            np.testing.assert_array_equal(together.epochs[i], single.epochs[0])
+            in_population = jax.tree.map(lambda leaf, i=i: leaf[i : i + 1], together.params)
+            mask = masks[i : i + 1]
+            np.testing.assert_array_equal(
+                _accuracy(in_population, mask, x, y), _accuracy(single.params, mask, x, y)
+            )
+
+
+def test_early_stopping_restores_best_weights_and_stops_plateaued_heads_only():
+    x, y = _data(seed=2, n=120)
+    masks = np.zeros((2, D), bool)
+    masks[1] = True  # head 0 sees nothing and plateaus at the class prior; head 1 keeps learning
+    config = _config(learning_rate=0.02, max_epochs=12, patience=2, min_delta=0.01)
+    key = jax.random.key(11)
+    trained = trainer.train_population(key, masks, x, y, config)
+    expected = reference_train(key, masks, x, y, config, C)
+    epochs = np.asarray(trained.epochs)
+    assert epochs[0] < epochs[1], epochs
+    np.testing.assert_array_equal(epochs, [r["epochs"] for r in expected])
+    for i, reference in enumerate(expected):
+        best = reference["history"][reference["best_epoch"]]
+        _assert_params_close(_head(trained.params, i), best)
+    # The plateaued head ran past its best epoch and its weights moved after it:
+    # returning the best weights is visible.
+    plateaued = expected[0]
+    assert plateaued["best_epoch"] < plateaued["epochs"] - 1
+    last = plateaued["history"][-1]
+    best = plateaued["history"][plateaued["best_epoch"]]
+    moved = float(jnp.max(jnp.abs(last.output_bias - best.output_bias)))
+    assert moved > 1e-3
+    assert float(jnp.max(jnp.abs(trained.params.output_bias[0] - last.output_bias))) > 1e-3
+    np.testing.assert_allclose(trained.final_loss, [r["final_loss"] for r in expected], rtol=1e-5)
+    assert bool(jnp.all(trained.best_loss <= trained.final_loss + 1e-7))
+
+
+def test_all_zero_mask_trains_without_nan_and_pruned_rows_keep_their_initial_values():
+    x, y = _data()
+    masks = _author_masks(6, 5)
+    masks[0] = False
+    masks[1] = np.arange(D) < 5
+    masks[2] = True
+    key = jax.random.key(5)
+    # The same shapes and config as the gathered reference test: no new compile.
+    config = _SHARED_CONFIG.replace(train={"restore_best": False})
+    trained = trainer.train_population(key, masks, x, y, config)
+    for leaf in jax.tree.leaves(trained):
+        assert bool(jnp.all(jnp.isfinite(leaf))), leaf
+    initial = jax.jit(lambda k: head.init(jax.random.split(k)[0], D, C, H))(key)
+    kernel = np.asarray(trained.params.hidden_kernel)
+    np.testing.assert_array_equal(kernel[0], initial.hidden_kernel)
+    np.testing.assert_array_equal(kernel[1, 5:], initial.hidden_kernel[5:])
+    assert np.abs(kernel[1, :5] - initial.hidden_kernel[:5]).max() > 1e-4
+    assert np.abs(kernel[2] - initial.hidden_kernel).max() > 1e-4
+    # The empty head trained its bias only, and predicts the same for every sample.
+    assert float(jnp.max(jnp.abs(trained.params.output_bias[0]))) > 1e-4
+    logits = head.apply(_head(trained.params, 0), jnp.asarray(masks[0]), jnp.asarray(x))
+    np.testing.assert_allclose(logits, jnp.broadcast_to(logits[0], logits.shape), rtol=1e-6)
+
+
+def test_digits_full_mask_reaches_high_test_accuracy():
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, digits.target, test_size=0.3, stratify=digits.target, random_state=0
+    )
+    num_features = x.shape[1]
+    masks = np.ones((2, num_features), bool)
+    masks[1, ::2] = False  # a half mask rides along
+    config = RunConfig(
+        head=HeadConfig(hidden=64),
+        train=TrainConfig(learning_rate=0.05, batch_size=32, max_epochs=25, patience=3),
+    )
+    key = jax.random.key(0)
+    trained = trainer.train_population(key, masks, x_train, y_train, config, gather_features=False)
+    accuracy = _accuracy(trained.params, masks, x_test, y_test)
+    assert accuracy[0] > 0.9, accuracy
+    assert accuracy[1] > 0.5, accuracy
+
+
+def test_adam_matches_reference_and_learns():
+    x, y = _data(seed=3)
+    masks = _author_masks(4, 3)
+    masks[0] = True
+    config = _config(optimizer="adam", learning_rate=0.03, max_epochs=6)
+    key = jax.random.key(2)
+    trained = trainer.train_population(key, masks, x, y, config)
+    expected = reference_train(key, masks, x, y, config, C)
+    for i, reference in enumerate(expected):
+        _assert_params_close(_head(trained.params, i), reference["params"])
+    assert _accuracy(trained.params, masks, x, y)[0] > 0.8
+
+
+def test_non_separable_optimizer_trains_the_dense_kernel():
+    # adamw decays pruned rows too: the gathered path would not be the same training.
+    x, y = _data(seed=3)
+    masks = _author_masks(5, 2)
+    config = _config(optimizer="adamw", learning_rate=1e-2, max_epochs=3)
+    key = jax.random.key(4)
+    trained = trainer.train_population(key, masks, x, y, config)
+    expected = reference_train(key, masks, x, y, config, C)
+    for i, reference in enumerate(expected):
+        _assert_params_close(_head(trained.params, i), reference["params"])
+    with pytest.raises(ValueError, match="gather_features"):
+        trainer.train_population(key, masks, x, y, config, gather_features=True)
+
+
+def test_population_gradients_equal_autodiff():
+    rng = np.random.default_rng(0)
+    params = head.HeadParams(
+        hidden_kernel=jnp.asarray(rng.normal(size=(3, D, H)), jnp.float32),
+        output_kernel=jnp.asarray(rng.normal(size=(3, H, C)), jnp.float32),
+        output_bias=jnp.asarray(rng.normal(size=(3, C)), jnp.float32),
+    )
+    masks = jnp.asarray(rng.random((3, D)) < 0.5)
+    x = jnp.asarray(rng.normal(size=(8, D)), jnp.float32)
+    labels = jnp.arange(8) % C
+    weights = jnp.array([1, 1, 1, 1, 1, 0, 0, 0], jnp.float32)
+
+    def autodiff_loss(p, mask):
+        per_sample = optax.softmax_cross_entropy_with_integer_labels(head.apply(p, mask, x), labels)
+        return jnp.sum(per_sample * weights) / jnp.sum(weights)
+
+    expected_loss, expected_grads = jax.jit(jax.vmap(jax.value_and_grad(autodiff_loss)))(params, masks)
+    inputs = x[None] * masks[:, None, :]
+    loss, grads = jax.jit(trainer.population_loss_and_grads)(params, inputs, labels, weights)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+    _assert_params_close(grads, expected_grads, rtol=1e-5, atol=1e-7)
+
+
+def test_epoch_orders_and_batches_cover_every_sample_once_and_pad_the_last_batch():
+    key = jax.random.key(0)
+    orders = trainer.epoch_orders(key, 3, 50)
+    assert orders.shape == (3, 50) and orders.dtype == jnp.int32
+    np.testing.assert_array_equal(orders[2], jax.random.permutation(jax.random.fold_in(key, 2), 50))
+    assert not np.array_equal(orders[0], orders[1])
+    indices, weights = trainer.epoch_batches(orders[1], 8)
+    assert indices.shape == weights.shape == (7, 8)
+    real = np.asarray(indices)[np.asarray(weights) > 0]
+    np.testing.assert_array_equal(real, orders[1])
+    np.testing.assert_array_equal(np.asarray(weights).sum(1), [8] * 6 + [2])
+
+
+def test_chunk_size_and_capacities():
+    config = TrainConfig(memory_budget_mb=100.0)
+    per_head = trainer.bytes_per_head(2048, 3, 512, config)
+    assert 20 * 2**20 < per_head < 30 * 2**20  # about 5 parameter copies + momentum
+    fits = int(100 * 2**20 // per_head)
+    chunk = trainer.choose_chunk_size(100, 2048, 3, 512, config)
+    assert chunk <= fits and -(-100 // chunk) == -(-100 // fits)  # balanced, no extra chunk
+    assert trainer.choose_chunk_size(3, 2048, 3, 512, config) == 3
+    assert trainer.choose_chunk_size(100, 2048, 3, 512, TrainConfig(chunk_size=7)) == 7
+    assert trainer.choose_chunk_size(5, 2048, 3, 512, TrainConfig(chunk_size=64)) == 5
+    assert trainer.capacity_levels(2048) == (256, 512, 768, 1024, 1280, 1536, 1792, 2048)
+    assert trainer.capacity_levels(64) == (32, 64)
+    assert trainer.capacity_levels(16) == (16,)
+    assert trainer.capacity_levels(20)[-1] == 20
+
+
+def test_make_optimizer():
+    sgd = trainer.make_optimizer(TrainConfig())
+    adam = trainer.make_optimizer(TrainConfig(optimizer="adam", optimizer_options=(("b1", 0.8),)))
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.full(3, 2.0)}
+    updates, _ = sgd.update(grads, sgd.init(params), params)
+    # Nesterov SGD, first step: -lr * (g + momentum * g).
+    np.testing.assert_allclose(updates["w"], -1e-3 * (2.0 + 0.9 * 2.0), rtol=1e-6)
+    updates, _ = adam.update(grads, adam.init(params), params)
+    np.testing.assert_allclose(updates["w"], -1e-3, rtol=1e-4)
+
+
+def test_rejects_bad_shapes_and_labels():
+    x, y = _data()
+    masks = np.ones((2, D), bool)
+    config = _config()
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="masks"):
+        trainer.train_population(key, masks[0], x, y, config)
+    with pytest.raises(ValueError, match="x must be"):
+        trainer.train_population(key, masks, x[:, :-1], y, config)
+    with pytest.raises(ValueError, match="y must be"):
+        trainer.train_population(key, masks, x, y[:-1], config)
+    with pytest.raises(ValueError, match="labels"):
+        trainer.train_population(key, masks, x, y, config, num_classes=2)
