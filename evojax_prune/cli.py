@@ -7,6 +7,8 @@ problem); 1 an internal error (set ``EVOJAX_PRUNE_DEBUG=1`` for the traceback).
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import sys
 import traceback
@@ -123,12 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
     run.set_defaults(handler=_run)
 
-    for name, summary in (
-        ("extract", "compute a FeatureSet from images"),
-        ("report", "plots and a report for a finished run"),
-        ("bench", "run the benchmark suite"),
+    # Commands whose arguments live beside their code: the module's
+    # ``register(parser)`` adds them and sets ``handler`` (keep it cheap: import
+    # heavy libraries inside the handler).
+    for name, summary, module in (
+        ("extract", "compute a FeatureSet from images", "evojax_prune.data.extract"),
+        ("report", "plots and a report for a finished run", "evojax_prune.report"),
+        ("bench", "run the benchmark suite", "evojax_prune.bench"),
     ):
-        commands.add_parser(name, help=summary).set_defaults(handler=_not_yet(name))
+        subparser = commands.add_parser(name, help=summary)
+        subparser.set_defaults(handler=_not_yet(name))
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(subparser)
     return parser
 
 
