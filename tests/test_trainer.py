@@ -309,9 +309,10 @@ def test_chunk_size_and_capacities():
     per_head = trainer.bytes_per_head(2048, 3, 512, config)
     assert 20 * 2**20 < per_head < 30 * 2**20  # about 5 parameter copies + momentum
     fits = int(100 * 2**20 // per_head)
-    chunk = trainer.choose_chunk_size(100, 2048, 3, 512, config)
+    chunk = trainer.choose_chunk_size(100, 2048, 3, 512, config, platform="gpu")
     assert chunk <= fits and -(-100 // chunk) == -(-100 // fits)  # balanced, no extra chunk
-    assert trainer.choose_chunk_size(3, 2048, 3, 512, config) == 3
+    assert trainer.choose_chunk_size(3, 2048, 3, 512, config, platform="gpu") == 3
+    assert trainer.choose_chunk_size(100, 2048, 3, 512, config, platform="cpu") == 1
     assert trainer.choose_chunk_size(100, 2048, 3, 512, TrainConfig(chunk_size=7)) == 7
     assert trainer.choose_chunk_size(5, 2048, 3, 512, TrainConfig(chunk_size=64)) == 5
     assert trainer.capacity_levels(2048) == (256, 512, 768, 1024, 1280, 1536, 1792, 2048)

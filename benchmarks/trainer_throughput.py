@@ -1,0 +1,406 @@
+"""How fast are heads trained: the population trainer against one head at a time and Keras.
+
+Data shaped like the RPS data set's features (N = 2520, D = 2048, C = 3,
+synthetic values: non-negative like pooled ResNet-50 features, labels from a
+linear rule), the paper's head (H = 512) and training protocol (SGD 1e-3,
+momentum 0.9, Nesterov, batch 32), a fixed number of epochs (early stopping off:
+patience > epochs). Masks are drawn with the authors' initialisation: each draws
+p ~ U(0, 1) and gets exactly round(p * D) ones at random positions.
+
+Side by side, in one run, for each population size P:
+
+  (a) ``train_population`` on all P masks in one call; timed after a first
+      call that compiles (its extra time is reported as ``compile_s``);
+  (b) the same trainer called once per head (P calls of a population of 1;
+      compiled once beforehand, not counted);
+  (c) the authors' approach: one Keras 3 model per head (JAX backend): masked
+      input -> Dense(512, relu, use_bias=False) -> Dense(3, softmax), SGD(1e-3,
+      momentum 0.9, nesterov), categorical cross-entropy, ``model.fit`` with
+      batch 32; every model's build and compile is counted (``total_s``),
+      and the time of its epochs after the first is reported on its own
+      (``steady_s``) so that the per-model overhead is visible. Keras trains
+      one model after another, so its rate does not depend on P: it is
+      measured once, on ``--keras-heads`` heads drawn like the populations'.
+
+Reported: head-epochs per second, the ratios (a)/(b) and (a)/(c), achieved
+GFLOP/s against a float32 matmul peak measured in the same run (dense FLOPs
+count every feature as Keras computes them; kept FLOPs count only the kept
+ones, the work the gathered trainer does), peak resident memory per phase
+(sampled from /proc, and ``ru_maxrss``) and JAX device memory statistics when the
+device has them.
+
+    python benchmarks/trainer_throughput.py                           # P = 1, 4, 16, 64; 2 epochs
+    python benchmarks/trainer_throughput.py --populations 1 8 --epochs 3 --out /tmp/t.json
+    python benchmarks/trainer_throughput.py --no-keras --gather off   # the dense formulation
+
+Writes JSON to benchmarks/results/trainer_throughput_cpu.json unless --out says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evojax_prune import trainer
+from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "trainer_throughput_cpu.json"
+NUM_SAMPLES, NUM_FEATURES, HIDDEN, NUM_CLASSES = 2520, 2048, 512, 3
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+class PeakMemory:
+    """Peak resident set size of this process while the block runs (sampled every 5 ms)."""
+
+    def __init__(self):
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * self._page
+        except OSError:
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._rss())
+            self._stop.wait(0.005)
+
+    def __enter__(self):
+        self.peak_bytes = self._rss()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self._rss())
+
+
+def device_memory() -> dict | None:
+    stats = jax.devices()[0].memory_stats()
+    if not stats:
+        return None
+    return {key: stats[key] for key in ("peak_bytes_in_use", "bytes_in_use", "bytes_limit") if key in stats}
+
+
+def synthetic_features(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) float32 non-negative features and (N,) int labels from a linear rule."""
+    rng = np.random.default_rng(seed)
+    x = np.maximum(rng.normal(size=(NUM_SAMPLES, NUM_FEATURES)), 0.0).astype(np.float32)
+    direction = rng.normal(size=(NUM_FEATURES, NUM_CLASSES)).astype(np.float32)
+    y = np.argmax(x @ direction, axis=1).astype(np.int32)
+    return x, y
+
+
+def author_masks(rng: np.random.Generator, population: int) -> np.ndarray:
+    """The authors' initialisation: p ~ U(0, 1), exactly round(p * D) ones at random positions."""
+    masks = np.zeros((population, NUM_FEATURES), bool)
+    for row in masks:
+        row[rng.choice(NUM_FEATURES, round(rng.uniform() * NUM_FEATURES), replace=False)] = True
+    return masks
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """float32 (size x size) @ (size x size) with JAX on the default device, best of ``repeats``."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    matmul = jax.jit(lambda u, v: u @ v)
+    matmul(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def flops_per_epoch(kept_features: np.ndarray) -> np.ndarray:
+    """Training FLOPs per head-epoch: first layer forward and kernel gradient, output layer."""
+    first_layer = 4 * NUM_SAMPLES * kept_features * HIDDEN
+    output_layer = 6 * NUM_SAMPLES * HIDDEN * NUM_CLASSES
+    return first_layer + output_layer
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = jax.block_until_ready(fn())
+    return result, time.perf_counter() - start
+
+
+def bench_population_and_one_at_a_time(key, masks, x, y, config, gather, repeats, one_at_a_time) -> tuple:
+    """(a) all masks in one call, and (b) P calls of a population of 1.
+
+    (a)'s first call compiles and is reported on its own; (b)'s single shape is
+    compiled before the clock starts. With ``repeats`` > 1 the two alternate and
+    the fastest time of each is kept, which damps the noise of a shared machine.
+    """
+
+    def population():
+        return jax.block_until_ready(
+            trainer.train_population(key, masks, x, y, config, gather_features=gather)
+        )
+
+    def each_head():
+        for mask in masks:
+            jax.block_until_ready(
+                trainer.train_population(key, mask[None], x, y, config, gather_features=gather)
+            )
+
+    with PeakMemory() as memory_a:
+        start = time.perf_counter()
+        trained = population()
+        first_s = time.perf_counter() - start
+    assert int(np.min(trained.epochs)) == config.train.max_epochs
+    if one_at_a_time:
+        jax.block_until_ready(trainer.train_population(key, masks[:1], x, y, config, gather_features=gather))
+    seconds_a, seconds_b, peak_b = [], [], 0
+    for _ in range(repeats):
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            population()
+            seconds_a.append(time.perf_counter() - start)
+        memory_a.peak_bytes = max(memory_a.peak_bytes, memory.peak_bytes)
+        if one_at_a_time:
+            with PeakMemory() as memory:
+                start = time.perf_counter()
+                each_head()
+                seconds_b.append(time.perf_counter() - start)
+            peak_b = max(peak_b, memory.peak_bytes)
+    result_a = {
+        "seconds": min(seconds_a),
+        "all_seconds": seconds_a,
+        "compile_s": max(first_s - min(seconds_a), 0.0),
+        "first_call_s": first_s,
+        "peak_rss_bytes": memory_a.peak_bytes,
+        "final_loss_mean": float(np.mean(trained.final_loss)),
+    }
+    result_b = (
+        {"seconds": min(seconds_b), "all_seconds": seconds_b, "peak_rss_bytes": peak_b}
+        if one_at_a_time
+        else None
+    )
+    return result_a, result_b
+
+
+def bench_keras(masks, x, y, epochs: int, seed: int) -> dict:
+    """(c): one Keras model per head, as the authors trained them."""
+    import keras
+
+    class InputMask(keras.layers.Layer):
+        """Multiplies the input by a fixed 0/1 mask (removes every connection of a pruned feature)."""
+
+        def __init__(self, mask, **kwargs):
+            super().__init__(**kwargs)
+            self.mask_values = np.asarray(mask, np.float32)
+
+        def build(self, input_shape):
+            self.mask = self.add_weight(
+                shape=self.mask_values.shape, initializer="zeros", trainable=False, name="mask"
+            )
+            self.mask.assign(self.mask_values)
+
+        def call(self, inputs):
+            return inputs * self.mask
+
+    class EpochClock(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.epoch_seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_seconds.append(time.perf_counter() - self.started)
+
+    one_hot = keras.utils.to_categorical(y, NUM_CLASSES)
+    keras.utils.set_random_seed(seed)
+    total_s, steady_s, losses = 0.0, 0.0, []
+    with PeakMemory() as memory:
+        for mask in masks:
+            start = time.perf_counter()
+            keras.backend.clear_session()
+            model = keras.Sequential(
+                [
+                    keras.Input((NUM_FEATURES,)),
+                    InputMask(mask),
+                    keras.layers.Dense(HIDDEN, activation="relu", use_bias=False),
+                    keras.layers.Dense(NUM_CLASSES, activation="softmax"),
+                ]
+            )
+            model.compile(
+                optimizer=keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9, nesterov=True),
+                loss="categorical_crossentropy",
+            )
+            clock = EpochClock()
+            history = model.fit(x, one_hot, batch_size=32, epochs=epochs, verbose=0, callbacks=[clock])
+            total_s += time.perf_counter() - start
+            steady_s += sum(clock.epoch_seconds[1:])
+            losses.append(history.history["loss"][-1])
+    return {
+        "heads": len(masks),
+        "seconds": total_s,
+        "steady_s": steady_s,
+        "steady_epochs": len(masks) * (epochs - 1),
+        "peak_rss_bytes": memory.peak_bytes,
+        "final_loss_mean": float(np.mean(losses)),
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--populations", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="alternate (a) and (b) this often, keep the best"
+    )
+    parser.add_argument("--keras-heads", type=int, default=8, help="heads Keras trains (once, for every P)")
+    parser.add_argument("--no-keras", action="store_true")
+    parser.add_argument("--no-one-at-a-time", action="store_true")
+    parser.add_argument("--gather", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    gather = {"auto": None, "on": True, "off": False}[args.gather]
+
+    config = RunConfig(
+        head=HeadConfig(hidden=HIDDEN),
+        train=TrainConfig(max_epochs=args.epochs, patience=args.epochs + 1, chunk_size=args.chunk_size),
+    )
+    x_host, y_host = synthetic_features(args.seed)
+    x, y = jnp.asarray(x_host), jnp.asarray(y_host)
+    key = jax.random.key(args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    peak = matmul_peak_gflops()
+    print(f"device {jax.devices()[0].device_kind}, float32 matmul peak {peak:.1f} GFLOP/s", flush=True)
+
+    keras_run = None
+    if not args.no_keras:
+        # One Keras model per head, one after another: its rate does not depend on P,
+        # so it is measured once, on heads drawn like the populations' masks.
+        keras_masks = author_masks(np.random.default_rng(args.seed + 2), args.keras_heads)
+        keras_run = bench_keras(keras_masks, x_host, y_host, args.epochs, args.seed)
+        keras_run["mean_kept_fraction"] = float(keras_masks.mean())
+        keras_run["head_epochs_per_s"] = keras_run["heads"] * args.epochs / keras_run["seconds"]
+        keras_dense = float(flops_per_epoch(np.full(1, NUM_FEATURES))[0]) * keras_run["heads"] * args.epochs
+        keras_run["dense_gflops"] = keras_dense / keras_run["seconds"] / 1e9
+        if keras_run["steady_epochs"]:
+            keras_run["steady_head_epochs_per_s"] = keras_run["steady_epochs"] / keras_run["steady_s"]
+        print(
+            f"(c) Keras, {keras_run['heads']} heads: {keras_run['head_epochs_per_s']:.2f} head-epochs/s with "
+            f"per-model build/compile, {keras_run.get('steady_head_epochs_per_s', float('nan')):.2f} "
+            "in epochs after the first",
+            flush=True,
+        )
+
+    rows = []
+    for population in args.populations:
+        masks = author_masks(rng, population)
+        head_epochs = population * args.epochs
+        kept = masks.sum(axis=1)
+        dense_flops = float(flops_per_epoch(np.full(population, NUM_FEATURES)).sum()) * args.epochs
+        kept_flops = float(flops_per_epoch(kept).sum()) * args.epochs
+        row = {
+            "population": population,
+            "head_epochs": head_epochs,
+            "mean_kept_fraction": float(kept.mean() / NUM_FEATURES),
+            "load_average_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "chunk_size": trainer.choose_chunk_size(
+                population, NUM_FEATURES, NUM_CLASSES, HIDDEN, config.train
+            ),
+        }
+        population_run, single = bench_population_and_one_at_a_time(
+            key, masks, x, y, config, gather, args.repeats, not args.no_one_at_a_time
+        )
+        population_run["head_epochs_per_s"] = head_epochs / population_run["seconds"]
+        population_run["dense_gflops"] = dense_flops / population_run["seconds"] / 1e9
+        population_run["kept_gflops"] = kept_flops / population_run["seconds"] / 1e9
+        population_run["dense_fraction_of_peak"] = population_run["dense_gflops"] / peak
+        population_run["kept_fraction_of_peak"] = population_run["kept_gflops"] / peak
+        row["population_trainer"] = population_run
+        line = (
+            f"P={population:4d} (a) {population_run['head_epochs_per_s']:6.2f} head-epochs/s "
+            f"(compile {population_run['compile_s']:.1f} s, {population_run['kept_gflops']:.1f} kept / "
+            f"{population_run['dense_gflops']:.1f} dense GFLOP/s)"
+        )
+        if single is not None:
+            single["head_epochs_per_s"] = head_epochs / single["seconds"]
+            row["one_at_a_time"] = single
+            row["ratio_a_over_b"] = population_run["head_epochs_per_s"] / single["head_epochs_per_s"]
+            line += f" | (b) {single['head_epochs_per_s']:6.2f}, a/b {row['ratio_a_over_b']:.2f}"
+        if keras_run is not None:
+            row["ratio_a_over_c"] = population_run["head_epochs_per_s"] / keras_run["head_epochs_per_s"]
+            line += f" | a/c {row['ratio_a_over_c']:.2f}"
+            if "steady_head_epochs_per_s" in keras_run:
+                row["ratio_a_over_c_steady"] = (
+                    population_run["head_epochs_per_s"] / keras_run["steady_head_epochs_per_s"]
+                )
+                line += f" (a/c steady {row['ratio_a_over_c_steady']:.2f})"
+        print(line, flush=True)
+        rows.append(row)
+
+    result = {
+        "benchmark": "trainer_throughput",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": str(jax.devices()[0]),
+        "device_kind": jax.devices()[0].device_kind,
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "versions": {name: _version(name) for name in ("jax", "jaxlib", "optax", "flax", "keras", "numpy")},
+        "setup": {
+            "num_samples": NUM_SAMPLES,
+            "num_features": NUM_FEATURES,
+            "hidden": HIDDEN,
+            "num_classes": NUM_CLASSES,
+            "epochs": args.epochs,
+            "repeats": args.repeats,
+            "batch_size": config.train.batch_size,
+            "optimizer": "sgd(1e-3, momentum=0.9, nesterov=True)",
+            "gather_features": args.gather,
+            "chunk_size": args.chunk_size,
+            "keras_heads": None if args.no_keras else args.keras_heads,
+            "masks": "authors' initialisation: p ~ U(0,1), round(p * D) ones",
+        },
+        "matmul_peak_gflops": peak,
+        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "device_memory": device_memory(),
+        "keras": keras_run,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
