@@ -1,0 +1,279 @@
+"""Evaluate a population of trained heads: accuracy, MEM and OoD robustness, in one jitted call.
+
+For each head p with mask p: logits on the in-distribution (InD) validation
+features and on the OoD features, ODIN scores of both (``odin.odin_score``),
+and the metrics of ``metrics.py``. The search minimises the objective vector
+``(1 - accuracy, MEM, 1 - AUROC)`` (MO-EvoPruneDeepTL, arXiv 2302.10253;
+PROTOCOL.md, "Robustness objective" and "Objectives and splits").
+
+Memory. Heads are evaluated ``chunk_size`` at a time: vmap inside a chunk,
+sequential (``jax.lax.map``) over chunks. A chunk holds its heads' masked
+inputs, (chunk, N + M, D) float32, the largest intermediate ``head.apply``
+makes (XLA keeps about two copies), plus hidden activations (chunk, N + M, H)
+and logits; ODIN perturbation (epsilon > 0) about doubles that. Peak
+temporary memory therefore grows linearly with the chunk size and not with P,
+about
+
+    chunk * (N + M) * (2 D + H + C) * 4 bytes   (x2 with epsilon > 0),
+
+on top of the parameters themselves, P * (D H + H C + C) * 4 bytes, which are
+read in place (never copied or padded). Measured at RPS shapes (N = M = 372,
+D = 2048, H = 512, C = 3): 12 MB per head, so a chunk of 64 uses about 0.8 GB
+and all 1024 heads at once would use about 12 GB next to 4.3 GB of
+parameters. By default the chunk is sized from ``config.train.memory_budget_mb``
+(``auto_chunk_size``), the budget the trainer already respects.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from evojax_prune import head, metrics, odin
+from evojax_prune.config import AUROC_KINDS, RunConfig
+
+
+@struct.dataclass
+class PopulationMetrics:
+    """Metrics of P heads, each a (P,) float32 array (or () for a single head).
+
+    Attributes:
+      accuracy: fraction of InD samples classified correctly.
+      mem: fraction of the D mask bits set (the MEM objective, minimised).
+      auroc: exact AUROC of ODIN scores, InD vs OoD (Mann-Whitney, ties half).
+      auroc_paper: the authors' 100-threshold AUROC (``metrics.auroc_paper``).
+      fpr95: FPR at 95% TPR with InD as positive (ODIN paper's convention).
+      aupr_in: average precision with InD as positive.
+      aupr_out: average precision with OoD as positive (scores negated).
+    """
+
+    accuracy: jax.Array
+    mem: jax.Array
+    auroc: jax.Array
+    auroc_paper: jax.Array
+    fpr95: jax.Array
+    aupr_in: jax.Array
+    aupr_out: jax.Array
+
+    def objectives(self, auroc_kind: str = "exact") -> jax.Array:
+        """The objective vectors to minimise, (P, 3); see the module function ``objectives``."""
+        return objectives(self, auroc_kind)
+
+
+def objectives(population_metrics: PopulationMetrics, auroc_kind: str = "exact") -> jax.Array:
+    """Objective vectors to minimise: ``(1 - accuracy, MEM, 1 - AUROC)``.
+
+    Args:
+      population_metrics: metrics of P heads.
+      auroc_kind: ``"exact"`` (``auroc``) or ``"paper"`` (``auroc_paper``),
+        normally ``config.odin.auroc``.
+
+    Returns:
+      (P, 3) float32, one row per head, columns (error, MEM, 1 - AUROC).
+    """
+    if auroc_kind not in AUROC_KINDS:
+        raise ValueError(f"objectives: auroc_kind must be one of {AUROC_KINDS}, got {auroc_kind!r}")
+    robustness = population_metrics.auroc if auroc_kind == "exact" else population_metrics.auroc_paper
+    return jnp.stack(
+        [1.0 - population_metrics.accuracy, population_metrics.mem, 1.0 - robustness], axis=-1
+    )
+
+
+def evaluate_head(
+    params: head.HeadParams,
+    mask: jax.Array,
+    features: jax.Array,
+    labels: jax.Array,
+    ood_features: jax.Array,
+    temperature: float = odin.DEFAULT_TEMPERATURE,
+    epsilon: float = 0.0,
+) -> PopulationMetrics:
+    """Metrics of one head, as () float32 fields.
+
+    Args:
+      params: one head's parameters.
+      mask: (D,) bool features kept.
+      features: (N, D) float InD features; labels: (N,) int classes.
+      ood_features: (M, D) float OoD features.
+      temperature: ODIN temperature T (may be traced).
+      epsilon: ODIN perturbation step in feature space (a Python float; 0 = off).
+        The accuracy is always measured on the unperturbed features.
+
+    Returns:
+      PopulationMetrics of scalars.
+    """
+    num_ind = features.shape[0]
+    logit_fn = functools.partial(head.apply, params, mask)
+    # One matrix product for InD and OoD together; rows do not interact.
+    all_features = jnp.concatenate([features, ood_features], axis=0)
+    all_logits = logit_fn(all_features)
+    if epsilon > 0:
+        score_logits = logit_fn(odin.odin_perturb(logit_fn, all_features, epsilon, temperature))
+    else:
+        score_logits = all_logits
+    scores = odin.odin_score(score_logits, temperature)
+    return PopulationMetrics(
+        accuracy=metrics.accuracy(all_logits[:num_ind], labels),
+        mem=metrics.fraction(jnp.sum(mask), mask.shape[-1]),
+        **metrics.ood_metrics(scores[:num_ind], scores[num_ind:]),
+    )
+
+
+def chunk_starts(population: int, chunk_size: int) -> np.ndarray:
+    """First head of each chunk; the last chunk is moved back to end at P.
+
+    Moving the last chunk back (it then overlaps the one before) keeps every
+    chunk full without padding or slicing the parameter stack, both of which
+    would copy all P heads' parameters (measured: ``lax.map(batch_size=...)``
+    does so whenever P is not a multiple of the batch size). The overlapping
+    heads are evaluated twice, with identical results.
+
+    Returns:
+      (ceil(P / chunk_size),) int64, non-decreasing, each in [0, P - chunk_size].
+    """
+    num_chunks = -(-population // chunk_size)
+    return np.minimum(np.arange(num_chunks) * chunk_size, population - chunk_size)
+
+
+def _stitch_chunks(per_chunk: jax.Array, starts: np.ndarray, chunk_size: int, population: int) -> jax.Array:
+    """(num_chunks, chunk, ...) results -> (P, ...), each head read from the chunk that owns it."""
+    head_index = np.arange(population)
+    owner = np.minimum(head_index // chunk_size, len(starts) - 1)
+    flat_index = owner * chunk_size + (head_index - starts[owner])
+    return per_chunk.reshape((-1, *per_chunk.shape[2:]))[flat_index]
+
+
+# Temperature is traced (a sweep over T compiles once); epsilon is static because
+# epsilon = 0 skips the gradient altogether.
+@functools.partial(jax.jit, static_argnames=("epsilon", "chunk_size"))
+def _evaluate_population(params, masks, features, labels, ood_features, *, temperature, epsilon, chunk_size):
+    def evaluate_many(some_params, some_masks):
+        evaluate_one = functools.partial(
+            evaluate_head, features=features, labels=labels, ood_features=ood_features,
+            temperature=temperature, epsilon=epsilon,
+        )
+        return jax.vmap(evaluate_one)(some_params, some_masks)
+
+    population = masks.shape[0]
+    if chunk_size >= population:
+        return evaluate_many(params, masks)
+    starts = chunk_starts(population, chunk_size)
+
+    def evaluate_chunk(start):
+        take = lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, start, chunk_size, axis=0)
+        return evaluate_many(jax.tree.map(take, params), take(masks))
+
+    # Sequential over chunks (memory), vmap inside a chunk (speed).
+    per_chunk = jax.lax.map(evaluate_chunk, jnp.asarray(starts, jnp.int32))
+    return jax.tree.map(lambda leaf: _stitch_chunks(leaf, starts, chunk_size, population), per_chunk)
+
+
+def bytes_per_head(num_rows: int, num_features: int, hidden: int, num_classes: int, perturb: bool) -> int:
+    """Estimated temporary memory of one head inside a chunk, in bytes.
+
+    Dominated by the masked input ``head.apply`` builds, (rows, D) float32,
+    which XLA keeps about twice, plus hidden activations and logits; the ODIN
+    perturbation's gradient and perturbed features double it. Measured with
+    XLA's memory analysis on CPU at RPS shapes (744 rows, D = 2048, H = 512,
+    C = 3): 12 MB (26 MB perturbed) per head; this estimate gives 14 (27) MB.
+    """
+    per_head = num_rows * (2 * num_features + hidden + num_classes) * 4
+    return per_head * (2 if perturb else 1)
+
+
+def auto_chunk_size(num_rows: int, num_features: int, hidden: int, num_classes: int,
+                    perturb: bool, memory_budget_mb: float) -> int:
+    """Most heads whose temporaries fit in ``memory_budget_mb`` (at least 1)."""
+    per_head = bytes_per_head(num_rows, num_features, hidden, num_classes, perturb)
+    return max(1, int(memory_budget_mb * 2**20 // per_head))
+
+
+def _check_shapes(params: head.HeadParams, masks, features, labels, ood_features) -> None:
+    def fail(message: str) -> None:
+        raise ValueError(f"evaluate_population: {message}")
+
+    if masks.ndim != 2:
+        fail(f"masks must be (P, D), found shape {masks.shape}")
+    population, num_features = masks.shape
+    hidden_kernel = params.hidden_kernel
+    if hidden_kernel.ndim != 3 or hidden_kernel.shape[:2] != (population, num_features):
+        fail(
+            f"params.hidden_kernel must be (P, D, H) = ({population}, {num_features}, H) "
+            f"to match masks, found shape {hidden_kernel.shape}"
+        )
+    if params.output_kernel.shape[0] != population or params.output_bias.shape[0] != population:
+        fail(
+            f"params.output_kernel and params.output_bias must be stacked on P = {population} heads, "
+            f"found shapes {params.output_kernel.shape} and {params.output_bias.shape}"
+        )
+    for name, array in (("features", features), ("ood_features", ood_features)):
+        if array.ndim != 2 or array.shape[1] != num_features:
+            fail(f"{name} must be (rows, D = {num_features}), found shape {array.shape}")
+        if array.shape[0] == 0:
+            fail(f"{name} has no rows")
+    if labels.shape != (features.shape[0],):
+        fail(f"labels must be (N,) = ({features.shape[0]},) to match features, found shape {labels.shape}")
+
+
+def evaluate_population(
+    params: head.HeadParams,
+    masks: jax.Array,
+    features: jax.Array,
+    labels: jax.Array,
+    ood_features: jax.Array,
+    config: RunConfig,
+    chunk_size: int | None = None,
+) -> PopulationMetrics:
+    """Accuracy, MEM and OoD metrics of P heads in one jitted call.
+
+    Args:
+      params: HeadParams stacked on a leading P axis: hidden_kernel (P, D, H),
+        output_kernel (P, H, C), output_bias (P, C).
+      masks: (P, D) bool, the features each head keeps.
+      features: (N, D) float InD features (the validation split in a search).
+      labels: (N,) int classes of ``features``.
+      ood_features: (M, D) float OoD features.
+      config: uses ``config.odin.temperature`` and ``config.odin.epsilon``
+        (feature-space perturbation, 0 = off as in the paper) and
+        ``config.train.memory_budget_mb`` when ``chunk_size`` is None. Only
+        epsilon (and the chunk size) are compiled in: other config changes,
+        the temperature included, do not recompile.
+      chunk_size: heads evaluated at once (vmap inside a chunk, sequential over
+        chunks). ``None`` sizes it from ``config.train.memory_budget_mb``
+        (``auto_chunk_size``); a value >= P evaluates all heads in one vmap.
+        Peak memory grows linearly with it (module docstring); results do not
+        depend on it.
+
+    Returns:
+      PopulationMetrics of (P,) float32 arrays. ``.objectives(config.odin.auroc)``
+      gives the (P, 3) objective vectors to minimise.
+    """
+    valid_chunk = isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1
+    if chunk_size is not None and not valid_chunk:
+        raise ValueError(
+            f"evaluate_population: chunk_size must be None or an integer >= 1, got {chunk_size!r}"
+        )
+    masks = jnp.asarray(masks)
+    features, labels, ood_features = jnp.asarray(features), jnp.asarray(labels), jnp.asarray(ood_features)
+    _check_shapes(params, masks, features, labels, ood_features)
+    population = masks.shape[0]
+    epsilon = float(config.odin.epsilon)
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(
+            num_rows=features.shape[0] + ood_features.shape[0],
+            num_features=masks.shape[1],
+            hidden=params.hidden_kernel.shape[-1],
+            num_classes=params.output_bias.shape[-1],
+            perturb=epsilon > 0,
+            memory_budget_mb=config.train.memory_budget_mb,
+        )
+    # Every chunk size >= P is the same program; one cache entry for all of them.
+    chunk_size = min(chunk_size, population)
+    return _evaluate_population(
+        params, masks, features, labels, ood_features,
+        temperature=jnp.float32(config.odin.temperature), epsilon=epsilon, chunk_size=chunk_size,
+    )
