@@ -451,33 +451,43 @@ def _train_chunk(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("train_config", "hidden", "num_classes", "chunk_size", "capacities")
+    jax.jit, static_argnames=("num_features", "num_classes", "hidden", "num_epochs", "num_samples")
 )
+def _initial_weights_and_orders(
+    key: jax.Array, *, num_features: int, num_classes: int, hidden: int, num_epochs: int, num_samples: int
+) -> tuple[head.HeadParams, jax.Array]:
+    """The shared initial weights and every epoch's sample order, from ``split(key)``.
+
+    A jitted call of its own, so that the random-number code (slow for XLA to
+    compile) is compiled once per shape, not into every training program.
+    """
+    init_key, order_key = jax.random.split(key)
+    init_params = head.init(init_key, num_features, num_classes, hidden)
+    return init_params, epoch_orders(order_key, num_epochs, num_samples)
+
+
+@functools.partial(jax.jit, static_argnames=("train_config", "chunk_size", "capacities"))
 def _train_population_jit(
-    key: jax.Array,
+    init_params: head.HeadParams,
+    orders: jax.Array,
     masks: jax.Array,
     x: jax.Array,
     y: jax.Array,
     *,
     train_config: TrainConfig,
-    hidden: int,
-    num_classes: int,
     chunk_size: int,
     capacities: tuple[int, ...],
 ) -> TrainedPopulation:
-    """``train_population`` after validation: everything on the device, in one call.
+    """``train_population`` after validation: all the training, in one call.
 
     P is padded to a multiple of ``chunk_size`` with empty heads marked stopped
     from the start. With several ``capacities``, heads are sorted by feature
     count so that a chunk holds heads of similar size, and each chunk trains at
     the smallest capacity holding its largest mask.
     """
-    population, num_features = masks.shape
+    population = masks.shape[0]
     padded_population = -(-population // chunk_size) * chunk_size
     num_chunks = padded_population // chunk_size
-    init_key, order_key = jax.random.split(key)
-    init_params = head.init(init_key, num_features, num_classes, hidden)
-    orders = epoch_orders(order_key, train_config.max_epochs, x.shape[0])
     # A zero column at index D: padded feature indices of the gathered layer point at it.
     x = jnp.concatenate([x.astype(jnp.float32), jnp.zeros((x.shape[0], 1), jnp.float32)], axis=1)
     y = y.astype(jnp.int32)
@@ -515,7 +525,7 @@ def train_population(
     num_classes: int | None = None,
     gather_features: bool | None = None,
 ) -> TrainedPopulation:
-    """Train one head per mask on (x, y), all in one jitted call.
+    """Train one head per mask on (x, y): all the training in one jitted call.
 
     Args:
       key: PRNG key. Split into the initial-weights key (``head.init``, the same
@@ -591,14 +601,21 @@ def train_population(
         gather_features = separable
 
     population, num_features = masks.shape
-    return _train_population_jit(
+    init_params, orders = _initial_weights_and_orders(
         key,
+        num_features=num_features,
+        num_classes=int(num_classes),
+        hidden=config.head.hidden,
+        num_epochs=train_config.max_epochs,
+        num_samples=x.shape[0],
+    )
+    return _train_population_jit(
+        init_params,
+        orders,
         masks,
         x,
         y,
         train_config=train_config,
-        hidden=config.head.hidden,
-        num_classes=int(num_classes),
         chunk_size=choose_chunk_size(population, num_features, num_classes, config.head.hidden, train_config),
         capacities=capacity_levels(num_features) if gather_features else (num_features,),
     )
