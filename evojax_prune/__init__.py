@@ -5,7 +5,7 @@ The public API, re-exported; see the README for a tour.
 
 __version__ = "0.1.0"
 
-from evojax_prune import config, data
+from evojax_prune import config, data, head, metrics, nsga2, odin
 from evojax_prune.config import (
     HeadConfig,
     OdinConfig,
@@ -15,17 +15,34 @@ from evojax_prune.config import (
     preset,
 )
 from evojax_prune.data.featureset import FeatureSet, FeatureSetError
+from evojax_prune.evaluate import PopulationMetrics, evaluate_population
+from evojax_prune.hypervolume import hypervolume
+from evojax_prune.nsga2 import NSGA2
+from evojax_prune.search import SearchResult, run_search
+from evojax_prune.trainer import TrainedPopulation, train_population
 
 __all__ = [
+    "NSGA2",
     "FeatureSet",
     "FeatureSetError",
     "HeadConfig",
     "OdinConfig",
+    "PopulationMetrics",
     "RunConfig",
     "SearchConfig",
+    "SearchResult",
     "TrainConfig",
+    "TrainedPopulation",
     "__version__",
     "config",
     "data",
+    "evaluate_population",
+    "head",
+    "hypervolume",
+    "metrics",
+    "nsga2",
+    "odin",
     "preset",
+    "run_search",
+    "train_population",
 ]
