@@ -1,0 +1,266 @@
+"""The extract command end to end on image folders, the feature cache, errors, and import hygiene."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from evojax_prune import cli
+from evojax_prune.data import extract, images
+from evojax_prune.data.featureset import FeatureSet
+
+SIZE = 32
+needs_keras = pytest.mark.skipif(
+    importlib.util.find_spec("keras") is None, reason="the features extra is not installed"
+)
+
+
+def write_folder(root: Path, layout: dict[str, dict[str, int]], seed: int) -> Path:
+    """root/split/label/imgNN.png with random 36x36 pixels (every image different)."""
+    rng = np.random.default_rng(seed)
+    for split, classes in layout.items():
+        for label, count in classes.items():
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            for k in range(count):
+                pixels = rng.integers(0, 256, size=(36, 36, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / label / f"img{k:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    base = tmp_path_factory.mktemp("data")
+    return {
+        "ind": write_folder(base / "ind", {"train": {"a": 6, "b": 6}, "test": {"a": 2, "b": 3}}, seed=0),
+        "o1": write_folder(base / "o1", {"train": {"p": 6, "q": 6}}, seed=1),
+        "o2": write_folder(base / "o2", {"train": {"r": 6}, "test": {"r": 2}}, seed=2),
+    }
+
+
+@pytest.fixture(scope="module")
+def shared_extractor():
+    if importlib.util.find_spec("keras") is None:
+        pytest.skip("the features extra is not installed")
+    from evojax_prune.data import backbone
+
+    return backbone.load_backbone(SIZE, None, batch_size=4)
+
+
+@pytest.fixture
+def counting_backbone(monkeypatch, shared_extractor):
+    """Replaces load_backbone by one that returns the shared (already compiled) extractor and counts."""
+    calls = {"builds": 0, "images": 0}
+
+    def counted(images_, on_batch=None):
+        calls["images"] += len(images_)
+        return shared_extractor(images_, on_batch=on_batch)
+
+    def load_backbone(image_size, weights, *, batch_size, keras_cache_dir=None):
+        assert image_size == SIZE and weights is None and batch_size == 4
+        calls["builds"] += 1
+        return counted
+
+    monkeypatch.setattr(extract.backbone, "load_backbone", load_backbone)
+    return calls
+
+
+def extract_args(folders, out, cache, *extra):
+    return ["extract", "--folder", str(folders["ind"]), "--ood", str(folders["o1"]), str(folders["o2"]),
+            "--image-size", str(SIZE), "--weights", "none", "--batch-size", "4", "--cache-dir", str(cache),
+            "--out", str(out), "--quiet", *extra]
+
+
+@needs_keras
+def test_extract_end_to_end_then_from_the_cache(folders, tmp_path, counting_backbone, shared_extractor):
+    out, cache = tmp_path / "features.npz", tmp_path / "cache"
+    assert cli.main(extract_args(folders, out, cache)) == 0
+    assert counting_backbone["builds"] == 1
+    features = FeatureSet.load(out)
+
+    # 12 train images: 3 held out for validation (stratified), 5 test, 5 + 5 OoD.
+    assert features.x_train.shape == (9, 2048) and features.x_val.shape == (3, 2048)
+    assert features.x_test.shape == (5, 2048) and features.y_test.tolist() == [0, 0, 1, 1, 1]
+    assert features.ood_val.shape == features.ood_test.shape == (5, 2048)
+    assert features.class_names == ("a", "b")
+    assert sorted(np.bincount(features.y_train).tolist()) == [4, 5]
+    # Every image computed once: 12 train + 5 test + 10 OoD.
+    assert counting_backbone["images"] == 27
+
+    # The rows are the features of the right images.
+    dataset = images.load_folder(folders["ind"])
+    direct_test = shared_extractor(dataset.splits["test"].images(SIZE))
+    np.testing.assert_allclose(features.x_test, direct_test, rtol=1e-6, atol=1e-6)
+    assert len({row.tobytes() for row in np.concatenate([features.x_train, features.x_val])}) == 12
+
+    meta = features.metadata
+    assert meta["random_weights"] is True and meta["name"] == "ind-random-weights"
+    assert "RANDOM WEIGHTS" in meta["feature_extractor"] and meta["backbone"]["weights"] == "random"
+    assert meta["image_size"] == SIZE and meta["source"] == f"folder:{folders['ind'].resolve()}"
+    assert meta["splits"]["val"]["size"] == 3 and meta["splits"]["seed"] == 0
+    assert meta["ood"]["per_split"] == 5 and [s["per_split"] for s in meta["ood"]["sources"]] == [3, 2]
+    json.dumps(meta)
+
+    # Again: everything from the cache, the backbone is not even built, the same file.
+    counting_backbone.update(builds=0, images=0)
+    again = tmp_path / "again.npz"
+    assert cli.main(extract_args(folders, again, cache)) == 0
+    assert counting_backbone == {"builds": 0, "images": 0}
+    second = FeatureSet.load(again)
+    for name, array in features.arrays().items():
+        np.testing.assert_array_equal(getattr(second, name), array)
+
+    # Another seed: only the OoD images not seen yet are computed.
+    assert cli.main(extract_args(folders, tmp_path / "seed1.npz", cache, "--seed", "1")) == 0
+    assert 0 < counting_backbone["images"] <= 10 and counting_backbone["builds"] == 1
+
+
+def extract_one(folders, cache, **options):
+    return extract.extract_featureset(
+        folders["ind"], [folders["o1"]], image_size=SIZE, weights=None, batch_size=4, cache_dir=cache,
+        **options,
+    )
+
+
+@needs_keras
+def test_damaged_cache_file_is_recomputed(folders, tmp_path, counting_backbone):
+    cache = tmp_path / "cache"
+    extract_one(folders, cache)
+    files = sorted(cache.glob("*.npz"))
+    assert [f.name.split("-")[:3] for f in files] == [
+        ["ind", "test", "32px"], ["ind", "train", "32px"], ["o1", "train", "32px"]
+    ]
+    files[0].write_bytes(b"damaged")
+    counting_backbone.update(images=0)
+    with pytest.warns(UserWarning, match="unreadable feature cache file"):
+        extract_one(folders, cache)
+    assert counting_backbone["images"] == 5  # the test split again, nothing else
+    counting_backbone.update(images=0)
+    extract_one(folders, cache, use_cache=False)
+    assert counting_backbone["images"] == 12 + 5 + 10
+
+
+@needs_keras
+def test_an_unreadable_image_is_named(tmp_path, folders, counting_backbone, capsys):
+    ind = write_folder(tmp_path / "bad", {"train": {"a": 3, "b": 3}, "test": {"a": 1, "b": 1}}, seed=3)
+    (ind / "train" / "b" / "img01.png").write_bytes(b"not a png")
+    args = extract_args(folders, tmp_path / "out.npz", tmp_path / "cache")
+    args[args.index("--folder") + 1] = str(ind)
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{ind.resolve() / 'train' / 'b' / 'img01.png'}: cannot read this image" in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "out.npz").exists()
+
+
+@needs_keras
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is None, reason="no tensorflow-datasets")
+def test_extract_from_tfds_with_mock_data(tmp_path, folders, counting_backbone):
+    tfds = images.import_tfds()
+    big_ood = write_folder(tmp_path / "big", {"train": {"u": 30, "v": 30}}, seed=4)
+    out = tmp_path / "rps.npz"
+    args = extract_args(folders, out, tmp_path / "cache")
+    args[args.index("--folder"):args.index("--folder") + 2] = ["--tfds", "rock_paper_scissors"]
+    args[args.index("--ood") + 1:args.index("--ood") + 3] = [str(big_ood)]
+    with tfds.testing.mock_data(num_examples=20):
+        assert cli.main(args) == 0
+    features = FeatureSet.load(out)
+    assert features.class_names == ("rock", "paper", "scissors")
+    assert features.x_train.shape[0] + features.x_val.shape[0] == 20 and features.x_test.shape[0] == 20
+    assert features.ood_val.shape[0] == features.ood_test.shape[0] == 20
+    meta = features.metadata
+    assert meta["source"] == "tfds:rock_paper_scissors" and meta["image_size"] == SIZE
+    assert meta["ood"]["sources"] == [
+        {"source": f"folder:{big_ood.resolve()}", "per_split": 20, "per_class": {"u": 10, "v": 10}}
+    ]
+    assert counting_backbone["images"] == 20 + 20 + 40
+
+
+def test_existing_output_is_refused_without_overwrite(folders, tmp_path, capsys):
+    out = tmp_path / "features.npz"
+    out.write_bytes(b"precious")
+    assert cli.main(extract_args(folders, out, tmp_path / "cache")) == 2
+    assert "features.npz: already exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--folder": "{tmp}/missing"}, "missing: no such folder"),
+        ({"--weights": "{tmp}/r50.h5"}, "r50.h5: no such file; pass the path of a ResNet-50 weights file"),
+        ({"--ood": "{ind}"}, "is the in-distribution data set; it cannot also be OoD"),
+        ({"--out": "{tmp}/no/dir/f.npz"}, "directory {tmp}/no/dir does not exist"),
+        ({"--image-size": "16"}, "image size must be at least 32"),
+    ],
+)
+def test_input_errors_exit_2_with_one_line(folders, tmp_path, capsys, change, message):
+    args = extract_args(folders, tmp_path / "out.npz", tmp_path / "cache")
+    for flag, value in change.items():
+        value = value.format(tmp=tmp_path, ind=folders["ind"])
+        position = args.index(flag) + 1
+        if flag == "--ood":
+            args[position:position + 2] = [value]
+        else:
+            args[position] = value
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1
+
+
+def test_ood_is_required():
+    with pytest.raises(ValueError, match="at least one OoD data set"):
+        extract.extract_featureset("whatever", [])
+
+
+def test_weights_argument():
+    assert extract.parse_weights("imagenet") == "imagenet" and extract.parse_weights("ImageNet") == "imagenet"
+    assert extract.parse_weights("none") is None and extract.parse_weights("random") is None
+    assert extract.parse_weights("w/r50.h5") == "w/r50.h5"
+
+
+def test_core_package_and_register_work_without_keras_or_tensorflow(tmp_path, folders):
+    code = textwrap.dedent(
+        f"""
+        import sys
+
+        class Blocked:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("keras", "tensorflow", "tensorflow_datasets", "tf_keras"):
+                    raise ImportError(f"blocked for this test: {{name}}")
+                return None
+
+        sys.meta_path.insert(0, Blocked())
+        import evojax_prune
+        from evojax_prune import cli
+        from evojax_prune.data import extract, images
+
+        args = cli.build_parser().parse_args(
+            ["extract", "--folder", "x", "--ood", "y", "z", "--out", "f.npz", "--weights", "none"]
+        )
+        assert args.handler is extract.run_extract and args.ood == ["y", "z"], args
+        dataset = images.load_folder({str(folders["ind"])!r})
+        assert dataset.splits["test"].images(32)[0:2].shape == (2, 32, 32, 3)
+        try:
+            import keras
+        except ImportError:
+            pass
+        else:
+            raise AssertionError("the blocker does not block")
+        heavy = [m for m in sys.modules if m.split(".")[0] in ("keras", "tensorflow", "tensorflow_datasets")]
+        assert not heavy, heavy
+        print("ok")
+        """
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"
