@@ -1,0 +1,550 @@
+"""Plots and a Markdown report for a finished run: ``evojax-prune report RUN_DIR``.
+
+Reads the run directory that ``run_search`` wrote (config.json, history.jsonl,
+pareto.npz, summary.json), rebuilds the front's ensembles on the test data
+(``ensemble.compare_ensembles``) and writes, beside the run's files:
+
+  figures/front_3d.png       the front in (MEM, AUROC, accuracy), baseline marked
+  figures/front_pairs.png    its three pairwise projections
+  figures/history.png        hypervolume and best objectives per generation
+  figures/ensembles.png      each band's ensembles vs its best member
+  figures/features.png       how often each feature is kept across the front
+  ensembles.json             the ensemble numbers
+  report.md                  all of it with the key numbers, written last
+
+Every file is written atomically (``atomic.write_atomically``), so a report
+interrupted halfway leaves the previous files or complete new ones; report.md
+goes last, so its presence means the figures it shows are there.
+
+Figures are ``matplotlib.figure.Figure`` objects drawn on the Agg canvas, never
+through pyplot: no global state, no display needed, and a notebook can show
+the same objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evojax_prune import atomic, ensemble
+
+FIGURES = ("front_3d", "front_pairs", "history", "ensembles", "features")
+# The authors' bands, then the upper half and the whole front: a small front
+# (a single run's) puts one or two members in each of the authors' bands.
+REPORT_BANDS = (*ensemble.AUTHORS_BANDS, (50, 100), ensemble.WHOLE_FRONT)
+_RUN_FILES = ("config.json", "summary.json", "pareto.npz", "history.jsonl")
+_PARAM_NAMES = ("hidden_kernel", "output_kernel", "output_bias")
+
+
+# --------------------------------------------------------------------------- reading a run
+
+
+def load_run(run_dir: str | os.PathLike):
+    """A finished run directory as a ``SearchResult`` and the recorded FeatureSet metadata.
+
+    Args:
+      run_dir: a directory ``run_search(..., out_dir=run_dir)`` finished.
+
+    Returns:
+      (SearchResult, recorded) where ``recorded`` is config.json's dict
+      ("features": the FeatureSet metadata, "num_features", "num_classes", ...).
+
+    Raises:
+      FileNotFoundError: the directory or one of its files is missing.
+      ValueError: a file cannot be parsed or the files disagree.
+    """
+    from evojax_prune.config import RunConfig
+    from evojax_prune.head import HeadParams
+    from evojax_prune.search import SearchResult
+
+    path = Path(run_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such run directory")
+    if not path.is_dir():
+        raise ValueError(f"{path}: not a directory (expected a run directory)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a run directory (no config.json)")
+    for name in _RUN_FILES[1:]:
+        if not (path / name).is_file():
+            raise FileNotFoundError(
+                f"{path}: the run has not finished (no {name}); "
+                f"continue it with 'evojax-prune run --resume --out {path}'"
+            )
+    recorded = _read_json(path / "config.json")
+    summary = _read_json(path / "summary.json")
+    try:
+        history = [json.loads(line) for line in (path / "history.jsonl").read_text().splitlines() if line]
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path / 'history.jsonl'}: not valid JSON lines ({error})") from None
+    try:
+        with np.load(path / "pareto.npz", allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path / 'pareto.npz'}: cannot be read ({error})") from None
+
+    try:
+        config = RunConfig.from_dict(recorded["config"])
+        masks = np.asarray(arrays["masks"], bool)
+        params = HeadParams(*(np.asarray(arrays[name]) for name in _PARAM_NAMES))
+        baseline_params = HeadParams(*(np.asarray(arrays["baseline_" + name]) for name in _PARAM_NAMES))
+        front = summary["front"]
+        validation = {name: np.asarray(value, np.float64) for name, value in front["validation"].items()}
+        test = {name: np.asarray(value, np.float64) for name, value in front["test"].items()}
+        result = SearchResult(
+            masks=masks, validation=validation, test=test, params=params,
+            baseline_validation={k: float(v) for k, v in summary["baseline"]["validation"].items()},
+            baseline_test={k: float(v) for k, v in summary["baseline"]["test"].items()},
+            baseline_params=baseline_params, history=history,
+            hypervolume=float(summary["hypervolume"]), evaluations=int(summary["evaluations"]),
+            wall_time=float(summary["wall_seconds"]), config=config, seed=int(recorded["seed"]),
+        )
+    except KeyError as error:
+        raise ValueError(f"{path}: the run's files lack {error} (written by another version?)") from None
+    if masks.ndim != 2 or any(len(value) != len(masks) for value in (*validation.values(), *test.values())):
+        raise ValueError(f"{path}: pareto.npz holds {len(masks)} masks but summary.json a different front")
+    if not history:
+        raise ValueError(f"{path / 'history.jsonl'}: empty")
+    return result, recorded
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def run_features(recorded: dict[str, Any], features: Any = None, *, source: str = "the run"):
+    """The FeatureSet a run was started with.
+
+    Args:
+      recorded: config.json's dict (``load_run``).
+      features: a FeatureSet, a path to one, or ``None``: the embedded digits
+        are rebuilt from the recorded split settings; any other data set must
+        be given.
+      source: names the run in error messages.
+
+    Returns:
+      FeatureSet, checked against the run's name, D and C.
+    """
+    from evojax_prune.data import embedded
+    from evojax_prune.data.featureset import FeatureSet
+
+    metadata = recorded.get("features") or {}
+    name = metadata.get("name", "unnamed")
+    if features is None:
+        if name != "digits":
+            raise ValueError(
+                f"{source}: the run used the features {name!r}, which cannot be rebuilt; "
+                "pass --features FILE, the FeatureSet .npz the run was started with"
+            )
+        splits = metadata.get("splits", {})
+        features = embedded.digits(
+            seed=int(splits.get("seed", 0)),
+            val_fraction=float(splits.get("val_fraction", 0.2)),
+            test_fraction=float(splits.get("test_fraction", 0.2)),
+        )
+    elif not isinstance(features, FeatureSet):
+        features = FeatureSet.load(features)
+    if features.name != name:
+        raise ValueError(
+            f"{source}: the run used the features {name!r}, the FeatureSet given is {features.name!r}"
+        )
+    for what, expected, found in (("D", recorded.get("num_features"), features.num_features),
+                                  ("C", recorded.get("num_classes"), features.num_classes)):
+        if expected is not None and expected != found:
+            raise ValueError(
+                f"{source}: the run used {name!r} with {what} = {expected}, the FeatureSet given has {found}"
+            )
+    return features
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _robustness(values: dict[str, np.ndarray], auroc_kind: str) -> np.ndarray:
+    return values["auroc"] if auroc_kind == "exact" else values["auroc_paper"]
+
+
+def _front_points(result) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Validation (accuracy, MEM, AUROC) of the front and of the baseline."""
+    kind = result.config.odin.auroc
+    accuracy, mem = result.validation["accuracy"], result.validation["mem"]
+    auroc = _robustness(result.validation, kind)
+    base = result.baseline_validation
+    baseline = (base["accuracy"], 1.0, base["auroc"] if kind == "exact" else base["auroc_paper"])
+    return accuracy, mem, auroc, baseline
+
+
+def plot_front_3d(result):
+    """The front in 3D: MEM and AUROC on the floor, accuracy up (and as colour); baseline a red star."""
+    accuracy, mem, auroc, baseline = _front_points(result)
+    figure = _figure(6.5, 5.5)
+    axes = figure.add_subplot(projection="3d")
+    axes.scatter(mem, auroc, accuracy, c=accuracy, cmap="viridis", s=40, depthshade=False,
+                          edgecolors="k", linewidths=0.4, label="front members")
+    for x, y, z in zip(mem, auroc, accuracy, strict=True):  # drop lines make the height readable
+        axes.plot([x, x], [y, y], [min(accuracy.min(), baseline[0]), z], color="0.6", linewidth=0.6)
+    axes.scatter([baseline[1]], [baseline[2]], [baseline[0]], marker="*", s=220, color="crimson",
+                 edgecolors="k", depthshade=False, label="baseline (all features)")
+    axes.set_xlabel("MEM (fraction of features kept)")
+    axes.set_ylabel(f"AUROC ({result.config.odin.auroc})")
+    axes.set_zlabel("accuracy")
+    axes.view_init(elev=22, azim=-58)
+    axes.set_title(f"Pareto front, validation ({len(mem)} members)")
+    axes.legend(loc="upper left", fontsize=8)
+    return figure
+
+
+def _staircase(x: np.ndarray, y: np.ndarray, x_larger_better: bool, y_larger_better: bool):
+    """The points non-dominated in two objectives, sorted by x, for a step line."""
+    sx = x if x_larger_better else -x
+    sy = y if y_larger_better else -y
+    keep = np.array([not np.any((sx >= sx[i]) & (sy >= sy[i]) & ((sx > sx[i]) | (sy > sy[i])))
+                     for i in range(len(x))])
+    order = np.argsort(x[keep], kind="stable")
+    return x[keep][order], y[keep][order]
+
+
+def plot_front_pairs(result):
+    """Accuracy vs MEM, accuracy vs AUROC, MEM vs AUROC; colour = the third objective; baseline a red star.
+
+    The step line joins the members that no other member beats on that pair
+    of objectives (the two-objective front of the projection).
+    """
+    accuracy, mem, auroc, baseline = _front_points(result)
+    auroc_label = f"AUROC ({result.config.odin.auroc})"
+    # name -> (values, larger is better, axis label, index into ``baseline``)
+    objectives = {
+        "accuracy": (accuracy, True, "accuracy", 0),
+        "mem": (mem, False, "MEM (fraction of features kept)", 1),
+        "auroc": (auroc, True, auroc_label, 2),
+    }
+    pairs = (("mem", "accuracy", "auroc"), ("auroc", "accuracy", "mem"), ("mem", "auroc", "accuracy"))
+    figure = _figure(13.5, 4.2)
+    for axes, (x_name, y_name, colour_name) in zip(figure.subplots(1, 3), pairs, strict=True):
+        x, x_up, x_label, x_base = objectives[x_name]
+        y, y_up, y_label, y_base = objectives[y_name]
+        steps_x, steps_y = _staircase(x, y, x_up, y_up)
+        # Sorted by x, the attained boundary holds the left point's y when x is minimised, the right one's
+        # when both are maximised.
+        axes.step(steps_x, steps_y, where="post" if x_up != y_up else "pre", color="0.55", linewidth=1,
+                  zorder=1)
+        points = axes.scatter(x, y, c=objectives[colour_name][0], cmap="viridis", s=36, edgecolors="k",
+                              linewidths=0.4, zorder=2)
+        axes.scatter([baseline[x_base]], [baseline[y_base]], marker="*", s=220, color="crimson",
+                     edgecolors="k", zorder=3, label="baseline (all features)")
+        axes.set_xlabel(x_label + ("" if x_up else "  (lower is better)"))
+        axes.set_ylabel(y_label)
+        axes.grid(alpha=0.3)
+        figure.colorbar(points, ax=axes, label=objectives[colour_name][2])
+    figure.axes[0].legend(loc="lower right", fontsize=8)
+    figure.suptitle(f"Pareto front, pairwise projections (validation, {len(mem)} members)")
+    return figure
+
+
+def plot_history(history: list[dict[str, Any]]):
+    """Hypervolume of the front per generation (left); best accuracy and AUROC, smallest MEM (right)."""
+    generations = np.array([row["generation"] for row in history])
+    figure = _figure(11, 4)
+    left, right = figure.subplots(1, 2)
+    left.plot(generations, [row["hypervolume"] for row in history], marker="o", color="C0")
+    left.set_xlabel("generation")
+    left.set_ylabel("hypervolume (reference (1, 1, 1))")
+    left.set_title("Hypervolume of the front (validation)")
+    left.grid(alpha=0.3)
+    for key, label, colour in (("best_accuracy", "best accuracy", "C0"), ("best_auroc", "best AUROC", "C3"),
+                               ("smallest_mem", "smallest MEM", "C2")):
+        right.plot(generations, [row[key] for row in history], marker="o", label=label, color=colour)
+    right.set_xlabel("generation")
+    right.set_ylabel("objective (validation)")
+    right.set_title("Best value of each objective on the front")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    for axes in (left, right):
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    return figure
+
+
+def plot_ensembles(comparison: ensemble.EnsembleComparison):
+    """Bars per band: ensembles vs the band's best member, test accuracy (left) and test AUROC (right)."""
+    figure = _figure(13, 5)
+    left, right = figure.subplots(1, 2)
+    panels = (
+        (left, "accuracy", "class_members",
+         (("majority_vote_accuracy", "majority vote"), ("soft_vote_accuracy", "soft vote"),
+          ("best_member_accuracy", "best member in band")),
+         comparison.baseline_accuracy),
+        (right, "AUROC", "ood_members",
+         (("mean_score_auroc", "mean ODIN score"), ("vote_auroc", f"vote at {comparison.tpr:.0%} TPR"),
+          ("best_member_auroc", "best member in band")),
+         comparison.baseline_auroc),
+    )
+    for axes, metric, members, bars, baseline in panels:
+        bands = [band for band in comparison.bands if getattr(band, members)]
+        positions = np.arange(len(bands))
+        width = 0.8 / len(bars)
+        values = []
+        for offset, (field, label) in enumerate(bars):
+            heights = np.array([getattr(band, field) for band in bands])
+            values.append(heights)
+            colour = "0.6" if field.startswith("best_member") else f"C{offset}"
+            axes.bar(positions + (offset - (len(bars) - 1) / 2) * width, heights, width, label=label,
+                     color=colour, edgecolor="k", linewidth=0.4)
+        axes.axhline(baseline, color="crimson", linestyle="--", linewidth=1, label="baseline (all features)")
+        everything = np.concatenate([*values, [baseline]])
+        low, high = float(np.nanmin(everything)), float(np.nanmax(everything))
+        margin = max(0.01, 0.15 * (high - low))
+        # Zoomed: the differences of interest are a few points, not the whole [0, 1].
+        axes.set_ylim(max(0.0, low - margin), min(1.0, high + margin) + margin / 2)
+        axes.set_xticks(positions, [f"{band.label}\n({len(getattr(band, members))})" for band in bands])
+        axes.set_xlabel("percentile band of validation " + (
+            "accuracy" if metric == "accuracy" or comparison.ood_ranking == "accuracy" else "AUROC"
+        ) + " (members)")
+        axes.set_ylabel(f"test {metric}")
+        axes.grid(axis="y", alpha=0.3)
+        axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=4, frameon=False)
+    left.set_title("Classification ensembles vs best member")
+    right.set_title("OoD ensembles vs best member")
+    return figure
+
+
+def plot_feature_frequency(masks: np.ndarray, image_side: int | None = None):
+    """How often each feature is kept across the front.
+
+    Args:
+      masks: (K, D) bool, the front.
+      image_side: when the features are the pixels of a square image
+        (D = side**2, e.g. the 8x8 digits), also draw the frequencies as that image.
+    """
+    masks = np.asarray(masks, bool)
+    frequency = masks.mean(axis=0)
+    num_members, num_features = masks.shape
+    as_image = image_side is not None and image_side * image_side == num_features
+    figure = _figure(11 if as_image else 8, 4)
+    axes = figure.subplots(1, 2 if as_image else 1, width_ratios=[1, 1.6] if as_image else None)
+    if as_image:
+        image_axes, axes = axes
+        shown = image_axes.imshow(frequency.reshape(image_side, image_side), cmap="magma", vmin=0, vmax=1)
+        image_axes.set_title(f"kept by this fraction of the {num_members} members")
+        image_axes.set_xticks([])
+        image_axes.set_yticks([])
+        figure.colorbar(shown, ax=image_axes, shrink=0.85)
+    order = np.argsort(-frequency, kind="stable")
+    ranks = np.arange(1, num_features + 1)
+    if num_features <= 128:
+        axes.bar(ranks, frequency[order], width=1.0, color="C0", edgecolor="k", linewidth=0.2)
+    else:
+        axes.fill_between(ranks, frequency[order], step="mid", alpha=0.4, color="C0")
+        axes.plot(ranks, frequency[order], drawstyle="steps-mid", color="C0")
+    axes.set_xlim(0.5, num_features + 0.5)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("features, most often kept first")
+    axes.set_ylabel("fraction of front members keeping it")
+    always, never = int(np.sum(frequency == 1)), int(np.sum(frequency == 0))
+    axes.set_title(f"{always} of {num_features} features kept by every member, {never} by none")
+    axes.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def _save_png(figure, path: Path) -> None:
+    def write(stream):
+        buffer = io.BytesIO()  # render fully before touching the file
+        figure.savefig(buffer, format="png", dpi=110)
+        stream.write(buffer.getvalue())
+
+    atomic.write_atomically(path, write)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def write_report(run_dir: str | os.PathLike, features: Any = None, *,
+                 bands=REPORT_BANDS, tpr: float = ensemble.DEFAULT_TPR) -> Path:
+    """Writes the figures, ensembles.json and report.md into a finished run directory.
+
+    Args:
+      run_dir: the run directory.
+      features: the run's FeatureSet or its path; ``None`` rebuilds the embedded digits.
+      bands: ensemble percentile bands (default: the authors' eight and the whole front).
+      tpr: InD validation TPR of the members' OoD vote thresholds.
+
+    Returns:
+      The path of report.md.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ValueError("the report needs matplotlib: pip install matplotlib") from None
+    path = Path(run_dir)
+    result, recorded = load_run(path)
+    featureset = run_features(recorded, features, source=str(path))
+    comparison = ensemble.compare_ensembles(result, featureset, bands=bands, tpr=tpr)
+    metadata = recorded.get("features") or {}
+    image_size = metadata.get("image_size")
+    pixels = isinstance(image_size, int) and image_size * image_size == result.masks.shape[1]
+
+    figures_dir = path / "figures"
+    figures_dir.mkdir(exist_ok=True)
+    figures = {
+        "front_3d": plot_front_3d(result),
+        "front_pairs": plot_front_pairs(result),
+        "history": plot_history(result.history),
+        "ensembles": plot_ensembles(comparison),
+        "features": plot_feature_frequency(result.masks, image_size if pixels else None),
+    }
+    for name, figure in figures.items():
+        _save_png(figure, figures_dir / f"{name}.png")
+    atomic.write_json(path / "ensembles.json", comparison.to_dict())
+    report = path / "report.md"
+    atomic.write_text(report, render_markdown(result, recorded, comparison))
+    return report
+
+
+def _picks(result) -> list[tuple[str, int]]:
+    kind = result.config.odin.auroc
+    return [
+        ("most accurate", int(np.argmax(result.validation["accuracy"]))),
+        ("most robust", int(np.argmax(_robustness(result.validation, kind)))),
+        ("smallest", int(np.argmin(result.validation["mem"]))),
+    ]
+
+
+def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.EnsembleComparison) -> str:
+    """report.md's text: key numbers, the figures (relative links) and the ensemble table."""
+    metadata = recorded.get("features") or {}
+    num_features = result.masks.shape[1]
+    history = result.history
+    base_val, base_test = result.baseline_validation, result.baseline_test
+    lines = [
+        f"# Run report: {metadata.get('name', 'unnamed')}, preset {result.config.preset}, seed {result.seed}",
+        "",
+        f"D = {num_features} features, C = {recorded.get('num_classes', '?')} classes; "
+        f"population {result.config.search.population_size}, {len(history) - 1} generations, "
+        f"{result.evaluations} masks evaluated in {result.wall_time:.0f} s. "
+        f"The front was selected on the validation split; test numbers are reported beside it.",
+        "",
+        "## Key numbers",
+        "",
+        f"- Front: **{len(result.masks)} members**, keeping {int(result.masks.sum(axis=1).min())} to "
+        f"{int(result.masks.sum(axis=1).max())} of {num_features} features.",
+        f"- Hypervolume (validation objectives error, MEM, 1 - AUROC; reference (1, 1, 1)): "
+        f"**{result.hypervolume:.4f}** (generation 0: {history[0]['hypervolume']:.4f}).",
+        f"- Best member on test: accuracy **{comparison.best_accuracy:.4f}**, AUROC "
+        f"**{comparison.best_auroc:.4f}**; baseline (all features): accuracy {base_test['accuracy']:.4f}, "
+        f"AUROC {base_test['auroc']:.4f}.",
+    ]
+    # A one-member band is that member, not an ensemble.
+    ensembles = [band for band in comparison.bands if len(band.class_members) >= 2]
+    if ensembles:
+        best = max(ensembles, key=lambda band: band.accuracy_gain)
+        lines.append(
+            f"- Best ensemble: band {best.label} ({len(best.class_members)} members), majority vote "
+            f"**{best.majority_vote_accuracy:.4f}** (soft vote {best.soft_vote_accuracy:.4f}) vs "
+            f"{best.best_member_accuracy:.4f} for its best member ({best.accuracy_gain:+.4f})."
+        )
+    else:
+        lines.append("- Ensembles: no band holds two or more members (the front is too small).")
+    lines += [
+        "",
+        "| head | features | MEM | val accuracy | test accuracy | val AUROC | test AUROC | test FPR95 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| baseline (all features) | {num_features} | 1.000 | {base_val['accuracy']:.4f} "
+        f"| {base_test['accuracy']:.4f} | {base_val['auroc']:.4f} | {base_test['auroc']:.4f} "
+        f"| {base_test['fpr95']:.4f} |",
+    ]
+    for label, member in _picks(result):
+        lines.append(
+            f"| {label} member ({member}) | {int(result.masks[member].sum())} "
+            f"| {result.validation['mem'][member]:.3f} | {result.validation['accuracy'][member]:.4f} "
+            f"| {result.test['accuracy'][member]:.4f} | {result.validation['auroc'][member]:.4f} "
+            f"| {result.test['auroc'][member]:.4f} | {result.test['fpr95'][member]:.4f} |"
+        )
+    lines += [
+        "",
+        "AUROC is the exact one (Mann-Whitney, ties counted half) of ODIN scores (T = "
+        f"{result.config.odin.temperature:g}); FPR95 takes in-distribution as positive (ODIN paper). "
+        f"The search optimised the {result.config.odin.auroc} AUROC. Every member is in `pareto.csv`.",
+        "",
+        "## The front",
+        "",
+        "Each point is a pruned head. Read accuracy against MEM for the size/accuracy trade-off, and "
+        "accuracy against AUROC for robustness; the red star is the unpruned head. A member is on the "
+        "front because no other member is at least as good on all three objectives and better on one, "
+        "so a point that looks dominated in one projection wins on the third objective (its colour).",
+        "",
+        "![front, pairwise projections](figures/front_pairs.png)",
+        "",
+        "![front in 3D](figures/front_3d.png)",
+        "",
+        "## The search",
+        "",
+        "![hypervolume and best objectives per generation](figures/history.png)",
+        "",
+        "## Ensembles",
+        "",
+        "Members are grouped by percentile bands of validation accuracy (classification) and validation "
+        f"{'AUROC' if comparison.ood_ranking == 'auroc' else 'accuracy'} (OoD), as the authors grouped "
+        "them; every number is on the test split and the OoD test data. *majority*: majority vote of "
+        "predicted classes (ties to the lowest class); *soft*: mean probabilities; *mean-score AUROC*: "
+        f"AUROC of the mean ODIN score; *vote*: each member thresholds its score at {comparison.tpr:.0%} "
+        "TPR on the validation data, the ensemble calls in-distribution by majority (AUROC of the vote "
+        "count, TPR / FPR of the call; a tie is out-of-distribution); *authors' vote*: their sweep over "
+        "100 thresholds, to compare with the members' AUROC as the authors computed it. *best member*: "
+        "the highest test value inside the band (an oracle pick, the authors' comparison). The last two "
+        "bands are the upper half of the front and the whole front.",
+        "",
+        comparison.table(),
+        "",
+        "![ensembles vs best member](figures/ensembles.png)",
+        "",
+        "## Features",
+        "",
+        "How often each feature is kept across the front: features kept by (nearly) every member are the "
+        "ones accuracy depends on; those kept by none were pruned everywhere.",
+        "",
+        "![feature frequency](figures/features.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def register(subparser: argparse.ArgumentParser) -> None:
+    """Adds ``evojax-prune report RUN_DIR [--features FILE]``."""
+    subparser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
+    subparser.add_argument(
+        "--features", metavar="FILE",
+        help="the FeatureSet .npz the run used (not needed for the embedded digits)",
+    )
+    subparser.set_defaults(handler=_command)
+
+
+def _command(args: argparse.Namespace) -> int:
+    path = write_report(args.run_dir, args.features)
+    summary = json.loads((path.parent / "ensembles.json").read_text())
+    print(f"report: {path}")
+    print(f"figures: {', '.join(f'figures/{name}.png' for name in FIGURES)}")
+    best = summary["best_member"]
+    print(f"best member on test: accuracy {best['accuracy']:.4f}, AUROC {best['auroc']:.4f}")
+    return 0

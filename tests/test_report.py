@@ -1,0 +1,223 @@
+"""``evojax-prune report`` on a finished (tiny) run: figures, report.md, errors, hypervolume history."""
+
+import csv
+import dataclasses
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from pymoo.indicators.hv import HV
+
+from evojax_prune import cli, config, ensemble, report
+from evojax_prune.data import embedded
+from evojax_prune.search import run_search
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_config():
+    return config.preset("quick").replace(
+        head={"hidden": 16}, train={"max_epochs": 6}, search={"population_size": 8, "generations": 2}
+    )
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return embedded.digits()
+
+
+@pytest.fixture(scope="module")
+def finished(digits, tmp_path_factory):
+    """A finished run directory and its SearchResult."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    return run_search(digits, tiny_config(), seed=0, out_dir=out), out
+
+
+@pytest.fixture(scope="module")
+def reported(finished):
+    """The run directory after ``evojax-prune report`` (through the CLI's entry point)."""
+    _, out = finished
+    assert cli.main(["report", str(out)]) == 0
+    return out
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])  # IHDR width, height
+
+
+def copy_run(finished, tmp_path, name="copy"):
+    _, out = finished
+    target = tmp_path / name
+    # A pristine run: without what the ``reported`` fixture may have added.
+    shutil.copytree(out, target, ignore=shutil.ignore_patterns("report.md", "ensembles.json", "figures"))
+    return target
+
+
+def test_report_writes_every_figure_and_the_report(reported):
+    for name in report.FIGURES:
+        width, height = png_size(reported / "figures" / f"{name}.png")
+        assert width >= 500 and height >= 300, name
+        assert (reported / "figures" / f"{name}.png").stat().st_size > 10_000, name
+    text = (reported / "report.md").read_text()
+    for name in report.FIGURES:
+        assert f"](figures/{name}.png)" in text
+    # Nothing half-written is left behind.
+    leftovers = [p.name for p in reported.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_report_states_the_key_numbers(finished, reported):
+    result, _ = finished
+    text = (reported / "report.md").read_text()
+    summary = json.loads((reported / "summary.json").read_text())
+    assert f"**{len(result.masks)} members**" in text
+    assert f"**{summary['hypervolume']:.4f}**" in text
+    assert f"accuracy {summary['baseline']['test']['accuracy']:.4f}" in text
+    assert f"**{result.test['accuracy'].max():.4f}**" in text
+    assert "| 85-95 |" in text and "| 50-100 |" in text and "| 0-100 |" in text
+    if len(result.masks) >= 2:  # the whole-front band is then an ensemble
+        assert "- Best ensemble: band" in text
+    else:
+        assert "no band holds two or more members" in text
+
+
+def test_ensembles_json_agrees_with_the_run(finished, reported):
+    result, _ = finished
+    numbers = json.loads((reported / "ensembles.json").read_text())
+    assert [band["band"] for band in numbers["bands"]] == [list(band) for band in report.REPORT_BANDS]
+    whole = numbers["bands"][-1]
+    assert whole["class_members"] == list(range(len(result.masks)))
+    # Recomputed member metrics reproduce the run's own test metrics.
+    np.testing.assert_allclose(numbers["members"]["accuracy"], result.test["accuracy"], atol=1.5 / 360)
+    assert numbers["best_member"]["accuracy"] == pytest.approx(result.test["accuracy"].max(), abs=1.5 / 360)
+    for band in numbers["bands"]:
+        if band["class_members"]:
+            best = max(result.test["accuracy"][band["class_members"]])
+            assert band["best_member_accuracy"] == pytest.approx(best, abs=1.5 / 360)
+            assert 0 <= band["majority_vote_accuracy"] <= 1
+        else:
+            assert band["majority_vote_accuracy"] is None
+
+
+def test_load_run_round_trips_the_search_result(finished):
+    result, out = finished
+    loaded, recorded = report.load_run(out)
+    np.testing.assert_array_equal(loaded.masks, result.masks)
+    for name in result.validation:
+        np.testing.assert_allclose(loaded.validation[name], result.validation[name])
+        np.testing.assert_allclose(loaded.test[name], result.test[name])
+    np.testing.assert_array_equal(loaded.params.hidden_kernel, result.params.hidden_kernel)
+    assert loaded.config == result.config and loaded.history == result.history
+    assert recorded["features"]["name"] == "digits"
+
+
+def test_recorded_hypervolume_equals_pymoo_on_the_final_front(finished):
+    result, out = finished
+    with open(out / "pareto.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert result.config.odin.auroc == "exact"
+    objectives = np.array([[1 - float(row["val_accuracy"]), float(row["mem"]), 1 - float(row["val_auroc"])]
+                           for row in rows])
+    expected = HV(ref_point=np.ones(3))(objectives)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    # pareto.csv rounds to 6 decimals: a few 1e-7 of volume.
+    assert history[-1]["hypervolume"] == pytest.approx(expected, abs=1e-5)
+    assert json.loads((out / "summary.json").read_text())["hypervolume"] == pytest.approx(expected, abs=1e-5)
+    assert history[-1]["front_size"] == len(rows)
+    assert 0 < history[0]["hypervolume"] <= 1
+
+
+def test_recorded_hypervolume_equals_pymoo_on_the_unrounded_front(finished):
+    result, _ = finished
+    assert len(result.history) == result.config.search.generations + 1
+    assert all(0 < record["hypervolume"] < 1 for record in result.history)
+    expected = HV(ref_point=np.ones(3))(result.objectives)
+    assert result.history[-1]["hypervolume"] == pytest.approx(expected, rel=1e-9)
+    assert result.hypervolume == pytest.approx(expected, rel=1e-9)
+
+
+def test_cli_report_prints_where_the_report_is(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path)
+    assert cli.main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert str(run / "report.md") in out and "figures/front_3d.png" in out
+
+
+def one_line_error(capsys, argv, *fragments):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_cli_errors_on_a_missing_or_invalid_run_directory(finished, tmp_path, capsys):
+    one_line_error(capsys, ["report", str(tmp_path / "nowhere")], "nowhere", "no such run directory")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(capsys, ["report", str(empty)], "not a run directory", "config.json")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    one_line_error(capsys, ["report", str(a_file)], "not a directory")
+
+    unfinished = copy_run(finished, tmp_path, "unfinished")
+    (unfinished / "summary.json").unlink()
+    one_line_error(capsys, ["report", str(unfinished)], "has not finished", "summary.json", "--resume")
+
+    corrupt = copy_run(finished, tmp_path, "corrupt")
+    (corrupt / "config.json").write_text("{ not json")
+    one_line_error(capsys, ["report", str(corrupt)], "config.json", "not valid JSON")
+    assert not (corrupt / "report.md").exists()
+
+
+def test_other_features_need_a_matching_features_file(finished, digits, tmp_path, capsys):
+    run = copy_run(finished, tmp_path, "renamed")
+    recorded = json.loads((run / "config.json").read_text())
+    recorded["features"]["name"] = "rps"
+    (run / "config.json").write_text(json.dumps(recorded))
+    one_line_error(capsys, ["report", str(run)], "'rps'", "cannot be rebuilt", "--features FILE")
+    digits_file = digits.save(tmp_path / "digits.npz")
+    one_line_error(capsys, ["report", str(run), "--features", str(digits_file)], "'rps'", "'digits'")
+    one_line_error(capsys, ["report", str(run), "--features", str(tmp_path / "missing.npz")], "missing.npz")
+
+
+def test_features_file_must_reproduce_the_run(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path, "with-file")
+    right = embedded.digits().save(tmp_path / "right.npz")
+    assert cli.main(["report", str(run), "--features", str(right)]) == 0
+    capsys.readouterr()
+    wrong = embedded.digits(seed=7).save(tmp_path / "wrong.npz")  # same name and sizes, other split
+    one_line_error(capsys, ["report", str(run), "--features", str(wrong)], "do not reproduce the run")
+
+
+def test_feature_frequency_plot_for_images_and_for_general_features():
+    rng = np.random.default_rng(0)
+    image = report.plot_feature_frequency(rng.random((5, 64)) < 0.5, image_side=8)
+    assert len(image.axes) == 3  # image, colour bar, sorted bars
+    general = report.plot_feature_frequency(rng.random((7, 2048)) < 0.3)
+    assert len(general.axes) == 1
+    # A side that does not match D draws no image.
+    assert len(report.plot_feature_frequency(rng.random((5, 60)) < 0.5, image_side=8).axes) == 1
+
+
+def test_ensemble_plot_skips_empty_bands(finished, digits):
+    result, _ = finished
+    comparison = ensemble.compare_ensembles(result, digits, bands=[(0, 100), (50, 100)])
+    empty = dataclasses.replace(
+        comparison.bands[1], band=(41, 42), class_members=(), ood_members=(),
+        **{name: float("nan") for name in ("majority_vote_accuracy", "soft_vote_accuracy",
+                                           "best_member_accuracy", "mean_score_auroc", "vote_auroc",
+                                           "best_member_auroc")},
+    )
+    comparison = dataclasses.replace(comparison, bands=(*comparison.bands, empty))
+    figure = report.plot_ensembles(comparison)
+    for axes in figure.axes:
+        labels = [tick.get_text().split("\n")[0] for tick in axes.get_xticklabels()]
+        assert labels == ["0-100", "50-100"]
+    assert "| 41-42 | 0 | - |" in comparison.table()
+    assert comparison.to_dict()["bands"][2]["majority_vote_accuracy"] is None
