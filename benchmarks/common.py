@@ -1,0 +1,69 @@
+"""What every benchmark records beside its numbers: device, versions, date, load."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import resource
+from importlib import metadata
+
+import jax
+import numpy as np
+
+from evojax_prune.data.featureset import FeatureSet
+
+
+def environment() -> dict:
+    versions = {}
+    for package in ("evojax-prune", "jax", "jaxlib", "flax", "optax", "evosax", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    device = jax.devices()[0]
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": str(device),
+        "device_kind": device.device_kind,
+        "num_devices": jax.device_count(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        "versions": versions,
+    }
+
+
+def peak_memory() -> dict:
+    """Peak host RSS and, where the device reports it, peak device memory (bytes)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return {
+        "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "device_peak_bytes": stats.get("peak_bytes_in_use"),
+        "device_limit_bytes": stats.get("bytes_limit"),
+    }
+
+
+def rps_shaped_features(seed: int = 0, num_features: int = 2048) -> FeatureSet:
+    """Synthetic features with the RPS data set's shapes (PROTOCOL.md, "Datasets").
+
+    RPS: 2,520 train / 372 test images, 3 classes; 20% of train is carved into
+    validation (2,016 / 504); OoD sets as large as the test split (372 each).
+    Values are non-negative like pooled ResNet-50 features; labels follow a
+    linear rule so that heads learn something and early stopping behaves.
+    """
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(size=(num_features, 3))
+
+    def split(count):
+        x = rng.gamma(0.6, 0.8, size=(count, num_features)).astype(np.float32)
+        y = np.argmax((x - x.mean()) @ weights + rng.normal(scale=2.0, size=(count, 3)), axis=1)
+        return x, y.astype(np.int32)
+
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = split(2016), split(504), split(372)
+    ood = rng.gamma(0.9, 0.6, size=(744, num_features)).astype(np.float32)
+    return FeatureSet(
+        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
+        ood_val=ood[:372], ood_test=ood[372:], class_names=("rock", "paper", "scissors"),
+        metadata={"name": "rps-shaped-synthetic"},
+    )

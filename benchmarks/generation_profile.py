@@ -1,0 +1,196 @@
+"""Where a generation's time goes, and the authors' whole run estimated.
+
+Part 1, generation profile: on RPS-shaped features (``common.rps_shaped_features``:
+N = 2,016 train, 504 validation, 372 + 372 OoD, D = 2048, H = 512, C = 3), for
+each population size P, one generational step of the search exactly as
+``run_search`` does it: NSGA-II ``ask`` (selection), ``train_population`` on
+the P offspring (training), ``evaluate_population`` on validation + OoD
+(scoring), ``tell`` (selection), and the host's bookkeeping (cache lookups,
+the one transfer of metrics). Training runs a fixed number of epochs (early
+stopping off) so that every P does the same work per head. Each phase is timed
+after a first, compiling call. Reported: seconds per phase, heads per second,
+peak host / device memory, and the largest population whose training state
+fits the device (``trainer.bytes_per_head``; a GPU reports its memory limit).
+
+Part 2, the authors' whole run: population 30, 200 evaluations (30 initial +
+85 steady-state generations of 2), their training protocol (SGD 1e-3,
+momentum 0.9, Nesterov, batch 32, up to 600 epochs). Measured here on a
+reduced epoch count and scaled linearly in epochs to the 600-epoch limit (an
+upper bound: early stopping ends most heads sooner), in both the authors'
+steady-state order (85 calls training 2 heads) and generational (the 200 heads
+in 7 calls of 30), against their 19,851 s on a V100 for RPS.
+
+    python benchmarks/generation_profile.py                       # CPU sizes
+    python benchmarks/generation_profile.py --populations 32 256 1024 --epochs 20 --paper-epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import environment, peak_memory, rps_shaped_features  # noqa: E402
+
+from evojax_prune import config as cfg  # noqa: E402
+from evojax_prune import evaluate, trainer  # noqa: E402
+from evojax_prune.search import MaskEvaluator  # noqa: E402
+from evojax_prune.strategy import MultiObjective  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "generation_profile_cpu.json"
+AUTHORS_RPS_SECONDS = 19_851.0
+
+
+def _timed(function, *args):
+    started = time.perf_counter()
+    result = jax.block_until_ready(function(*args))
+    return result, time.perf_counter() - started
+
+
+def profile_generation(features, population: int, epochs: int) -> dict:
+    config = cfg.preset("default").replace(
+        search={"population_size": population},
+        train={"max_epochs": epochs, "patience": epochs + 1},
+    )
+    evolver = MultiObjective(config.search, features.num_features)
+    key = jax.random.PRNGKey(0)
+    evaluator = MaskEvaluator(features, config, key, max_batch=population)
+    parents = evolver.initial_population(key)
+    objectives = np.random.default_rng(0).random((population, 3))
+    state = evolver.init(key, parents, objectives)
+    x_val, y_val, ood = evaluator.x_val, evaluator.y_val, evaluator.ood_val
+
+    def generation(generation_key):
+        timings = {}
+        (offspring, new_state), timings["ask"] = _timed(evolver.ask, generation_key, state)
+        started = time.perf_counter()
+        masks = evolver.masks(offspring)
+        found, _ = evaluator.cache.lookup(masks)  # the host's bookkeeping, as in the search
+        timings["host"] = time.perf_counter() - started
+        trained, timings["train"] = _timed(evaluator.train, masks)
+        scores, timings["score"] = _timed(
+            evaluate.evaluate_population, trained.params, masks, x_val, y_val, ood, config
+        )
+        started = time.perf_counter()
+        fitness = np.asarray(jax.device_get(scores.objectives(config.odin.auroc)))
+        timings["host"] += time.perf_counter() - started
+        _, timings["tell"] = _timed(evolver.tell, generation_key, offspring, fitness, new_state)
+        return timings
+
+    first = generation(jax.random.PRNGKey(1))  # compiles
+    timings = generation(jax.random.PRNGKey(2))
+    total = sum(timings.values())
+    flops = 6.0 * features.x_train.shape[0] * epochs * population * (
+        features.num_features * config.head.hidden + config.head.hidden * features.num_classes
+    )
+    return {
+        "population": population,
+        "epochs": epochs,
+        "seconds": {
+            "training": timings["train"], "scoring": timings["score"],
+            "selection": timings["ask"] + timings["tell"], "host": timings["host"], "total": total,
+        },
+        "first_call_seconds": sum(first.values()),
+        "heads_per_second": population / total,
+        "head_epochs_per_second": population * epochs / timings["train"],
+        "dense_training_gflops": flops / timings["train"] / 1e9,
+        "train_chunk_size": trainer.choose_chunk_size(
+            population, features.num_features, features.num_classes, config.head.hidden, config.train
+        ),
+        "memory": peak_memory(),
+    }
+
+
+def largest_population(features) -> dict:
+    config = cfg.preset("default")
+    per_head = trainer.bytes_per_head(
+        features.num_features, features.num_classes, config.head.hidden, config.train
+    )
+    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    data = sum(array.nbytes for array in features.arrays().values())
+    return {
+        "bytes_per_training_head": per_head,
+        "device_memory_limit_bytes": limit,
+        # Chunking bounds the training state, so any P fits; what must fit at once is one
+        # chunk's state plus the parameters of all P heads for scoring (D*H + H*C + C floats each).
+        "largest_population_with_all_params_resident": (
+            int((limit - data) // (per_head // 5 + per_head)) if limit else None
+        ),
+    }
+
+
+def paper_run(features, epochs: int) -> dict:
+    """The authors' 200 evaluations, timed at ``epochs`` epochs per head and scaled to 600."""
+    config = cfg.preset("paper").replace(train={"max_epochs": epochs, "patience": epochs + 1})
+    key = jax.random.PRNGKey(0)
+    masks = np.asarray(MultiObjective(config.replace(search={"population_size": 200}).search,
+                                      features.num_features).initial_population(key))
+
+    def train_in_groups(group):
+        evaluator = MaskEvaluator(features, config, key, max_batch=group)
+        jax.block_until_ready(evaluator.train(masks[:group]))  # compile
+        started = time.perf_counter()
+        for start in range(0, len(masks), group):
+            jax.block_until_ready(evaluator.train(masks[start:start + group]))
+        return time.perf_counter() - started
+
+    steady = train_in_groups(2)
+    generational = train_in_groups(30)
+    scale = 600 / epochs
+    return {
+        "evaluations": len(masks),
+        "measured_epochs": epochs,
+        "scaled_to_epochs": 600,
+        "steady_state_seconds_measured": steady,
+        "generational_seconds_measured": generational,
+        "steady_state_seconds_at_600_epochs": steady * scale,
+        "generational_seconds_at_600_epochs": generational * scale,
+        "authors_v100_seconds": AUTHORS_RPS_SECONDS,
+        "speedup_vs_authors_generational": AUTHORS_RPS_SECONDS / (generational * scale),
+        "note": "upper bound: every head runs all 600 epochs; the authors' heads stopped early "
+                "(their time also re-ran ResNet-50 on every evaluation)",
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--populations", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per head in the profile")
+    parser.add_argument("--paper-epochs", type=int, default=2, help="epochs measured for part 2")
+    parser.add_argument("--skip-paper", action="store_true")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+
+    features = rps_shaped_features()
+    result = {"benchmark": "generation_profile", **environment(), "rows": []}
+    for population in args.populations:
+        row = profile_generation(features, population, args.epochs)
+        result["rows"].append(row)
+        seconds = row["seconds"]
+        print(f"P={population:>5}: train {seconds['training']:.2f}s  score {seconds['scoring']:.2f}s  "
+              f"select {seconds['selection']:.3f}s  host {seconds['host']:.3f}s  "
+              f"({row['heads_per_second']:.1f} heads/s, {row['dense_training_gflops']:.1f} GFLOP/s)",
+              flush=True)
+    result["capacity"] = largest_population(features)
+    if not args.skip_paper:
+        result["paper_run"] = paper_run(features, args.paper_epochs)
+        paper = result["paper_run"]
+        print(f"authors' run (200 evals, scaled to 600 epochs): steady state "
+              f"{paper['steady_state_seconds_at_600_epochs']:.0f}s, generational "
+              f"{paper['generational_seconds_at_600_epochs']:.0f}s vs {AUTHORS_RPS_SECONDS:.0f}s on a V100")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
