@@ -33,18 +33,17 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, peak_memory, rps_shaped_features  # noqa: E402
+from common import environment, peak_memory, rps_shaped_features
 
-from evojax_prune import config as cfg  # noqa: E402
-from evojax_prune import evaluate, trainer  # noqa: E402
-from evojax_prune.search import MaskEvaluator  # noqa: E402
-from evojax_prune.strategy import MultiObjective  # noqa: E402
+from evojax_prune import config as cfg
+from evojax_prune import evaluate, trainer
+from evojax_prune.search import MaskEvaluator
+from evojax_prune.strategy import MultiObjective
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "generation_profile_cpu.json"
 AUTHORS_RPS_SECONDS = 19_851.0
@@ -74,7 +73,7 @@ def profile_generation(features, population: int, epochs: int) -> dict:
         (offspring, new_state), timings["ask"] = _timed(evolver.ask, generation_key, state)
         started = time.perf_counter()
         masks = evolver.masks(offspring)
-        found, _ = evaluator.cache.lookup(masks)  # the host's bookkeeping, as in the search
+        evaluator.cache.lookup(masks)  # the host's bookkeeping, as in the search
         timings["host"] = time.perf_counter() - started
         trained, timings["train"] = _timed(evaluator.train, masks)
         scores, timings["score"] = _timed(

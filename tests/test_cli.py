@@ -1,8 +1,6 @@
 import subprocess
 import sys
 
-import pytest
-
 from evojax_prune import __version__, cli
 
 
