@@ -139,7 +139,7 @@ def test_resume_refuses_a_different_configuration(digits, finished):
 def test_existing_run_directory_is_refused_unless_asked(digits, finished, capsys):
     _, out = finished
     before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
-    with pytest.raises(ValueError, match="--resume.*--overwrite"):
+    with pytest.raises(ValueError, match=r"--resume.*--overwrite"):
         run_search(digits, tiny_config(), seed=3, out_dir=out)
     assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
 
