@@ -21,6 +21,7 @@ Keras and JAX are imported inside the functions, so importing this module is che
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -49,13 +50,16 @@ class WeightsUnavailableError(FileNotFoundError):
 
 
 def prefer_jax_backend() -> None:
-    """Sets ``KERAS_BACKEND=jax`` unless Keras is already imported; imports nothing.
+    """Sets ``KERAS_BACKEND=jax`` unless Keras is already imported (and quiets TensorFlow's logs).
+
+    Imports nothing.
 
     Call it before importing anything that may import Keras: ``import tensorflow``
     imports Keras when it is installed, with the backend of ``~/.keras/keras.json``.
     """
     if "keras" not in sys.modules:
         os.environ["KERAS_BACKEND"] = "jax"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keras may import TensorFlow: no start-up chatter
 
 
 def import_keras():
@@ -167,9 +171,11 @@ def build_resnet50(image_size: int, weights: Weights = "imagenet", *,
     keras = import_keras()
     previous_format = keras.config.image_data_format()
     keras.config.set_image_data_format("channels_last")  # our images are (N, S, S, 3)
+    side = int(image_size)
     try:
-        with _seeded_keras(keras, RANDOM_WEIGHTS_SEED):
-            side = int(image_size)
+        # Only random weights need seeding: keras.utils.set_random_seed imports TensorFlow
+        # (slow) and seeds it, and loaded weights replace the initial values anyway.
+        with _seeded_keras(keras, RANDOM_WEIGHTS_SEED) if weights_file is None else contextlib.nullcontext():
             model = keras.applications.ResNet50(
                 include_top=False, weights=None, pooling="avg", input_shape=(side, side, 3)
             )

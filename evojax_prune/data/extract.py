@@ -370,8 +370,8 @@ def run_extract(args: argparse.Namespace) -> int:
             on_progress=on_progress, on_message=lambda text: console.print(text, highlight=False),
         )
     featureset.save(out)
-    console.print(f"{featureset}\nwritten to {out}", highlight=False)
+    console.print(f"{featureset}\nwritten to {out}", highlight=False, soft_wrap=True)
     if featureset.metadata.get("random_weights"):
         console.print("warning: random backbone weights (--weights none): these are not ImageNet features",
-                      style="yellow", highlight=False)
+                      style="yellow", highlight=False, soft_wrap=True)
     return 0

@@ -264,7 +264,6 @@ def import_tfds():
     """
     from evojax_prune.data.backbone import prefer_jax_backend
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     prefer_jax_backend()  # importing TensorFlow imports Keras, whose backend is fixed then
     try:
         import tensorflow as tf
