@@ -119,10 +119,17 @@ def test_missing_weights_file_says_what_to_do(tmp_path):
 
 
 def test_unreadable_weights_file_is_named(tmp_path):
-    bad = tmp_path / "bad.h5"
-    bad.write_bytes(b"this is not an HDF5 file")
-    with pytest.raises(backbone.WeightsUnavailableError, match=r"bad\.h5: cannot load it as ResNet-50"):
-        backbone.build_resnet50(SIZE, weights=bad)
+    import h5py
+
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"this is not an HDF5 file")
+    with pytest.raises(backbone.WeightsUnavailableError, match=r"garbage\.h5: not an HDF5 file"):
+        backbone.weights_id(garbage)  # before any data is loaded or model built
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as handle:
+        handle["something"] = np.zeros(3)
+    with pytest.raises(backbone.WeightsUnavailableError, match=r"other\.h5: cannot load it as ResNet-50"):
+        backbone.build_resnet50(SIZE, weights=other)
 
 
 def test_imagenet_weights_without_internet_or_cache_say_what_to_do(tmp_path, monkeypatch):

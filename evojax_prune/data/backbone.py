@@ -305,6 +305,15 @@ def _existing_weights_file(weights: str | os.PathLike) -> Path:
             f"from {IMAGENET_WEIGHTS_URL}), 'imagenet' for Keras' cached copy, or 'none' for random "
             "weights (tests only)"
         )
+    try:
+        import h5py  # Keras' own dependency: both weights formats are HDF5
+    except ImportError:
+        return path
+    if not h5py.is_hdf5(path):
+        raise WeightsUnavailableError(
+            f"{path}: not an HDF5 file, so not Keras weights; pass {IMAGENET_WEIGHTS_FILE} "
+            f"(from {IMAGENET_WEIGHTS_URL}) or 'imagenet' for Keras' cached copy"
+        )
     return path
 
 
