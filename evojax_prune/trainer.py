@@ -10,8 +10,8 @@ them in one jitted call:
   * ``scan`` over the minibatches of an epoch;
   * ``while_loop`` over epochs, until every head of the chunk has stopped early
     or ``max_epochs`` is reached;
-  * ``lax.map`` over chunks of heads, so memory is bounded by the chunk, not by
-    the population.
+  * a ``fori_loop`` over chunks of heads, so memory is bounded by the chunk, not
+    by the population (each chunk writes its results in place).
 
 Pruned features are skipped, not multiplied by zero (``gather_features``): a
 head keeping k of D features only needs k rows of its first kernel, so each
@@ -495,24 +495,26 @@ def _train_population_jit(
     valid = jnp.arange(padded_population) < population
     counts = jnp.where(valid, jnp.sum(masks, axis=1), -1)
     order = jnp.argsort(-counts, stable=True) if len(capacities) > 1 else jnp.arange(padded_population)
+    heads_by_chunk = order.reshape(num_chunks, chunk_size)  # (chunks, K) indices into the padded population
     branches = [functools.partial(_train_chunk, train_config=train_config, capacity=c) for c in capacities]
 
-    def train_chunk(chunk):
-        chunk_masks, chunk_valid, chunk_counts = chunk
-        operands = (init_params, chunk_masks, chunk_valid, x, y, orders)
+    def train_chunk(heads):
+        operands = (init_params, masks[heads], valid[heads], x, y, orders)
         if len(branches) == 1:
             return branches[0](*operands)
-        level = jnp.searchsorted(jnp.asarray(capacities), jnp.max(chunk_counts))
+        level = jnp.searchsorted(jnp.asarray(capacities), jnp.max(counts[heads]))
         return jax.lax.switch(level, branches, *operands)
 
-    def by_chunk(array):
-        return array[order].reshape(num_chunks, chunk_size, *array.shape[1:])
+    def train_chunk_into(chunk, results):
+        heads = heads_by_chunk[chunk]
+        trained = train_chunk(heads)
+        # Written in place at the heads' own positions; padding heads (>= P) are dropped.
+        return jax.tree.map(lambda out, new: out.at[heads].set(new, mode="drop"), results, trained)
 
-    trained = jax.lax.map(train_chunk, (by_chunk(masks), by_chunk(valid), by_chunk(counts)))
-    original_position = jnp.argsort(order)[:population]
-    return jax.tree.map(
-        lambda leaf: leaf.reshape(padded_population, *leaf.shape[2:])[original_position], trained
-    )
+    # One (P, ...) buffer per result, filled chunk by chunk: no stacked copy to reorder.
+    chunk_shapes = jax.eval_shape(train_chunk, heads_by_chunk[0])
+    results = jax.tree.map(lambda leaf: jnp.zeros((population, *leaf.shape[1:]), leaf.dtype), chunk_shapes)
+    return jax.lax.fori_loop(0, num_chunks, train_chunk_into, results)
 
 
 def train_population(
