@@ -34,7 +34,8 @@ process) and JAX device memory statistics when the device has them.
     python benchmarks/trainer_throughput.py --populations 1 8 --epochs 3 --out /tmp/t.json
     python benchmarks/trainer_throughput.py --no-keras --gather off   # the dense formulation
 
-Writes JSON to benchmarks/results/trainer_throughput_cpu.json unless --out says otherwise.
+Writes JSON to benchmarks/results/trainer_throughput_<backend>.json (``_cpu`` here)
+unless --out says otherwise.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evojax_prune import trainer
 from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "trainer_throughput_cpu.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 NUM_SAMPLES, NUM_FEATURES, HIDDEN, NUM_CLASSES = 2520, 2048, 512, 3
 
 
@@ -302,9 +303,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--gather", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: results/trainer_throughput_<backend>.json"
+    )
     args = parser.parse_args(argv)
     gather = {"auto": None, "on": True, "off": False}[args.gather]
+    out = args.out or RESULTS / f"trainer_throughput_{jax.default_backend()}.json"
 
     config = RunConfig(
         head=HeadConfig(hidden=HIDDEN),
@@ -418,9 +422,9 @@ def main(argv=None) -> dict:
         "keras": keras_run,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
     return result
 
 
