@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("extract", "compute a FeatureSet from images", "evojax_prune.data.extract"),
         ("report", "plots and a report for a finished run", "evojax_prune.report"),
         ("bench", "run the benchmark suite", "evojax_prune.bench"),
+        ("explain", "Grad-CAM heat maps of front members", "evojax_prune.explain"),
     ):
         subparser = commands.add_parser(name, help=summary)
         subparser.set_defaults(handler=_not_yet(name))
