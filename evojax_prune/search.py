@@ -123,32 +123,41 @@ class MaskEvaluator:
         values = self.metrics(masks)
         return _objectives(dict(zip(METRIC_NAMES, values.T, strict=True)), self.config.odin.auroc)
 
-    def train(self, masks: np.ndarray) -> trainer.TrainedPopulation:
-        """Trains (K, D) masks, padded to a bucket size; returns the K trained heads (device arrays)."""
+    def _padded(self, masks: np.ndarray) -> np.ndarray:
+        """(K, D) -> (bucket, D): a power of two up to ``max_batch``, then multiples of it.
+
+        Padding repeats a real mask: a head's result does not depend on its neighbours.
+        """
         count = len(masks)
         if count <= self.max_batch:
             bucket = min(self.max_batch, 1 << (count - 1).bit_length())
         else:
             bucket = -(-count // self.max_batch) * self.max_batch
-        # Padding repeats a real mask: a head's result does not depend on its neighbours.
-        padded = np.concatenate([masks, np.repeat(masks[:1], bucket - count, axis=0)])
-        trained = trainer.train_population(
+        return np.concatenate([masks, np.repeat(masks[:1], bucket - count, axis=0)])
+
+    def train(self, masks: np.ndarray) -> trainer.TrainedPopulation:
+        """Trains (K, D) masks in a padded bucket; returns the K trained heads (device arrays)."""
+        trained = self._train_padded(self._padded(masks))
+        return jax.tree.map(lambda leaf: leaf[: len(masks)], trained)
+
+    def _train_padded(self, padded: np.ndarray) -> trainer.TrainedPopulation:
+        return trainer.train_population(
             self.train_key, padded, self.x_train, self.y_train, self.config, num_classes=self.num_classes
         )
-        return jax.tree.map(lambda leaf: leaf[:count], trained)
 
     def _train_and_score(self, masks: np.ndarray) -> np.ndarray:
+        padded = self._padded(masks)
         started = time.perf_counter()
-        trained = jax.block_until_ready(self.train(masks))
+        trained = jax.block_until_ready(self._train_padded(padded))
         scored_at = time.perf_counter()
         scores = evaluate.evaluate_population(
-            trained.params, masks, self.x_val, self.y_val, self.ood_val, self.config
+            trained.params, padded, self.x_val, self.y_val, self.ood_val, self.config
         )
         values = _metric_rows(scores, trained)
         self.seconds["train"] += scored_at - started
         self.seconds["score"] += time.perf_counter() - scored_at
         self.trained_masks += len(masks)
-        return values
+        return values[: len(masks)]
 
 
 def _metric_rows(scores: evaluate.PopulationMetrics, trained: trainer.TrainedPopulation) -> np.ndarray:
@@ -309,17 +318,19 @@ def _restore(run_path, settings, evolver, evaluator, init_key):
 def _final_front(features, config, seed, state, evolver, evaluator, history, started) -> SearchResult:
     front = _front_masks(state, evolver, evaluator)
     everything = np.concatenate([front, np.ones((1, features.num_features), bool)])
-    trained = evaluator.train(everything)
+    # Padded like the generations' buckets, so that no new shape is compiled.
+    padded = evaluator._padded(everything)
+    trained = evaluator._train_padded(padded)
     scores = {}
     for split, (x, y, ood) in {
         "validation": (features.x_val, features.y_val, features.ood_val),
         "test": (features.x_test, features.y_test, features.ood_test),
     }.items():
-        scored = evaluate.evaluate_population(trained.params, everything, x, y, ood, config)
-        rows = _metric_rows(scored, trained)
+        scored = evaluate.evaluate_population(trained.params, padded, x, y, ood, config)
+        rows = _metric_rows(scored, trained)[: len(everything)]
         scores[split] = dict(zip(METRIC_NAMES, rows.T, strict=True))
     order = np.argsort(-scores["validation"]["accuracy"][:-1], kind="stable")
-    params = jax.device_get(trained.params)
+    params = jax.tree.map(lambda leaf: leaf[: len(everything)], jax.device_get(trained.params))
     front_only = lambda values: {name: value[:-1][order] for name, value in values.items()}
     baseline = lambda values: {name: float(value[-1]) for name, value in values.items()}
     validation = front_only(scores["validation"])
