@@ -259,6 +259,8 @@ def draw_grid(pictures: np.ndarray, maps: np.ndarray, predictions: np.ndarray, p
             predicted = int(predictions[column, row])
             verdict = "right" if predicted == int(labels[row]) else "wrong"
             title = f"{class_names[predicted]} ({probabilities[column, row]:.2f}, {verdict})"
+            if not np.any(maps[column, row] > 0):
+                title += "\nmap all zero"
             cell.set_title((column_titles[column] + "\n" if row == 0 else "") + title, fontsize=7)
     for cell in axes.flat:
         cell.set_xticks([])
@@ -284,8 +286,12 @@ def features_markdown(heads: list[dict[str, Any]], context: dict[str, Any]) -> s
         "",
     ]
     for entry in heads:
-        lines += [f"## {entry['title']}", "", "| rank | feature | mean importance | share |",
-                  "|---:|---:|---:|---:|"]
+        lines += [f"## {entry['title']}", ""]
+        if not entry["top_features"]:
+            lines.append("No kept feature has a nonzero gradient x feature on these images: the head's "
+                         "hidden units are all inactive there, so its logits are its output bias.")
+        else:
+            lines += ["| rank | feature | mean importance | share |", "|---:|---:|---:|---:|"]
         for rank, row in enumerate(entry["top_features"], start=1):
             lines.append(f"| {rank} | {row['feature']} | {row['mean_importance']:.4g} | {row['share']:.1%} |")
         lines.append("")

@@ -285,10 +285,12 @@ def top_features(importance: np.ndarray, mask: np.ndarray, count: int = 10) -> l
 
     Returns:
       Up to ``count`` dicts ``{"feature": k, "mean_importance": ..., "share": ...}``,
-      largest first; ``share`` is the feature's part of the head's total importance.
+      largest first, only features of nonzero importance (none when the head's
+      hidden units are all inactive on these images); ``share`` is the feature's
+      part of the head's total importance.
     """
     mean = np.asarray(importance, np.float64).mean(axis=0)
-    kept = np.flatnonzero(np.asarray(mask, bool))
+    kept = np.flatnonzero(np.asarray(mask, bool) & (mean > 0))
     order = kept[np.argsort(-mean[kept], kind="stable")][:count]
     total = float(mean.sum())
     return [{"feature": int(k), "mean_importance": float(mean[k]),
