@@ -206,18 +206,20 @@ def resolve_weights(text: str | None, metadata: dict[str, Any]):
                     f"{backbone.IMAGENET_WEIGHTS_FILE}"
                 )
             return str(path)
-        return "imagenet"
-    weights = parse_weights(text)
-    expected = {"random": "random", "imagenet": "imagenet"}.get(kind)
-    if kind == "file" and recorded.get("sha256"):
-        expected = "sha256:" + str(recorded["sha256"])[:16]
-    if expected is not None:
-        given = backbone.weights_id(weights)
-        if given != expected:
+        weights = "imagenet"
+    else:
+        weights = parse_weights(text)
+        expected = {"random": "random", "imagenet": "imagenet"}.get(kind)
+        if kind == "file" and recorded.get("sha256"):
+            expected = "sha256:" + str(recorded["sha256"])[:16]
+        given = backbone.weights_id(weights)  # a missing or non-HDF5 file fails here, as in extract
+        if expected is not None and given != expected:
             raise ValueError(
                 f"--weights {text}: the run's features were made with other weights ({expected}, given "
                 f"{given}); explaining a head on another backbone is meaningless"
             )
+    if weights == "imagenet":
+        backbone.imagenet_weights_file()  # not cached and no internet: extract's error, before any work
     return weights
 
 

@@ -132,6 +132,10 @@ def test_errors_are_clear(finished_run, tmp_path, capsys):
     weights_file.write_bytes(b"not hdf5")
     assert cli.main(["explain", str(run), "--weights", str(weights_file)]) == 2
     assert "HDF5" in capsys.readouterr().err
+    assert cli.main(["explain", str(run), "--weights", str(tmp_path / "missing.h5")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert cli.main(["explain", str(run), "--weights", "imagenet"]) == 2  # not the run's (random) weights
+    assert "other weights" in capsys.readouterr().err
     assert cli.main(["explain", str(run), "--folder", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
 
