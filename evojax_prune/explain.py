@@ -290,8 +290,9 @@ def features_markdown(heads: list[dict[str, Any]], context: dict[str, Any]) -> s
     for entry in heads:
         lines += [f"## {entry['title']}", ""]
         if not entry["top_features"]:
-            lines.append("No kept feature has a nonzero gradient x feature on these images: the head's "
-                         "hidden units are all inactive there, so its logits are its output bias.")
+            lines.append("Every kept feature has zero gradient x feature on these images: the head's "
+                         "hidden units are inactive there (its logits are then its output bias), or "
+                         "its kept features are zero there.")
         else:
             lines += ["| rank | feature | mean importance | share |", "|---:|---:|---:|---:|"]
         for rank, row in enumerate(entry["top_features"], start=1):

@@ -285,8 +285,8 @@ def top_features(importance: np.ndarray, mask: np.ndarray, count: int = 10) -> l
 
     Returns:
       Up to ``count`` dicts ``{"feature": k, "mean_importance": ..., "share": ...}``,
-      largest first, only features of nonzero importance (none when the head's
-      hidden units are all inactive on these images); ``share`` is the feature's
+      largest first, only features of nonzero importance (none when, on these
+      images, the head's hidden units are inactive or its kept features zero); ``share`` is the feature's
       part of the head's total importance.
     """
     mean = np.asarray(importance, np.float64).mean(axis=0)
