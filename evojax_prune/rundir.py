@@ -27,8 +27,8 @@ from evojax_prune import atomic
 
 RUN_FILES = (
     "config.json", "history.jsonl", "checkpoint.npz", "pareto.csv", "pareto.npz", "summary.json",
-    # written by ``evojax-prune report``
-    "report.md", "ensembles.json", "figures",
+    # written by ``evojax-prune report`` and ``evojax-prune explain``
+    "report.md", "ensembles.json", "figures", "explain",
 )
 
 
