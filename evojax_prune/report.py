@@ -415,8 +415,21 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
         _save_png(figure, figures_dir / f"{name}.png")
     atomic.write_json(path / "ensembles.json", comparison.to_dict())
     report = path / "report.md"
-    atomic.write_text(report, render_markdown(result, recorded, comparison))
+    text = render_markdown(result, recorded, comparison)
+    # Keep the Grad-CAM section `explain` added to an earlier report.md.
+    grad_cam = _explain_section(report)
+    atomic.write_text(report, text.rstrip("\n") + "\n\n" + grad_cam if grad_cam else text)
     return report
+
+
+def _explain_section(report: Path) -> str:
+    from evojax_prune.explain import SECTION_END, SECTION_START
+
+    if not report.is_file():
+        return ""
+    text = report.read_text()
+    start, end = text.find(SECTION_START), text.find(SECTION_END)
+    return text[start:end + len(SECTION_END)] + "\n" if start != -1 and end > start else ""
 
 
 def _picks(result) -> list[tuple[str, int]]:

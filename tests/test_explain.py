@@ -161,3 +161,17 @@ def test_member_choice_and_spread():
     assert explain.choose_members("best-auroc,0", validation, "paper") == [("best-auroc, member 0", 0)]
     labels = np.array([0, 0, 0, 1, 1, 2])
     assert explain.spread_over_classes(labels, 4).tolist() == [0, 3, 5, 1]
+
+
+def test_report_keeps_the_grad_cam_section(tmp_path):
+    from evojax_prune.explain import SECTION_END, SECTION_START
+    from evojax_prune.report import _explain_section
+
+    report = tmp_path / "report.md"
+    assert _explain_section(report) == ""
+    report.write_text(
+        f"# Report\n\nold numbers\n\n{SECTION_START}\n## Grad-CAM\n![g](explain/a.png)\n{SECTION_END}\n"
+    )
+    section = _explain_section(report)
+    assert section.startswith(SECTION_START) and section.rstrip().endswith(SECTION_END)
+    assert "old numbers" not in section and "explain/a.png" in section

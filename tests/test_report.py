@@ -221,3 +221,17 @@ def test_ensemble_plot_skips_empty_bands(finished, digits):
         assert labels == ["0-100", "50-100"]
     assert "| 41-42 | 0 | - |" in comparison.table()
     assert comparison.to_dict()["bands"][2]["majority_vote_accuracy"] is None
+
+
+def test_report_again_keeps_the_grad_cam_section_once(finished, digits, tmp_path):
+    from evojax_prune.explain import SECTION_END, SECTION_START
+    from evojax_prune.report import write_report
+
+    run = copy_run(finished, tmp_path)
+    report = write_report(run, digits)
+    section = f"{SECTION_START}\n## Grad-CAM\n![g](explain/gradcam_00.png)\n{SECTION_END}\n"
+    report.write_text(report.read_text() + "\n" + section)
+    write_report(run, digits)
+    text = report.read_text()
+    assert text.count(SECTION_START) == 1 and "explain/gradcam_00.png" in text
+    assert text.index("## Grad-CAM") > text.index("figures/front_pairs.png")
