@@ -15,6 +15,7 @@ at any moment leaves complete files from the last finished generation.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 from importlib import metadata
@@ -80,8 +81,6 @@ def prepare(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
 
 
 def _writable(directory: Path) -> bool:
-    import os
-
     return os.access(directory, os.W_OK | os.X_OK)
 
 
