@@ -22,6 +22,14 @@ Side by side, in one run, for each population size P:
       one model after another, so its rate does not depend on P: it is
       measured once, on ``--keras-heads`` heads drawn like the populations'.
 
+Roofline: the float32 matmul peak and the memory bandwidth (a streaming pass
+over an array far larger than the caches) are both measured in the same run;
+a run's bound is max(FLOPs / peak, bytes / bandwidth), with the FLOPs of the
+kept features and the fewest bytes the protocol must move (``bytes_per_epoch``:
+each SGD step reads and writes the kernel and its momentum), and the fraction
+achieved is bound / measured time. At batch 32 a step does 8 FLOPs per byte
+of weights, so a CPU is near its ridge and a GPU is memory-bound.
+
 Reported: head-epochs per second, the ratios (a)/(b) and (a)/(c), achieved
 GFLOP/s against a float32 matmul peak measured in the same run (dense FLOPs
 count every feature as Keras computes them; kept FLOPs count only the kept
@@ -42,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -130,17 +139,45 @@ def author_masks(rng: np.random.Generator, population: int) -> np.ndarray:
     return masks
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """float32 (size x size) @ (size x size) with JAX on the default device, best of ``repeats``."""
+def matmul_peak_gflops(size: int | None = None, repeats: int = 10) -> float:
+    """float32 (size x size) @ (size x size) with JAX on the default device, best of ``repeats``.
+
+    JAX's default matmul precision, the one the trainer runs at (on recent
+    NVIDIA GPUs that may be TF32 for float32 inputs). ``size`` defaults to 2048
+    on a CPU and 8192 on an accelerator, large enough to fill it.
+    """
+    size = size or (2048 if jax.default_backend() == "cpu" else 8192)
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
     matmul = jax.jit(lambda u, v: u @ v)
-    matmul(a, a).block_until_ready()
+    matmul(a, b).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        matmul(a, a).block_until_ready()
+        matmul(a, b).block_until_ready()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
+
+
+@functools.cache
+def memory_bandwidth_gbs(megabytes: float | None = None, repeats: int = 10) -> float:
+    """Memory bandwidth: a streaming ``a * s + 1`` over ``megabytes`` of float32, best of ``repeats``.
+
+    Counts bytes read plus bytes written (2x the array). The default (256 MB on
+    a CPU, 2 GB on an accelerator) is far larger than any cache: the DRAM / HBM
+    rate. At a working set's own size it is the rate of the level of the memory
+    hierarchy that working set lives in (a 4 MB pass on a CPU runs from cache).
+    """
+    megabytes = megabytes or (256 if jax.default_backend() == "cpu" else 2048)
+    a = jax.random.uniform(jax.random.key(2), (max(1024, int(megabytes * 2**20) // 4),), jnp.float32)
+    stream = jax.jit(lambda u, s: u * s + 1.0)
+    stream(a, 0.5).block_until_ready()
+    best = float("inf")
+    for repeat in range(repeats):
+        start = time.perf_counter()
+        stream(a, 1.0 + repeat).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * a.nbytes / best / 1e9
 
 
 def flops_per_epoch(kept_features: np.ndarray) -> np.ndarray:
@@ -150,17 +187,61 @@ def flops_per_epoch(kept_features: np.ndarray) -> np.ndarray:
     return first_layer + output_layer
 
 
+def steps_per_epoch(batch_size: int) -> int:
+    return -(-NUM_SAMPLES // batch_size)
+
+
+def bytes_per_epoch(kept_features: np.ndarray, batch_size: int) -> np.ndarray:
+    """Fewest bytes one head-epoch moves through device memory, per head (float32).
+
+    Every minibatch step reads the first kernel and its momentum and writes both
+    back (4 * k * H floats; the output layer's 4 * (H * C + C) too); the kept
+    features are read once per epoch (N * k floats). This assumes the weights
+    and optimizer state do not stay in cache between steps, which holds once a
+    chunk's state (``working_set_bytes``) outgrows the caches; where it does not
+    (one head per chunk on a CPU), the bandwidth to use is the cache's, which
+    ``memory_bandwidth_gbs`` measures when given the working set's size.
+    """
+    weights_per_step = 4 * (kept_features * HIDDEN + HIDDEN * NUM_CLASSES + NUM_CLASSES)
+    return 4 * (steps_per_epoch(batch_size) * weights_per_step + NUM_SAMPLES * kept_features)
+
+
+def working_set_bytes(kept_features: np.ndarray, chunk_size: int) -> float:
+    """Bytes of first-layer weights and momentum that one step of a chunk streams through."""
+    return float(chunk_size * 2 * 4 * HIDDEN * np.mean(kept_features))
+
+
+def roofline(flops: float, bytes_moved: float, peak_gflops: float, bandwidth_gbs: float,
+             seconds: float) -> dict:
+    """The roofline bound of one run and the fraction of it achieved (bound / measured time)."""
+    compute_s, memory_s = flops / (peak_gflops * 1e9), bytes_moved / (bandwidth_gbs * 1e9)
+    bound = max(compute_s, memory_s)
+    return {
+        "compute_bound_s": compute_s,
+        "memory_bound_s": memory_s,
+        "bound_s": bound,
+        "binding": "compute" if compute_s >= memory_s else "memory",
+        "arithmetic_intensity_flop_per_byte": flops / bytes_moved,
+        "fraction_of_roofline": bound / seconds,
+    }
+
+
 def _timed(fn):
     start = time.perf_counter()
     result = jax.block_until_ready(fn())
     return result, time.perf_counter() - start
 
 
-def bench_population_and_one_at_a_time(key, masks, x, y, config, gather, repeats, one_at_a_time) -> tuple:
+def bench_population_and_one_at_a_time(
+    key, masks, x, y, config, gather, repeats, one_at_a_time: int | None
+) -> tuple:
     """(a) all masks in one call, and (b) P calls of a population of 1.
 
     (a)'s first call compiles and is reported on its own; (b)'s single shape is
-    compiled before the clock starts. With ``repeats`` > 1 the two alternate and
+    compiled before the clock starts. (b) trains the first ``one_at_a_time``
+    heads (all of them if ``None``, none if 0): the masks are in random order,
+    so a prefix is a fair sample, and its rate per head-epoch is what (b) would
+    reach on all P. With ``repeats`` > 1 the two alternate and
     the fastest time of each is kept, which damps the noise of a shared machine.
     """
 
@@ -169,8 +250,10 @@ def bench_population_and_one_at_a_time(key, masks, x, y, config, gather, repeats
             trainer.train_population(key, masks, x, y, config, gather_features=gather)
         )
 
+    single_masks = masks if one_at_a_time is None else masks[:one_at_a_time]
+
     def each_head():
-        for mask in masks:
+        for mask in single_masks:
             jax.block_until_ready(
                 trainer.train_population(key, mask[None], x, y, config, gather_features=gather)
             )
@@ -210,7 +293,12 @@ def bench_population_and_one_at_a_time(key, masks, x, y, config, gather, repeats
         "final_loss_mean": final_loss_mean,
     }
     result_b = (
-        {"seconds": min(seconds_b), "all_seconds": seconds_b, "rss_growth_timed_run_bytes": growth_b}
+        {
+            "heads": len(single_masks),
+            "seconds": min(seconds_b),
+            "all_seconds": seconds_b,
+            "rss_growth_timed_run_bytes": growth_b,
+        }
         if one_at_a_time
         else None
     )
@@ -287,6 +375,47 @@ def bench_keras(masks, x, y, epochs: int, seed: int) -> dict:
     }
 
 
+def write_result(out: Path, args, config, peak, bandwidth, rows, keras_run) -> dict:
+    """The JSON, written after every population and again at the end (a run cut short keeps its rows)."""
+    result = {
+        "benchmark": "trainer_throughput",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": str(jax.devices()[0]),
+        "device_kind": jax.devices()[0].device_kind,
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "versions": {name: _version(name) for name in ("jax", "jaxlib", "optax", "flax", "keras", "numpy")},
+        "setup": {
+            "num_samples": NUM_SAMPLES,
+            "num_features": NUM_FEATURES,
+            "hidden": HIDDEN,
+            "num_classes": NUM_CLASSES,
+            "epochs": args.epochs,
+            "repeats": args.repeats or "3 for P = 1, 2 up to P = 4, else 1",
+            "batch_size": config.train.batch_size,
+            "optimizer": "sgd(1e-3, momentum=0.9, nesterov=True)",
+            "gather_features": args.gather,
+            "chunk_size": args.chunk_size,
+            "keras_heads": None if args.no_keras else args.keras_heads,
+            "masks": "authors' initialisation: p ~ U(0,1), round(p * D) ones",
+        },
+        "matmul_peak_gflops": peak,
+        "memory_bandwidth_gbs": bandwidth,
+        "matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "device_memory": device_memory(),
+        "keras": keras_run,
+        "rows": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".json.partial")
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    partial.replace(out)
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--populations", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -300,6 +429,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--keras-heads", type=int, default=8, help="heads Keras trains (once, for every P)")
     parser.add_argument("--no-keras", action="store_true")
     parser.add_argument("--no-one-at-a-time", action="store_true")
+    parser.add_argument(
+        "--one-at-a-time-heads",
+        type=int,
+        default=None,
+        help="(b) trains only the first this many heads of each population (default: all)",
+    )
     parser.add_argument("--gather", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -319,7 +454,12 @@ def main(argv=None) -> dict:
     key = jax.random.key(args.seed)
     rng = np.random.default_rng(args.seed + 1)
     peak = matmul_peak_gflops()
-    print(f"device {jax.devices()[0].device_kind}, float32 matmul peak {peak:.1f} GFLOP/s", flush=True)
+    bandwidth = memory_bandwidth_gbs()
+    print(
+        f"device {jax.devices()[0].device_kind}, float32 matmul peak {peak:.1f} GFLOP/s, "
+        f"memory bandwidth {bandwidth:.1f} GB/s",
+        flush=True,
+    )
 
     rows = []
     for population in args.populations:
@@ -340,27 +480,50 @@ def main(argv=None) -> dict:
         # Small populations run for a second or so: repeat them to damp a shared machine's noise.
         repeats = args.repeats or (3 if population == 1 else 2 if population <= 4 else 1)
         row["repeats"] = repeats
+        single_heads = 0 if args.no_one_at_a_time else args.one_at_a_time_heads
         population_run, single = bench_population_and_one_at_a_time(
-            key, masks, x, y, config, gather, repeats, not args.no_one_at_a_time
+            key, masks, x, y, config, gather, repeats, single_heads
         )
         population_run["head_epochs_per_s"] = head_epochs / population_run["seconds"]
         population_run["dense_gflops"] = dense_flops / population_run["seconds"] / 1e9
         population_run["kept_gflops"] = kept_flops / population_run["seconds"] / 1e9
         population_run["dense_fraction_of_peak"] = population_run["dense_gflops"] / peak
         population_run["kept_fraction_of_peak"] = population_run["kept_gflops"] / peak
+        # The bandwidth of the memory level the chunk's weights live in (cache on a CPU's
+        # one-head chunks, HBM for a GPU's chunks of tens of heads), and DRAM's for reference.
+        working_set = working_set_bytes(kept, row["chunk_size"])
+        row["working_set_bytes"] = working_set
+        row["working_set_bandwidth_gbs"] = memory_bandwidth_gbs(working_set / 2**20)
+        population_run["roofline"] = roofline(
+            kept_flops,
+            float(bytes_per_epoch(kept, config.train.batch_size).sum()) * args.epochs,
+            peak,
+            row["working_set_bandwidth_gbs"],
+            population_run["seconds"],
+        )
+        population_run["roofline_at_dram_bandwidth"] = roofline(
+            kept_flops,
+            float(bytes_per_epoch(kept, config.train.batch_size).sum()) * args.epochs,
+            peak,
+            bandwidth,
+            population_run["seconds"],
+        )
         row["population_trainer"] = population_run
         line = (
             f"P={population:4d} (a) {population_run['head_epochs_per_s']:6.2f} head-epochs/s "
             f"(compile {population_run['compile_s']:.1f} s, {population_run['kept_gflops']:.1f} kept / "
-            f"{population_run['dense_gflops']:.1f} dense GFLOP/s)"
+            f"{population_run['dense_gflops']:.1f} dense GFLOP/s, "
+            f"{population_run['roofline']['fraction_of_roofline']:.2f} of the "
+            f"{population_run['roofline']['binding']}-bound roofline)"
         )
         if single is not None:
-            single["head_epochs_per_s"] = head_epochs / single["seconds"]
+            single["head_epochs_per_s"] = single["heads"] * args.epochs / single["seconds"]
             row["one_at_a_time"] = single
             row["ratio_a_over_b"] = population_run["head_epochs_per_s"] / single["head_epochs_per_s"]
             line += f" | (b) {single['head_epochs_per_s']:6.2f}, a/b {row['ratio_a_over_b']:.2f}"
         print(line, flush=True)
         rows.append(row)
+        write_result(out, args, config, peak, bandwidth, rows, None)
 
     # Keras last, so that its libraries (and TensorFlow, which it imports when
     # installed) do not sit in the resident memory measured for (a) and (b).
@@ -392,38 +555,7 @@ def main(argv=None) -> dict:
                 line += f", against Keras' epochs after the first {row['ratio_a_over_c_steady']:.2f}"
             print(line, flush=True)
 
-    result = {
-        "benchmark": "trainer_throughput",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": str(jax.devices()[0]),
-        "device_kind": jax.devices()[0].device_kind,
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "versions": {name: _version(name) for name in ("jax", "jaxlib", "optax", "flax", "keras", "numpy")},
-        "setup": {
-            "num_samples": NUM_SAMPLES,
-            "num_features": NUM_FEATURES,
-            "hidden": HIDDEN,
-            "num_classes": NUM_CLASSES,
-            "epochs": args.epochs,
-            "repeats": args.repeats or "3 for P = 1, 2 up to P = 4, else 1",
-            "batch_size": config.train.batch_size,
-            "optimizer": "sgd(1e-3, momentum=0.9, nesterov=True)",
-            "gather_features": args.gather,
-            "chunk_size": args.chunk_size,
-            "keras_heads": None if args.no_keras else args.keras_heads,
-            "masks": "authors' initialisation: p ~ U(0,1), round(p * D) ones",
-        },
-        "matmul_peak_gflops": peak,
-        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "device_memory": device_memory(),
-        "keras": keras_run,
-        "rows": rows,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result = write_result(out, args, config, peak, bandwidth, rows, keras_run)
     print(f"wrote {out}")
     return result
 
