@@ -1,0 +1,66 @@
+"""The benchmark suite runs, checks its own results, and the README shows what the JSON holds."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import run_all  # noqa: E402
+import trainer_throughput  # noqa: E402
+
+
+def test_roofline_counts_the_weight_traffic_of_every_step():
+    kept = np.array([100, 300])
+    hidden, classes, samples = trainer_throughput.HIDDEN, trainer_throughput.NUM_CLASSES, 2520
+    steps = -(-samples // 32)  # 79
+    per_head = [4 * (steps * 4 * (k * hidden + hidden * classes + classes) + samples * k) for k in kept]
+    np.testing.assert_array_equal(trainer_throughput.bytes_per_epoch(kept, 32), per_head)
+    # 1 GFLOP at 1000 GFLOP/s (1 ms) against 1 GB at 500 GB/s (2 ms): memory-bound, 2 ms.
+    bound = trainer_throughput.roofline(1e9, 1e9, 1000.0, 500.0, seconds=0.004)
+    assert bound["binding"] == "memory"
+    assert bound["bound_s"] == pytest.approx(2e-3)
+    assert bound["fraction_of_roofline"] == pytest.approx(0.5)
+    assert trainer_throughput.roofline(4e9, 1e9, 1000.0, 500.0, seconds=0.004)["binding"] == "compute"
+
+
+def test_readme_shows_the_committed_results():
+    readme = run_all.README.read_text()
+    start, end = run_all.MARKERS
+    assert readme.split(start, 1)[1].split(end, 1)[0].strip() == run_all.readme_section().strip(), (
+        "README's benchmark section is stale: run `python benchmarks/run_all.py --render-only`"
+    )
+
+
+def test_smoke_suite_runs_checks_and_renders(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run_all.py"), "--size", "smoke", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = {path.stem: json.loads(path.read_text()) for path in tmp_path.glob("*.json")}
+    assert sorted(results) == sorted(f"{name}_smoke" for name in run_all.SIZES["smoke"])
+    for name, result in results.items():
+        assert result.get("device_kind") or result.get("device"), name
+
+    trainer = results["trainer_throughput_smoke"]
+    row = trainer["rows"][0]
+    assert trainer["memory_bandwidth_gbs"] > 0 and trainer["matmul_peak_gflops"] > 0
+    assert 0 < row["population_trainer"]["roofline"]["fraction_of_roofline"]
+    assert row["one_at_a_time"]["heads"] == 1 and row["ratio_a_over_b"] > 0
+    assert trainer["keras"]["heads"] == 1
+
+    selection = results["nsga2_selection_smoke"]["results"][0]
+    assert selection["ranks_identical_to_pymoo"] and selection["same_surviving_ranks_as_pymoo"]
+
+    profile = results["generation_profile_smoke"]["rows"][0]
+    assert profile["population"] == 4 and profile["seconds"]["training"] > 0
+
+    table = (tmp_path / "README.md").read_text()
+    for heading in ("Population trainer", "ODIN + AUROC", "NSGA-II survival step", "One generation"):
+        assert heading in table
