@@ -323,6 +323,50 @@ def test_chunk_size_and_capacities():
     assert trainer.capacity_levels(20)[-1] == 20
 
 
+def test_chunk_layouts_and_the_level_a_chunk_needs():
+    layouts = trainer.chunk_layouts(2048, 1, gather=True)
+    assert [layout.tile_rows for layout in layouts] == list(trainer.capacity_levels(2048))
+    assert all(layout.per_head and layout.num_tiles == 1 for layout in layouts)
+    assert trainer.chunk_layouts(2048, 32, gather=False) == (trainer.ChunkLayout(2048, 32, per_head=True),)
+    packed = trainer.chunk_layouts(2048, 32, gather=True)
+    assert {layout.tile_rows for layout in packed} == {128} and not packed[0].per_head
+    assert [layout.num_tiles for layout in packed] == [64 * level for level in range(1, 9)]
+    # 3 heads of 1, 128 and 129 features need 1 + 1 + 2 tiles; padding heads (-1) none.
+    counts = jnp.asarray([1, 128, 129, -1])
+    assert int(trainer.layout_level(packed, counts)) == 0
+    assert int(trainer.layout_level(packed, jnp.full(32, 2048))) == 7
+    assert int(trainer.layout_level(packed, jnp.asarray([2048] * 8 + [0] * 24))) == 1  # 128 tiles
+    assert int(trainer.layout_level(layouts, counts)) == 0  # one head per chunk: the widest, 129
+    assert int(trainer.layout_level(layouts, jnp.asarray([256]))) == 0
+    assert int(trainer.layout_level(layouts, jnp.asarray([257]))) == 1  # 512 rows
+
+
+def test_packed_chunk_of_mixed_heads_equals_each_head_alone():
+    """One chunk holding an empty head, tiny and full heads: packed tiles (16 rows at D = 64)."""
+    x, y = _data(seed=4)
+    masks = _author_masks(9, 6)
+    masks[0] = False
+    masks[1] = False
+    masks[1, [3, 40]] = True  # 2 features: one partly used tile
+    masks[2] = True  # all 64: 4 full tiles
+    masks[3, :] = False
+    masks[3, :17] = True  # 17: a full tile and a tile of one row
+    config = _SHARED_CONFIG
+    key = jax.random.key(5)
+    one_chunk = config.replace(train={"chunk_size": 6})
+    assert not trainer.chunk_layouts(D, 6, gather=True)[0].per_head
+    together = trainer.train_population(key, masks, x, y, one_chunk)
+    alone = [trainer.train_population(key, masks[i : i + 1], x, y, config) for i in range(6)]
+    alone = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *alone)
+    np.testing.assert_array_equal(together.epochs, alone.epochs)
+    np.testing.assert_array_equal(together.best_epoch, alone.best_epoch)
+    _assert_params_close(together.params, alone.params)
+    # Pruned rows keep their initial values, in both layouts.
+    initial = together.params.hidden_kernel[0]
+    np.testing.assert_array_equal(np.asarray(together.params.hidden_kernel[1])[~masks[1]],
+                                  np.asarray(initial)[~masks[1]])
+
+
 def test_make_optimizer():
     sgd = trainer.make_optimizer(TrainConfig())
     adam = trainer.make_optimizer(TrainConfig(optimizer="adam", optimizer_options=(("b1", 0.8),)))
