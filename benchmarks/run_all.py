@@ -153,16 +153,18 @@ def render(out_dir: Path) -> str:
             f"**One generation, end to end** ({_device(result)}, {result['date'][:10]}; "
             f"RPS-shaped features, {result['rows'][0]['epochs']} epochs per head)",
             "",
-            "| population | training s | scoring s | selection s | host s | heads/s | peak host RSS GB |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| population | training s | scoring s | selection s | host s | heads/s | peak host RSS GB | "
+            "peak device GB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in result["rows"]:
-            seconds = row["seconds"]
+            seconds, memory = row["seconds"], row["memory"]
+            device_peak = memory.get("device_peak_bytes")
             lines.append(
                 f"| {row['population']} | {_fmt(seconds['training'])} | {_fmt(seconds['scoring'])} | "
                 f"{_fmt(seconds['selection'], 3)} | {_fmt(seconds['host'], 3)} | "
-                f"{_fmt(row['heads_per_second'], 1)} | "
-                f"{_fmt(row['memory']['host_peak_rss_bytes'] / 1e9)} |"
+                f"{_fmt(row['heads_per_second'], 1)} | {_fmt(memory['host_peak_rss_bytes'] / 1e9)} | "
+                f"{_fmt(device_peak / 1e9 if device_peak else None)} |"
             )
         capacity = result.get("capacity") or {}
         if capacity.get("largest_population_with_all_params_resident"):
