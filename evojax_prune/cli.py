@@ -61,7 +61,8 @@ def _run(args: argparse.Namespace) -> int:
     from evojax_prune import devices
 
     # Before any other JAX call: several processes (flags, EVOJAX_PRUNE_* or a cluster launcher).
-    devices.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    devices.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                                   detect=args.distributed)
     devices.select_devices(devices_spec)  # asked for devices that are not there: exit 2 before any work
     main_process = devices.is_main_process()
     features = FeatureSet.load(args.features) if args.features else embedded.digits()
@@ -141,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     several.add_argument("--devices", metavar="SPEC",
                          help="'all' (default), a count N (the first N devices of each process) or "
                               "positions such as 0,2")
+    several.add_argument("--distributed", action="store_true",
+                         help="several processes as JAX detects them (TPU pod slices, SLURM, Open MPI)")
     several.add_argument("--coordinator-address", metavar="HOST:PORT",
                          help="process 0's address (or EVOJAX_PRUNE_COORDINATOR); SLURM, Open MPI and "
                               "TPU pod launches are detected without it")

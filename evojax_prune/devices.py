@@ -25,6 +25,7 @@ Device specs (``TrainConfig.devices``, ``--devices``):
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -142,8 +143,12 @@ def put(tree: Any, sharding: NamedSharding) -> Any:
     """Places every leaf with ``sharding``; a leaf already placed so is returned as is (no copy).
 
     Host (numpy) data must be the same on every process: each process places
-    the part its own devices hold.
+    the part its own devices hold. On the one-device default (a mesh of the
+    default device alone) the tree is returned untouched: ``jit`` places host
+    data on its own fast path, as it did before there were meshes.
     """
+    if _default_device_alone(sharding):
+        return tree
 
     def place(leaf):
         if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
@@ -151,6 +156,11 @@ def put(tree: Any, sharding: NamedSharding) -> Any:
         return jax.device_put(leaf, sharding)
 
     return jax.tree.map(place, tree)
+
+
+@functools.lru_cache(maxsize=64)
+def _default_device_alone(sharding: NamedSharding) -> bool:
+    return sharding.mesh.size == 1 and sharding.mesh.devices.flat[0] == jax.devices()[0]
 
 
 def to_host(tree: Any) -> Any:
@@ -195,15 +205,19 @@ def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    *,
+    detect: bool = False,
 ) -> bool:
     """Starts JAX's multi-process runtime when several processes are configured.
 
     Arguments left None are read from ``EVOJAX_PRUNE_COORDINATOR``
     (``HOST:PORT`` of process 0), ``EVOJAX_PRUNE_NUM_PROCESSES`` and
-    ``EVOJAX_PRUNE_PROCESS_ID``. With none of them set, and a SLURM, Open MPI
-    or multi-host TPU launch detected, ``jax.distributed.initialize()`` reads
-    that environment itself. Otherwise nothing happens (one process). Must run
-    before any other JAX call. On CPU the cross-process collectives are Gloo's.
+    ``EVOJAX_PRUNE_PROCESS_ID``. With none of them set, and a SLURM or Open MPI
+    launch of several tasks seen (or ``detect``, e.g. on a TPU pod slice),
+    ``jax.distributed.initialize()`` reads the launcher's environment itself
+    (one process per GPU under SLURM and Open MPI). Otherwise nothing happens
+    (one process). Must run before any other JAX call. On CPU the
+    cross-process collectives are Gloo's.
 
     Returns:
       True when the distributed runtime was started here.
@@ -220,7 +234,7 @@ def initialize_distributed(
     num_processes = from_env(num_processes, NUM_PROCESSES_ENV, int)
     process_id = from_env(process_id, PROCESS_ID_ENV, int)
     explicit = (coordinator_address, num_processes, process_id)
-    if all(value is None for value in explicit) and not _cluster_has_several_processes():
+    if all(value is None for value in explicit) and not (detect or _cluster_has_several_processes()):
         return False
     if any(value is not None for value in explicit):
         if None in explicit:

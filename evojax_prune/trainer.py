@@ -474,7 +474,7 @@ def _train_local(
     init_params: head.HeadParams,
     orders: jax.Array,
     masks: jax.Array,
-    valid: jax.Array,
+    num_valid: jax.Array,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -484,9 +484,10 @@ def _train_local(
 ) -> TrainedPopulation:
     """One device's share of the population: all its training, chunk by chunk.
 
-    ``masks`` (P_local, D) bool and ``valid`` (P_local,) bool (False for the
-    padding that evens the population out over the devices: such heads never
-    run). The local population is padded to a multiple of ``chunk_size`` with
+    ``masks`` (P_local, D) bool, this device's block of the population;
+    ``num_valid`` () int32, the heads of the whole population before it was
+    evened out over the devices: heads past it are padding and never run.
+    The local population is padded to a multiple of ``chunk_size`` with
     more such heads. With several ``capacities``, heads are sorted by feature
     count so that a chunk holds heads of similar size, and each chunk trains at
     the smallest capacity holding its largest mask.
@@ -494,6 +495,8 @@ def _train_local(
     population = masks.shape[0]
     padded_population = -(-population // chunk_size) * chunk_size
     num_chunks = padded_population // chunk_size
+    first_head = jax.lax.axis_index(devices.POPULATION_AXIS) * population  # in the whole population
+    valid = first_head + jnp.arange(population) < num_valid
     # A zero column at index D: padded feature indices of the gathered layer point at it.
     x = jnp.concatenate([x.astype(jnp.float32), jnp.zeros((x.shape[0], 1), jnp.float32)], axis=1)
     y = y.astype(jnp.int32)
@@ -528,7 +531,7 @@ def _train_population_jit(
     init_params: head.HeadParams,
     orders: jax.Array,
     masks: jax.Array,
-    valid: jax.Array,
+    num_valid: jax.Array,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -540,10 +543,9 @@ def _train_population_jit(
     """``train_population`` after validation: all the training, in one call.
 
     Every device of ``mesh`` runs ``_train_local`` on its block of the
-    population (masks and ``valid`` split on axis 0, everything else
-    replicated); no device talks to another, so the program each device runs
-    is the one-device program, on fewer heads. P must be a multiple of the
-    mesh size.
+    population (masks split on axis 0, everything else replicated); no device
+    talks to another, so the program each device runs is the one-device
+    program, on fewer heads. P must be a multiple of the mesh size.
     """
     population, replicated = PartitionSpec(devices.POPULATION_AXIS), PartitionSpec()
     train_local = functools.partial(
@@ -554,10 +556,10 @@ def _train_population_jit(
     return jax.shard_map(
         train_local,
         mesh=mesh,
-        in_specs=(replicated, replicated, population, population, replicated, replicated),
+        in_specs=(replicated, replicated, population, replicated, replicated, replicated),
         out_specs=population,
         check_vma=False,
-    )(init_params, orders, masks, valid, x, y)
+    )(init_params, orders, masks, num_valid, x, y)
 
 
 def train_population(
@@ -658,7 +660,6 @@ def train_population(
     population, num_features = masks.shape
     # Evened out over the devices with heads that never run, sliced off below.
     padded_masks, _ = devices.pad_population(masks, mesh.size)
-    valid = np.arange(padded_masks.shape[0]) < population
     init_params, orders = _initial_weights_and_orders(
         key,
         num_features=num_features,
@@ -673,7 +674,7 @@ def train_population(
         devices.put(init_params, everywhere),
         devices.put(orders, everywhere),
         devices.put(padded_masks, split),
-        devices.put(valid, split),
+        np.int32(population),
         devices.put(x, everywhere),
         devices.put(y if isinstance(y, jax.Array) else y_host, everywhere),
         train_config=train_config,

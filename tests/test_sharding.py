@@ -269,3 +269,11 @@ def test_cli_device_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsy
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_may_resume_on_other_devices():
+    from evojax_prune.search import _without_devices
+
+    one, four = tiny_config(1).to_dict(), tiny_config(4).to_dict()
+    assert one != four and _without_devices(one) == _without_devices(four)
+    assert _without_devices(one) != _without_devices(tiny_config().replace(head={"hidden": 8}).to_dict())
