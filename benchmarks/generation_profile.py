@@ -256,8 +256,6 @@ def main(argv=None) -> dict:
         result["scaling"] = scaling_real(features, args.devices, args.scaling_populations, args.epochs)
     elif args.simulated_devices:
         result["scaling"] = scaling_simulated(args.simulated_devices, args.scaling_populations, args.epochs)
-        for row in result["scaling"]["rows"]:
-            _print_scaling(row)
     if args.scaling_only:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -26,6 +26,7 @@ Device specs (``TrainConfig.devices``, ``--devices``):
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -180,12 +181,33 @@ def is_main_process() -> bool:
 
 
 def assert_same_on_every_process(tree: Any, what: str) -> None:
-    """Checks that every process holds the same host values (a no-op on one process)."""
+    """Checks that every process holds the same host values, bit for bit (a no-op on one process).
+
+    Compares a SHA-256 fingerprint of the leaves' bytes, dtypes and shapes:
+    gathering the values themselves would pass them through JAX, which turns
+    float64 into float32 and so would find differences that are not there.
+
+    Raises:
+      RuntimeError: the processes disagree (they should never: each runs the
+        same search on the same gathered objectives).
+    """
     if jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils
 
-    multihost_utils.assert_equal(tree, f"{what} differ between processes")
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        leaf = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{leaf.dtype.str}{leaf.shape}".encode())
+        digest.update(leaf.tobytes())
+    fingerprint = np.frombuffer(digest.digest(), np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(fingerprint))  # (processes, 32)
+    differing = [process for process, other in enumerate(every) if not np.array_equal(other, fingerprint)]
+    if differing:
+        raise RuntimeError(
+            f"{what} differ between processes: process {jax.process_index()} disagrees with "
+            f"process(es) {differing}"
+        )
 
 
 def _cluster_has_several_processes() -> bool:

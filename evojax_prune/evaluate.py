@@ -175,10 +175,12 @@ def _evaluate_local(params, masks, features, labels, ood_features, temperature, 
 # epsilon = 0 skips the gradient altogether.
 @functools.partial(jax.jit, static_argnames=("epsilon", "chunk_size", "mesh"))
 def _evaluate_population(params, masks, features, labels, ood_features, *, temperature, epsilon, chunk_size,
-                         mesh):
+                         mesh=None):
     """Each device of ``mesh`` scores its block of heads (params and masks split on
     axis 0, data replicated); the (P,) metrics come back replicated, so that every
-    process of a multi-host run can read all of them. P must be a multiple of the mesh size."""
+    process of a multi-host run can read all of them. P must be a multiple of the mesh size.
+    ``mesh`` None is every device (benchmarks/odin_metrics.py lowers this function directly)."""
+    mesh = devices.mesh_for(None) if mesh is None else mesh
     population, replicated = PartitionSpec(devices.POPULATION_AXIS), PartitionSpec()
     evaluate_local = functools.partial(_evaluate_local, epsilon=epsilon, chunk_size=chunk_size)
     scores = jax.shard_map(

@@ -54,6 +54,13 @@ SCRIPT = textwrap.dedent("""
     write_atomically = atomic.write_atomically
     atomic.write_atomically = lambda path, write: (writes.append(str(path)), write_atomically(path, write))[1]
     arrays = search_run(out / "run" if len(sys.argv) > 3 else None)
+    if len(sys.argv) > 3:
+        # float64 that float32 cannot hold agrees; a real difference is caught.
+        devices.assert_same_on_every_process((np.array([0.1, 1 / 3]), np.ones(3, bool)), "thirds")
+        try:
+            devices.assert_same_on_every_process(np.array([jax.process_index()]), "ids")
+        except RuntimeError as error:
+            arrays["disagreement"] = str(error)
     if len(sys.argv) == 3:
         arrays.update(population_run(None))
         arrays.update(population_run((1, 3), prefix="subset_"))
@@ -187,6 +194,8 @@ def test_two_processes_find_the_front_of_one_and_process_0_alone_writes(runs):
     for name in ("process0", "process1"):
         _assert_same(results[name], baseline, SEARCH_KEYS)
     assert int(results["process0"]["writes"]) > 0 and int(results["process1"]["writes"]) == 0
+    assert "ids differ between processes: process 0 disagrees with process(es) [1]" in str(
+        results["process0"]["disagreement"])
     with np.load(out / "run" / "pareto.npz") as archive:
         np.testing.assert_array_equal(archive["masks"], baseline["front"])
 
