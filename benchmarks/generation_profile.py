@@ -20,11 +20,23 @@ upper bound: early stopping ends most heads sooner), in both the authors'
 steady-state order (85 calls training 2 heads) and generational (the 200 heads
 in 7 calls of 30), against their 19,851 s on a V100 for RPS.
 
+Part 3, scaling over devices (``--devices`` / ``--simulated-devices``): the
+same generation with the population split over n devices (``devices.py``),
+for each n, at the ``--scaling-populations``. ``--devices 1 2 4 8`` uses the
+real devices JAX sees (counts above what exists are skipped and listed);
+``--simulated-devices 1 2 4`` re-runs this script once per n in a subprocess
+with ``XLA_FLAGS=--xla_force_host_platform_device_count=n``: n CPU "devices"
+that share the same cores, so the figures say how the sharded program behaves
+and what it costs, not what n real devices would give. Rows carry
+``"simulated"`` accordingly.
+
     python benchmarks/generation_profile.py                       # CPU sizes
     python benchmarks/generation_profile.py --populations 32 256 1024 --epochs 20 --paper-epochs 20
-    python benchmarks/generation_profile.py --paper-search     # part 3: the authors' budget, run for real
+    python benchmarks/generation_profile.py --paper-search     # part 4: the authors' budget, run for real
+    python benchmarks/generation_profile.py --scaling-only --simulated-devices 1 2 4   # CPU
+    python benchmarks/generation_profile.py --scaling-only --devices 1 2 4 8 --scaling-populations 1024
 
-Part 3 (``--paper-search``, meant for accelerators): the authors' budget run
+Part 4 (``--paper-search``, meant for accelerators): the authors' budget run
 for real, full protocol with early stopping, as one ``run_search``; see
 ``paper_search``.
 """
@@ -33,7 +45,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,10 +75,10 @@ def _timed(function, *args):
     return result, time.perf_counter() - started
 
 
-def profile_generation(features, population: int, epochs: int) -> dict:
+def profile_generation(features, population: int, epochs: int, devices: int | None = None) -> dict:
     config = cfg.preset("default").replace(
         search={"population_size": population},
-        train={"max_epochs": epochs, "patience": epochs + 1},
+        train={"max_epochs": epochs, "patience": epochs + 1, "devices": devices},
     )
     evolver = MultiObjective(config.search, features.num_features)
     key = jax.random.PRNGKey(0)
@@ -99,6 +114,7 @@ def profile_generation(features, population: int, epochs: int) -> dict:
     return {
         "population": population,
         "epochs": epochs,
+        "devices": evaluator.mesh.size,
         "seconds": {
             "training": timings["train"], "scoring": timings["score"],
             "selection": timings["ask"] + timings["tell"], "host": timings["host"], "total": total,
@@ -220,6 +236,64 @@ def _write(out: Path, result: dict) -> None:
     partial.replace(out)
 
 
+def _scaling_row(row: dict, simulated: bool) -> dict:
+    seconds = row["seconds"]
+    return {"devices": row["devices"], "simulated": simulated, "population": row["population"],
+            "epochs": row["epochs"], "training_seconds": seconds["training"],
+            "scoring_seconds": seconds["scoring"], "total_seconds": seconds["total"],
+            "heads_per_second": row["heads_per_second"], "first_call_seconds": row["first_call_seconds"],
+            "train_chunk_size": row["train_chunk_size"]}
+
+
+def scaling_real(features, device_counts, populations, epochs) -> dict:
+    """Part 3 on the devices of this process (simulated when they are CPU slices)."""
+    available = jax.device_count()
+    simulated = jax.default_backend() == "cpu" and available > 1
+    rows, skipped = [], [count for count in device_counts if count > available]
+    for count in [count for count in device_counts if count <= available]:
+        for population in populations:
+            row = profile_generation(features, population, epochs, devices=count)
+            rows.append(_scaling_row(row, simulated))
+            _print_scaling(rows[-1])
+    return {"simulated": simulated, "rows": _with_speedups(rows), "skipped_device_counts": skipped,
+            "device_kind": jax.devices()[0].device_kind}
+
+
+def scaling_simulated(device_counts, populations, epochs) -> dict:
+    """Part 3 on n simulated CPU devices: this script once per n, in a subprocess."""
+    rows = []
+    for count in device_counts:
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+               "JAX_PLATFORMS": "cpu"}
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch) / "scaling.json"
+            command = [sys.executable, __file__, "--scaling-only", "--devices", str(count), "--epochs",
+                       str(epochs), "--scaling-populations", *map(str, populations), "--out", str(out)]
+            subprocess.run(command, env=env, check=True)
+            child = json.loads(out.read_text())["scaling"]
+        rows += [{**row, "simulated": True} for row in child["rows"]]
+    return {"simulated": True, "rows": _with_speedups(rows), "skipped_device_counts": [],
+            "device_kind": "cpu (simulated devices share the same cores)"}
+
+
+def _with_speedups(rows: list[dict]) -> list[dict]:
+    """Adds each row's speed-up over the one-device row of the same population, where there is one."""
+    single = {row["population"]: row for row in rows if row["devices"] == 1}
+    for row in rows:
+        base = single.get(row["population"])
+        row["speedup_total"] = base["total_seconds"] / row["total_seconds"] if base else None
+        row["speedup_training"] = base["training_seconds"] / row["training_seconds"] if base else None
+    return rows
+
+
+def _print_scaling(row: dict) -> None:
+    label = "simulated " if row["simulated"] else ""
+    print(f"P={row['population']:>5} on {row['devices']} {label}device(s): "
+          f"train {row['training_seconds']:.2f}s  "
+          f"score {row['scoring_seconds']:.2f}s  total {row['total_seconds']:.2f}s  "
+          f"({row['heads_per_second']:.1f} heads/s)", flush=True)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--populations", type=int, nargs="+", default=[32, 64])
@@ -231,11 +305,27 @@ def main(argv=None) -> dict:
         action="store_true",
         help="also run the authors' whole budget as one real search, full protocol (for accelerators)",
     )
+    parser.add_argument("--devices", type=int, nargs="+", metavar="N",
+                        help="part 3 on the first N real devices, for each N (more than exist: skipped)")
+    parser.add_argument("--simulated-devices", type=int, nargs="+", metavar="N",
+                        help="part 3 on N simulated CPU devices (a subprocess per N)")
+    parser.add_argument("--scaling-populations", type=int, nargs="+", default=[32], metavar="P",
+                        help="populations of part 3 (default 32)")
+    parser.add_argument("--scaling-only", action="store_true", help="part 3 alone")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
     features = rps_shaped_features()
     result = {"benchmark": "generation_profile", **environment(), "rows": []}
+    if args.devices:
+        result["scaling"] = scaling_real(features, args.devices, args.scaling_populations, args.epochs)
+    elif args.simulated_devices:
+        result["scaling"] = scaling_simulated(args.simulated_devices, args.scaling_populations, args.epochs)
+    if args.scaling_only:
+        _write(args.out, result)
+        return result
+    if "scaling" in result:
+        _write(args.out, result)
     for population in args.populations:
         row = profile_generation(features, population, args.epochs)
         result["rows"].append(row)

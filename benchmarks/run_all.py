@@ -32,7 +32,8 @@ SIZES = {
                                "--keras-heads", "4"],
         "odin_metrics": [],
         "nsga2_selection": [],
-        "generation_profile": ["--populations", "32", "64", "--epochs", "2", "--paper-epochs", "2"],
+        "generation_profile": ["--populations", "32", "64", "--epochs", "2", "--paper-epochs", "2",
+                               "--simulated-devices", "1", "2", "4", "--scaling-populations", "32"],
     },
     # Sized for under 8 minutes on one H100, the most important first; (b) trains a
     # sample of 64 heads one at a time (its rate per head-epoch does not depend on P).
@@ -40,7 +41,8 @@ SIZES = {
         "trainer_throughput": ["--populations", "256", "1024", "1", "16", "--epochs", "5",
                                "--keras-heads", "2", "--one-at-a-time-heads", "64"],
         "generation_profile": ["--populations", "32", "256", "2048", "--epochs", "5",
-                               "--paper-epochs", "10", "--paper-search"],
+                               "--paper-epochs", "10", "--paper-search",
+                               "--devices", "1", "2", "4", "8", "--scaling-populations", "1024"],
         "odin_metrics": [],
         "nsga2_selection": [],
     },
@@ -149,6 +151,9 @@ def render(out_dir: Path) -> str:
             )
         lines.append("")
     for result in _load(out_dir, "generation_profile"):
+        lines += _scaling_lines(result)
+        if not result["rows"]:
+            continue
         lines += [
             f"**One generation, end to end** ({_device(result)}, {result['date'][:10]}; "
             f"RPS-shaped features, {result['rows'][0]['epochs']} epochs per head)",
@@ -200,6 +205,30 @@ def render(out_dir: Path) -> str:
             ]
         lines.append("")
     return "\n".join(lines)
+
+
+def _scaling_lines(result: dict) -> list[str]:
+    scaling = result.get("scaling")
+    if not scaling or not scaling["rows"]:
+        return []
+    where = ("simulated: CPU devices sharing the same cores, so this shows what sharding costs, "
+             "not a speed-up" if scaling["simulated"] else scaling["device_kind"])
+    lines = [
+        f"**The population over several devices** ({where}; {result['date'][:10]}, "
+        f"{scaling['rows'][0]['epochs']} epochs per head)",
+        "",
+        "| devices | population | training s | scoring s | total s | heads/s | speed-up vs 1 device |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in scaling["rows"]:
+        lines.append(
+            f"| {row['devices']} | {row['population']} | {_fmt(row['training_seconds'])} | "
+            f"{_fmt(row['scoring_seconds'])} | {_fmt(row['total_seconds'])} | "
+            f"{_fmt(row['heads_per_second'], 1)} | {_fmt(row['speedup_total'])} |"
+        )
+    if scaling.get("skipped_device_counts"):
+        lines.append(f"\nNot run, more devices than exist: {scaling['skipped_device_counts']}.")
+    return [*lines, ""]
 
 
 def write_tables(out_dir: Path) -> str:

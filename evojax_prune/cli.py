@@ -54,6 +54,17 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--generations must be at least 1, got {args.generations}")
     if args.resume and not args.out:
         raise UsageError("--resume needs --out DIR, the run directory to continue")
+    from evojax_prune.config import canonical_devices
+
+    devices_spec = canonical_devices(args.devices) if args.devices is not None else None
+
+    from evojax_prune import devices
+
+    # Before any other JAX call: several processes (flags, EVOJAX_PRUNE_* or a cluster launcher).
+    devices.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                                   detect=args.distributed)
+    devices.select_devices(devices_spec)  # asked for devices that are not there: exit 2 before any work
+    main_process = devices.is_main_process()
     features = FeatureSet.load(args.features) if args.features else embedded.digits()
     # The embedded digits are a CPU demo: they default to the quick preset.
     preset_name = args.preset or ("default" if args.features else "quick")
@@ -63,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         search["population_size"] = args.population
     if args.generations is not None:
         search["generations"] = args.generations
-    config = config.replace(search=search, preset=config.preset)
+    config = config.replace(search=search, train={"devices": devices_spec}, preset=config.preset)
     out = Path(args.out) if args.out else Path("runs") / (
         f"{features.name}-{preset_name}-seed{args.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     )
@@ -73,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     from evojax_prune.progress import SearchProgress, front_table
     from evojax_prune.search import run_search
 
-    console = Console(stderr=True, quiet=args.quiet)
+    console = Console(stderr=True, quiet=args.quiet or not main_process)  # one voice: process 0
     console.print(
         f"evojax-prune run: {features}\npreset {preset_name}: population {config.search.population_size}, "
         f"{config.search.generations} generations of {config.search.num_offspring} offspring "
@@ -123,6 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    several = run.add_argument_group(
+        "devices and hosts",
+        "the population is split over every device JAX sees; several hosts run one process each "
+        "(README: 'Several devices and hosts')",
+    )
+    several.add_argument("--devices", metavar="SPEC",
+                         help="'all' (default), a count N (the first N devices of each process) or "
+                              "positions such as 0,2")
+    several.add_argument("--distributed", action="store_true",
+                         help="several processes as JAX detects them (TPU pod slices, SLURM, Open MPI)")
+    several.add_argument("--coordinator-address", metavar="HOST:PORT",
+                         help="process 0's address (or EVOJAX_PRUNE_COORDINATOR); SLURM, Open MPI and "
+                              "TPU pod launches are detected without it")
+    several.add_argument("--num-processes", type=int, metavar="N",
+                         help="processes in the run (or EVOJAX_PRUNE_NUM_PROCESSES)")
+    several.add_argument("--process-id", type=int, metavar="I",
+                         help="this process, 0 .. N-1 (or EVOJAX_PRUNE_PROCESS_ID)")
     run.set_defaults(handler=_run)
 
     # Commands whose arguments live beside their code: the module's

@@ -60,6 +60,39 @@ def _positive_float(owner: str, name: str, value: Any, *, allow_zero: bool = Fal
     _check(ok, f"{owner}.{name} must be a number {bound}, got {value!r}")
 
 
+def canonical_devices(spec: Any) -> int | tuple[int, ...] | None:
+    """A device spec in its canonical, hashable form: None, a count, or a tuple of positions.
+
+    None, ``"all"`` and ``""`` mean every device; an int or ``"4"`` the first n
+    devices; a sequence of ints or ``"0,2"`` those positions in each process's
+    list of local devices (``devices.select_devices`` resolves them).
+    """
+    if spec is None or (isinstance(spec, int) and not isinstance(spec, bool)):
+        _check(spec is None or spec >= 1, f"devices: a device count must be at least 1, got {spec}")
+        return spec
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text.lower() in ("", "all"):
+            return None
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        _check(
+            bool(parts) and all(part.isdigit() for part in parts),
+            f"devices: expected 'all', a count such as '2' or device positions such as '0,2', got {spec!r}",
+        )
+        numbers = [int(part) for part in parts]
+        return canonical_devices(numbers[0] if "," not in text else numbers)
+    _check(isinstance(spec, (list, tuple)),
+           f"devices: expected None, a count or device positions, got {spec!r}")
+    positions = tuple(spec)
+    _check(
+        bool(positions) and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in positions),
+        f"devices: positions must be non-negative integers, got {list(positions)}",
+    )
+    _check(len(set(positions)) == len(positions),
+           f"devices: positions must be distinct, got {list(positions)}")
+    return positions
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
     """The pruned head: masked D -> ``hidden`` ReLU (no bias) -> C logits (bias)."""
@@ -87,7 +120,13 @@ class TrainConfig:
         ``min_delta`` and, with ``restore_best``, gets its best weights back.
       chunk_size: heads trained at once (vmap inside a chunk, sequential over
         chunks); ``None`` picks it from ``memory_budget_mb``.
-      memory_budget_mb: device memory the trainer may use for per-head state.
+      memory_budget_mb: device memory the trainer may use for per-head state
+        (per device).
+      devices: where the population trains and is scored, split over the
+        devices on its leading axis (``devices.py``): None for every device
+        JAX sees, n for the first n, or positions such as ``(0, 2)``. Results
+        do not depend on it (a head's result is a function of its mask), so a
+        run may resume on other devices.
     """
 
     optimizer: str = "sgd"
@@ -102,6 +141,7 @@ class TrainConfig:
     restore_best: bool = True
     chunk_size: int | None = None
     memory_budget_mb: float = 2048.0
+    devices: int | tuple[int, ...] | None = None
 
     def __post_init__(self):
         _check(
@@ -127,6 +167,10 @@ class TrainConfig:
         if self.chunk_size is not None:
             _positive_int("TrainConfig", "chunk_size", self.chunk_size)
         _positive_float("TrainConfig", "memory_budget_mb", self.memory_budget_mb)
+        try:
+            object.__setattr__(self, "devices", canonical_devices(self.devices))
+        except ValueError as error:
+            raise ValueError(f"TrainConfig.{error}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.sharding import PartitionSpec
 
-from evojax_prune import head, metrics, odin
+from evojax_prune import devices, head, metrics, odin
 from evojax_prune.config import AUROC_KINDS, RunConfig
 
 
@@ -147,10 +148,8 @@ def _stitch_chunks(per_chunk: jax.Array, starts: np.ndarray, chunk_size: int, po
     return per_chunk.reshape((-1, *per_chunk.shape[2:]))[flat_index]
 
 
-# Temperature is traced (a sweep over T compiles once); epsilon is static because
-# epsilon = 0 skips the gradient altogether.
-@functools.partial(jax.jit, static_argnames=("epsilon", "chunk_size"))
-def _evaluate_population(params, masks, features, labels, ood_features, *, temperature, epsilon, chunk_size):
+def _evaluate_local(params, masks, features, labels, ood_features, temperature, *, epsilon, chunk_size):
+    """One device's block of heads: vmap inside a chunk, sequential over chunks."""
     def evaluate_many(some_params, some_masks):
         evaluate_one = functools.partial(
             evaluate_head, features=features, labels=labels, ood_features=ood_features,
@@ -170,6 +169,28 @@ def _evaluate_population(params, masks, features, labels, ood_features, *, tempe
     # Sequential over chunks (memory), vmap inside a chunk (speed).
     per_chunk = jax.lax.map(evaluate_chunk, jnp.asarray(starts, jnp.int32))
     return jax.tree.map(lambda leaf: _stitch_chunks(leaf, starts, chunk_size, population), per_chunk)
+
+
+# Temperature is traced (a sweep over T compiles once); epsilon is static because
+# epsilon = 0 skips the gradient altogether.
+@functools.partial(jax.jit, static_argnames=("epsilon", "chunk_size", "mesh"))
+def _evaluate_population(params, masks, features, labels, ood_features, *, temperature, epsilon, chunk_size,
+                         mesh=None):
+    """Each device of ``mesh`` scores its block of heads (params and masks split on
+    axis 0, data replicated); the (P,) metrics come back replicated, so that every
+    process of a multi-host run can read all of them. P must be a multiple of the mesh size.
+    ``mesh`` None is every device (benchmarks/odin_metrics.py lowers this function directly)."""
+    mesh = devices.mesh_for(None) if mesh is None else mesh
+    population, replicated = PartitionSpec(devices.POPULATION_AXIS), PartitionSpec()
+    evaluate_local = functools.partial(_evaluate_local, epsilon=epsilon, chunk_size=chunk_size)
+    scores = jax.shard_map(
+        evaluate_local,
+        mesh=mesh,
+        in_specs=(population, population, replicated, replicated, replicated, replicated),
+        out_specs=population,
+        check_vma=False,  # no collectives inside; the check would only ask for annotations
+    )(params, masks, features, labels, ood_features, temperature)
+    return jax.lax.with_sharding_constraint(scores, devices.replicated(mesh))
 
 
 def bytes_per_head(num_rows: int, num_features: int, hidden: int, num_classes: int, perturb: bool) -> int:
@@ -246,7 +267,10 @@ def evaluate_population(
         chunks). ``None`` sizes it from ``config.train.memory_budget_mb``
         (``auto_chunk_size``); a value >= P evaluates all heads in one vmap.
         Peak memory grows linearly with it (module docstring); results do not
-        depend on it.
+        depend on it. It is per device: the heads are split over the devices of
+        ``config.train.devices`` (``devices.py``), params and masks on their P
+        axis, the data replicated; P is padded to a multiple of the device
+        count by repeating the last head.
 
     Returns:
       PopulationMetrics of (P,) float32 arrays. ``.objectives(config.odin.auroc)``
@@ -257,8 +281,9 @@ def evaluate_population(
         raise ValueError(
             f"evaluate_population: chunk_size must be None or an integer >= 1, got {chunk_size!r}"
         )
-    masks = jnp.asarray(masks)
-    features, labels, ood_features = jnp.asarray(features), jnp.asarray(labels), jnp.asarray(ood_features)
+    # Host data stays on the host until it is placed on the mesh (no detour via device 0).
+    as_array = lambda array: array if isinstance(array, jax.Array) else np.asarray(array)
+    masks, features, labels, ood_features = map(as_array, (masks, features, labels, ood_features))
     _check_shapes(params, masks, features, labels, ood_features)
     population = masks.shape[0]
     epsilon = float(config.odin.epsilon)
@@ -271,9 +296,18 @@ def evaluate_population(
             perturb=epsilon > 0,
             memory_budget_mb=config.train.memory_budget_mb,
         )
-    # Every chunk size >= P is the same program; one cache entry for all of them.
-    chunk_size = min(chunk_size, population)
-    return _evaluate_population(
-        params, masks, features, labels, ood_features,
-        temperature=jnp.float32(config.odin.temperature), epsilon=epsilon, chunk_size=chunk_size,
+    mesh = devices.mesh_for(config.train.devices)
+    # Evened out over the devices by repeating the last head (a copy of the parameters,
+    # which the search avoids by training multiples of the device count), sliced off below.
+    (params, masks), _ = devices.pad_population((params, masks), mesh.size)
+    everywhere, split = devices.replicated(mesh), devices.sharded(mesh)
+    # Every chunk size >= the per-device population is the same program; one cache entry for all.
+    chunk_size = min(chunk_size, masks.shape[0] // mesh.size)
+    scores = _evaluate_population(
+        devices.put(params, split), devices.put(masks, split), devices.put(features, everywhere),
+        devices.put(labels, everywhere), devices.put(ood_features, everywhere),
+        temperature=jnp.float32(config.odin.temperature), epsilon=epsilon, chunk_size=chunk_size, mesh=mesh,
     )
+    if masks.shape[0] != population:
+        scores = jax.tree.map(lambda leaf: leaf[:population], scores)
+    return scores

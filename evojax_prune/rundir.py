@@ -99,6 +99,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "packages": versions,
         "devices": [str(device) for device in jax.devices()],
+        "processes": jax.process_count(),
         "backend": jax.default_backend(),
     }
 

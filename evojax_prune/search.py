@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evojax_prune import atomic, evaluate, rundir, strategy, trainer
+from evojax_prune import atomic, devices, evaluate, rundir, strategy, trainer
 from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.evaluation_cache import METRIC_NAMES, MaskCache
@@ -92,8 +92,13 @@ class MaskEvaluator:
     """Trains and scores masks on the validation data, each distinct mask once.
 
     Masks not in the cache are trained together in one ``train_population``
-    call, padded to a power of two (at most ``max_batch``) so that a run
-    compiles a handful of shapes instead of one per count.
+    call, padded to a power of two (at most ``max_batch``) and then to a
+    multiple of the device count, so that a run compiles a handful of shapes
+    instead of one per count and every device gets as many heads.
+
+    The data is placed on every device of the mesh once, here. On several
+    hosts every process holds the same evaluator: the metrics come back to
+    every process, so the caches stay equal.
     """
 
     def __init__(self, features: FeatureSet, config: RunConfig, train_key: jax.Array, max_batch: int):
@@ -101,9 +106,11 @@ class MaskEvaluator:
         self.train_key = train_key
         self.max_batch = max_batch
         self.num_classes = features.num_classes
-        self.x_train, self.y_train = jnp.asarray(features.x_train), jnp.asarray(features.y_train)
-        self.x_val, self.y_val = jnp.asarray(features.x_val), jnp.asarray(features.y_val)
-        self.ood_val = jnp.asarray(features.ood_val)
+        self.mesh = devices.mesh_for(config.train.devices)
+        everywhere = devices.replicated(self.mesh)
+        self.x_train, self.y_train = devices.put((features.x_train, features.y_train), everywhere)
+        self.x_val, self.y_val = devices.put((features.x_val, features.y_val), everywhere)
+        self.ood_val = devices.put(features.ood_val, everywhere)
         self.cache = MaskCache(features.num_features)
         self.seconds = {"train": 0.0, "score": 0.0}
         self.trained_masks = 0
@@ -124,7 +131,8 @@ class MaskEvaluator:
         return _objectives(dict(zip(METRIC_NAMES, values.T, strict=True)), self.config.odin.auroc)
 
     def _padded(self, masks: np.ndarray) -> np.ndarray:
-        """(K, D) -> (bucket, D): a power of two up to ``max_batch``, then multiples of it.
+        """(K, D) -> (bucket, D): a power of two up to ``max_batch``, then multiples of it,
+        rounded up to a multiple of the device count.
 
         Padding repeats a real mask: a head's result does not depend on its neighbours.
         """
@@ -133,6 +141,7 @@ class MaskEvaluator:
             bucket = min(self.max_batch, 1 << (count - 1).bit_length())
         else:
             bucket = -(-count // self.max_batch) * self.max_batch
+        bucket = devices.padded_size(bucket, self.mesh.size)
         return np.concatenate([masks, np.repeat(masks[:1], bucket - count, axis=0)])
 
     def train(self, masks: np.ndarray) -> trainer.TrainedPopulation:
@@ -164,7 +173,7 @@ def _metric_rows(scores: evaluate.PopulationMetrics, trained: trainer.TrainedPop
     columns = {name: getattr(scores, name) for name in METRIC_NAMES[:7]}
     columns["epochs"] = trained.epochs
     columns["train_loss"] = trained.final_loss
-    host = jax.device_get(columns)  # the generation's one transfer to the host
+    host = devices.to_host(columns)  # the generation's one transfer to the host (to every host)
     return np.stack([np.asarray(host[name], np.float64) for name in METRIC_NAMES], axis=-1)
 
 
@@ -184,9 +193,13 @@ def run_search(
     Args:
       features: the data (train / validation / test and OoD features).
       config: the run configuration (e.g. ``preset("quick")``).
-      seed: the run's seed; the same seed on the same device gives the same front.
+      seed: the run's seed; the same seed on the same device gives the same front
+        (on CPU also on any number of devices, ``config.train.devices``).
       out_dir: run directory to write (config, history, checkpoint, front, summary);
-        ``None`` keeps everything in memory.
+        ``None`` keeps everything in memory. On several processes
+        (``devices.initialize_distributed``) every process runs the same search
+        and process 0 alone writes; resuming reads ``out_dir`` on every
+        process, so it must be on a file system they share.
       resume: continue the run in ``out_dir`` from its last checkpoint.
       overwrite: replace an earlier run in ``out_dir``.
       on_generation: called with each generation's history record (progress).
@@ -210,7 +223,12 @@ def run_search(
     if search.min_active > num_features:
         raise ValueError(f"search.min_active = {search.min_active} exceeds the {num_features} features")
     evolver = strategy.build(search, num_features, algorithm)
-    run_path = rundir.prepare(out_dir, resume=resume, overwrite=overwrite) if out_dir is not None else None
+    # Process 0 writes; the others only read, and only to resume.
+    main = devices.is_main_process()
+    run_path = None
+    if out_dir is not None and (main or resume):
+        run_path = rundir.prepare(out_dir, resume=resume, overwrite=overwrite)
+    write_path = run_path if main else None
     train_key, init_key, evolve_key = jax.random.split(jax.random.PRNGKey(seed), 3)
     evaluator = MaskEvaluator(
         features, config, train_key, max_batch=max(evolver.population_size, evolver.num_offspring)
@@ -223,13 +241,13 @@ def run_search(
         state, history, elapsed = _restore(run_path, settings, evolver, evaluator, init_key)
         started -= elapsed
     else:
-        if run_path is not None:
-            atomic.write_json(run_path / "config.json", {**settings, "environment": rundir.environment()})
+        if write_path is not None:
+            atomic.write_json(write_path / "config.json", {**settings, "environment": rundir.environment()})
         population = evolver.initial_population(init_key)
         state = evolver.init(init_key, population, evaluator.objectives(evolver.masks(population)))
         history = []
         _record(history, state, evolver, evaluator, started, 0, on_generation)
-        _checkpoint(run_path, state, evaluator, history, started)
+        _checkpoint(write_path, state, evaluator, history, started)
 
     for generation in range(len(history), search.generations + 1):
         ask_key, tell_key = jax.random.split(jax.random.fold_in(evolve_key, generation))
@@ -239,11 +257,13 @@ def run_search(
         state = jax.block_until_ready(evolver.tell(tell_key, offspring, objectives, state))
         evaluator.seconds["select"] = time.perf_counter() - selected_at
         _record(history, state, evolver, evaluator, started, generation, on_generation)
-        _checkpoint(run_path, state, evaluator, history, started)
+        _checkpoint(write_path, state, evaluator, history, started)
 
     result = _final_front(features, config, seed, state, evolver, evaluator, history, started)
-    if run_path is not None:
-        _write_results(run_path, result)
+    # Every process ran the same selection on the same gathered objectives.
+    devices.assert_same_on_every_process((result.masks, result.objectives), "the final fronts")
+    if write_path is not None:
+        _write_results(write_path, result)
     return result
 
 
@@ -297,7 +317,11 @@ def _restore(run_path, settings, evolver, evaluator, init_key):
 
     recorded = json.loads((run_path / "config.json").read_text())
     for name in ("config", "seed", "features", "num_features", "num_classes", "strategy"):
-        if recorded.get(name) != json.loads(json.dumps(settings[name])):
+        ours, theirs = json.loads(json.dumps(settings[name])), recorded.get(name)
+        if name == "config" and isinstance(theirs, dict):
+            # Where heads train is not what they learn: a run may resume on other devices.
+            ours, theirs = _without_devices(ours), _without_devices(theirs)
+        if theirs != ours:
             raise rundir.RunDirectoryError(
                 f"{run_path}: cannot resume, the run was started with a different {name}"
             )
@@ -315,6 +339,11 @@ def _restore(run_path, settings, evolver, evaluator, init_key):
     return state, history, float(arrays["elapsed_seconds"])
 
 
+def _without_devices(config: dict[str, Any]) -> dict[str, Any]:
+    train = {name: value for name, value in config.get("train", {}).items() if name != "devices"}
+    return {**config, "train": train}
+
+
 def _final_front(features, config, seed, state, evolver, evaluator, history, started) -> SearchResult:
     front = _front_masks(state, evolver, evaluator)
     everything = np.concatenate([front, np.ones((1, features.num_features), bool)])
@@ -330,7 +359,7 @@ def _final_front(features, config, seed, state, evolver, evaluator, history, sta
         rows = _metric_rows(scored, trained)[: len(everything)]
         scores[split] = dict(zip(METRIC_NAMES, rows.T, strict=True))
     order = np.argsort(-scores["validation"]["accuracy"][:-1], kind="stable")
-    params = jax.tree.map(lambda leaf: leaf[: len(everything)], jax.device_get(trained.params))
+    params = jax.tree.map(lambda leaf: leaf[: len(everything)], devices.to_host(trained.params))
     front_only = lambda values: {name: value[:-1][order] for name, value in values.items()}
     baseline = lambda values: {name: float(value[-1]) for name, value in values.items()}
     validation = front_only(scores["validation"])

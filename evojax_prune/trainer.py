@@ -11,7 +11,9 @@ them in one jitted call:
   * ``while_loop`` over epochs, until every head of the chunk has stopped early
     or ``max_epochs`` is reached;
   * a ``fori_loop`` over chunks of heads, so memory is bounded by the chunk, not
-    by the population (each chunk writes its results in place).
+    by the population (each chunk writes its results in place);
+  * ``shard_map`` over the devices (``devices.py``): each device runs all of the
+    above on its block of the population, the data replicated.
 
 Pruned features are skipped, not multiplied by zero (``gather_features``): a
 head keeping k of D features only needs k rows of its first kernel, so each
@@ -84,8 +86,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh, PartitionSpec
 
-from evojax_prune import head
+from evojax_prune import devices, head
 from evojax_prune.config import RunConfig, TrainConfig
 
 _FLOAT_BYTES = 4
@@ -567,11 +570,11 @@ def _initial_weights_and_orders(
     return init_params, epoch_orders(order_key, num_epochs, num_samples)
 
 
-@functools.partial(jax.jit, static_argnames=("train_config", "chunk_size", "layouts"))
-def _train_population_jit(
+def _train_local(
     init_params: head.HeadParams,
     orders: jax.Array,
     masks: jax.Array,
+    num_valid: jax.Array,
     x: jax.Array,
     y: jax.Array,
     *,
@@ -579,21 +582,26 @@ def _train_population_jit(
     chunk_size: int,
     layouts: tuple[ChunkLayout, ...],
 ) -> TrainedPopulation:
-    """``train_population`` after validation: all the training, in one call.
+    """One device's share of the population: all its training, chunk by chunk.
 
-    P is padded to a multiple of ``chunk_size`` with empty heads marked stopped
-    from the start. With several ``layouts``, heads are sorted by feature
+    ``masks`` (P_local, D) bool, this device's block of the population;
+    ``num_valid`` () int32, the heads of the whole population before it was
+    evened out over the devices: heads past it are padding and never run.
+    The local population is padded to a multiple of ``chunk_size`` with
+    more such heads. With several ``layouts``, heads are sorted by feature
     count so that a chunk holds heads of similar size, and each chunk trains in
     the smallest layout that holds its masks (``layout_level``).
     """
     population = masks.shape[0]
     padded_population = -(-population // chunk_size) * chunk_size
     num_chunks = padded_population // chunk_size
+    first_head = jax.lax.axis_index(devices.POPULATION_AXIS) * population  # in the whole population
+    valid = first_head + jnp.arange(population) < num_valid
     # A zero column at index D: padded feature indices of the gathered layer point at it.
     x = jnp.concatenate([x.astype(jnp.float32), jnp.zeros((x.shape[0], 1), jnp.float32)], axis=1)
     y = y.astype(jnp.int32)
     masks = jnp.pad(masks.astype(bool), ((0, padded_population - population), (0, 0)))
-    valid = jnp.arange(padded_population) < population
+    valid = jnp.pad(valid, (0, padded_population - population))
     counts = jnp.where(valid, jnp.sum(masks, axis=1), -1)
     order = jnp.argsort(-counts, stable=True) if len(layouts) > 1 else jnp.arange(padded_population)
     heads_by_chunk = order.reshape(num_chunks, chunk_size)  # (chunks, K) indices into the padded population
@@ -608,13 +616,49 @@ def _train_population_jit(
     def train_chunk_into(chunk, results):
         heads = heads_by_chunk[chunk]
         trained = train_chunk(heads)
-        # Written in place at the heads' own positions; padding heads (>= P) are dropped.
+        # Written in place at the heads' own positions; padding heads (>= P_local) are dropped.
         return jax.tree.map(lambda out, new: out.at[heads].set(new, mode="drop"), results, trained)
 
-    # One (P, ...) buffer per result, filled chunk by chunk: no stacked copy to reorder.
+    # One (P_local, ...) buffer per result, filled chunk by chunk: no stacked copy to reorder.
     chunk_shapes = jax.eval_shape(train_chunk, heads_by_chunk[0])
     results = jax.tree.map(lambda leaf: jnp.zeros((population, *leaf.shape[1:]), leaf.dtype), chunk_shapes)
     return jax.lax.fori_loop(0, num_chunks, train_chunk_into, results)
+
+
+@functools.partial(jax.jit, static_argnames=("train_config", "chunk_size", "layouts", "mesh"))
+def _train_population_jit(
+    init_params: head.HeadParams,
+    orders: jax.Array,
+    masks: jax.Array,
+    num_valid: jax.Array,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    train_config: TrainConfig,
+    chunk_size: int,
+    layouts: tuple[ChunkLayout, ...],
+    mesh: Mesh,
+) -> TrainedPopulation:
+    """``train_population`` after validation: all the training, in one call.
+
+    Every device of ``mesh`` runs ``_train_local`` on its block of the
+    population (masks split on axis 0, everything else replicated); no device
+    talks to another, so the program each device runs is the one-device
+    program, on fewer heads. P must be a multiple of the mesh size.
+    """
+    population, replicated = PartitionSpec(devices.POPULATION_AXIS), PartitionSpec()
+    train_local = functools.partial(
+        _train_local, train_config=train_config, chunk_size=chunk_size, layouts=layouts
+    )
+    # check_vma off: the per-device program has no collectives, and its loop carries
+    # mix replicated and per-device values, which the check would make us annotate.
+    return jax.shard_map(
+        train_local,
+        mesh=mesh,
+        in_specs=(replicated, replicated, population, replicated, replicated, replicated),
+        out_specs=population,
+        check_vma=False,
+    )(init_params, orders, masks, num_valid, x, y)
 
 
 def train_population(
@@ -663,13 +707,22 @@ def train_population(
     elsewhere); P is padded to a multiple of it with empty heads marked stopped
     from the start, and the padding is sliced off.
 
+    Devices: the population is split over the devices of
+    ``config.train.devices`` (every device JAX sees by default; ``devices.py``),
+    each device training its block of P / n heads with the program above, the
+    data and the shared initial weights replicated. P is padded to a multiple
+    of n with heads that never run, sliced off the result; memory figures are
+    per device, with P / n in place of P. The returned arrays are split over
+    the devices on their P axis (on several hosts: global arrays).
+
     Compute: each minibatch costs about 4 * B * c * H FLOPs per head for the
     first layer (forward and kernel gradient), the bulk of the work, plus the
     optimizer's pass over c * H weights; stopped heads of a chunk ride along
     (their updates discarded) until every head of the chunk has stopped.
     """
-    masks = jnp.asarray(masks)
-    x = jnp.asarray(x)
+    # Host data stays on the host until it is placed on the mesh (no detour via device 0).
+    masks = masks if isinstance(masks, jax.Array) else np.asarray(masks)
+    x = x if isinstance(x, jax.Array) else np.asarray(x)
     y_host = np.asarray(y)
     if masks.ndim != 2:
         raise ValueError(f"train_population: masks must be (P, D), got shape {masks.shape}")
@@ -702,7 +755,10 @@ def train_population(
     if gather_features is None:
         gather_features = separable
 
+    mesh = devices.mesh_for(train_config.devices)
     population, num_features = masks.shape
+    # Evened out over the devices with heads that never run, sliced off below.
+    padded_masks, _ = devices.pad_population(masks, mesh.size)
     init_params, orders = _initial_weights_and_orders(
         key,
         num_features=num_features,
@@ -711,14 +767,23 @@ def train_population(
         num_epochs=train_config.max_epochs,
         num_samples=x.shape[0],
     )
-    chunk_size = choose_chunk_size(population, num_features, num_classes, config.head.hidden, train_config)
-    return _train_population_jit(
-        init_params,
-        orders,
-        masks,
-        x,
-        y,
+    everywhere, split = devices.replicated(mesh), devices.sharded(mesh)
+    local_population = padded_masks.shape[0] // mesh.size
+    chunk_size = choose_chunk_size(
+        local_population, num_features, num_classes, config.head.hidden, train_config
+    )
+    trained = _train_population_jit(
+        devices.put(init_params, everywhere),
+        devices.put(orders, everywhere),
+        devices.put(padded_masks, split),
+        np.int32(population),
+        devices.put(x, everywhere),
+        devices.put(y if isinstance(y, jax.Array) else y_host, everywhere),
         train_config=train_config,
         chunk_size=chunk_size,
         layouts=chunk_layouts(num_features, chunk_size, gather_features),
+        mesh=mesh,
     )
+    if padded_masks.shape[0] != population:
+        trained = jax.tree.map(lambda leaf: leaf[:population], trained)
+    return trained
