@@ -134,7 +134,8 @@ class MaskEvaluator:
         """(K, D) -> (bucket, D): a power of two up to ``max_batch``, then multiples of it,
         rounded up to a multiple of the device count.
 
-        Padding repeats a real mask: a head's result does not depend on its neighbours.
+        The padding repeats a real mask and is never trained (``num_trained``):
+        the bucket keeps the compiled shape, not the work.
         """
         count = len(masks)
         if count <= self.max_batch:
@@ -146,18 +147,20 @@ class MaskEvaluator:
 
     def train(self, masks: np.ndarray) -> trainer.TrainedPopulation:
         """Trains (K, D) masks in a padded bucket; returns the K trained heads (device arrays)."""
-        trained = self._train_padded(self._padded(masks))
+        trained = self._train_padded(self._padded(masks), len(masks))
         return jax.tree.map(lambda leaf: leaf[: len(masks)], trained)
 
-    def _train_padded(self, padded: np.ndarray) -> trainer.TrainedPopulation:
+    def _train_padded(self, padded: np.ndarray, count: int) -> trainer.TrainedPopulation:
+        """Trains the first ``count`` masks of a padded bucket (the rest keep the shape only)."""
         return trainer.train_population(
-            self.train_key, padded, self.x_train, self.y_train, self.config, num_classes=self.num_classes
+            self.train_key, padded, self.x_train, self.y_train, self.config,
+            num_classes=self.num_classes, num_trained=count,
         )
 
     def _train_and_score(self, masks: np.ndarray) -> np.ndarray:
         padded = self._padded(masks)
         started = time.perf_counter()
-        trained = jax.block_until_ready(self._train_padded(padded))
+        trained = jax.block_until_ready(self._train_padded(padded, len(masks)))
         scored_at = time.perf_counter()
         scores = evaluate.evaluate_population(
             trained.params, padded, self.x_val, self.y_val, self.ood_val, self.config
@@ -349,7 +352,7 @@ def _final_front(features, config, seed, state, evolver, evaluator, history, sta
     everything = np.concatenate([front, np.ones((1, features.num_features), bool)])
     # Padded like the generations' buckets, so that no new shape is compiled.
     padded = evaluator._padded(everything)
-    trained = evaluator._train_padded(padded)
+    trained = evaluator._train_padded(padded, len(everything))
     scores = {}
     for split, (x, y, ood) in {
         "validation": (features.x_val, features.y_val, features.ood_val),

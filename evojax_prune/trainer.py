@@ -411,7 +411,7 @@ def _train_chunk(
     restore_best = train_config.restore_best
     rows, num_tiles, packed = layout.tile_rows, layout.num_tiles, not layout.per_head
     gather = packed or rows < num_features
-    counts = jnp.sum(masks, axis=1)
+    counts = jnp.where(valid, jnp.sum(masks, axis=1), 0)  # padding heads take no rows
 
     if packed:
         # Head k owns tiles [start_k, end_k); tile t holds rows offset_t ... offset_t + r - 1 of
@@ -543,7 +543,9 @@ def _train_chunk(
         tile = jnp.minimum(tile, num_tiles - 1)
         kept_rows = trained.hidden_kernel[tile, place % rows]
         trained = trained.replace(
-            hidden_kernel=jnp.where(masks[:, :, None], kept_rows, init_params.hidden_kernel[None])
+            hidden_kernel=jnp.where(
+                (masks & valid[:, None])[:, :, None], kept_rows, init_params.hidden_kernel[None]
+            )
         )
     return TrainedPopulation(
         params=trained,
@@ -670,6 +672,7 @@ def train_population(
     *,
     num_classes: int | None = None,
     gather_features: bool | None = None,
+    num_trained: int | None = None,
 ) -> TrainedPopulation:
     """Train one head per mask on (x, y): all the training in one jitted call.
 
@@ -686,6 +689,11 @@ def train_population(
         module docstring). ``None`` (default) does so when the optimizer is in
         ``ROW_SEPARABLE_OPTIMIZERS``; ``True`` with another optimizer is an
         error, ``False`` trains masked dense kernels.
+      num_trained: train only ``masks[:num_trained]`` (default: all). The
+        others are placeholders that keep a compiled shape (the search pads
+        each generation's new masks to a few bucket sizes): they never run, and
+        come back with 0 epochs and their initial weights. A traced value: any
+        count reuses the compiled call.
 
     Returns:
       ``TrainedPopulation`` with a leading P axis on every field.
@@ -757,6 +765,9 @@ def train_population(
 
     mesh = devices.mesh_for(train_config.devices)
     population, num_features = masks.shape
+    num_trained = population if num_trained is None else int(num_trained)
+    if not 0 <= num_trained <= population:
+        raise ValueError(f"train_population: num_trained must lie in [0, {population}], got {num_trained}")
     # Evened out over the devices with heads that never run, sliced off below.
     padded_masks, _ = devices.pad_population(masks, mesh.size)
     init_params, orders = _initial_weights_and_orders(
@@ -776,7 +787,7 @@ def train_population(
         devices.put(init_params, everywhere),
         devices.put(orders, everywhere),
         devices.put(padded_masks, split),
-        np.int32(population),
+        np.int32(num_trained),
         devices.put(x, everywhere),
         devices.put(y if isinstance(y, jax.Array) else y_host, everywhere),
         train_config=train_config,

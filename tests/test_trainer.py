@@ -367,6 +367,24 @@ def test_packed_chunk_of_mixed_heads_equals_each_head_alone():
                                   np.asarray(initial)[~masks[1]])
 
 
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_placeholder_heads_never_train(chunk_size):
+    """``num_trained``: the first heads train as they would alone; the rest keep their initial weights."""
+    x, y = _data(seed=6)
+    masks = _author_masks(11, 5)
+    config = _SHARED_CONFIG.replace(train={"chunk_size": chunk_size})
+    key = jax.random.key(8)
+    trained = trainer.train_population(key, masks, x, y, config, num_trained=3)
+    alone = trainer.train_population(key, masks[:3], x, y, _SHARED_CONFIG)
+    np.testing.assert_array_equal(trained.epochs, [*np.asarray(alone.epochs), 0, 0])
+    _assert_params_close(jax.tree.map(lambda leaf: leaf[:3], trained.params), alone.params)
+    initial = head.init(jax.random.split(key)[0], D, C, H)
+    for i in (3, 4):
+        _assert_params_close(_head(trained.params, i), initial, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="num_trained must lie in"):
+        trainer.train_population(key, masks, x, y, config, num_trained=6)
+
+
 def test_make_optimizer():
     sgd = trainer.make_optimizer(TrainConfig())
     adam = trainer.make_optimizer(TrainConfig(optimizer="adam", optimizer_options=(("b1", 0.8),)))
