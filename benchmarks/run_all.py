@@ -152,16 +152,17 @@ def render(out_dir: Path) -> str:
         lines.append("")
     for result in _load(out_dir, "generation_profile"):
         lines += _scaling_lines(result)
-        if not result["rows"]:
-            continue
-        lines += [
-            f"**One generation, end to end** ({_device(result)}, {result['date'][:10]}; "
-            f"RPS-shaped features, {result['rows'][0]['epochs']} epochs per head)",
-            "",
-            "| population | training s | scoring s | selection s | host s | heads/s | peak host RSS GB | "
-            "peak device GB |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
+        if result.get("label"):
+            lines += [f"*{result['label']}*", ""]
+        if result["rows"]:
+            lines += [
+                f"**One generation, end to end** ({_device(result)}, {result['date'][:10]}; "
+                f"RPS-shaped features, {result['rows'][0]['epochs']} epochs per head)",
+                "",
+                "| population | training s | scoring s | selection s | host s | heads/s | peak host RSS GB | "
+                "peak device GB |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            ]
         for row in result["rows"]:
             seconds, memory = row["seconds"], row["memory"]
             device_peak = memory.get("device_peak_bytes")
