@@ -627,7 +627,20 @@ def _train_local(
     return jax.lax.fori_loop(0, num_chunks, train_chunk_into, results)
 
 
-@functools.partial(jax.jit, static_argnames=("train_config", "chunk_size", "layouts", "mesh"))
+# XLA on GPU turns loop bodies into CUDA graphs ("command buffers"). On an H200
+# (jax 0.11.2) the training programs of a search failed to instantiate theirs:
+# "RESOURCE_EXHAUSTED: Underlying backend ran out of memory trying to instantiate
+# command buffer with 20 (total of 33 alive graphs in the process)", with XLA
+# holding its default 75% of the memory. Turning them off for this one program is
+# the remedy XLA's message names; other programs keep them. Other backends ignore it.
+_TRAINING_COMPILER_OPTIONS = {"xla_gpu_enable_command_buffer": ""}
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("train_config", "chunk_size", "layouts", "mesh"),
+    compiler_options=_TRAINING_COMPILER_OPTIONS,
+)
 def _train_population_jit(
     init_params: head.HeadParams,
     orders: jax.Array,
