@@ -259,6 +259,7 @@ def bench_population_and_one_at_a_time(
         )
 
     single_masks = masks if one_at_a_time is None else masks[:one_at_a_time]
+    run_single = len(single_masks) > 0
 
     def each_head():
         for mask in single_masks:
@@ -274,7 +275,7 @@ def bench_population_and_one_at_a_time(
     assert int(np.min(trained.epochs)) == config.train.max_epochs
     final_loss_mean = float(np.mean(trained.final_loss))
     del trained  # so that the timed calls below do not hold two results at once
-    if one_at_a_time:
+    if run_single:
         jax.block_until_ready(trainer.train_population(key, masks[:1], x, y, config, gather_features=gather))
     seconds_a, seconds_b = [], []
     growth_a, growth_b = 0, 0  # resident memory added while a timed run ran (compilation excluded)
@@ -284,7 +285,7 @@ def bench_population_and_one_at_a_time(
             population()
             seconds_a.append(time.perf_counter() - start)
         growth_a = max(growth_a, memory.peak_bytes - memory.start_bytes)
-        if one_at_a_time:
+        if run_single:
             with PeakMemory() as memory:
                 start = time.perf_counter()
                 each_head()
@@ -307,7 +308,7 @@ def bench_population_and_one_at_a_time(
             "all_seconds": seconds_b,
             "rss_growth_timed_run_bytes": growth_b,
         }
-        if one_at_a_time
+        if run_single
         else None
     )
     return result_a, result_b
