@@ -29,7 +29,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", choices=["cpu", "gpu"], default="cpu", help="benchmark sizes")
+    parser.add_argument(
+        "--size", choices=["cpu", "gpu", "smoke"], default="cpu", help="sizes (smoke: a quick check)"
+    )
     parser.add_argument("--out-dir", help="where the JSON results go (default benchmarks/results)")
     parser.add_argument("--render-only", action="store_true", help="only rebuild the Markdown tables")
     parser.set_defaults(handler=_bench)
