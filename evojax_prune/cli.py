@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from evojax_prune import __version__
 
 PROG = "evojax-prune"
+# Commands that compile XLA programs, and so keep them on disk between runs (compile_cache.py).
+COMPILING_COMMANDS = frozenset({"run", "extract", "report", "explain"})
 
 
 class UsageError(Exception):
@@ -173,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with argparse's one-line message on bad usage
     try:
+        if args.command in COMPILING_COMMANDS:
+            from evojax_prune import compile_cache
+
+            compile_cache.enable()
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

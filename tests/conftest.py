@@ -1,0 +1,26 @@
+"""One persistent XLA compilation cache for the whole test session (compile_cache.py).
+
+Many tests compile the same programs: the in-process tests, and the command-line
+runs they start in subprocesses (which inherit ``EVOJAX_PRUNE_CACHE_DIR``). A
+directory of the session's own keeps the tests hermetic: nothing lands in the
+user's cache.
+"""
+
+import os
+
+import pytest
+
+from evojax_prune import compile_cache
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_compile_cache(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("compile-cache")
+    previous = os.environ.get(compile_cache.DIRECTORY_ENV)
+    os.environ[compile_cache.DIRECTORY_ENV] = str(directory)
+    compile_cache.enable()
+    yield directory
+    if previous is None:
+        os.environ.pop(compile_cache.DIRECTORY_ENV, None)
+    else:
+        os.environ[compile_cache.DIRECTORY_ENV] = previous
