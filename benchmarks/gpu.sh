@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU-sized benchmark suite, under 8 minutes on one H100.
+# The GPU-sized benchmark suite (under 8 minutes on one H100), then a profile of a training step.
 #
 #   bash benchmarks/gpu.sh                       # -> benchmarks/results/gpu-<device>-<date>/
 #   RESULTS_DIR=/somewhere bash benchmarks/gpu.sh
@@ -17,4 +17,6 @@ echo "device: $device -> $out"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/nvidia-smi.csv" || true
 fi
-timeout 480 $python benchmarks/run_all.py --size gpu --out-dir "$out"
+timeout 480 $python benchmarks/run_all.py --size gpu --out-dir "$out" || true
+# Where a generation's training step spends its time, packed against padded layouts.
+timeout 90 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json"

@@ -1,0 +1,152 @@
+"""Where a training step's time goes: a device trace of one search generation, summarised.
+
+The authors' budget trains each generation's 30-34 heads as one chunk. On a
+GPU its step time did not follow the bytes of weights it moves (README,
+"Benchmarks"), so this script traces the step and says which operations take
+the time. For P heads with the authors' initial masks (mixed widths) on
+RPS-shaped features, the paper's protocol for ``--epochs`` epochs, each
+layout in turn:
+
+  * ``packed``: the trainer's layout for a chunk of several heads (kept rows in
+    tiles, ``trainer.chunk_layouts``);
+  * ``padded``: every head padded to the capacity of the widest head of the
+    chunk (what the trainer did before packing).
+
+For each: the wall time of a compiled call, the time per minibatch step, and
+the operations of a ``jax.profiler`` trace of that call summed by name (the
+device's kernels on an accelerator, XLA's thunks on a CPU), the largest
+first. The trace is read from its Perfetto JSON, so nothing beyond JAX is
+needed to read it.
+
+    python benchmarks/step_profile.py --population 32 --epochs 3 --out /tmp/step.json
+
+Writes JSON; prints a short table per layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import environment, rps_shaped_features
+
+from evojax_prune import config as cfg
+from evojax_prune import trainer
+from evojax_prune.strategy import MultiObjective
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "step_profile.json"
+
+
+def padded_layouts(num_features: int, chunk_size: int, gather: bool) -> tuple[trainer.ChunkLayout, ...]:
+    """The layouts before packing: one tile per head, at the chunk's widest capacity."""
+    capacities = trainer.capacity_levels(num_features) if gather else (num_features,)
+    return tuple(trainer.ChunkLayout(capacity, chunk_size, per_head=True) for capacity in capacities)
+
+
+def summarise_trace(trace_dir: Path, top: int) -> dict:
+    """Sums the complete events of a Perfetto trace by (process, name); device processes first."""
+    trace_file = next(trace_dir.rglob("perfetto_trace.json.gz"))
+    events = json.load(gzip.open(trace_file))["traceEvents"]
+    processes = {event["pid"]: event["args"]["name"] for event in events
+                 if event.get("ph") == "M" and event.get("name") == "process_name"}
+    busy = collections.defaultdict(float)
+    count = collections.Counter()
+    for event in events:
+        if event.get("ph") == "X":
+            where = processes.get(event["pid"], str(event["pid"]))
+            busy[(where, event["name"])] += event.get("dur", 0.0)
+            count[(where, event["name"])] += 1
+    device = [key for key in busy if "/device:" in key[0]]
+    # On a CPU there is no device process: XLA's own operations on the host, without the
+    # Python frames ("$file:line") and the executor's wrappers around them.
+    wrappers = ("$", "ThunkExecutor", "PjitFunction", "PjRt", "Allocate")
+    chosen = device or [key for key in busy
+                        if "/host:" in key[0] and not key[1].startswith(wrappers)]
+    total = sum(busy[key] for key in chosen)
+    rows = sorted(chosen, key=lambda key: -busy[key])[:top]
+    return {
+        "source": "device" if device else "host",
+        "busy_us": total,
+        "operations": [
+            {"where": where, "name": name, "total_us": busy[(where, name)], "count": count[(where, name)],
+             "share": busy[(where, name)] / total if total else None}
+            for where, name in rows
+        ],
+    }
+
+
+def profile_layout(name, layouts_fn, key, masks, features, config, top) -> dict:
+    original = trainer.chunk_layouts
+    trainer.chunk_layouts = layouts_fn
+    try:
+        def train():
+            return jax.block_until_ready(trainer.train_population(
+                key, masks, features.x_train, features.y_train, config, num_classes=features.num_classes))
+
+        started = time.perf_counter()
+        train()
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        train()
+        seconds = time.perf_counter() - started
+        with tempfile.TemporaryDirectory() as scratch:
+            with jax.profiler.trace(scratch, create_perfetto_trace=True):
+                train()
+            summary = summarise_trace(Path(scratch), top)
+    finally:
+        trainer.chunk_layouts = original
+    population = len(masks)
+    chunk = trainer.choose_chunk_size(population, features.num_features, features.num_classes,
+                                      config.head.hidden, config.train)
+    steps = -(-population // chunk) * config.train.max_epochs * -(-len(features.y_train)
+                                                                    // config.train.batch_size)
+    result = {"layout": name, "chunk_size": chunk, "seconds": seconds, "first_call_seconds": first,
+              "sequential_steps": steps, "microseconds_per_step": seconds / steps * 1e6, "trace": summary}
+    print(f"{name}: {seconds:.3f} s, {result['microseconds_per_step']:.0f} us per step "
+          f"(chunks of {chunk}; {summary['source']} busy {summary['busy_us'] / 1e3:.1f} ms in the trace)")
+    for row in summary["operations"][:10]:
+        share = f"{row['share']:6.1%}"
+        print(f"  {row['total_us'] / 1e3:9.2f} ms  x{row['count']:<6} {share}  {row['name'][:80]}")
+    return result
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--population", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="heads per chunk (default: the trainer's choice; 1 on a CPU)")
+    parser.add_argument("--top", type=int, default=25, help="operations kept per layout")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+
+    features = rps_shaped_features()
+    config = cfg.preset("paper").replace(
+        train={"max_epochs": args.epochs, "patience": args.epochs + 1, "chunk_size": args.chunk_size}
+    )
+    key = jax.random.PRNGKey(0)
+    search = config.replace(search={"population_size": args.population}).search
+    masks = np.asarray(MultiObjective(search, features.num_features).initial_population(key))
+    result = {"benchmark": "step_profile", **environment(), "population": args.population,
+              "epochs": args.epochs, "mean_kept_fraction": float(masks.mean()), "layouts": []}
+    for name, layouts_fn in (("packed", trainer.chunk_layouts), ("padded", padded_layouts)):
+        result["layouts"].append(profile_layout(name, layouts_fn, key, masks, features, config, args.top))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
