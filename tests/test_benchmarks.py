@@ -64,3 +64,18 @@ def test_smoke_suite_runs_checks_and_renders(tmp_path):
     table = (tmp_path / "README.md").read_text()
     for heading in ("Population trainer", "ODIN + AUROC", "NSGA-II survival step", "One generation"):
         assert heading in table
+
+
+def test_step_profile_traces_both_layouts(tmp_path):
+    out = tmp_path / "step.json"
+    command = [sys.executable, str(BENCHMARKS / "step_profile.py"), "--population", "4", "--epochs", "1",
+               "--chunk-size", "4", "--out", str(out)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [layout["layout"] for layout in result["layouts"]] == ["packed", "padded"]
+    for layout in result["layouts"]:
+        assert layout["chunk_size"] == 4 and layout["microseconds_per_step"] > 0
+        operations = layout["trace"]["operations"]
+        assert operations and all(row["total_us"] >= 0 for row in operations)
+        assert not any(row["name"].startswith("$") for row in operations)  # XLA's work, not Python frames
