@@ -17,6 +17,6 @@ echo "device: $device -> $out"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/nvidia-smi.csv" || true
 fi
-timeout 410 $python benchmarks/run_all.py --size gpu --out-dir "$out" || true
+timeout 390 $python benchmarks/run_all.py --size gpu --out-dir "$out" || true
 # Where a generation's training step spends its time, packed against padded layouts.
-timeout 60 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json"
+timeout 90 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json"

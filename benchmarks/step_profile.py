@@ -10,7 +10,11 @@ layout in turn:
   * ``packed``: the trainer's layout for a chunk of several heads (kept rows in
     tiles, ``trainer.chunk_layouts``);
   * ``padded``: every head padded to the capacity of the widest head of the
-    chunk (what the trainer did before packing).
+    chunk (what the trainer did before packing);
+  * ``packed, command buffers on``: the trainer compiled with XLA's CUDA graphs
+    ("command buffers"), which it turns off (``trainer._TRAINING_COMPILER_OPTIONS``:
+    they failed to instantiate on an H200). Last, and its error is recorded
+    rather than raised: whether they fail, and what they would gain if not.
 
 For each: the wall time of a compiled call, the time per minibatch step, and
 the operations of a ``jax.profiler`` trace of that call summed by name (the
@@ -87,9 +91,16 @@ def summarise_trace(trace_dir: Path, top: int) -> dict:
     }
 
 
-def profile_layout(name, layouts_fn, key, masks, features, config, top) -> dict:
-    original = trainer.chunk_layouts
+def with_command_buffers():
+    """The trainer's jitted program compiled with XLA's default (GPU command buffers on)."""
+    return jax.jit(trainer._train_population_jit.__wrapped__,
+                   static_argnames=("train_config", "chunk_size", "layouts", "mesh"))
+
+
+def profile_layout(name, layouts_fn, key, masks, features, config, top, program=None) -> dict:
+    original, original_program = trainer.chunk_layouts, trainer._train_population_jit
     trainer.chunk_layouts = layouts_fn
+    trainer._train_population_jit = program or original_program
     try:
         def train():
             return jax.block_until_ready(trainer.train_population(
@@ -106,7 +117,7 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top) -> dict:
                 train()
             summary = summarise_trace(Path(scratch), top)
     finally:
-        trainer.chunk_layouts = original
+        trainer.chunk_layouts, trainer._train_population_jit = original, original_program
     population = len(masks)
     chunk = trainer.choose_chunk_size(population, features.num_features, features.num_classes,
                                       config.head.hidden, config.train)
@@ -141,8 +152,15 @@ def main(argv=None) -> dict:
     masks = np.asarray(MultiObjective(search, features.num_features).initial_population(key))
     result = {"benchmark": "step_profile", **environment(), "population": args.population,
               "epochs": args.epochs, "mean_kept_fraction": float(masks.mean()), "layouts": []}
-    for name, layouts_fn in (("packed", trainer.chunk_layouts), ("padded", padded_layouts)):
-        result["layouts"].append(profile_layout(name, layouts_fn, key, masks, features, config, args.top))
+    variants = [("packed", trainer.chunk_layouts, None), ("padded", padded_layouts, None),
+                ("packed, command buffers on", trainer.chunk_layouts, with_command_buffers())]
+    for name, layouts_fn, program in variants:
+        try:
+            row = profile_layout(name, layouts_fn, key, masks, features, config, args.top, program)
+        except Exception as error:  # e.g. RESOURCE_EXHAUSTED instantiating CUDA graphs
+            row = {"layout": name, "error": f"{type(error).__name__}: {error}"[:2000]}
+            print(f"{name}: failed: {row['error'][:300]}", flush=True)
+        result["layouts"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -73,8 +73,10 @@ def test_step_profile_traces_both_layouts(tmp_path):
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert [layout["layout"] for layout in result["layouts"]] == ["packed", "padded"]
+    names = [layout["layout"] for layout in result["layouts"]]
+    assert names == ["packed", "padded", "packed, command buffers on"]
     for layout in result["layouts"]:
+        assert "error" not in layout, layout.get("error")
         assert layout["chunk_size"] == 4 and layout["microseconds_per_step"] > 0
         operations = layout["trace"]["operations"]
         assert operations and all(row["total_us"] >= 0 for row in operations)
