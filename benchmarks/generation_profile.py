@@ -60,8 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import environment, peak_memory, rps_shaped_features
 
+from evojax_prune import atomic, evaluate, trainer
 from evojax_prune import config as cfg
-from evojax_prune import evaluate, trainer
 from evojax_prune.search import MaskEvaluator
 from evojax_prune.strategy import MultiObjective
 
@@ -231,9 +231,7 @@ def paper_search(features, repeats: int = 2) -> dict:
 def _write(out: Path, result: dict) -> None:
     """Written after every part, so that a run stopped by a time limit keeps what it measured."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".json.partial")
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    partial.replace(out)
+    atomic.write_json(out, result)
 
 
 def _scaling_row(row: dict, simulated: bool) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -32,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evojax_prune import nsga2
+from evojax_prune import atomic, nsga2
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "nsga2_selection_cpu.json"
 
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic.write_json(args.out, report)
     print(f"wrote {args.out}")
     return report
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import resource
@@ -46,8 +45,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evojax_prune import atomic, evaluate, head, metrics, odin
 from evojax_prune import config as cfg
-from evojax_prune import evaluate, head, metrics, odin
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "odin_metrics_cpu.json"
 TEMPERATURE = 1000.0
@@ -301,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
         "evaluate_population": evaluate_row,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic.write_json(args.out, report)
     print(f"wrote {args.out}")
     return report
 

@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import environment, rps_shaped_features
 
+from evojax_prune import atomic, trainer
 from evojax_prune import config as cfg
-from evojax_prune import trainer
 from evojax_prune.strategy import MultiObjective
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "step_profile.json"
@@ -162,7 +162,7 @@ def main(argv=None) -> dict:
             print(f"{name}: failed: {row['error'][:300]}", flush=True)
         result["layouts"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic.write_json(args.out, result)
     return result
 
 

@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import json
 import os
 import platform
 import resource
@@ -69,7 +68,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evojax_prune import trainer
+from evojax_prune import atomic, trainer
 from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -419,9 +418,7 @@ def write_result(out: Path, args, config, peak, bandwidth, rows, keras_run) -> d
         "rows": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".json.partial")
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    partial.replace(out)
+    atomic.write_json(out, result)
     return result
 
 
