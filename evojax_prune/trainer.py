@@ -431,8 +431,8 @@ def _train_chunk(
         position = offset[:, None] + jnp.arange(rows)  # (tiles, r): places in the owner's kept list
         kept_first = jnp.argsort(~masks, axis=1, stable=True).astype(jnp.int32)  # (K, D)
         kept = jnp.take_along_axis(kept_first[owner], jnp.minimum(position, num_features - 1), axis=1)
-        used = (position < counts[owner][:, None]) & per_tile(jnp.ones((num_heads,), bool))[:, None]
-        index = jnp.where(used, kept, num_features)  # (tiles, r), padding = D
+        # A tile past the last head's starts beyond that head's count, so it is all padding too.
+        index = jnp.where(position < counts[owner][:, None], kept, num_features)  # (tiles, r), padding = D
         # Row D of the padded kernel is zero; padded rows see zero inputs and stay so.
         padded_kernel = jnp.concatenate(
             [init_params.hidden_kernel, jnp.zeros_like(init_params.hidden_kernel[:1])]
