@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from image_folders import write_random_folder
 from PIL import Image
 
 from evojax_prune import cli, explain
@@ -19,15 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def write_folder(root: Path, layout: dict[str, dict[str, int]], seed: int) -> Path:
-    """root/split/label/imgNN.png, random 64x64 pixels."""
-    rng = np.random.default_rng(seed)
-    for split, classes in layout.items():
-        for label, count in classes.items():
-            (root / split / label).mkdir(parents=True, exist_ok=True)
-            for k in range(count):
-                pixels = rng.integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / label / f"img{k:02d}.png")
-    return root
+    return write_random_folder(root, layout, seed, size=SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from image_folders import write_random_folder
 
 from evojax_prune import cli
 from evojax_prune.data import extract, images
@@ -23,15 +23,7 @@ needs_keras = pytest.mark.skipif(
 
 
 def write_folder(root: Path, layout: dict[str, dict[str, int]], seed: int) -> Path:
-    """root/split/label/imgNN.png with random 36x36 pixels (every image different)."""
-    rng = np.random.default_rng(seed)
-    for split, classes in layout.items():
-        for label, count in classes.items():
-            (root / split / label).mkdir(parents=True, exist_ok=True)
-            for k in range(count):
-                pixels = rng.integers(0, 256, size=(36, 36, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / label / f"img{k:02d}.png")
-    return root
+    return write_random_folder(root, layout, seed, size=36)
 
 
 @pytest.fixture(scope="module")
