@@ -11,12 +11,16 @@ from importlib import metadata
 import jax
 import numpy as np
 
+from evojax_prune import atomic
 from evojax_prune.data.featureset import FeatureSet
 
+CORE_PACKAGES = ("evojax-prune", "jax", "jaxlib", "flax", "optax", "evosax", "numpy")
 
-def environment() -> dict:
-    versions = {}
-    for package in ("evojax-prune", "jax", "jaxlib", "flax", "optax", "evosax", "numpy"):
+
+def environment(extra_packages: tuple[str, ...] = ()) -> dict:
+    """Date, device, machine, load and package versions (the core ones and ``extra_packages``)."""
+    versions = {"python": platform.python_version()}
+    for package in CORE_PACKAGES + extra_packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -28,10 +32,18 @@ def environment() -> dict:
         "device_kind": device.device_kind,
         "num_devices": jax.device_count(),
         "platform": platform.platform(),
+        "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()),
         "versions": versions,
     }
+
+
+def save(out, report: dict) -> None:
+    """Writes a benchmark's JSON atomically (creating its folder) and says where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out, report)
+    print(f"wrote {out}")
 
 
 def peak_memory() -> dict:

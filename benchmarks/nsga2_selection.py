@@ -17,30 +17,23 @@ benchmarks/results/nsga2_selection_cpu.json unless --out says otherwise.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evojax_prune import atomic, nsga2
+from common import environment, save
+
+from evojax_prune import nsga2
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "nsga2_selection_cpu.json"
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _median_seconds(fn, repeats: int) -> tuple[float, float]:
@@ -130,7 +123,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
-    device = jax.devices()[0]
     load_before = os.getloadavg()
     results = []
     for num_points in args.sizes:
@@ -146,26 +138,13 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "benchmark": "nsga2_selection",
         "question": "one survival step (rank + crowding + best N/2), jitted JAX vs pymoo RankAndCrowding",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": {
-            "platform": device.platform,
-            "device_kind": device.device_kind,
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-        },
-        "versions": {
-            "python": platform.python_version(),
-            **{name: _version(name) for name in ("jax", "jaxlib", "numpy", "pymoo", "moocore")},
-        },
+        **environment(("pymoo", "moocore")),
         "timing": "median over repeats, ours and pymoo interleaved; ours after compilation",
         # Other jobs may share the machine: the 1-minute load average before and after.
         "load_average_before_after": [load_before[0], os.getloadavg()[0]],
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(args.out, report)
-    print(f"wrote {args.out}")
+    save(args.out, report)
     return report
 
 

@@ -30,33 +30,25 @@ benchmarks/results/odin_metrics_cpu.json unless --out says otherwise.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import resource
 import statistics
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evojax_prune import atomic, evaluate, head, metrics, odin
+from common import environment, save
+
 from evojax_prune import config as cfg
+from evojax_prune import evaluate, head, metrics, odin
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "odin_metrics_cpu.json"
 TEMPERATURE = 1000.0
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _seconds(fn) -> float:
@@ -247,7 +239,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
-    device = jax.devices()[0]
     odin_row = bench_odin_auroc(
         args.population, args.num_ind, args.num_ood, args.classes, args.repeats, args.seed
     )
@@ -282,26 +273,12 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "odin_metrics",
         "question": "ODIN + AUROC for a population: one jitted call vs a numpy + scikit-learn loop per head; "
                     "evaluate_population end to end on RPS shapes",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": {
-            "platform": device.platform,
-            "device_kind": device.device_kind,
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "load_average_1m_at_end": os.getloadavg()[0],
-        },
-        "versions": {
-            "python": platform.python_version(),
-            **{name: _version(name) for name in ("jax", "jaxlib", "flax", "numpy", "scikit-learn")},
-        },
+        **environment(("scikit-learn",)),
         "timing": "median over repeats after compilation; ours and the loop interleaved in part 1",
         "odin_auroc": odin_row,
         "evaluate_population": evaluate_row,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(args.out, report)
-    print(f"wrote {args.out}")
+    save(args.out, report)
     return report
 
 
