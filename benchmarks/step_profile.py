@@ -91,16 +91,19 @@ def summarise_trace(trace_dir: Path, top: int) -> dict:
     }
 
 
-def with_command_buffers():
-    """The trainer's jitted program compiled with XLA's default (GPU command buffers on)."""
+def trainer_program(command_buffers: bool):
+    """A fresh jit of the trainer's program (traced anew, so it sees ``trainer._STEP_UNROLL``)."""
+    options = {} if command_buffers else trainer._TRAINING_COMPILER_OPTIONS
     return jax.jit(trainer._train_population_jit.__wrapped__,
-                   static_argnames=("train_config", "chunk_size", "layouts", "mesh"))
+                   static_argnames=("train_config", "chunk_size", "layouts", "mesh"), compiler_options=options)
 
 
-def profile_layout(name, layouts_fn, key, masks, features, config, top, program=None) -> dict:
+def profile_layout(name, layouts_fn, key, masks, features, config, top, program=None, unroll=1) -> dict:
     original, original_program = trainer.chunk_layouts, trainer._train_population_jit
+    original_unroll = trainer._STEP_UNROLL
     trainer.chunk_layouts = layouts_fn
     trainer._train_population_jit = program or original_program
+    trainer._STEP_UNROLL = unroll
     try:
         def train():
             return jax.block_until_ready(trainer.train_population(
@@ -118,12 +121,13 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
             summary = summarise_trace(Path(scratch), top)
     finally:
         trainer.chunk_layouts, trainer._train_population_jit = original, original_program
+        trainer._STEP_UNROLL = original_unroll
     population = len(masks)
     chunk = trainer.choose_chunk_size(population, features.num_features, features.num_classes,
                                       config.head.hidden, config.train)
     steps = -(-population // chunk) * config.train.max_epochs * -(-len(features.y_train)
                                                                     // config.train.batch_size)
-    result = {"layout": name, "chunk_size": chunk, "seconds": seconds, "first_call_seconds": first,
+    result = {"layout": name, "step_unroll": unroll, "chunk_size": chunk, "seconds": seconds, "first_call_seconds": first,
               "sequential_steps": steps, "microseconds_per_step": seconds / steps * 1e6, "trace": summary}
     print(f"{name}: {seconds:.3f} s, {result['microseconds_per_step']:.0f} us per step "
           f"(chunks of {chunk}; {summary['source']} busy {summary['busy_us'] / 1e3:.1f} ms in the trace)")
@@ -139,6 +143,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="heads per chunk (default: the trainer's choice; 1 on a CPU)")
+    parser.add_argument("--unroll", type=int, default=8, help="steps per loop iteration, unrolled variants")
     parser.add_argument("--top", type=int, default=25, help="operations kept per layout")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -152,11 +157,15 @@ def main(argv=None) -> dict:
     masks = np.asarray(MultiObjective(search, features.num_features).initial_population(key))
     result = {"benchmark": "step_profile", **environment(), "population": args.population,
               "epochs": args.epochs, "mean_kept_fraction": float(masks.mean()), "layouts": []}
-    variants = [("packed", trainer.chunk_layouts, None), ("padded", padded_layouts, None),
-                ("packed, command buffers on", trainer.chunk_layouts, with_command_buffers())]
-    for name, layouts_fn, program in variants:
+    packed, padded = trainer.chunk_layouts, padded_layouts
+    variants = [("packed", packed, None, 1), ("padded", padded, None, 1),
+                (f"packed, {args.unroll} steps per loop iteration", packed, trainer_program(False), args.unroll),
+                ("packed, command buffers on", packed, trainer_program(True), 1),
+                (f"packed, command buffers on, {args.unroll} steps per loop iteration", packed,
+                 trainer_program(True), args.unroll)]
+    for name, layouts_fn, program, unroll in variants:
         try:
-            row = profile_layout(name, layouts_fn, key, masks, features, config, args.top, program)
+            row = profile_layout(name, layouts_fn, key, masks, features, config, args.top, program, unroll)
         except Exception as error:  # e.g. RESOURCE_EXHAUSTED instantiating CUDA graphs
             row = {"layout": name, "error": f"{type(error).__name__}: {error}"[:2000]}
             print(f"{name}: failed: {row['error'][:300]}", flush=True)

@@ -482,7 +482,9 @@ def _train_chunk(
             )
             return (optax.apply_updates(params, updates), opt_state), losses
 
-        (params, opt_state), losses = jax.lax.scan(step, (state.params, state.opt_state), (indices, weights))
+        (params, opt_state), losses = jax.lax.scan(
+            step, (state.params, state.opt_state), (indices, weights), unroll=_STEP_UNROLL
+        )
         # Keras' epoch loss: the batch losses weighted by the batch sizes.
         epoch_loss = jnp.sum(losses * jnp.sum(weights, axis=1)[:, None], axis=0) / num_samples
 
@@ -634,6 +636,9 @@ def _train_local(
 # holding its default 75% of the memory. Turning them off for this one program is
 # the remedy XLA's message names; other programs keep them. Other backends ignore it.
 _TRAINING_COMPILER_OPTIONS = {"xla_gpu_enable_command_buffer": ""}
+
+# Minibatch steps per iteration of the epoch's loop. Read when a program is traced.
+_STEP_UNROLL = 1
 
 
 @functools.partial(
