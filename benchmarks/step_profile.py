@@ -94,8 +94,8 @@ def summarise_trace(trace_dir: Path, top: int) -> dict:
 def trainer_program(command_buffers: bool):
     """A fresh jit of the trainer's program (traced anew, so it sees ``trainer._STEP_UNROLL``)."""
     options = {} if command_buffers else trainer._TRAINING_COMPILER_OPTIONS
-    return jax.jit(trainer._train_population_jit.__wrapped__,
-                   static_argnames=("train_config", "chunk_size", "layouts", "mesh"), compiler_options=options)
+    return jax.jit(trainer._train_population_jit.__wrapped__, compiler_options=options,
+                   static_argnames=("train_config", "chunk_size", "layouts", "mesh"))
 
 
 def profile_layout(name, layouts_fn, key, masks, features, config, top, program=None, unroll=1) -> dict:
@@ -127,7 +127,8 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
                                       config.head.hidden, config.train)
     steps = -(-population // chunk) * config.train.max_epochs * -(-len(features.y_train)
                                                                     // config.train.batch_size)
-    result = {"layout": name, "step_unroll": unroll, "chunk_size": chunk, "seconds": seconds, "first_call_seconds": first,
+    result = {"layout": name, "step_unroll": unroll, "chunk_size": chunk, "seconds": seconds,
+              "first_call_seconds": first,
               "sequential_steps": steps, "microseconds_per_step": seconds / steps * 1e6, "trace": summary}
     print(f"{name}: {seconds:.3f} s, {result['microseconds_per_step']:.0f} us per step "
           f"(chunks of {chunk}; {summary['source']} busy {summary['busy_us'] / 1e3:.1f} ms in the trace)")
@@ -158,10 +159,11 @@ def main(argv=None) -> dict:
     result = {"benchmark": "step_profile", **environment(), "population": args.population,
               "epochs": args.epochs, "mean_kept_fraction": float(masks.mean()), "layouts": []}
     packed, padded = trainer.chunk_layouts, padded_layouts
+    unrolled = f"{args.unroll} steps per loop iteration"
     variants = [("packed", packed, None, 1), ("padded", padded, None, 1),
-                (f"packed, {args.unroll} steps per loop iteration", packed, trainer_program(False), args.unroll),
+                (f"packed, {unrolled}", packed, trainer_program(False), args.unroll),
                 ("packed, command buffers on", packed, trainer_program(True), 1),
-                (f"packed, command buffers on, {args.unroll} steps per loop iteration", packed,
+                (f"packed, command buffers on, {unrolled}", packed,
                  trainer_program(True), args.unroll)]
     for name, layouts_fn, program, unroll in variants:
         try:
