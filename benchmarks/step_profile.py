@@ -1,30 +1,36 @@
 """Where a training step's time goes: a device trace of one search generation, summarised.
 
-The authors' budget trains each generation's 30-34 heads as one chunk. On a
-GPU its step time did not follow the bytes of weights it moves (README,
-"Benchmarks"), so this script traces the step and says which operations take
-the time. For P heads with the authors' initial masks (mixed widths) on
-RPS-shaped features, the paper's protocol for ``--epochs`` epochs, each
-layout in turn:
+The authors' budget trains each generation's 30-34 heads as one chunk. For P
+heads with the authors' initial masks (mixed widths) on RPS-shaped features,
+the paper's protocol for ``--epochs`` epochs, in each variant in turn:
 
-  * ``packed``: the trainer's layout for a chunk of several heads (kept rows in
-    tiles, ``trainer.chunk_layouts``);
-  * ``padded``: every head padded to the capacity of the widest head of the
-    chunk (what the trainer did before packing);
-  * ``packed, command buffers on``: the trainer compiled with XLA's CUDA graphs
-    ("command buffers"), which it turns off (``trainer._TRAINING_COMPILER_OPTIONS``:
-    they failed to instantiate on an H200). Last, and its error is recorded
-    rather than raised: whether they fail, and what they would gain if not.
+  * ``packed, fused SGD kernel``: the trainer's default for a chunk of
+    several heads on a GPU: kept rows packed in tiles (``trainer.chunk_layouts``),
+    the first layer trained by ``fused_sgd.sgd_step`` (on a CPU the kernel
+    does not apply and this is the next variant);
+  * ``packed, XLA's SGD``: the same tiles, the step left to XLA
+    (``TrainConfig.fused_update=False``);
+  * ``padded, XLA's SGD``: every head padded to the capacity of the widest
+    head of the chunk (the layout before packing);
+  * ``packed, fused SGD kernel, command buffers on``: compiled with XLA's CUDA
+    graphs ("command buffers"), which the trainer turns off
+    (``trainer._TRAINING_COMPILER_OPTIONS``: they failed to instantiate on an
+    H200). Its error, if any, is recorded rather than raised.
 
-For each: the wall time of a compiled call, the time per minibatch step, and
-the operations of a ``jax.profiler`` trace of that call summed by name (the
-device's kernels on an accelerator, XLA's thunks on a CPU), the largest
-first. The trace is read from its Perfetto JSON, so nothing beyond JAX is
-needed to read it.
+For each: the wall time of a compiled call, the time per minibatch step, the
+heads' final losses (the variants must agree), and the operations of a
+``jax.profiler`` trace of that call summed by name (the device's kernels on an
+accelerator, XLA's thunks on a CPU), the largest first. The trace is read from
+its Perfetto JSON, so nothing beyond JAX is needed to read it.
 
     python benchmarks/step_profile.py --population 32 --epochs 3 --out /tmp/step.json
 
-Writes JSON; prints a short table per layout.
+On an H100 (2026-11-26, 32 heads, before the fused kernel) a step took 328 us,
+87% of it busy on the device: XLA's optimizer fusion 49%, the two first-layer
+products 15% each. Unrolling the step loop 8 times or turning command buffers
+on changed it by under 2%.
+
+Writes JSON; prints a short table per variant.
 """
 
 from __future__ import annotations
@@ -92,18 +98,16 @@ def summarise_trace(trace_dir: Path, top: int) -> dict:
 
 
 def trainer_program(command_buffers: bool):
-    """A fresh jit of the trainer's program (traced anew, so it sees ``trainer._STEP_UNROLL``)."""
+    """A fresh jit of the trainer's program, with or without XLA's command buffers."""
     options = {} if command_buffers else trainer._TRAINING_COMPILER_OPTIONS
     return jax.jit(trainer._train_population_jit.__wrapped__, compiler_options=options,
                    static_argnames=("train_config", "chunk_size", "layouts", "mesh"))
 
 
-def profile_layout(name, layouts_fn, key, masks, features, config, top, program=None, unroll=1) -> dict:
+def profile_layout(name, layouts_fn, key, masks, features, config, top, program=None) -> dict:
     original, original_program = trainer.chunk_layouts, trainer._train_population_jit
-    original_unroll = trainer._STEP_UNROLL
     trainer.chunk_layouts = layouts_fn
     trainer._train_population_jit = program or original_program
-    trainer._STEP_UNROLL = unroll
     try:
         def train():
             return jax.block_until_ready(trainer.train_population(
@@ -113,7 +117,7 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
         train()
         first = time.perf_counter() - started
         started = time.perf_counter()
-        train()
+        trained = train()
         seconds = time.perf_counter() - started
         with tempfile.TemporaryDirectory() as scratch:
             with jax.profiler.trace(scratch, create_perfetto_trace=True):
@@ -121,14 +125,15 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
             summary = summarise_trace(Path(scratch), top)
     finally:
         trainer.chunk_layouts, trainer._train_population_jit = original, original_program
-        trainer._STEP_UNROLL = original_unroll
     population = len(masks)
     chunk = trainer.choose_chunk_size(population, features.num_features, features.num_classes,
                                       config.head.hidden, config.train)
     steps = -(-population // chunk) * config.train.max_epochs * -(-len(features.y_train)
                                                                     // config.train.batch_size)
-    result = {"layout": name, "step_unroll": unroll, "chunk_size": chunk, "seconds": seconds,
-              "first_call_seconds": first,
+    fused = trainer.fused_update_applies(config.train, layouts_fn(features.num_features, chunk, True)[0],
+                                         config.head.hidden)
+    result = {"layout": name, "fused_update": fused, "chunk_size": chunk, "seconds": seconds,
+              "first_call_seconds": first, "final_loss": np.asarray(trained.final_loss).tolist(),
               "sequential_steps": steps, "microseconds_per_step": seconds / steps * 1e6, "trace": summary}
     print(f"{name}: {seconds:.3f} s, {result['microseconds_per_step']:.0f} us per step "
           f"(chunks of {chunk}; {summary['source']} busy {summary['busy_us'] / 1e3:.1f} ms in the trace)")
@@ -144,7 +149,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="heads per chunk (default: the trainer's choice; 1 on a CPU)")
-    parser.add_argument("--unroll", type=int, default=8, help="steps per loop iteration, unrolled variants")
     parser.add_argument("--top", type=int, default=25, help="operations kept per layout")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -159,18 +163,22 @@ def main(argv=None) -> dict:
     result = {"benchmark": "step_profile", **environment(), "population": args.population,
               "epochs": args.epochs, "mean_kept_fraction": float(masks.mean()), "layouts": []}
     packed, padded = trainer.chunk_layouts, padded_layouts
-    unrolled = f"{args.unroll} steps per loop iteration"
-    variants = [("packed", packed, None, 1), ("padded", padded, None, 1),
-                (f"packed, {unrolled}", packed, trainer_program(False), args.unroll),
-                ("packed, command buffers on", packed, trainer_program(True), 1),
-                (f"packed, command buffers on, {unrolled}", packed,
-                 trainer_program(True), args.unroll)]
-    for name, layouts_fn, program, unroll in variants:
+    variants = [("packed, fused SGD kernel", packed, None, None),
+                ("packed, XLA's SGD", packed, False, None),
+                ("padded, XLA's SGD", padded, False, None),
+                ("packed, fused SGD kernel, command buffers on", packed, None, trainer_program(True))]
+    for name, layouts_fn, fused_update, program in variants:
+        variant_config = config.replace(train={"fused_update": fused_update})
         try:
-            row = profile_layout(name, layouts_fn, key, masks, features, config, args.top, program, unroll)
+            row = profile_layout(name, layouts_fn, key, masks, features, variant_config, args.top, program)
         except Exception as error:  # e.g. RESOURCE_EXHAUSTED instantiating CUDA graphs
             row = {"layout": name, "error": f"{type(error).__name__}: {error}"[:2000]}
             print(f"{name}: failed: {row['error'][:300]}", flush=True)
+        if "final_loss" in row and result["layouts"] and "final_loss" in result["layouts"][0]:
+            row["largest_loss_difference_from_first"] = float(np.max(np.abs(
+                np.subtract(row["final_loss"], result["layouts"][0]["final_loss"]))))
+            print(f"  final losses differ from the first variant's by at most "
+                  f"{row['largest_loss_difference_from_first']:.2e}")
         result["layouts"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_json(args.out, result)

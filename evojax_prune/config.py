@@ -127,6 +127,13 @@ class TrainConfig:
         JAX sees, n for the first n, or positions such as ``(0, 2)``. Results
         do not depend on it (a head's result is a function of its mask), so a
         run may resume on other devices.
+      fused_update: train the first layer of packed chunks (several heads per
+        chunk, the accelerator default) with ``fused_sgd.sgd_step``, one
+        Pallas kernel per step for the gradient, the SGD update and the next
+        step's forward product: ``None`` on a GPU where it applies (``sgd``
+        without extra options, shapes ``fused_sgd.supported``), ``True`` also
+        elsewhere (Pallas' interpreter: slow, for tests), ``False`` never.
+        Results equal XLA's up to float32 reassociation.
     """
 
     optimizer: str = "sgd"
@@ -142,6 +149,7 @@ class TrainConfig:
     chunk_size: int | None = None
     memory_budget_mb: float = 2048.0
     devices: int | tuple[int, ...] | None = None
+    fused_update: bool | None = None
 
     def __post_init__(self):
         _check(
@@ -167,6 +175,8 @@ class TrainConfig:
         if self.chunk_size is not None:
             _positive_int("TrainConfig", "chunk_size", self.chunk_size)
         _positive_float("TrainConfig", "memory_budget_mb", self.memory_budget_mb)
+        _check(self.fused_update is None or isinstance(self.fused_update, bool),
+               f"TrainConfig.fused_update must be true, false or null, got {self.fused_update!r}")
         try:
             object.__setattr__(self, "devices", canonical_devices(self.devices))
         except ValueError as error:

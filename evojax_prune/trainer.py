@@ -88,7 +88,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
-from evojax_prune import devices, head
+from evojax_prune import devices, fused_sgd, head
 from evojax_prune.config import RunConfig, TrainConfig
 
 _FLOAT_BYTES = 4
@@ -240,6 +240,27 @@ def population_loss_and_grads(
         pre_activation = jax.ops.segment_sum(
             pre_activation, tile_head, num_segments=num_heads, indices_are_sorted=True
         )
+    loss, d_pre_activation, hidden, d_logits = _loss_and_backward(params, pre_activation, labels, weights)
+    if tile_head is not None:  # each tile gets its head's gradient (unused tiles: zero inputs)
+        d_pre_activation = jnp.take(d_pre_activation, tile_head, axis=0, mode="clip")
+    grads = head.HeadParams(
+        hidden_kernel=jnp.einsum("kbc,kbh->kch", inputs, d_pre_activation),
+        output_kernel=jnp.einsum("kbh,kbc->khc", hidden, d_logits),
+        output_bias=jnp.sum(d_logits, axis=1),
+    )
+    return loss, grads
+
+
+def _loss_and_backward(
+    params: head.HeadParams, pre_activation: jax.Array, labels: jax.Array, weights: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The heads' loss from their first layer's (K, B, H) pre-activation, and the backward pass to it.
+
+    Returns the (K,) loss, the (K, B, H) gradient with respect to the
+    pre-activation, the (K, B, H) hidden activations and the (K, B, C)
+    gradient with respect to the logits (the output layer's gradients follow
+    from the last two).
+    """
     hidden = jax.nn.relu(pre_activation)
     logits = jnp.einsum("kbh,khc->kbc", hidden, params.output_kernel) + params.output_bias[:, None, :]
     log_probs = jax.nn.log_softmax(logits)
@@ -250,14 +271,7 @@ def population_loss_and_grads(
     d_logits = (jnp.exp(log_probs) - one_hot) * sample_weights[:, None]  # (K, B, C)
     d_hidden = jnp.einsum("kbc,khc->kbh", d_logits, params.output_kernel)
     d_pre_activation = jnp.where(pre_activation > 0, d_hidden, 0.0)
-    if tile_head is not None:  # each tile gets its head's gradient (unused tiles: zero inputs)
-        d_pre_activation = jnp.take(d_pre_activation, tile_head, axis=0, mode="clip")
-    grads = head.HeadParams(
-        hidden_kernel=jnp.einsum("kbc,kbh->kch", inputs, d_pre_activation),
-        output_kernel=jnp.einsum("kbh,kbc->khc", hidden, d_logits),
-        output_bias=jnp.sum(d_logits, axis=1),
-    )
-    return loss, grads
+    return loss, d_pre_activation, hidden, d_logits
 
 
 def capacity_levels(num_features: int) -> tuple[int, ...]:
@@ -376,6 +390,30 @@ def choose_chunk_size(
     return -(-population // num_chunks)
 
 
+def fused_update_applies(
+    train_config: TrainConfig, layout: ChunkLayout, hidden: int, platform: str | None = None
+) -> bool:
+    """Whether a chunk stored as ``layout`` trains its first layer with ``fused_sgd.sgd_step``.
+
+    Only packed layouts (chunks of several heads) and plain ``sgd`` (momentum
+    and Nesterov allowed, no extra options). ``train_config.fused_update``
+    None: on a GPU (``platform``, default ``jax.default_backend()``) when
+    Triton can compile the shapes; True: also elsewhere, interpreted, and an
+    error when a GPU cannot compile them; False: never.
+    """
+    wanted = train_config.fused_update
+    plain_sgd = train_config.optimizer == "sgd" and not train_config.optimizer_options
+    if wanted is False or layout.per_head or not plain_sgd:
+        return False
+    on_gpu = (platform or jax.default_backend()) == "gpu"
+    if not on_gpu:
+        return bool(wanted)
+    problem = fused_sgd.supported(layout.tile_rows, train_config.batch_size, hidden)
+    if problem and wanted:
+        raise ValueError(f"TrainConfig.fused_update: the fused kernel cannot compile this chunk: {problem}")
+    return problem is None
+
+
 def _repeat(array: jax.Array, times: int) -> jax.Array:
     """(...) -> (times, ...): the same initial weights for every head."""
     return jnp.broadcast_to(array, (times, *array.shape))
@@ -453,38 +491,84 @@ def _train_chunk(
         output_kernel=_repeat(init_params.output_kernel, num_heads),
         output_bias=_repeat(init_params.output_bias, num_heads),
     )
+    fused = fused_update_applies(train_config, layout, init_params.hidden_kernel.shape[1])
     # Packed tiles do not line up with heads, so the optimizer runs on the whole chunk
     # at once; packing is only used with ROW_SEPARABLE_OPTIMIZERS, for which this is
     # the same computation as one optimizer per head.
     init_optimizer, update = (optimizer.init, optimizer.update) if packed else (
         jax.vmap(optimizer.init), jax.vmap(optimizer.update)
     )
-    opt_state = init_optimizer(params)
+    if fused:
+        # The first kernel's optimizer is the fused kernel (its momentum kept here, None
+        # without); optax updates the output layer.
+        momentum = jnp.zeros_like(hidden_kernel) if train_config.momentum else None
+        opt_state = (init_optimizer((params.output_kernel, params.output_bias)), momentum)
+    else:
+        opt_state = init_optimizer(params)
 
     def per_leaf(flags):  # (K,) bool -> HeadParams of flags broadcastable against each leaf
         return head.HeadParams(hidden_kernel=per_tile(flags), output_kernel=flags, output_bias=flags)
 
+    def masked(updates, flags):  # a stopped head must not change; its optimizer state may
+        return jax.tree.map(lambda u, on: jnp.where(_expand(on, u), u, 0.0), updates, flags)
+
+    def step(carry, batch, *, running):
+        params, opt_state = carry
+        batch_indices, batch_weights = batch
+        inputs = first_layer_inputs(x[batch_indices])
+        losses, grads = population_loss_and_grads(params, inputs, y[batch_indices], batch_weights, tile_head)
+        updates, opt_state = update(grads, opt_state, params)
+        return (optax.apply_updates(params, masked(updates, per_leaf(running))), opt_state), losses
+
+    def fused_step(carry, batch, *, running):
+        # The carry holds this minibatch's first-layer products per tile, computed by the
+        # previous step's kernel with the weights this step starts from.
+        params, (output_state, momentum), products = carry
+        batch_indices, batch_weights, next_indices = batch
+        x_batch = x[batch_indices]
+        pre_activation = jax.ops.segment_sum(
+            products, tile_head, num_segments=num_heads, indices_are_sorted=True
+        )
+        losses, d_pre_activation, hidden, d_logits = _loss_and_backward(
+            params, pre_activation, y[batch_indices], batch_weights
+        )
+        hidden_kernel, momentum, products = fused_sgd.sgd_step(
+            params.hidden_kernel,
+            momentum,
+            x_batch.T[index],  # (tiles, r, B)
+            jnp.take(d_pre_activation, tile_head, axis=0, mode="clip"),
+            first_layer_inputs(x[next_indices]),
+            per_tile(running),
+            learning_rate=train_config.learning_rate,
+            decay=train_config.momentum,
+            nesterov=train_config.nesterov,
+        )
+        output_params = (params.output_kernel, params.output_bias)
+        output_grads = (jnp.einsum("kbh,kbc->khc", hidden, d_logits), jnp.sum(d_logits, axis=1))
+        updates, output_state = update(output_grads, output_state, output_params)
+        output_kernel, output_bias = optax.apply_updates(output_params, masked(updates, (running, running)))
+        params = head.HeadParams(hidden_kernel, output_kernel, output_bias)
+        return (params, (output_state, momentum), products), losses
+
+    def train_epoch(params, opt_state, indices, weights, running):
+        """One pass over the minibatches ``indices`` (S, B); returns the (S, K) batch losses."""
+        if not fused:
+            return jax.lax.scan(functools.partial(step, running=running), (params, opt_state),
+                                (indices, weights))
+        # The first minibatch's products; the last step's "next" products (of the first
+        # minibatch again) are dropped.
+        products = jnp.einsum("tbr,trh->tbh", first_layer_inputs(x[indices[0]]), params.hidden_kernel)
+        next_indices = jnp.roll(indices, -1, axis=0)
+        (params, opt_state, _), losses = jax.lax.scan(
+            functools.partial(fused_step, running=running), (params, opt_state, products),
+            (indices, weights, next_indices),
+        )
+        return (params, opt_state), losses
+
     def run_epoch(state: _ChunkState) -> _ChunkState:
         indices, weights = epoch_batches(orders[state.epoch], train_config.batch_size)
         running = state.running
-
-        def step(carry, batch):
-            params, opt_state = carry
-            batch_indices, batch_weights = batch
-            inputs = first_layer_inputs(x[batch_indices])
-            losses, grads = population_loss_and_grads(
-                params, inputs, y[batch_indices], batch_weights, tile_head
-            )
-            updates, opt_state = update(grads, opt_state, params)
-            # A stopped head must not change; its optimizer state may (it is never read again).
-            updates = jax.tree.map(
-                lambda u, on: jnp.where(_expand(on, u), u, 0.0), updates, per_leaf(running)
-            )
-            return (optax.apply_updates(params, updates), opt_state), losses
-
-        (params, opt_state), losses = jax.lax.scan(
-            step, (state.params, state.opt_state), (indices, weights), unroll=_STEP_UNROLL
-        )
+        (params, opt_state), losses = train_epoch(state.params, state.opt_state, indices, weights, running)
         # Keras' epoch loss: the batch losses weighted by the batch sizes.
         epoch_loss = jnp.sum(losses * jnp.sum(weights, axis=1)[:, None], axis=0) / num_samples
 
@@ -636,9 +720,6 @@ def _train_local(
 # holding its default 75% of the memory. Turning them off for this one program is
 # the remedy XLA's message names; other programs keep them. Other backends ignore it.
 _TRAINING_COMPILER_OPTIONS = {"xla_gpu_enable_command_buffer": ""}
-
-# Minibatch steps per iteration of the epoch's loop. Read when a program is traced.
-_STEP_UNROLL = 1
 
 
 @functools.partial(

@@ -66,7 +66,7 @@ def test_smoke_suite_runs_checks_and_renders(tmp_path):
         assert heading in table
 
 
-def test_step_profile_traces_both_layouts(tmp_path):
+def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
     out = tmp_path / "step.json"
     command = [sys.executable, str(BENCHMARKS / "step_profile.py"), "--population", "4", "--epochs", "1",
                "--chunk-size", "4", "--out", str(out)]
@@ -74,9 +74,12 @@ def test_step_profile_traces_both_layouts(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
     names = [layout["layout"] for layout in result["layouts"]]
-    assert names == ["packed", "padded", "packed, command buffers on"]
+    assert names == ["packed, fused SGD kernel", "packed, XLA's SGD", "padded, XLA's SGD",
+                     "packed, fused SGD kernel, command buffers on"]
     for layout in result["layouts"]:
         assert "error" not in layout, layout.get("error")
+        assert not layout["fused_update"]  # the kernel is for GPUs unless asked for
+        assert layout.get("largest_loss_difference_from_first", 0.0) < 1e-5
         assert layout["chunk_size"] == 4 and layout["microseconds_per_step"] > 0
         operations = layout["trace"]["operations"]
         assert operations and all(row["total_us"] >= 0 for row in operations)

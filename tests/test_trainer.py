@@ -341,8 +341,16 @@ def test_chunk_layouts_and_the_level_a_chunk_needs():
     assert int(trainer.layout_level(layouts, jnp.asarray([257]))) == 1  # 512 rows
 
 
-def test_packed_chunk_of_mixed_heads_equals_each_head_alone():
-    """One chunk holding an empty head, tiny and full heads: packed tiles (16 rows at D = 64)."""
+@pytest.mark.parametrize(
+    "train", [{}, {"fused_update": True}, {"fused_update": True, "momentum": 0.0, "nesterov": False}],
+    ids=["xla", "fused", "fused-plain-sgd"],
+)
+def test_packed_chunk_of_mixed_heads_equals_each_head_alone(train):
+    """One chunk holding an empty head, tiny and full heads: packed tiles (16 rows at D = 64).
+
+    Also with the fused SGD kernel (``fused_sgd``, interpreted here), against
+    each head trained alone by XLA.
+    """
     x, y = _data(seed=4)
     masks = _author_masks(9, 6)
     masks[0] = False
@@ -351,14 +359,17 @@ def test_packed_chunk_of_mixed_heads_equals_each_head_alone():
     masks[2] = True  # all 64: 4 full tiles
     masks[3, :] = False
     masks[3, :17] = True  # 17: a full tile and a tile of one row
-    config = _SHARED_CONFIG
+    config = _SHARED_CONFIG.replace(train=train)
     key = jax.random.key(5)
     one_chunk = config.replace(train={"chunk_size": 6})
     assert not trainer.chunk_layouts(D, 6, gather=True)[0].per_head
     together = trainer.train_population(key, masks, x, y, one_chunk)
+    layout = trainer.chunk_layouts(D, 6, gather=True)[0]
+    assert trainer.fused_update_applies(one_chunk.train, layout, H) == bool(train)
     alone = [trainer.train_population(key, masks[i : i + 1], x, y, config) for i in range(6)]
     alone = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *alone)
     np.testing.assert_array_equal(together.epochs, alone.epochs)
+    assert together.epochs.min() < config.train.max_epochs  # heads stopped while others trained
     np.testing.assert_array_equal(together.best_epoch, alone.best_epoch)
     _assert_params_close(together.params, alone.params)
     # Pruned rows keep their initial values, in both layouts.
@@ -367,12 +378,15 @@ def test_packed_chunk_of_mixed_heads_equals_each_head_alone():
                                   np.asarray(initial)[~masks[1]])
 
 
-@pytest.mark.parametrize("chunk_size", [None, 5])
-def test_placeholder_heads_never_train(chunk_size):
+@pytest.mark.parametrize(
+    "train", [{"chunk_size": None}, {"chunk_size": 5}, {"chunk_size": 5, "fused_update": True}],
+    ids=["alone", "packed", "packed-fused"],
+)
+def test_placeholder_heads_never_train(train):
     """``num_trained``: the first heads train as they would alone; the rest keep their initial weights."""
     x, y = _data(seed=6)
     masks = _author_masks(11, 5)
-    config = _SHARED_CONFIG.replace(train={"chunk_size": chunk_size})
+    config = _SHARED_CONFIG.replace(train=train)
     key = jax.random.key(8)
     trained = trainer.train_population(key, masks, x, y, config, num_trained=3)
     alone = trainer.train_population(key, masks[:3], x, y, _SHARED_CONFIG)

@@ -1,0 +1,96 @@
+"""The fused SGD kernel (Pallas, interpreted on the CPU) against optax.sgd and plain products."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from evojax_prune import fused_sgd
+
+
+def optax_step(kernel, momentum, inputs_transposed, d_pre_activation, next_inputs, training, *,
+               learning_rate, decay, nesterov):
+    """The same step with optax and einsum, tile by tile as the trainer's XLA path does it."""
+    grad = np.einsum("trb,tbh->trh", inputs_transposed, d_pre_activation)
+    optimizer = optax.sgd(learning_rate, momentum=decay or None, nesterov=nesterov)
+    state = optimizer.init(jnp.asarray(kernel))
+    if momentum is not None:
+        state = (optax.TraceState(trace=jnp.asarray(momentum)), *state[1:])
+    update, state = optimizer.update(jnp.asarray(grad), state, jnp.asarray(kernel))
+    on = np.asarray(training)[:, None, None]
+    new_kernel = np.where(on, np.asarray(optax.apply_updates(jnp.asarray(kernel), update)), kernel)
+    new_momentum = None if momentum is None else np.where(on, np.asarray(state[0].trace), momentum)
+    product = np.where(on, np.einsum("tbr,trh->tbh", next_inputs, new_kernel), 0.0)
+    return new_kernel, new_momentum, product
+
+
+def random_step(seed, tiles=5, rows=16, batch=16, hidden=128, with_momentum=True):
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    return dict(
+        kernel=normal(tiles, rows, hidden, scale=0.05),
+        momentum=normal(tiles, rows, hidden, scale=0.01) if with_momentum else None,
+        inputs_transposed=normal(tiles, rows, batch),
+        d_pre_activation=normal(tiles, batch, hidden, scale=0.1),
+        next_inputs=normal(tiles, batch, rows),
+        training=np.array([True, False, True, True, False])[:tiles],
+    )
+
+
+@pytest.mark.parametrize(
+    "decay, nesterov", [(0.9, True), (0.9, False), (0.0, False)], ids=["nesterov", "momentum", "plain"]
+)
+def test_fused_step_equals_optax_sgd(decay, nesterov):
+    operands = random_step(0, with_momentum=decay > 0)
+    hyper = dict(learning_rate=1e-2, decay=decay, nesterov=nesterov)
+    kernel, momentum, product = fused_sgd.sgd_step(**{k: jnp.asarray(v) if v is not None else None
+                                                      for k, v in operands.items()}, **hyper)
+    want_kernel, want_momentum, want_product = optax_step(**operands, **hyper)
+    np.testing.assert_allclose(kernel, want_kernel, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(product, want_product, rtol=1e-5, atol=1e-5)
+    if decay:
+        np.testing.assert_allclose(momentum, want_momentum, rtol=1e-6, atol=1e-7)
+    else:
+        assert momentum is None
+    # Tiles that do not train are left exactly as they were and give no product.
+    idle = ~operands["training"]
+    np.testing.assert_array_equal(np.asarray(kernel)[idle], operands["kernel"][idle])
+    assert not np.asarray(product)[idle].any()
+    assert not np.allclose(np.asarray(kernel)[~idle], operands["kernel"][~idle])
+
+
+def test_fused_step_jits_and_runs_in_a_loop():
+    """Carried through a scan, as the trainer does: the in-place aliasing must not leak state."""
+    operands = {k: jnp.asarray(v) for k, v in random_step(1).items()}
+    hyper = dict(learning_rate=1e-2, decay=0.9, nesterov=True)
+
+    def run(step_fn):
+        def body(carry, _):
+            kernel, momentum, _ = carry
+            return step_fn(kernel, momentum, operands["inputs_transposed"], operands["d_pre_activation"],
+                           operands["next_inputs"], operands["training"], **hyper), None
+
+        start = (operands["kernel"], operands["momentum"], jnp.zeros_like(operands["d_pre_activation"]))
+        return jax.jit(lambda start: jax.lax.scan(body, start, length=3)[0])(start)
+
+    def reference(*args, **kwargs):
+        return tuple(jnp.asarray(a) for a in optax_step(*[np.asarray(a) for a in args], **kwargs))
+
+    got = run(fused_sgd.sgd_step)
+    want = (operands["kernel"], operands["momentum"], None)
+    for _ in range(3):
+        want = reference(want[0], want[1], operands["inputs_transposed"], operands["d_pre_activation"],
+                         operands["next_inputs"], operands["training"], **hyper)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_supported_shapes_name_the_problem():
+    assert fused_sgd.supported(128, 32, 512) is None
+    assert "batch size 30" in fused_sgd.supported(128, 30, 512)
+    assert "tile rows 8" in fused_sgd.supported(8, 32, 512)
+    assert "hidden units 96" in fused_sgd.supported(128, 32, 96)
