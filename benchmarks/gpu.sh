@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU-sized benchmark suite (under 8 minutes on one H100), then a profile of a training step.
+# A profile of a training step, then the GPU-sized benchmark suite (under 8 minutes on one H100).
 #
 #   bash benchmarks/gpu.sh                       # -> benchmarks/results/gpu-<device>-<date>/
 #   RESULTS_DIR=/somewhere bash benchmarks/gpu.sh
@@ -17,6 +17,15 @@ echo "device: $device -> $out"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/nvidia-smi.csv" || true
 fi
+# Where a generation's training step spends its time, in each of the trainer's variants. First,
+# because it is quick and checks the trainer's default path on this device: the suite is not
+# worth running if that fails.
+timeout 120 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json"
+$python - "$out/step_profile.json" <<'CHECK'
+import json, sys
+first = json.load(open(sys.argv[1]))["layouts"][0]
+if "error" in first:
+    sys.exit(f"gpu.sh: the trainer's default path failed on this device, so the suite was not run: "
+             f"{first['error'][:1000]}")
+CHECK
 timeout 390 $python benchmarks/run_all.py --size gpu --out-dir "$out" || true
-# Where a generation's training step spends its time, packed against padded layouts.
-timeout 90 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json"
