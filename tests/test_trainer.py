@@ -314,6 +314,8 @@ def test_chunk_size_and_capacities():
     chunk = trainer.choose_chunk_size(100, 2048, 3, 512, config, platform="gpu")
     assert chunk <= fits and -(-100 // chunk) == -(-100 // fits)  # balanced, no extra chunk
     assert trainer.choose_chunk_size(3, 2048, 3, 512, config, platform="gpu") == 3
+    roomy = TrainConfig(memory_budget_mb=10_000.0)
+    assert trainer.choose_chunk_size(100, 2048, 3, 512, roomy, platform="gpu") == 25  # 4 balanced chunks
     assert trainer.choose_chunk_size(100, 2048, 3, 512, config, platform="cpu") == 1
     assert trainer.choose_chunk_size(100, 2048, 3, 512, TrainConfig(chunk_size=7)) == 7
     assert trainer.choose_chunk_size(5, 2048, 3, 512, TrainConfig(chunk_size=64)) == 5
