@@ -101,6 +101,8 @@ def _fmt(value, digits=2):
 def render(out_dir: Path) -> str:
     lines = []
     for result in _load(out_dir, "trainer_throughput"):
+        if result.get("label"):
+            lines += [f"*{result['label']}*", ""]
         lines += [
             f"**Population trainer** ({_device(result)}, {result['date'][:10]}; RPS-shaped "
             f"features N=2520, D=2048, H=512, C=3, {result['setup']['epochs']} epochs; matmul peak "

@@ -720,21 +720,7 @@ def _train_local(
     return jax.lax.fori_loop(0, num_chunks, train_chunk_into, results)
 
 
-# XLA on GPU turns loop bodies into CUDA graphs ("command buffers"). On an H200
-# (jax 0.11.2) the training programs of a search failed to instantiate theirs:
-# "RESOURCE_EXHAUSTED: Underlying backend ran out of memory trying to instantiate
-# command buffer with 20 (total of 33 alive graphs in the process)", with XLA
-# holding its default 75% of the memory. Turning them off for this one program is
-# the remedy XLA's message names; other programs keep them. Other backends ignore it.
-_TRAINING_COMPILER_OPTIONS = {"xla_gpu_enable_command_buffer": ""}
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=("train_config", "chunk_size", "layouts", "mesh"),
-    compiler_options=_TRAINING_COMPILER_OPTIONS,
-)
-def _train_population_jit(
+def _train_population(
     init_params: head.HeadParams,
     orders: jax.Array,
     masks: jax.Array,
@@ -767,6 +753,29 @@ def _train_population_jit(
         out_specs=population,
         check_vma=False,
     )(init_params, orders, masks, num_valid, x, y)
+
+
+# XLA on GPU turns loop bodies into CUDA graphs ("command buffers"). On an H200
+# (jax 0.11.2) the training programs of a search (chunks of about 30 heads) failed
+# to instantiate theirs: "RESOURCE_EXHAUSTED: Underlying backend ran out of memory
+# trying to instantiate command buffer with 20 (total of 33 alive graphs in the
+# process)", with XLA holding its default 75% of the memory. Turning them off is the
+# remedy XLA's message names, and for chunks of several heads it costs nothing
+# (H100, 32 heads: 259 us per step without, 263 us with, benchmarks/step_profile.py).
+# A chunk of one head is launch-bound, and there they matter: 287 head-epochs/s with
+# them, 90 without (H100, trainer_throughput P = 1), so those programs keep them.
+# Other backends ignore the option.
+_TRAINING_COMPILER_OPTIONS = {"xla_gpu_enable_command_buffer": ""}
+_STATIC_ARGUMENTS = ("train_config", "chunk_size", "layouts", "mesh")
+_train_one_head_per_chunk_jit = jax.jit(_train_population, static_argnames=_STATIC_ARGUMENTS)
+_train_chunks_jit = jax.jit(
+    _train_population, static_argnames=_STATIC_ARGUMENTS, compiler_options=_TRAINING_COMPILER_OPTIONS
+)
+
+
+def _training_program(chunk_size: int):
+    """The jitted trainer for chunks of ``chunk_size`` heads (command buffers only for one head)."""
+    return _train_one_head_per_chunk_jit if chunk_size == 1 else _train_chunks_jit
 
 
 def train_population(
@@ -890,7 +899,7 @@ def train_population(
     chunk_size = choose_chunk_size(
         local_population, num_features, num_classes, config.head.hidden, train_config
     )
-    trained = _train_population_jit(
+    trained = _training_program(chunk_size)(
         devices.put(init_params, everywhere),
         devices.put(orders, everywhere),
         devices.put(padded_masks, split),
