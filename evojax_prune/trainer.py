@@ -30,7 +30,12 @@ the CPU (one epoch, one chunk), packed in 10.9 s. Heads are sorted by their
 feature count so that a chunk holds heads of similar size, and ``lax.switch``
 picks the chunk's layout on the device, so the call is compiled once per
 population shape (one branch per layout: compile time grows with the ladder).
-The first layer's work and the optimizer's pass over the weights shrink by c / D. This is
+The first layer's work and the optimizer's pass over the weights shrink by c / D. On a
+GPU a packed chunk trained with ``sgd`` runs its first layer's step as one Pallas
+kernel (``fused_sgd.sgd_step``: the gradient, the SGD update and the next
+minibatch's forward product, so the kernel is read and written once per step and
+stopped heads are skipped; ``TrainConfig.fused_update``); the scan then carries
+each tile's forward product from one step to the next. This is
 exact for optimizers that update every weight from its own gradient history
 (``ROW_SEPARABLE_OPTIMIZERS``): a pruned row gets a zero gradient and so never
 moves; other optimizers (weight decay, layer-wise trust ratios, factored
