@@ -20,7 +20,7 @@ fi
 # Where a generation's training step spends its time, in each of the trainer's variants. First,
 # because it is quick and checks the trainer's default path on this device: the suite is not
 # worth running if that fails.
-timeout 120 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json"
+timeout 90 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json"
 $python - "$out/step_profile.json" <<'CHECK'
 import json, sys
 first = json.load(open(sys.argv[1]))["layouts"][0]
@@ -28,4 +28,6 @@ if "error" in first:
     sys.exit(f"gpu.sh: the trainer's default path failed on this device, so the suite was not run: "
              f"{first['error'][:1000]}")
 CHECK
+# The fused SGD kernel alone over Triton's settings: which one fused_sgd.py should default to.
+timeout 60 $python benchmarks/fused_sgd_step.py --out "$out/fused_sgd_step.json" || true
 timeout 390 $python benchmarks/run_all.py --size gpu --out-dir "$out" || true

@@ -45,8 +45,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 # Hidden units per program: (r, 64) blocks of the kernel and its momentum, 32 KiB
-# each for r = 128, leave room for the gradient block in registers.
+# each for r = 128, leave room for the gradient block in registers. With Triton's
+# warps and pipeline stages, the settings benchmarks/fused_sgd_step.py compares
+# (the only ones measured on a GPU so far: 149 us per step for 320 tiles on an H100).
 BLOCK_HIDDEN = 64
+NUM_WARPS = 4
+NUM_STAGES = 1
 _MIN_DOT = 16  # Triton's smallest matrix-product dimension
 
 
@@ -92,6 +96,9 @@ def sgd_step(
     decay: float,
     nesterov: bool,
     interpret: bool | None = None,
+    block: int | None = None,
+    num_warps: int = NUM_WARPS,
+    num_stages: int = NUM_STAGES,
 ) -> tuple[jax.Array, jax.Array | None, jax.Array]:
     """One SGD step of a packed first kernel and the next step's forward product.
 
@@ -108,6 +115,9 @@ def sgd_step(
         they are and their forward product is zero.
       learning_rate, decay, nesterov: ``optax.sgd(learning_rate, decay or None, nesterov)``.
       interpret: run Pallas' interpreter (default: unless on a GPU).
+      block, num_warps, num_stages: hidden units per program (default
+        ``block_hidden(H)``; a power of two dividing H) and Triton's warps and
+        pipeline stages per program.
 
     Returns:
       kernel: (T, r, H) the updated kernel (in place of ``kernel``).
@@ -117,7 +127,9 @@ def sgd_step(
     """
     num_tiles, rows, hidden = kernel.shape
     batch = d_pre_activation.shape[1]
-    block = block_hidden(hidden)
+    block = block or block_hidden(hidden)
+    if hidden % block:
+        raise ValueError(f"fused_sgd.sgd_step: block {block} does not divide the {hidden} hidden units")
     with_momentum = momentum is not None
     interpret = _interpret() if interpret is None else interpret
 
@@ -166,7 +178,7 @@ def sgd_step(
     if not interpret:
         from jax.experimental.pallas import triton as pallas_triton
 
-        compiler_params = pallas_triton.CompilerParams(num_warps=4, num_stages=1)
+        compiler_params = pallas_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
     call = pl.pallas_call(
         body,
         out_shape=out_shape,

@@ -84,3 +84,15 @@ def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
         operations = layout["trace"]["operations"]
         assert operations and all(row["total_us"] >= 0 for row in operations)
         assert not any(row["name"].startswith("$") for row in operations)  # XLA's work, not Python frames
+
+
+def test_fused_sgd_step_benchmark_runs_both_variants(tmp_path):
+    out = tmp_path / "fused.json"
+    command = [sys.executable, str(BENCHMARKS / "fused_sgd_step.py"), "--tiles", "4", "--steps", "2",
+               "--repeats", "1", "--out", str(out)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [row["variant"] for row in result["rows"]] == ["xla", "fused"]
+    assert all(row["microseconds_per_step"] > 0 for row in result["rows"]), result["rows"]
+    assert not result["compiled"] and result["fastest"]["variant"] == "fused"

@@ -89,6 +89,22 @@ def test_fused_step_jits_and_runs_in_a_loop():
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("with_momentum", [True, False], ids=["momentum", "plain"])
+def test_kernel_lowers_to_triton_for_a_gpu(with_momentum):
+    """Pallas' Triton lowering runs on the host: a kernel it cannot lower fails here, without a GPU."""
+    tiles, rows, batch, hidden = 4, 128, 32, 512
+    zeros = jnp.zeros
+    arguments = (zeros((tiles, rows, hidden)), zeros((tiles, rows, hidden)) if with_momentum else None,
+                 zeros((tiles, rows, batch)), zeros((tiles, batch, hidden)), zeros((tiles, batch, rows)),
+                 jnp.ones((tiles,), bool))
+    for block in (32, 64, 128):
+        step = jax.jit(lambda *operands, block=block: fused_sgd.sgd_step(
+            *operands, learning_rate=1e-3, decay=0.9 if with_momentum else 0.0, nesterov=with_momentum,
+            interpret=False, block=block))
+        lowered = step.trace(*arguments).lower(lowering_platforms=("cuda",))
+        assert "xla.gpu.triton" in lowered.as_text()
+
+
 def test_supported_shapes_name_the_problem():
     assert fused_sgd.supported(128, 32, 512) is None
     assert "batch size 30" in fused_sgd.supported(128, 30, 512)
