@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# A profile of a training step, then the GPU-sized benchmark suite (under 8 minutes on one H100).
+# Profiles of a training step and of the fused SGD kernel, then the GPU-sized benchmark suite.
+# About 7.5 minutes on one H100 (the parts took 40 + 30 + 40 + 330 s there); 10 minutes at
+# the time limits.
 #
 #   bash benchmarks/gpu.sh                       # -> benchmarks/results/gpu-<device>-<date>/
 #   RESULTS_DIR=/somewhere bash benchmarks/gpu.sh
@@ -28,6 +30,11 @@ if "error" in first:
     sys.exit(f"gpu.sh: the trainer's default path failed on this device, so the suite was not run: "
              f"{first['error'][:1000]}")
 CHECK
+# Chunks of 64 heads (the trainer caps them at 32: XLA's scatter failed for 64 on an H100),
+# with the tiles summed by gathering instead, then by the scatter.
+timeout 60 $python benchmarks/step_profile.py --population 64 --chunk-size 64 --epochs 2 \
+  --variants "packed, fused SGD kernel, tiles summed by gathering" "packed, fused SGD kernel" \
+  --out "$out/step_profile_chunk64.json" || true
 # The fused SGD kernel alone over Triton's settings: which one fused_sgd.py should default to.
 timeout 60 $python benchmarks/fused_sgd_step.py --out "$out/fused_sgd_step.json" || true
 timeout 390 $python benchmarks/run_all.py --size gpu --out-dir "$out" || true

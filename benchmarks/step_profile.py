@@ -15,7 +15,11 @@ the paper's protocol for ``--epochs`` epochs, in each variant in turn:
   * ``packed, fused SGD kernel, command buffers on``: compiled with XLA's CUDA
     graphs ("command buffers"), which the trainer turns off for chunks of
     several heads (``trainer._TRAINING_COMPILER_OPTIONS``: they failed to
-    instantiate on an H200). Its error, if any, is recorded rather than raised.
+    instantiate on an H200). Its error, if any, is recorded rather than raised;
+  * ``packed, fused SGD kernel, tiles summed by gathering``: each head sums its
+    tiles' forward products by gathering them (``trainer.TILE_SUM = "gather"``)
+    rather than XLA's scatter, which failed for packed chunks of 64 heads on an
+    H100 (``--population 64 --chunk-size 64`` measures whether such chunks pay).
 
 For each: the wall time of a compiled call, the time per minibatch step, the
 heads' final losses (the variants must agree), and the operations of a
@@ -27,9 +31,8 @@ its Perfetto JSON, so nothing beyond JAX is needed to read it.
 
 On an H100 (2026-11-26, 32 heads, T = 320 tiles) XLA's step took 327 us, 88%
 of it busy on the device: its optimizer fusion 49%, the two first-layer
-products 15% each; unrolling the step loop 8 times or turning command buffers
-on changed it by under 2%. The fused kernel's step took 259 us (the kernel 149
-us of it), the losses within 1e-4 of XLA's.
+products 15% each. The fused kernel's step took 259 us (the kernel 149 us of
+it), the losses within 1e-4 of XLA's; with command buffers on, 263 us.
 
 Writes JSON; prints a short table per variant.
 """
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import gzip
 import json
 import sys
@@ -98,16 +102,23 @@ def summarise_trace(trace_dir: Path, top: int) -> dict:
     }
 
 
-def trainer_program(command_buffers: bool):
-    """A fresh jit of the trainer's program, with or without XLA's command buffers."""
+def trainer_program(command_buffers: bool = False):
+    """A fresh jit of the trainer's program, with or without XLA's command buffers.
+
+    Traced anew (JAX caches a function's trace by its identity, whatever jit
+    wraps it, so the partial is a new function): it sees ``trainer.TILE_SUM``
+    as it is now.
+    """
     options = {} if command_buffers else trainer._TRAINING_COMPILER_OPTIONS
-    return jax.jit(trainer._train_population, compiler_options=options,
+    return jax.jit(functools.partial(trainer._train_population), compiler_options=options,
                    static_argnames=trainer._STATIC_ARGUMENTS)
 
 
-def profile_layout(name, layouts_fn, key, masks, features, config, top, program=None) -> dict:
+def profile_layout(name, layouts_fn, key, masks, features, config, top, program=None, tile_sum=None) -> dict:
     original, original_program = trainer.chunk_layouts, trainer._training_program
+    original_tile_sum = trainer.TILE_SUM
     trainer.chunk_layouts = layouts_fn
+    trainer.TILE_SUM = tile_sum or original_tile_sum
     if program:
         trainer._training_program = lambda chunk_size: program
     try:
@@ -127,6 +138,7 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
             summary = summarise_trace(Path(scratch), top)
     finally:
         trainer.chunk_layouts, trainer._training_program = original, original_program
+        trainer.TILE_SUM = original_tile_sum
     population = len(masks)
     chunk = trainer.choose_chunk_size(population, features.num_features, features.num_classes,
                                       config.head.hidden, config.train)
@@ -134,7 +146,8 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
                                                                     // config.train.batch_size)
     fused = trainer.fused_update_applies(config.train, layouts_fn(features.num_features, chunk, True)[0],
                                          config.head.hidden)
-    result = {"layout": name, "fused_update": fused, "chunk_size": chunk, "seconds": seconds,
+    result = {"layout": name, "fused_update": fused, "tile_sum": tile_sum or trainer.TILE_SUM,
+              "chunk_size": chunk, "seconds": seconds,
               "first_call_seconds": first, "final_loss": np.asarray(trained.final_loss).tolist(),
               "sequential_steps": steps, "microseconds_per_step": seconds / steps * 1e6, "trace": summary}
     print(f"{name}: {seconds:.3f} s, {result['microseconds_per_step']:.0f} us per step "
@@ -145,12 +158,24 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
     return result
 
 
+# name: (layouts, TrainConfig.fused_update, command buffers on, trainer.TILE_SUM or None for the default)
+VARIANTS = {
+    "packed, fused SGD kernel": (trainer.chunk_layouts, None, False, None),
+    "packed, XLA's SGD": (trainer.chunk_layouts, False, False, None),
+    "padded, XLA's SGD": (padded_layouts, False, False, None),
+    "packed, fused SGD kernel, command buffers on": (trainer.chunk_layouts, None, True, None),
+    "packed, fused SGD kernel, tiles summed by gathering": (trainer.chunk_layouts, None, False, "gather"),
+}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--population", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="heads per chunk (default: the trainer's choice; 1 on a CPU)")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS),
+                        help="which variants, in this order (default: all)")
     parser.add_argument("--top", type=int, default=25, help="operations kept per layout")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -164,15 +189,14 @@ def main(argv=None) -> dict:
     masks = np.asarray(MultiObjective(search, features.num_features).initial_population(key))
     result = {"benchmark": "step_profile", **environment(), "population": args.population,
               "epochs": args.epochs, "mean_kept_fraction": float(masks.mean()), "layouts": []}
-    packed, padded = trainer.chunk_layouts, padded_layouts
-    variants = [("packed, fused SGD kernel", packed, None, None),
-                ("packed, XLA's SGD", packed, False, None),
-                ("padded, XLA's SGD", padded, False, None),
-                ("packed, fused SGD kernel, command buffers on", packed, None, trainer_program(True))]
-    for name, layouts_fn, fused_update, program in variants:
+    for name in args.variants:
+        layouts_fn, fused_update, command_buffers, tile_sum = VARIANTS[name]
         variant_config = config.replace(train={"fused_update": fused_update})
+        # A fresh program where the variant changes what is traced or how it is compiled.
+        program = trainer_program(command_buffers) if command_buffers or tile_sum else None
         try:
-            row = profile_layout(name, layouts_fn, key, masks, features, variant_config, args.top, program)
+            row = profile_layout(name, layouts_fn, key, masks, features, variant_config, args.top, program,
+                                 tile_sum)
         except Exception as error:  # e.g. RESOURCE_EXHAUSTED instantiating CUDA graphs
             row = {"layout": name, "error": f"{type(error).__name__}: {error}"[:2000]}
             print(f"{name}: failed: {row['error'][:300]}", flush=True)

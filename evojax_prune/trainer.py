@@ -121,6 +121,12 @@ _CAPACITY_MIN_STEP = 32
 # Chunks of 32 trained P = 256 at 2,064 head-epochs/s.
 MAX_HEADS_PER_CHUNK = 32
 
+# How a packed chunk sums each head's tiles: "scatter" (``segment_sum``, the one
+# measured on GPUs) or "gather" (each head gathers its at most D / r tiles and
+# sums them: no scatter, for measuring larger chunks with step_profile.py). Read
+# when a program is traced.
+TILE_SUM = "scatter"
+
 
 @struct.dataclass
 class TrainedPopulation:
@@ -221,6 +227,7 @@ def population_loss_and_grads(
     labels: jax.Array,
     weights: jax.Array,
     tile_head: jax.Array | None = None,
+    sum_tiles: Any = None,
 ) -> tuple[jax.Array, head.HeadParams]:
     """Softmax cross-entropy of K heads on one minibatch, and its gradients.
 
@@ -241,6 +248,8 @@ def population_loss_and_grads(
       weights: (B,) float32, 1 for a real sample and 0 for padding.
       tile_head: (T,) int32, sorted, the head each tile belongs to (K: an
         unused tile). A head's first layer is the sum of its tiles' products.
+      sum_tiles: (T, B, H) -> (K, B, H), that sum (default: ``segment_sum``
+        over ``tile_head``).
 
     Returns:
       loss: (K,) float32, sum(weights * cross-entropy) / sum(weights) per head.
@@ -249,9 +258,9 @@ def population_loss_and_grads(
     num_heads = params.output_kernel.shape[0]
     pre_activation = jnp.einsum("kbc,kch->kbh", inputs, params.hidden_kernel)
     if tile_head is not None:  # (T, B, H) partial products -> (K, B, H); unused tiles dropped
-        pre_activation = jax.ops.segment_sum(
-            pre_activation, tile_head, num_segments=num_heads, indices_are_sorted=True
-        )
+        pre_activation = (sum_tiles or functools.partial(
+            jax.ops.segment_sum, segment_ids=tile_head, num_segments=num_heads, indices_are_sorted=True
+        ))(pre_activation)
     loss, d_pre_activation, hidden, d_logits = _loss_and_backward(params, pre_activation, labels, weights)
     if tile_head is not None:  # each tile gets its head's gradient (unused tiles: zero inputs)
         d_pre_activation = jnp.take(d_pre_activation, tile_head, axis=0, mode="clip")
@@ -474,6 +483,15 @@ def _train_chunk(
     else:
         tile_head, owner, offset = None, jnp.arange(num_heads), jnp.zeros((num_heads,), jnp.int32)
 
+    def sum_tiles(products):  # (tiles, B, H) -> (K, B, H): each head's sum over its tiles
+        if TILE_SUM == "gather":
+            most = -(-num_features // rows)  # tiles of the widest head
+            place = jnp.arange(most)
+            tiles = jnp.minimum(tile_start[:, None] + place, num_tiles - 1)  # (K, most)
+            own = place < (-(-counts // rows))[:, None]
+            return jnp.sum(jnp.where(own[:, :, None, None], products[tiles], 0.0), axis=1)
+        return jax.ops.segment_sum(products, tile_head, num_segments=num_heads, indices_are_sorted=True)
+
     def per_tile(flags):  # (K,) bool -> one flag per row of the first kernel: (K,) or (tiles,)
         return flags if tile_head is None else jnp.take(flags, tile_head, mode="fill", fill_value=False)
 
@@ -528,7 +546,9 @@ def _train_chunk(
         params, opt_state = carry
         batch_indices, batch_weights = batch
         inputs = first_layer_inputs(x[batch_indices])
-        losses, grads = population_loss_and_grads(params, inputs, y[batch_indices], batch_weights, tile_head)
+        losses, grads = population_loss_and_grads(
+            params, inputs, y[batch_indices], batch_weights, tile_head, sum_tiles if packed else None
+        )
         updates, opt_state = update(grads, opt_state, params)
         return (optax.apply_updates(params, masked(updates, per_leaf(running))), opt_state), losses
 
@@ -538,9 +558,7 @@ def _train_chunk(
         params, (output_state, momentum), products = carry
         batch_indices, batch_weights, next_indices = batch
         x_batch = x[batch_indices]
-        pre_activation = jax.ops.segment_sum(
-            products, tile_head, num_segments=num_heads, indices_are_sorted=True
-        )
+        pre_activation = sum_tiles(products)
         losses, d_pre_activation, hidden, d_logits = _loss_and_backward(
             params, pre_activation, y[batch_indices], batch_weights
         )

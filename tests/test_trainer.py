@@ -380,6 +380,25 @@ def test_packed_chunk_of_mixed_heads_equals_each_head_alone(train):
                                   np.asarray(initial)[~masks[1]])
 
 
+@pytest.mark.parametrize("fused_update", [False, True], ids=["xla", "fused"])
+def test_tiles_summed_by_gathering_equal_the_segment_sum(monkeypatch, fused_update):
+    """``trainer.TILE_SUM = "gather"``: the same heads as the default scatter (a fresh program)."""
+    x, y = _data(seed=4)
+    masks = _author_masks(9, 6)
+    masks[0] = False
+    masks[2] = True
+    config = _SHARED_CONFIG.replace(train={"chunk_size": 6, "fused_update": fused_update})
+    key = jax.random.key(5)
+    scattered = trainer.train_population(key, masks, x, y, config)
+    monkeypatch.setattr(trainer, "TILE_SUM", "gather")
+    # A new function: JAX reuses a function's trace whatever jit wraps it.
+    monkeypatch.setattr(trainer, "_train_chunks_jit", jax.jit(
+        functools.partial(trainer._train_population), static_argnames=trainer._STATIC_ARGUMENTS))
+    gathered = trainer.train_population(key, masks, x, y, config)
+    np.testing.assert_array_equal(gathered.epochs, scattered.epochs)
+    _assert_params_close(gathered.params, scattered.params)
+
+
 @pytest.mark.parametrize(
     "train", [{"chunk_size": None}, {"chunk_size": 5}, {"chunk_size": 5, "fused_update": True}],
     ids=["alone", "packed", "packed-fused"],
