@@ -66,13 +66,17 @@ def test_smoke_suite_runs_checks_and_renders(tmp_path):
         assert heading in table
 
 
-def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
-    out = tmp_path / "step.json"
-    command = [sys.executable, str(BENCHMARKS / "step_profile.py"), "--population", "4", "--epochs", "1",
-               "--chunk-size", "4", "--out", str(out)]
+def run_benchmark(script: str, out: Path, *arguments: str) -> dict:
+    """Runs ``benchmarks/<script>`` with ``arguments`` and ``--out out``; returns its JSON."""
+    command = [sys.executable, str(BENCHMARKS / script), *arguments, "--out", str(out)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
+    result = run_benchmark("step_profile.py", tmp_path / "step.json",
+                           "--population", "4", "--epochs", "1", "--chunk-size", "4")
     names = [layout["layout"] for layout in result["layouts"]]
     assert names == ["packed, fused SGD kernel", "packed, XLA's SGD", "padded, XLA's SGD",
                      "packed, fused SGD kernel, command buffers on",
@@ -89,12 +93,8 @@ def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
 
 
 def test_fused_sgd_step_benchmark_runs_both_variants(tmp_path):
-    out = tmp_path / "fused.json"
-    command = [sys.executable, str(BENCHMARKS / "fused_sgd_step.py"), "--tiles", "4", "--steps", "2",
-               "--repeats", "1", "--out", str(out)]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = run_benchmark("fused_sgd_step.py", tmp_path / "fused.json",
+                           "--tiles", "4", "--steps", "2", "--repeats", "1")
     assert [row["variant"] for row in result["rows"]] == ["xla", "fused"]
     assert all(row["microseconds_per_step"] > 0 for row in result["rows"]), result["rows"]
     assert not result["compiled"] and result["fastest"]["variant"] == "fused"
