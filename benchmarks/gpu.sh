@@ -31,9 +31,10 @@ if "error" in first:
              f"{first['error'][:1000]}")
 CHECK
 # Chunks of 64 heads (the trainer caps them at 32: XLA's scatter failed for 64 on an H100),
-# with the tiles summed by gathering instead, then by the scatter.
+# with the tiles summed by gathering (the GPU default), then by the scatter.
 timeout 60 $python benchmarks/step_profile.py --population 64 --chunk-size 64 --epochs 2 \
-  --variants "packed, fused SGD kernel, tiles summed by gathering" "packed, fused SGD kernel" \
+  --variants "packed, fused SGD kernel, tiles summed by gathering" \
+  "packed, fused SGD kernel, tiles summed by XLA's scatter" \
   --out "$out/step_profile_chunk64.json" || true
 # The fused SGD kernel alone over Triton's settings: which one fused_sgd.py should default to.
 timeout 60 $python benchmarks/fused_sgd_step.py --out "$out/fused_sgd_step.json" || true

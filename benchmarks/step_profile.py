@@ -16,10 +16,12 @@ the paper's protocol for ``--epochs`` epochs, in each variant in turn:
     graphs ("command buffers"), which the trainer turns off for chunks of
     several heads (``trainer._TRAINING_COMPILER_OPTIONS``: they failed to
     instantiate on an H200). Its error, if any, is recorded rather than raised;
-  * ``packed, fused SGD kernel, tiles summed by gathering``: each head sums its
-    tiles' forward products by gathering them (``trainer.TILE_SUM = "gather"``)
-    rather than XLA's scatter, which failed for packed chunks of 64 heads on an
-    H100 (``--population 64 --chunk-size 64`` measures whether such chunks pay).
+  * ``packed, fused SGD kernel, tiles summed by XLA's scatter`` and ``... by
+    gathering``: how each head sums its tiles' forward products
+    (``trainer.TILE_SUM``; the trainer gathers on a GPU, where the scatter's
+    atomic adds have no fixed order). The scatter failed for packed chunks of
+    64 heads on an H100 (``--population 64 --chunk-size 64`` measures whether
+    such chunks pay with the gather).
 
 For each: the wall time of a compiled call, the time per minibatch step, the
 heads' final losses (the variants must agree), and the operations of a
@@ -146,7 +148,7 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
                                                                     // config.train.batch_size)
     fused = trainer.fused_update_applies(config.train, layouts_fn(features.num_features, chunk, True)[0],
                                          config.head.hidden)
-    result = {"layout": name, "fused_update": fused, "tile_sum": tile_sum or trainer.TILE_SUM,
+    result = {"layout": name, "fused_update": fused, "tile_sum": tile_sum or trainer.tile_sum_method(),
               "chunk_size": chunk, "seconds": seconds,
               "first_call_seconds": first, "final_loss": np.asarray(trained.final_loss).tolist(),
               "sequential_steps": steps, "microseconds_per_step": seconds / steps * 1e6, "trace": summary}
@@ -159,12 +161,14 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
 
 
 # name: (layouts, TrainConfig.fused_update, command buffers on, trainer.TILE_SUM or None for the default)
+PACKED = trainer.chunk_layouts
 VARIANTS = {
-    "packed, fused SGD kernel": (trainer.chunk_layouts, None, False, None),
-    "packed, XLA's SGD": (trainer.chunk_layouts, False, False, None),
+    "packed, fused SGD kernel": (PACKED, None, False, None),
+    "packed, XLA's SGD": (PACKED, False, False, None),
     "padded, XLA's SGD": (padded_layouts, False, False, None),
-    "packed, fused SGD kernel, command buffers on": (trainer.chunk_layouts, None, True, None),
-    "packed, fused SGD kernel, tiles summed by gathering": (trainer.chunk_layouts, None, False, "gather"),
+    "packed, fused SGD kernel, command buffers on": (PACKED, None, True, None),
+    "packed, fused SGD kernel, tiles summed by XLA's scatter": (PACKED, None, False, "scatter"),
+    "packed, fused SGD kernel, tiles summed by gathering": (PACKED, None, False, "gather"),
 }
 
 

@@ -118,14 +118,23 @@ _CAPACITY_MIN_STEP = 32
 # 0.11.2) packed chunks of 64 heads failed: XLA's scatter for the tiles' segment_sum
 # could not launch ("CUDA_ERROR_OUT_OF_MEMORY") with XLA holding its default 75% of
 # the memory, and ran 48x slower per head than chunks of 32 without preallocation.
-# Chunks of 32 trained P = 256 at 2,064 head-epochs/s.
+# Chunks of 32 trained P = 256 at 2,064 head-epochs/s. (Whether chunks of 64 pay
+# with the tiles summed by gathering, ``TILE_SUM``, is unmeasured.)
 MAX_HEADS_PER_CHUNK = 32
 
-# How a packed chunk sums each head's tiles: "scatter" (``segment_sum``, the one
-# measured on GPUs) or "gather" (each head gathers its at most D / r tiles and
-# sums them: no scatter, for measuring larger chunks with step_profile.py). Read
-# when a program is traced.
-TILE_SUM = "scatter"
+# How a packed chunk sums each head's tiles' forward products: "gather" (each head
+# gathers its at most D / r tiles and sums them in order) or "scatter"
+# (``segment_sum``); None: gather on a GPU, scatter elsewhere. On a GPU XLA's scatter
+# adds with atomics, in no fixed order, so the same seed could give other weights
+# from run to run; the gather sums in a fixed order. The GPU figures of
+# 2026-11-26 were measured with the scatter; the gather's cost there is
+# unmeasured (step_profile.py compares the two). Read when a program is traced.
+TILE_SUM = None
+
+
+def tile_sum_method(platform: str | None = None) -> str:
+    """``TILE_SUM``, or its default for ``platform`` (default ``jax.default_backend()``)."""
+    return TILE_SUM or ("gather" if (platform or jax.default_backend()) == "gpu" else "scatter")
 
 
 @struct.dataclass
@@ -484,7 +493,7 @@ def _train_chunk(
         tile_head, owner, offset = None, jnp.arange(num_heads), jnp.zeros((num_heads,), jnp.int32)
 
     def sum_tiles(products):  # (tiles, B, H) -> (K, B, H): each head's sum over its tiles
-        if TILE_SUM == "gather":
+        if tile_sum_method() == "gather":
             most = -(-num_features // rows)  # tiles of the widest head
             place = jnp.arange(most)
             tiles = jnp.minimum(tile_start[:, None] + place, num_tiles - 1)  # (K, most)

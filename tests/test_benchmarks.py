@@ -80,8 +80,9 @@ def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
     names = [layout["layout"] for layout in result["layouts"]]
     assert names == ["packed, fused SGD kernel", "packed, XLA's SGD", "padded, XLA's SGD",
                      "packed, fused SGD kernel, command buffers on",
+                     "packed, fused SGD kernel, tiles summed by XLA's scatter",
                      "packed, fused SGD kernel, tiles summed by gathering"]
-    assert [layout["tile_sum"] for layout in result["layouts"]] == ["scatter"] * 4 + ["gather"]
+    assert [layout["tile_sum"] for layout in result["layouts"]] == ["scatter"] * 5 + ["gather"]
     for layout in result["layouts"]:
         assert "error" not in layout, layout.get("error")
         assert not layout["fused_update"]  # the kernel is for GPUs unless asked for

@@ -110,3 +110,30 @@ def test_supported_shapes_name_the_problem():
     assert "batch size 30" in fused_sgd.supported(128, 30, 512)
     assert "tile rows 8" in fused_sgd.supported(8, 32, 512)
     assert "hidden units 96" in fused_sgd.supported(128, 32, 96)
+
+
+def test_trainer_lowers_for_a_gpu_with_the_fused_kernel(monkeypatch):
+    """The whole training program as a GPU gets it (Triton kernel, tiles summed by gathering)."""
+    import functools
+
+    from evojax_prune import devices, trainer
+    from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
+
+    num_features, hidden, heads, samples = 256, 64, 4, 40
+    monkeypatch.setattr(fused_sgd, "_interpret", lambda: False)
+    monkeypatch.setattr(trainer, "TILE_SUM", "gather")
+    config = RunConfig(head=HeadConfig(hidden=hidden),
+                       train=TrainConfig(batch_size=16, max_epochs=2, chunk_size=heads, fused_update=True))
+    layouts = trainer.chunk_layouts(num_features, heads, gather=True)
+    assert fused_sgd.supported(layouts[0].tile_rows, 16, hidden) is None
+    init, orders = trainer._initial_weights_and_orders(
+        jax.random.key(0), num_features=num_features, num_classes=3, hidden=hidden, num_epochs=2,
+        num_samples=samples)
+    masks = np.random.default_rng(0).random((heads, num_features)) < 0.5
+    program = jax.jit(functools.partial(trainer._train_population), static_argnames=trainer._STATIC_ARGUMENTS)
+    lowered = program.trace(
+        init, orders, masks, np.int32(heads), np.zeros((samples, num_features), np.float32),
+        np.zeros(samples, np.int32), train_config=config.train, chunk_size=heads, layouts=layouts,
+        mesh=devices.mesh_for(None),
+    ).lower(lowering_platforms=("cuda",))
+    assert lowered.as_text().count("xla.gpu.triton") == len(layouts)  # one kernel per layout branch

@@ -382,13 +382,14 @@ def test_packed_chunk_of_mixed_heads_equals_each_head_alone(train):
 
 @pytest.mark.parametrize("fused_update", [False, True], ids=["xla", "fused"])
 def test_tiles_summed_by_gathering_equal_the_segment_sum(monkeypatch, fused_update):
-    """``trainer.TILE_SUM = "gather"``: the same heads as the default scatter (a fresh program)."""
+    """``trainer.TILE_SUM = "gather"`` (a GPU's default): the same heads as the scatter (a CPU's)."""
     x, y = _data(seed=4)
     masks = _author_masks(9, 6)
     masks[0] = False
     masks[2] = True
     config = _SHARED_CONFIG.replace(train={"chunk_size": 6, "fused_update": fused_update})
     key = jax.random.key(5)
+    assert trainer.tile_sum_method("gpu") == "gather" and trainer.tile_sum_method("cpu") == "scatter"
     scattered = trainer.train_population(key, masks, x, y, config)
     monkeypatch.setattr(trainer, "TILE_SUM", "gather")
     # A new function: JAX reuses a function's trace whatever jit wraps it.
