@@ -12,6 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import run_all  # noqa: E402
+import step_profile  # noqa: E402
 import trainer_throughput  # noqa: E402
 
 
@@ -99,3 +100,30 @@ def test_fused_sgd_step_benchmark_runs_both_variants(tmp_path):
     assert [row["variant"] for row in result["rows"]] == ["xla", "fused"]
     assert all(row["microseconds_per_step"] > 0 for row in result["rows"]), result["rows"]
     assert not result["compiled"] and result["fastest"]["variant"] == "fused"
+
+
+def test_step_profile_programs_are_traced_anew(monkeypatch):
+    """A variant that changes what is traced (``trainer.TILE_SUM``) gets its own trace.
+
+    JAX caches a function's trace by the function, whatever jit wraps it: a second
+    ``jax.jit`` of the same function would silently measure the first program again.
+    """
+    import jax
+
+    from evojax_prune import devices, trainer
+    from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
+
+    config = RunConfig(head=HeadConfig(hidden=8), train=TrainConfig(batch_size=8, max_epochs=1, chunk_size=4))
+    init, orders = trainer._initial_weights_and_orders(
+        jax.random.key(0), num_features=64, num_classes=3, hidden=8, num_epochs=1, num_samples=16)
+    masks = np.random.default_rng(0).random((4, 64)) < 0.5
+
+    def scatters(tile_sum):
+        monkeypatch.setattr(trainer, "TILE_SUM", tile_sum)
+        traced = step_profile.trainer_program().trace(
+            init, orders, masks, np.int32(4), np.zeros((16, 64), np.float32), np.zeros(16, np.int32),
+            train_config=config.train, chunk_size=4, layouts=trainer.chunk_layouts(64, 4, True),
+            mesh=devices.mesh_for(None))
+        return traced.lower().as_text().count("stablehlo.scatter")
+
+    assert scatters("gather") < scatters("scatter")
