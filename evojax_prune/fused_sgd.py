@@ -9,7 +9,8 @@ and the optimizer's fusion reads the kernel, its momentum and the gradient
 and writes the kernel and the momentum back. Measured on an H100
 (``benchmarks/step_profile.py``, 32 heads of the authors' initial masks,
 T = 320): 287 us of device time per step, of which the optimizer's fusion
-took 140 us and the two products 42 us each.
+took 140 us and the two products 42 us each. With this kernel the step took
+259 us, the kernel 149 us of it (the same benchmark, same day).
 
 ``sgd_step`` does the step's work on the kernel in one Pallas kernel, one
 program per (tile, block of hidden units):
@@ -33,7 +34,9 @@ traffic at all.
 On a GPU the kernel is compiled by Triton (Pallas' GPU backend), where block
 dimensions must be powers of two and products at least 16 wide
 (``supported``); elsewhere it runs in Pallas' interpreter, which tests use as
-the reference check of the kernel's semantics.
+the reference check of the kernel's semantics. Memory: nothing beyond the
+operands; the kernel and its momentum are updated in place, and the only new
+array is the (T, B, H) product, 1/4 of the kernel's size at r = 128, B = 32.
 
 Reference: optax.sgd (optax/_src/alias.py, transform.trace).
 """
