@@ -38,4 +38,7 @@ timeout 60 $python benchmarks/step_profile.py --population 64 --chunk-size 64 --
   --out "$out/step_profile_chunk64.json" || true
 # The fused SGD kernel alone over Triton's settings: which one fused_sgd.py should default to.
 timeout 60 $python benchmarks/fused_sgd_step.py --out "$out/fused_sgd_step.json" || true
+# With half the tiles idle (stopped heads, padding), which the kernel skips and XLA does not.
+timeout 30 $python benchmarks/fused_sgd_step.py --idle-fraction 0.5 --blocks 64 --warps 4 --stages 1 \
+  --out "$out/fused_sgd_step_half_idle.json" || true
 timeout 390 $python benchmarks/run_all.py --size gpu --out-dir "$out" || true

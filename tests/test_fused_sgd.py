@@ -137,3 +137,25 @@ def test_trainer_lowers_for_a_gpu_with_the_fused_kernel(monkeypatch):
         mesh=devices.mesh_for(None),
     ).lower(lowering_platforms=("cuda",))
     assert lowered.as_text().count("xla.gpu.triton") == len(layouts)  # one kernel per layout branch
+
+
+def test_where_the_trainer_uses_the_kernel():
+    from evojax_prune import trainer
+    from evojax_prune.config import TrainConfig
+
+    packed = trainer.chunk_layouts(2048, 32, gather=True)[0]
+    one_head = trainer.chunk_layouts(2048, 1, gather=True)[0]
+    applies = trainer.fused_update_applies
+    assert applies(TrainConfig(), packed, 512, platform="gpu")  # the authors' protocol on a GPU
+    assert not applies(TrainConfig(), packed, 512, platform="cpu")  # not unless asked for
+    assert applies(TrainConfig(fused_update=True), packed, 512, platform="cpu")  # interpreted
+    assert not applies(TrainConfig(fused_update=False), packed, 512, platform="gpu")
+    assert not applies(TrainConfig(), one_head, 512, platform="gpu")  # chunks of one head: XLA
+    assert not applies(TrainConfig(optimizer="adam"), packed, 512, platform="gpu")
+    assert not applies(TrainConfig(optimizer_options=(("accumulator_dtype", None),)), packed, 512, "gpu")
+    # Shapes Triton cannot compile: XLA's step by default, an error when the kernel was asked for.
+    assert not applies(TrainConfig(batch_size=30), packed, 512, platform="gpu")
+    with pytest.raises(ValueError, match="batch size 30 is not a power of two"):
+        applies(TrainConfig(batch_size=30, fused_update=True), packed, 512, platform="gpu")
+    with pytest.raises(ValueError, match="fused_update must be true, false or null"):
+        TrainConfig(fused_update=1)
