@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Profiles of a training step and of the fused SGD kernel, then the GPU-sized benchmark suite.
-# About 7.5 minutes on one H100 (the parts took 40 + 30 + 40 + 330 s there); 10 minutes at
+# About 8 minutes on one H100 (estimated from the parts: 40 + 30 + 40 + 15 + 330 s); 10.5 at
 # the time limits.
 #
 #   bash benchmarks/gpu.sh                       # -> benchmarks/results/gpu-<device>-<date>/
