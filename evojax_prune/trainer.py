@@ -257,39 +257,30 @@ def population_loss_and_grads(
       weights: (B,) float32, 1 for a real sample and 0 for padding.
       tile_head: (T,) int32, sorted, the head each tile belongs to (K: an
         unused tile). A head's first layer is the sum of its tiles' products.
-      sum_tiles: (T, B, H) -> (K, B, H), that sum (default: ``segment_sum``
-        over ``tile_head``).
+      sum_tiles: (T, B, H) -> (K, B, H), that sum; given with ``tile_head``.
 
     Returns:
       loss: (K,) float32, sum(weights * cross-entropy) / sum(weights) per head.
       grads: ``HeadParams`` shaped like ``params``.
     """
-    num_heads = params.output_kernel.shape[0]
     pre_activation = jnp.einsum("kbc,kch->kbh", inputs, params.hidden_kernel)
     if tile_head is not None:  # (T, B, H) partial products -> (K, B, H); unused tiles dropped
-        pre_activation = (sum_tiles or functools.partial(
-            jax.ops.segment_sum, segment_ids=tile_head, num_segments=num_heads, indices_are_sorted=True
-        ))(pre_activation)
-    loss, d_pre_activation, hidden, d_logits = _loss_and_backward(params, pre_activation, labels, weights)
+        pre_activation = sum_tiles(pre_activation)
+    loss, d_pre_activation, output_grads = _loss_and_backward(params, pre_activation, labels, weights)
     if tile_head is not None:  # each tile gets its head's gradient (unused tiles: zero inputs)
         d_pre_activation = jnp.take(d_pre_activation, tile_head, axis=0, mode="clip")
-    grads = head.HeadParams(
-        hidden_kernel=jnp.einsum("kbc,kbh->kch", inputs, d_pre_activation),
-        output_kernel=jnp.einsum("kbh,kbc->khc", hidden, d_logits),
-        output_bias=jnp.sum(d_logits, axis=1),
-    )
-    return loss, grads
+    hidden_kernel_grad = jnp.einsum("kbc,kbh->kch", inputs, d_pre_activation)
+    return loss, head.HeadParams(hidden_kernel_grad, *output_grads)
 
 
 def _loss_and_backward(
     params: head.HeadParams, pre_activation: jax.Array, labels: jax.Array, weights: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array]]:
     """The heads' loss from their first layer's (K, B, H) pre-activation, and the backward pass to it.
 
     Returns the (K,) loss, the (K, B, H) gradient with respect to the
-    pre-activation, the (K, B, H) hidden activations and the (K, B, C)
-    gradient with respect to the logits (the output layer's gradients follow
-    from the last two).
+    pre-activation, and the gradients of the output kernel (K, H, C) and
+    bias (K, C).
     """
     hidden = jax.nn.relu(pre_activation)
     logits = jnp.einsum("kbh,khc->kbc", hidden, params.output_kernel) + params.output_bias[:, None, :]
@@ -301,7 +292,8 @@ def _loss_and_backward(
     d_logits = (jnp.exp(log_probs) - one_hot) * sample_weights[:, None]  # (K, B, C)
     d_hidden = jnp.einsum("kbc,khc->kbh", d_logits, params.output_kernel)
     d_pre_activation = jnp.where(pre_activation > 0, d_hidden, 0.0)
-    return loss, d_pre_activation, hidden, d_logits
+    output_grads = (jnp.einsum("kbh,kbc->khc", hidden, d_logits), jnp.sum(d_logits, axis=1))
+    return loss, d_pre_activation, output_grads
 
 
 def capacity_levels(num_features: int) -> tuple[int, ...]:
@@ -492,7 +484,7 @@ def _train_chunk(
     else:
         tile_head, owner, offset = None, jnp.arange(num_heads), jnp.zeros((num_heads,), jnp.int32)
 
-    def sum_tiles(products):  # (tiles, B, H) -> (K, B, H): each head's sum over its tiles
+    def sum_tiles_packed(products):  # (tiles, B, H) -> (K, B, H): each head's sum over its tiles
         if tile_sum_method() == "gather":
             most = -(-num_features // rows)  # tiles of the widest head
             place = jnp.arange(most)
@@ -500,6 +492,8 @@ def _train_chunk(
             own = place < (-(-counts // rows))[:, None]
             return jnp.sum(jnp.where(own[:, :, None, None], products[tiles], 0.0), axis=1)
         return jax.ops.segment_sum(products, tile_head, num_segments=num_heads, indices_are_sorted=True)
+
+    sum_tiles = sum_tiles_packed if packed else None
 
     def per_tile(flags):  # (K,) bool -> one flag per row of the first kernel: (K,) or (tiles,)
         return flags if tile_head is None else jnp.take(flags, tile_head, mode="fill", fill_value=False)
@@ -551,24 +545,24 @@ def _train_chunk(
     def masked(updates, flags):  # a stopped head must not change; its optimizer state may
         return jax.tree.map(lambda u, on: jnp.where(_expand(on, u), u, 0.0), updates, flags)
 
-    def step(carry, batch, *, running):
+    def step(carry, batch, *, running):  # running: per_leaf flags
         params, opt_state = carry
         batch_indices, batch_weights = batch
         inputs = first_layer_inputs(x[batch_indices])
         losses, grads = population_loss_and_grads(
-            params, inputs, y[batch_indices], batch_weights, tile_head, sum_tiles if packed else None
+            params, inputs, y[batch_indices], batch_weights, tile_head, sum_tiles
         )
         updates, opt_state = update(grads, opt_state, params)
-        return (optax.apply_updates(params, masked(updates, per_leaf(running))), opt_state), losses
+        return (optax.apply_updates(params, masked(updates, running)), opt_state), losses
 
-    def fused_step(carry, batch, *, running):
+    def fused_step(carry, batch, *, running):  # running: per_leaf flags
         # The carry holds this minibatch's first-layer products per tile, computed by the
         # previous step's kernel with the weights this step starts from.
         params, (output_state, momentum), products = carry
         batch_indices, batch_weights, next_indices = batch
         x_batch = x[batch_indices]
         pre_activation = sum_tiles(products)
-        losses, d_pre_activation, hidden, d_logits = _loss_and_backward(
+        losses, d_pre_activation, output_grads = _loss_and_backward(
             params, pre_activation, y[batch_indices], batch_weights
         )
         hidden_kernel, momentum, products = fused_sgd.sgd_step(
@@ -577,20 +571,21 @@ def _train_chunk(
             x_batch.T[index],  # (tiles, r, B)
             jnp.take(d_pre_activation, tile_head, axis=0, mode="clip"),
             first_layer_inputs(x[next_indices]),
-            per_tile(running),
+            running.hidden_kernel,
             learning_rate=train_config.learning_rate,
             decay=train_config.momentum,
             nesterov=train_config.nesterov,
         )
         output_params = (params.output_kernel, params.output_bias)
-        output_grads = (jnp.einsum("kbh,kbc->khc", hidden, d_logits), jnp.sum(d_logits, axis=1))
         updates, output_state = update(output_grads, output_state, output_params)
-        output_kernel, output_bias = optax.apply_updates(output_params, masked(updates, (running, running)))
+        updates = masked(updates, (running.output_kernel, running.output_bias))
+        output_kernel, output_bias = optax.apply_updates(output_params, updates)
         params = head.HeadParams(hidden_kernel, output_kernel, output_bias)
         return (params, (output_state, momentum), products), losses
 
     def train_epoch(params, opt_state, indices, weights, running):
         """One pass over the minibatches ``indices`` (S, B); returns the (S, K) batch losses."""
+        running = per_leaf(running)  # once per epoch, not per step
         if not fused:
             return jax.lax.scan(functools.partial(step, running=running), (params, opt_state),
                                 (indices, weights))
