@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Profiles of a training step and of the fused SGD kernel, then the GPU-sized benchmark suite.
-# About 8 minutes on one H100 (estimated from the parts: 40 + 30 + 40 + 15 + 330 s); 10.5 at
-# the time limits.
+# About 8 minutes on one H100 (estimated from the parts: 45 + 30 + 45 + 15 + 330 s; the step
+# profile's by-head variant and the by-head kernel's timings are guesses); 11 at the time limits.
 #
 #   bash benchmarks/gpu.sh                       # -> benchmarks/results/gpu-<device>-<date>/
 #   RESULTS_DIR=/somewhere bash benchmarks/gpu.sh
@@ -36,8 +36,9 @@ timeout 60 $python benchmarks/step_profile.py --population 64 --chunk-size 64 --
   --variants "packed, fused SGD kernel, tiles summed by gathering" \
   "packed, fused SGD kernel, tiles summed by XLA's scatter" \
   --out "$out/step_profile_chunk64.json" || true
-# The fused SGD kernel alone over Triton's settings: which one fused_sgd.py should default to.
-timeout 60 $python benchmarks/fused_sgd_step.py --out "$out/fused_sgd_step.json" || true
+# The fused SGD kernels alone (one program per tile, one per head) over Triton's settings:
+# which kernel and which settings the trainer should default to.
+timeout 90 $python benchmarks/fused_sgd_step.py --blocks 32 64 --out "$out/fused_sgd_step.json" || true
 # With half the tiles idle (stopped heads, padding), which the kernel skips and XLA does not.
 timeout 30 $python benchmarks/fused_sgd_step.py --idle-fraction 0.5 --blocks 64 --warps 4 --stages 1 \
   --out "$out/fused_sgd_step_half_idle.json" || true

@@ -21,7 +21,10 @@ the paper's protocol for ``--epochs`` epochs, in each variant in turn:
     (``trainer.TILE_SUM``; the trainer gathers on a GPU, where the scatter's
     atomic adds have no fixed order). The scatter failed for packed chunks of
     64 heads on an H100 (``--population 64 --chunk-size 64`` measures whether
-    such chunks pay with the gather).
+    such chunks pay with the gather);
+  * ``packed, fused SGD kernel by head``: ``fused_sgd.sgd_step_by_head``, one
+    program per head walking its tiles (``trainer.FUSED_GRID = "heads"``): no
+    per-tile gradient expansion and no tile sum in the step.
 
 For each: the wall time of a compiled call, the time per minibatch step, the
 heads' final losses (the variants must agree), and the operations of a
@@ -116,11 +119,15 @@ def trainer_program(command_buffers: bool = False):
                    static_argnames=trainer._STATIC_ARGUMENTS)
 
 
-def profile_layout(name, layouts_fn, key, masks, features, config, top, program=None, tile_sum=None) -> dict:
+def profile_layout(name, layouts_fn, key, masks, features, config, top, program=None,
+                   traced_settings=None) -> dict:
+    """Times and traces one variant; ``traced_settings``: trainer globals read at trace time."""
     original, original_program = trainer.chunk_layouts, trainer._training_program
-    original_tile_sum = trainer.TILE_SUM
+    traced_settings = traced_settings or {}
+    original_settings = {setting: getattr(trainer, setting) for setting in traced_settings}
     trainer.chunk_layouts = layouts_fn
-    trainer.TILE_SUM = tile_sum or original_tile_sum
+    for setting, value in traced_settings.items():
+        setattr(trainer, setting, value)
     if program:
         trainer._training_program = lambda chunk_size: program
     try:
@@ -140,7 +147,8 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
             summary = summarise_trace(Path(scratch), top)
     finally:
         trainer.chunk_layouts, trainer._training_program = original, original_program
-        trainer.TILE_SUM = original_tile_sum
+        for setting, value in original_settings.items():
+            setattr(trainer, setting, value)
     population = len(masks)
     chunk = trainer.choose_chunk_size(population, features.num_features, features.num_classes,
                                       config.head.hidden, config.train)
@@ -148,7 +156,9 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
                                                                     // config.train.batch_size)
     fused = trainer.fused_update_applies(config.train, layouts_fn(features.num_features, chunk, True)[0],
                                          config.head.hidden)
-    result = {"layout": name, "fused_update": fused, "tile_sum": tile_sum or trainer.tile_sum_method(),
+    result = {"layout": name, "fused_update": fused,
+              "tile_sum": traced_settings.get("TILE_SUM") or trainer.tile_sum_method(),
+              "fused_grid": traced_settings.get("FUSED_GRID", trainer.FUSED_GRID),
               "chunk_size": chunk, "seconds": seconds,
               "first_call_seconds": first, "final_loss": np.asarray(trained.final_loss).tolist(),
               "sequential_steps": steps, "microseconds_per_step": seconds / steps * 1e6, "trace": summary}
@@ -160,15 +170,16 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
     return result
 
 
-# name: (layouts, TrainConfig.fused_update, command buffers on, trainer.TILE_SUM or None for the default)
+# name: (layouts, TrainConfig.fused_update, command buffers on, trainer globals read when traced)
 PACKED = trainer.chunk_layouts
 VARIANTS = {
-    "packed, fused SGD kernel": (PACKED, None, False, None),
-    "packed, XLA's SGD": (PACKED, False, False, None),
-    "padded, XLA's SGD": (padded_layouts, False, False, None),
-    "packed, fused SGD kernel, command buffers on": (PACKED, None, True, None),
-    "packed, fused SGD kernel, tiles summed by XLA's scatter": (PACKED, None, False, "scatter"),
-    "packed, fused SGD kernel, tiles summed by gathering": (PACKED, None, False, "gather"),
+    "packed, fused SGD kernel": (PACKED, None, False, {}),
+    "packed, XLA's SGD": (PACKED, False, False, {}),
+    "padded, XLA's SGD": (padded_layouts, False, False, {}),
+    "packed, fused SGD kernel, command buffers on": (PACKED, None, True, {}),
+    "packed, fused SGD kernel, tiles summed by XLA's scatter": (PACKED, None, False, {"TILE_SUM": "scatter"}),
+    "packed, fused SGD kernel, tiles summed by gathering": (PACKED, None, False, {"TILE_SUM": "gather"}),
+    "packed, fused SGD kernel by head": (PACKED, None, False, {"FUSED_GRID": "heads"}),
 }
 
 
@@ -194,13 +205,13 @@ def main(argv=None) -> dict:
     result = {"benchmark": "step_profile", **environment(), "population": args.population,
               "epochs": args.epochs, "mean_kept_fraction": float(masks.mean()), "layouts": []}
     for name in args.variants:
-        layouts_fn, fused_update, command_buffers, tile_sum = VARIANTS[name]
+        layouts_fn, fused_update, command_buffers, traced_settings = VARIANTS[name]
         variant_config = config.replace(train={"fused_update": fused_update})
         # A fresh program where the variant changes what is traced or how it is compiled.
-        program = trainer_program(command_buffers) if command_buffers or tile_sum else None
+        program = trainer_program(command_buffers) if command_buffers or traced_settings else None
         try:
             row = profile_layout(name, layouts_fn, key, masks, features, variant_config, args.top, program,
-                                 tile_sum)
+                                 traced_settings)
         except Exception as error:  # e.g. RESOURCE_EXHAUSTED instantiating CUDA graphs
             row = {"layout": name, "error": f"{type(error).__name__}: {error}"[:2000]}
             print(f"{name}: failed: {row['error'][:300]}", flush=True)

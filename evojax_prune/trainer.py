@@ -132,6 +132,15 @@ MAX_HEADS_PER_CHUNK = 32
 TILE_SUM = None
 
 
+# Which fused kernel trains a packed chunk's first layer: "tiles" (``fused_sgd.sgd_step``:
+# one program per tile, a product per tile, summed per head by ``TILE_SUM``; measured on
+# an H100) or "heads" (``fused_sgd.sgd_step_by_head``: one program per head walking its
+# tiles, writing each head's pre-activation, so the per-tile gradient expansion and the
+# tile sum disappear from the step; unmeasured on a GPU, step_profile.py compares the
+# two). Read when a program is traced.
+FUSED_GRID = "tiles"
+
+
 def tile_sum_method(platform: str | None = None) -> str:
     """``TILE_SUM``, or its default for ``platform`` (default ``jax.default_backend()``)."""
     return TILE_SUM or ("gather" if (platform or jax.default_backend()) == "gpu" else "scatter")
@@ -476,10 +485,11 @@ def _train_chunk(
     if packed:
         # Head k owns tiles [start_k, end_k); tile t holds rows offset_t ... offset_t + r - 1 of
         # its head's kept features. Tiles past the last head belong to "head K": never used.
-        tile_end = jnp.cumsum(-(-counts // rows))
+        tiles_per_head = -(-counts // rows)
+        tile_end = jnp.cumsum(tiles_per_head)
         tile_head = jnp.searchsorted(tile_end, jnp.arange(num_tiles), side="right").astype(jnp.int32)
         owner = jnp.minimum(tile_head, num_heads - 1)
-        tile_start = tile_end - (-(-counts // rows))
+        tile_start = tile_end - tiles_per_head
         offset = (jnp.arange(num_tiles) - tile_start[owner]) * rows
     else:
         tile_head, owner, offset = None, jnp.arange(num_heads), jnp.zeros((num_heads,), jnp.int32)
@@ -525,6 +535,7 @@ def _train_chunk(
         output_bias=_repeat(init_params.output_bias, num_heads),
     )
     fused = fused_update_applies(train_config, layout, init_params.hidden_kernel.shape[1])
+    by_head = fused and FUSED_GRID == "heads"
     # Packed tiles do not line up with heads, so the optimizer runs on the whole chunk
     # at once; packing is only used with ROW_SEPARABLE_OPTIMIZERS, for which this is
     # the same computation as one optimizer per head.
@@ -556,26 +567,30 @@ def _train_chunk(
         return (optax.apply_updates(params, masked(updates, running)), opt_state), losses
 
     def fused_step(carry, batch, *, running):  # running: per_leaf flags
-        # The carry holds this minibatch's first-layer products per tile, computed by the
-        # previous step's kernel with the weights this step starts from.
+        # The carry holds this minibatch's first-layer products, per tile (or per head with
+        # ``by_head``), computed by the previous step's kernel with the weights this step
+        # starts from.
         params, (output_state, momentum), products = carry
         batch_indices, batch_weights, next_indices = batch
         x_batch = x[batch_indices]
-        pre_activation = sum_tiles(products)
+        pre_activation = products if by_head else sum_tiles(products)
         losses, d_pre_activation, output_grads = _loss_and_backward(
             params, pre_activation, y[batch_indices], batch_weights
         )
-        hidden_kernel, momentum, products = fused_sgd.sgd_step(
-            params.hidden_kernel,
-            momentum,
-            x_batch.T[index],  # (tiles, r, B)
-            jnp.take(d_pre_activation, tile_head, axis=0, mode="clip"),
-            first_layer_inputs(x[next_indices]),
-            running.hidden_kernel,
-            learning_rate=train_config.learning_rate,
-            decay=train_config.momentum,
-            nesterov=train_config.nesterov,
-        )
+        sgd = dict(learning_rate=train_config.learning_rate, decay=train_config.momentum,
+                   nesterov=train_config.nesterov)
+        inputs_transposed, next_inputs = x_batch.T[index], first_layer_inputs(x[next_indices])
+        if by_head:  # running.output_kernel: one flag per head
+            hidden_kernel, momentum, products = fused_sgd.sgd_step_by_head(
+                params.hidden_kernel, momentum, inputs_transposed, d_pre_activation, next_inputs,
+                tile_start, jnp.where(running.output_kernel, tiles_per_head, 0), **sgd,
+            )
+        else:
+            hidden_kernel, momentum, products = fused_sgd.sgd_step(
+                params.hidden_kernel, momentum, inputs_transposed,
+                jnp.take(d_pre_activation, tile_head, axis=0, mode="clip"),  # (tiles, B, H)
+                next_inputs, running.hidden_kernel, **sgd,
+            )
         output_params = (params.output_kernel, params.output_bias)
         updates, output_state = update(output_grads, output_state, output_params)
         updates = masked(updates, (running.output_kernel, running.output_bias))
@@ -592,6 +607,8 @@ def _train_chunk(
         # The first minibatch's products; the last step's "next" products (of the first
         # minibatch again) are dropped.
         products = jnp.einsum("tbr,trh->tbh", first_layer_inputs(x[indices[0]]), params.hidden_kernel)
+        if by_head:
+            products = sum_tiles(products)
         next_indices = jnp.roll(indices, -1, axis=0)
         (params, opt_state, _), losses = jax.lax.scan(
             functools.partial(fused_step, running=running), (params, opt_state, products),

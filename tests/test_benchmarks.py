@@ -82,8 +82,10 @@ def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
     assert names == ["packed, fused SGD kernel", "packed, XLA's SGD", "padded, XLA's SGD",
                      "packed, fused SGD kernel, command buffers on",
                      "packed, fused SGD kernel, tiles summed by XLA's scatter",
-                     "packed, fused SGD kernel, tiles summed by gathering"]
-    assert [layout["tile_sum"] for layout in result["layouts"]] == ["scatter"] * 5 + ["gather"]
+                     "packed, fused SGD kernel, tiles summed by gathering",
+                     "packed, fused SGD kernel by head"]
+    assert [layout["tile_sum"] for layout in result["layouts"]] == ["scatter"] * 5 + ["gather", "scatter"]
+    assert [layout["fused_grid"] for layout in result["layouts"]] == ["tiles"] * 6 + ["heads"]
     for layout in result["layouts"]:
         assert "error" not in layout, layout.get("error")
         assert not layout["fused_update"]  # the kernel is for GPUs unless asked for
@@ -97,9 +99,10 @@ def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
 def test_fused_sgd_step_benchmark_runs_both_variants(tmp_path):
     result = run_benchmark("fused_sgd_step.py", tmp_path / "fused.json",
                            "--tiles", "4", "--steps", "2", "--repeats", "1")
-    assert [row["variant"] for row in result["rows"]] == ["xla", "fused"]
+    assert [row["variant"] for row in result["rows"]] == ["xla", "fused", "fused_by_head"]
     assert all(row["microseconds_per_step"] > 0 for row in result["rows"]), result["rows"]
     assert not result["compiled"] and result["fastest"]["variant"] == "fused"
+    assert result["fastest_fused_by_head"]["variant"] == "fused_by_head"
 
 
 def test_step_profile_programs_are_traced_anew(monkeypatch):

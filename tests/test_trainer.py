@@ -343,16 +343,33 @@ def test_chunk_layouts_and_the_level_a_chunk_needs():
     assert int(trainer.layout_level(layouts, jnp.asarray([257]))) == 1  # 512 rows
 
 
+def _retrace_with(monkeypatch, name, value):
+    """Sets ``trainer.<name>`` (read when a program is traced) and gives the trainer fresh programs.
+
+    A new function for each: JAX reuses a function's trace whatever jit wraps it.
+    """
+    monkeypatch.setattr(trainer, name, value)
+    for program in ("_train_chunks_jit", "_train_one_head_per_chunk_jit"):
+        monkeypatch.setattr(trainer, program, jax.jit(
+            functools.partial(trainer._train_population), static_argnames=trainer._STATIC_ARGUMENTS))
+
+
 @pytest.mark.parametrize(
-    "train", [{}, {"fused_update": True}, {"fused_update": True, "momentum": 0.0, "nesterov": False}],
-    ids=["xla", "fused", "fused-plain-sgd"],
+    "train, grid",
+    [({}, "tiles"), ({"fused_update": True}, "tiles"), ({"fused_update": True}, "heads"),
+     ({"fused_update": True, "momentum": 0.0, "nesterov": False}, "tiles"),
+     ({"fused_update": True, "momentum": 0.0, "nesterov": False}, "heads")],
+    ids=["xla", "fused", "fused-by-head", "fused-plain-sgd", "fused-by-head-plain-sgd"],
 )
-def test_packed_chunk_of_mixed_heads_equals_each_head_alone(train):
+def test_packed_chunk_of_mixed_heads_equals_each_head_alone(monkeypatch, train, grid):
     """One chunk holding an empty head, tiny and full heads: packed tiles (16 rows at D = 64).
 
-    Also with the fused SGD kernel (``fused_sgd``, interpreted here), against
-    each head trained alone by XLA.
+    Also with the fused SGD kernels (``fused_sgd``, interpreted here: one
+    program per tile, or per head with ``trainer.FUSED_GRID = "heads"``),
+    against each head trained alone by XLA.
     """
+    if grid != trainer.FUSED_GRID:
+        _retrace_with(monkeypatch, "FUSED_GRID", grid)
     x, y = _data(seed=4)
     masks = _author_masks(9, 6)
     masks[0] = False
@@ -391,21 +408,22 @@ def test_tiles_summed_by_gathering_equal_the_segment_sum(monkeypatch, fused_upda
     key = jax.random.key(5)
     assert trainer.tile_sum_method("gpu") == "gather" and trainer.tile_sum_method("cpu") == "scatter"
     scattered = trainer.train_population(key, masks, x, y, config)
-    monkeypatch.setattr(trainer, "TILE_SUM", "gather")
-    # A new function: JAX reuses a function's trace whatever jit wraps it.
-    monkeypatch.setattr(trainer, "_train_chunks_jit", jax.jit(
-        functools.partial(trainer._train_population), static_argnames=trainer._STATIC_ARGUMENTS))
+    _retrace_with(monkeypatch, "TILE_SUM", "gather")
     gathered = trainer.train_population(key, masks, x, y, config)
     np.testing.assert_array_equal(gathered.epochs, scattered.epochs)
     _assert_params_close(gathered.params, scattered.params)
 
 
 @pytest.mark.parametrize(
-    "train", [{"chunk_size": None}, {"chunk_size": 5}, {"chunk_size": 5, "fused_update": True}],
-    ids=["alone", "packed", "packed-fused"],
+    "train, grid",
+    [({"chunk_size": None}, "tiles"), ({"chunk_size": 5}, "tiles"),
+     ({"chunk_size": 5, "fused_update": True}, "tiles"), ({"chunk_size": 5, "fused_update": True}, "heads")],
+    ids=["alone", "packed", "packed-fused", "packed-fused-by-head"],
 )
-def test_placeholder_heads_never_train(train):
+def test_placeholder_heads_never_train(monkeypatch, train, grid):
     """``num_trained``: the first heads train as they would alone; the rest keep their initial weights."""
+    if grid != trainer.FUSED_GRID:
+        _retrace_with(monkeypatch, "FUSED_GRID", grid)
     x, y = _data(seed=6)
     masks = _author_masks(11, 5)
     config = _SHARED_CONFIG.replace(train=train)
