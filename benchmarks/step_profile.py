@@ -24,7 +24,11 @@ the paper's protocol for ``--epochs`` epochs, in each variant in turn:
     such chunks pay with the gather);
   * ``packed, fused SGD kernel by head``: ``fused_sgd.sgd_step_by_head``, one
     program per head walking its tiles (``trainer.FUSED_GRID = "heads"``): no
-    per-tile gradient expansion and no tile sum in the step.
+    per-tile gradient expansion and no tile sum in the step;
+  * ``..., fused output layer``: the output layer, loss, backward pass and
+    the output layer's update as one kernel per head
+    (``fused_output.output_layer_step``, ``trainer.FUSED_OUTPUT_LAYER``), with
+    either first-layer kernel: a step is then the input gathers and two kernels.
 
 For each: the wall time of a compiled call, the time per minibatch step, the
 heads' final losses (the variants must agree), and the operations of a
@@ -159,6 +163,7 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
     result = {"layout": name, "fused_update": fused,
               "tile_sum": traced_settings.get("TILE_SUM") or trainer.tile_sum_method(),
               "fused_grid": traced_settings.get("FUSED_GRID", trainer.FUSED_GRID),
+              "fused_output_layer": traced_settings.get("FUSED_OUTPUT_LAYER", trainer.FUSED_OUTPUT_LAYER),
               "chunk_size": chunk, "seconds": seconds,
               "first_call_seconds": first, "final_loss": np.asarray(trained.final_loss).tolist(),
               "sequential_steps": steps, "microseconds_per_step": seconds / steps * 1e6, "trace": summary}
@@ -180,6 +185,9 @@ VARIANTS = {
     "packed, fused SGD kernel, tiles summed by XLA's scatter": (PACKED, None, False, {"TILE_SUM": "scatter"}),
     "packed, fused SGD kernel, tiles summed by gathering": (PACKED, None, False, {"TILE_SUM": "gather"}),
     "packed, fused SGD kernel by head": (PACKED, None, False, {"FUSED_GRID": "heads"}),
+    "packed, fused SGD kernel, fused output layer": (PACKED, None, False, {"FUSED_OUTPUT_LAYER": True}),
+    "packed, fused SGD kernel by head, fused output layer": (
+        PACKED, None, False, {"FUSED_GRID": "heads", "FUSED_OUTPUT_LAYER": True}),
 }
 
 

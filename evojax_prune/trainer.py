@@ -93,7 +93,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
-from evojax_prune import devices, fused_sgd, head
+from evojax_prune import devices, fused_output, fused_sgd, head
 from evojax_prune.config import RunConfig, TrainConfig
 
 _FLOAT_BYTES = 4
@@ -139,6 +139,12 @@ TILE_SUM = None
 # tile sum disappear from the step; unmeasured on a GPU, step_profile.py compares the
 # two). Read when a program is traced.
 FUSED_GRID = "tiles"
+
+# Whether a chunk trained with a fused SGD kernel also runs its output layer, loss,
+# backward pass to the pre-activation and the output layer's SGD update as one kernel
+# per head (``fused_output.output_layer_step``) instead of about a dozen small XLA
+# kernels. Off until measured on a GPU (step_profile.py compares). Read when traced.
+FUSED_OUTPUT_LAYER = False
 
 
 def tile_sum_method(platform: str | None = None) -> str:
@@ -534,8 +540,17 @@ def _train_chunk(
         output_kernel=_repeat(init_params.output_kernel, num_heads),
         output_bias=_repeat(init_params.output_bias, num_heads),
     )
-    fused = fused_update_applies(train_config, layout, init_params.hidden_kernel.shape[1])
+    hidden_units, num_classes = init_params.output_kernel.shape
+    fused = fused_update_applies(train_config, layout, hidden_units)
     by_head = fused and FUSED_GRID == "heads"
+    fused_output_layer = fused and FUSED_OUTPUT_LAYER and (
+        jax.default_backend() != "gpu"
+        or fused_output.supported(train_config.batch_size, hidden_units, num_classes) is None
+    )
+    if fused_output_layer:  # stored with padded classes while training (fused_output.py)
+        padding = fused_output.padded_classes(num_classes) - num_classes
+        params = params.replace(output_kernel=jnp.pad(params.output_kernel, ((0, 0), (0, 0), (0, padding))),
+                                output_bias=jnp.pad(params.output_bias, ((0, 0), (0, padding))))
     # Packed tiles do not line up with heads, so the optimizer runs on the whole chunk
     # at once; packing is only used with ROW_SEPARABLE_OPTIMIZERS, for which this is
     # the same computation as one optimizer per head.
@@ -544,9 +559,14 @@ def _train_chunk(
     )
     if fused:
         # The first kernel's optimizer is the fused kernel (its momentum kept here, None
-        # without); optax updates the output layer.
+        # without); optax updates the output layer, or fused_output's kernel does.
         momentum = jnp.zeros_like(hidden_kernel) if train_config.momentum else None
-        opt_state = (init_optimizer((params.output_kernel, params.output_bias)), momentum)
+        output_layer = (params.output_kernel, params.output_bias)
+        if fused_output_layer:  # the output layer's momentum, kept here like the first kernel's
+            output_state = jax.tree.map(jnp.zeros_like, output_layer) if train_config.momentum else None
+        else:
+            output_state = init_optimizer(output_layer)
+        opt_state = (output_state, momentum)
     else:
         opt_state = init_optimizer(params)
 
@@ -574,11 +594,20 @@ def _train_chunk(
         batch_indices, batch_weights, next_indices = batch
         x_batch = x[batch_indices]
         pre_activation = products if by_head else sum_tiles(products)
-        losses, d_pre_activation, output_grads = _loss_and_backward(
-            params, pre_activation, y[batch_indices], batch_weights
-        )
         sgd = dict(learning_rate=train_config.learning_rate, decay=train_config.momentum,
                    nesterov=train_config.nesterov)
+        if fused_output_layer:
+            losses, d_pre_activation, output_kernel, output_bias, output_state = (
+                fused_output.output_layer_step(
+                    pre_activation, y[batch_indices], batch_weights / jnp.sum(batch_weights),
+                    params.output_kernel, params.output_bias, output_state, running.output_kernel,
+                    num_classes=num_classes, **sgd,
+                )
+            )
+        else:
+            losses, d_pre_activation, output_grads = _loss_and_backward(
+                params, pre_activation, y[batch_indices], batch_weights
+            )
         inputs_transposed, next_inputs = x_batch.T[index], first_layer_inputs(x[next_indices])
         if by_head:  # running.output_kernel: one flag per head
             hidden_kernel, momentum, products = fused_sgd.sgd_step_by_head(
@@ -591,10 +620,11 @@ def _train_chunk(
                 jnp.take(d_pre_activation, tile_head, axis=0, mode="clip"),  # (tiles, B, H)
                 next_inputs, running.hidden_kernel, **sgd,
             )
-        output_params = (params.output_kernel, params.output_bias)
-        updates, output_state = update(output_grads, output_state, output_params)
-        updates = masked(updates, (running.output_kernel, running.output_bias))
-        output_kernel, output_bias = optax.apply_updates(output_params, updates)
+        if not fused_output_layer:
+            output_params = (params.output_kernel, params.output_bias)
+            updates, output_state = update(output_grads, output_state, output_params)
+            updates = masked(updates, (running.output_kernel, running.output_bias))
+            output_kernel, output_bias = optax.apply_updates(output_params, updates)
         params = head.HeadParams(hidden_kernel, output_kernel, output_bias)
         return (params, (output_state, momentum), products), losses
 
@@ -671,6 +701,9 @@ def _train_chunk(
     )
     state = jax.lax.while_loop(keep_going, run_epoch, state)
     trained = state.best_params if restore_best else state.params
+    if fused_output_layer:
+        trained = trained.replace(output_kernel=trained.output_kernel[..., :num_classes],
+                                  output_bias=trained.output_bias[..., :num_classes])
     if gather:
         # Back to (K, D, H): kept rows trained, pruned rows at their initial values.
         # Kept feature d is number cumsum(mask)[d] - 1 of its head's kept list, which sits

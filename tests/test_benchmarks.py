@@ -83,9 +83,15 @@ def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
                      "packed, fused SGD kernel, command buffers on",
                      "packed, fused SGD kernel, tiles summed by XLA's scatter",
                      "packed, fused SGD kernel, tiles summed by gathering",
-                     "packed, fused SGD kernel by head"]
-    assert [layout["tile_sum"] for layout in result["layouts"]] == ["scatter"] * 5 + ["gather", "scatter"]
-    assert [layout["fused_grid"] for layout in result["layouts"]] == ["tiles"] * 6 + ["heads"]
+                     "packed, fused SGD kernel by head",
+                     "packed, fused SGD kernel, fused output layer",
+                     "packed, fused SGD kernel by head, fused output layer"]
+    def column(name):
+        return [layout[name] for layout in result["layouts"]]
+
+    assert column("tile_sum") == ["scatter"] * 5 + ["gather"] + ["scatter"] * 3
+    assert column("fused_grid") == ["tiles"] * 6 + ["heads", "tiles", "heads"]
+    assert column("fused_output_layer") == [False] * 7 + [True] * 2
     for layout in result["layouts"]:
         assert "error" not in layout, layout.get("error")
         assert not layout["fused_update"]  # the kernel is for GPUs unless asked for

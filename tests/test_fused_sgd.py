@@ -165,16 +165,19 @@ def test_supported_shapes_name_the_problem():
     assert "hidden units 96" in fused_sgd.supported(128, 32, 96)
 
 
-@pytest.mark.parametrize("grid", ["tiles", "heads"])
-def test_trainer_lowers_for_a_gpu_with_the_fused_kernel(monkeypatch, grid):
-    """The whole training program as a GPU gets it (Triton kernel, tiles summed by gathering)."""
-    from evojax_prune import devices, trainer
+@pytest.mark.parametrize("grid, output_layer", [("tiles", False), ("heads", False), ("heads", True)])
+def test_trainer_lowers_for_a_gpu_with_the_fused_kernel(monkeypatch, grid, output_layer):
+    """The whole training program as a GPU gets it (Triton kernels, tiles summed by gathering)."""
+    from evojax_prune import devices, fused_output, trainer
     from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
 
     num_features, hidden, heads, samples = 256, 64, 4, 40
     monkeypatch.setattr(fused_sgd, "_interpret", lambda: False)
     monkeypatch.setattr(trainer, "TILE_SUM", "gather")
     monkeypatch.setattr(trainer, "FUSED_GRID", grid)
+    monkeypatch.setattr(trainer, "FUSED_OUTPUT_LAYER", output_layer)
+    # The trainer asks the backend whether it is a GPU; this CPU answers "gpu" for the trace.
+    monkeypatch.setattr(trainer.jax, "default_backend", lambda: "gpu")
     config = RunConfig(head=HeadConfig(hidden=hidden),
                        train=TrainConfig(batch_size=16, max_epochs=2, chunk_size=heads, fused_update=True))
     layouts = trainer.chunk_layouts(num_features, heads, gather=True)
@@ -190,8 +193,11 @@ def test_trainer_lowers_for_a_gpu_with_the_fused_kernel(monkeypatch, grid):
         mesh=devices.mesh_for(None),
     ).lower(lowering_platforms=("cuda",))
     text = lowered.as_text()
-    assert text.count("xla.gpu.triton") == len(layouts)  # one kernel per layout branch
+    kernels_per_step = 2 if output_layer else 1
+    assert text.count("xla.gpu.triton") == kernels_per_step * len(layouts)  # in each layout's branch
     assert ("fused_sgd_step_by_head" in text) == (grid == "heads")
+    assert ("fused_output_layer_step" in text) == output_layer
+    assert fused_output.supported(16, hidden, 3) is None
 
 
 def test_where_the_trainer_uses_the_kernel():

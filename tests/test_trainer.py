@@ -343,33 +343,42 @@ def test_chunk_layouts_and_the_level_a_chunk_needs():
     assert int(trainer.layout_level(layouts, jnp.asarray([257]))) == 1  # 512 rows
 
 
-def _retrace_with(monkeypatch, name, value):
-    """Sets ``trainer.<name>`` (read when a program is traced) and gives the trainer fresh programs.
+def _retrace_with(monkeypatch, **settings):
+    """Sets ``trainer.<name> = value`` (read when a program is traced) and gives the trainer fresh programs.
 
     A new function for each: JAX reuses a function's trace whatever jit wraps it.
     """
-    monkeypatch.setattr(trainer, name, value)
+    for name, value in settings.items():
+        monkeypatch.setattr(trainer, name, value)
     for program in ("_train_chunks_jit", "_train_one_head_per_chunk_jit"):
         monkeypatch.setattr(trainer, program, jax.jit(
             functools.partial(trainer._train_population), static_argnames=trainer._STATIC_ARGUMENTS))
 
 
+_FUSED = {"fused_update": True}
+_FUSED_PLAIN_SGD = {"fused_update": True, "momentum": 0.0, "nesterov": False}
+_BY_HEAD = {"FUSED_GRID": "heads"}
+_WITH_OUTPUT_LAYER = {"FUSED_GRID": "heads", "FUSED_OUTPUT_LAYER": True}
+
+
 @pytest.mark.parametrize(
-    "train, grid",
-    [({}, "tiles"), ({"fused_update": True}, "tiles"), ({"fused_update": True}, "heads"),
-     ({"fused_update": True, "momentum": 0.0, "nesterov": False}, "tiles"),
-     ({"fused_update": True, "momentum": 0.0, "nesterov": False}, "heads")],
-    ids=["xla", "fused", "fused-by-head", "fused-plain-sgd", "fused-by-head-plain-sgd"],
+    "train, settings",
+    [({}, {}), (_FUSED, {}), (_FUSED, _BY_HEAD), (_FUSED, _WITH_OUTPUT_LAYER),
+     (_FUSED, {"FUSED_OUTPUT_LAYER": True}), (_FUSED_PLAIN_SGD, {}), (_FUSED_PLAIN_SGD, _WITH_OUTPUT_LAYER)],
+    ids=["xla", "fused", "fused-by-head", "fused-by-head-output-layer", "fused-output-layer",
+         "fused-plain-sgd", "fused-by-head-output-layer-plain-sgd"],
 )
-def test_packed_chunk_of_mixed_heads_equals_each_head_alone(monkeypatch, train, grid):
+def test_packed_chunk_of_mixed_heads_equals_each_head_alone(monkeypatch, train, settings):
     """One chunk holding an empty head, tiny and full heads: packed tiles (16 rows at D = 64).
 
-    Also with the fused SGD kernels (``fused_sgd``, interpreted here: one
-    program per tile, or per head with ``trainer.FUSED_GRID = "heads"``),
-    against each head trained alone by XLA.
+    Also with the fused kernels (interpreted here): the first layer's SGD step
+    (``fused_sgd``: one program per tile, or per head with
+    ``trainer.FUSED_GRID = "heads"``), and the output layer's step
+    (``fused_output``, ``trainer.FUSED_OUTPUT_LAYER``), against each head
+    trained alone by XLA.
     """
-    if grid != trainer.FUSED_GRID:
-        _retrace_with(monkeypatch, "FUSED_GRID", grid)
+    if settings:
+        _retrace_with(monkeypatch, **settings)
     x, y = _data(seed=4)
     masks = _author_masks(9, 6)
     masks[0] = False
@@ -408,22 +417,22 @@ def test_tiles_summed_by_gathering_equal_the_segment_sum(monkeypatch, fused_upda
     key = jax.random.key(5)
     assert trainer.tile_sum_method("gpu") == "gather" and trainer.tile_sum_method("cpu") == "scatter"
     scattered = trainer.train_population(key, masks, x, y, config)
-    _retrace_with(monkeypatch, "TILE_SUM", "gather")
+    _retrace_with(monkeypatch, TILE_SUM="gather")
     gathered = trainer.train_population(key, masks, x, y, config)
     np.testing.assert_array_equal(gathered.epochs, scattered.epochs)
     _assert_params_close(gathered.params, scattered.params)
 
 
 @pytest.mark.parametrize(
-    "train, grid",
-    [({"chunk_size": None}, "tiles"), ({"chunk_size": 5}, "tiles"),
-     ({"chunk_size": 5, "fused_update": True}, "tiles"), ({"chunk_size": 5, "fused_update": True}, "heads")],
-    ids=["alone", "packed", "packed-fused", "packed-fused-by-head"],
+    "train, settings",
+    [({"chunk_size": None}, {}), ({"chunk_size": 5}, {}), ({"chunk_size": 5, **_FUSED}, {}),
+     ({"chunk_size": 5, **_FUSED}, _WITH_OUTPUT_LAYER)],
+    ids=["alone", "packed", "packed-fused", "packed-fused-by-head-output-layer"],
 )
-def test_placeholder_heads_never_train(monkeypatch, train, grid):
+def test_placeholder_heads_never_train(monkeypatch, train, settings):
     """``num_trained``: the first heads train as they would alone; the rest keep their initial weights."""
-    if grid != trainer.FUSED_GRID:
-        _retrace_with(monkeypatch, "FUSED_GRID", grid)
+    if settings:
+        _retrace_with(monkeypatch, **settings)
     x, y = _data(seed=6)
     masks = _author_masks(11, 5)
     config = _SHARED_CONFIG.replace(train=train)
