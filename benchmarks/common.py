@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import resource
@@ -11,10 +12,35 @@ from importlib import metadata
 import jax
 import numpy as np
 
-from evojax_prune import atomic
+from evojax_prune import atomic, trainer
 from evojax_prune.data.featureset import FeatureSet
 
 CORE_PACKAGES = ("evojax-prune", "jax", "jaxlib", "flax", "optax", "evosax", "numpy")
+
+# The trainer's settings that are read when a program is traced (module globals of
+# trainer.py). gpu.sh sets $EVOJAX_PRUNE_BENCH_TRAINER to the fastest of them in
+# step_profile.py (a JSON object, e.g. {"FUSED_GRID": "heads"}), so that the suite that
+# follows measures the trainer as it runs fastest on that device; every result records
+# the settings it ran with.
+TRAINER_SETTINGS_VARIABLE = "EVOJAX_PRUNE_BENCH_TRAINER"
+TRAINER_SETTINGS = ("TILE_SUM", "FUSED_GRID", "FUSED_OUTPUT_LAYER")
+
+
+def apply_trainer_settings(text: str | None) -> dict:
+    """Sets the trainer settings named in the JSON object ``text`` (None: none); returns all of them."""
+    if text:
+        settings = json.loads(text)
+        unknown = set(settings) - set(TRAINER_SETTINGS) if isinstance(settings, dict) else None
+        if unknown is None or unknown:
+            raise ValueError(f"${TRAINER_SETTINGS_VARIABLE} must be a JSON object with keys from "
+                             f"{TRAINER_SETTINGS}, got {text!r}")
+        for name, value in settings.items():
+            setattr(trainer, name, value)
+    return {name: getattr(trainer, name) for name in TRAINER_SETTINGS}
+
+
+# At import, before any benchmark traces a training program.
+apply_trainer_settings(os.environ.get(TRAINER_SETTINGS_VARIABLE))
 
 
 def environment(extra_packages: tuple[str, ...] = ()) -> dict:
@@ -36,6 +62,7 @@ def environment(extra_packages: tuple[str, ...] = ()) -> dict:
         "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()),
         "versions": versions,
+        "trainer_settings": apply_trainer_settings(None),
     }
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Profiles of a training step and of the fused SGD kernel, then the GPU-sized benchmark suite.
-# About 8 minutes on one H100 (estimated from the parts: 45 + 30 + 45 + 15 + 330 s; the step
-# profile's by-head variant and the by-head kernel's timings are guesses); 11 at the time limits.
+# About 8 minutes on one H100 (estimated from the parts: 50 + 30 + 45 + 15 + 330 s; the new
+# kernels' parts are guesses); 11.5 at the time limits. The suite runs with the trainer
+# settings that made the fastest step in the step profile (its first part).
 #
 #   bash benchmarks/gpu.sh                       # -> benchmarks/results/gpu-<device>-<date>/
 #   RESULTS_DIR=/somewhere bash benchmarks/gpu.sh
@@ -22,14 +23,28 @@ fi
 # Where a generation's training step spends its time, in each of the trainer's variants. First,
 # because it is quick and checks the trainer's default path on this device: the suite is not
 # worth running if that fails.
-timeout 90 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json"
-$python - "$out/step_profile.json" <<'CHECK'
+# The candidates are the trainer's settings (step_profile.CANDIDATES); XLA's step, the padded
+# layout and XLA's scatter as references.
+timeout 120 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json" \
+  --variants "packed, fused SGD kernel" "packed, XLA's SGD" "packed, fused SGD kernel, tiles summed by XLA's scatter" \
+  "packed, fused SGD kernel by head" "packed, fused SGD kernel, fused output layer" \
+  "packed, fused SGD kernel by head, fused output layer" "padded, XLA's SGD"
+# The rest of the suite runs with the fastest candidate's settings (recorded in every JSON as
+# "trainer_settings"), so that its figures are the trainer's best on this device.
+EVOJAX_PRUNE_BENCH_TRAINER=$($python - "$out/step_profile.json" <<'CHECK'
 import json, sys
-first = json.load(open(sys.argv[1]))["layouts"][0]
+profile = json.load(open(sys.argv[1]))
+first = profile["layouts"][0]
 if "error" in first:
     sys.exit(f"gpu.sh: the trainer's default path failed on this device, so the suite was not run: "
              f"{first['error'][:1000]}")
+fastest = profile.get("fastest") or {"variant": first["layout"], "settings": {}}
+print(f"gpu.sh: the suite runs with {fastest['variant']!r}", file=sys.stderr)
+print(json.dumps(fastest["settings"]))
 CHECK
+)
+export EVOJAX_PRUNE_BENCH_TRAINER
+echo "trainer settings for the suite: $EVOJAX_PRUNE_BENCH_TRAINER"
 # Chunks of 64 heads (the trainer caps them at 32: XLA's scatter failed for 64 on an H100),
 # with the tiles summed by gathering (the GPU default), then by the scatter.
 timeout 60 $python benchmarks/step_profile.py --population 64 --chunk-size 64 --epochs 2 \

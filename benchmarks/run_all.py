@@ -98,11 +98,20 @@ def _fmt(value, digits=2):
     return f"{value:,.{digits}f}"
 
 
+def _notes(result: dict) -> list[str]:
+    """A result's label and the trainer settings it ran with (``common.TRAINER_SETTINGS``), if recorded."""
+    lines = [f"*{result['label']}*", ""] if result.get("label") else []
+    settings = result.get("trainer_settings")
+    if settings:
+        shown = ", ".join(f"`{name} = {value!r}`" for name, value in settings.items())
+        lines += [f"Trainer settings: {shown}.", ""]
+    return lines
+
+
 def render(out_dir: Path) -> str:
     lines = []
     for result in _load(out_dir, "trainer_throughput"):
-        if result.get("label"):
-            lines += [f"*{result['label']}*", ""]
+        lines += _notes(result)
         lines += [
             f"**Population trainer** ({_device(result)}, {result['date'][:10]}; RPS-shaped "
             f"features N=2520, D=2048, H=512, C=3, {result['setup']['epochs']} epochs; matmul peak "
@@ -157,8 +166,7 @@ def render(out_dir: Path) -> str:
         lines.append("")
     for result in _load(out_dir, "generation_profile"):
         lines += _scaling_lines(result)
-        if result.get("label"):
-            lines += [f"*{result['label']}*", ""]
+        lines += _notes(result)
         if result["rows"]:
             lines += [
                 f"**One generation, end to end** ({_device(result)}, {result['date'][:10]}; "

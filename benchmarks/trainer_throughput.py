@@ -67,6 +67,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import apply_trainer_settings
 
 from evojax_prune import atomic, trainer
 from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
@@ -395,6 +398,7 @@ def write_result(out: Path, args, config, peak, bandwidth, rows, keras_run) -> d
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "versions": {name: _version(name) for name in ("jax", "jaxlib", "optax", "flax", "keras", "numpy")},
+        "trainer_settings": apply_trainer_settings(None),
         "setup": {
             "num_samples": NUM_SAMPLES,
             "num_features": NUM_FEATURES,

@@ -1,6 +1,7 @@
 """The benchmark suite runs, checks its own results, and the README shows what the JSON holds."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,15 +40,19 @@ def test_readme_shows_the_committed_results():
 
 
 def test_smoke_suite_runs_checks_and_renders(tmp_path):
+    # As gpu.sh runs it: with the trainer settings of the fastest step variant.
+    settings = '{"FUSED_GRID": "heads"}'
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / "run_all.py"), "--size", "smoke", "--out-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
+        env={**os.environ, "EVOJAX_PRUNE_BENCH_TRAINER": settings},
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = {path.stem: json.loads(path.read_text()) for path in tmp_path.glob("*.json")}
     assert sorted(results) == sorted(f"{name}_smoke" for name in run_all.SIZES["smoke"])
     for name, result in results.items():
         assert result.get("device_kind") or result.get("device"), name
+        assert result["trainer_settings"]["FUSED_GRID"] == "heads", name
 
     trainer = results["trainer_throughput_smoke"]
     row = trainer["rows"][0]
@@ -65,6 +70,7 @@ def test_smoke_suite_runs_checks_and_renders(tmp_path):
     table = (tmp_path / "README.md").read_text()
     for heading in ("Population trainer", "ODIN + AUROC", "NSGA-II survival step", "One generation"):
         assert heading in table
+    assert "`FUSED_GRID = 'heads'`" in table
 
 
 def run_benchmark(script: str, out: Path, *arguments: str) -> dict:
@@ -136,3 +142,38 @@ def test_step_profile_programs_are_traced_anew(monkeypatch):
         return traced.lower().as_text().count("stablehlo.scatter")
 
     assert scatters("gather") < scatters("scatter")
+
+
+def test_trainer_settings_from_the_environment(monkeypatch):
+    """gpu.sh hands the fastest step variant's trainer settings to the suite through the environment."""
+    import common
+
+    from evojax_prune import trainer
+
+    for name in common.TRAINER_SETTINGS:
+        monkeypatch.setattr(trainer, name, getattr(trainer, name))  # restored after the test
+    assert common.apply_trainer_settings(None) == {
+        "TILE_SUM": None, "FUSED_GRID": "tiles", "FUSED_OUTPUT_LAYER": False}
+    settings = common.apply_trainer_settings('{"FUSED_GRID": "heads", "FUSED_OUTPUT_LAYER": true}')
+    assert settings["FUSED_GRID"] == trainer.FUSED_GRID == "heads" and trainer.FUSED_OUTPUT_LAYER is True
+    assert common.environment()["trainer_settings"] == settings
+    for bad in ('{"BLOCK": 64}', '["heads"]'):
+        with pytest.raises(ValueError, match="EVOJAX_PRUNE_BENCH_TRAINER must be a JSON object"):
+            common.apply_trainer_settings(bad)
+
+
+def test_fastest_step_variant_must_agree_with_the_first():
+    rows = [
+        {"layout": "packed, fused SGD kernel", "microseconds_per_step": 259.0},
+        {"layout": "packed, XLA's SGD", "microseconds_per_step": 100.0},  # not a candidate
+        {"layout": "packed, fused SGD kernel by head", "microseconds_per_step": 150.0,
+         "largest_loss_difference_from_first": 0.5},  # disagrees: left out
+        {"layout": "packed, fused SGD kernel, fused output layer", "error": "Triton failed"},
+        {"layout": "packed, fused SGD kernel by head, fused output layer", "microseconds_per_step": 200.0,
+         "largest_loss_difference_from_first": 1e-5},
+    ]
+    fastest = step_profile.fastest_settings(rows)
+    assert fastest == {"variant": "packed, fused SGD kernel by head, fused output layer",
+                       "settings": {"FUSED_GRID": "heads", "FUSED_OUTPUT_LAYER": True},
+                       "microseconds_per_step": 200.0}
+    assert step_profile.fastest_settings(rows[1:2]) is None
