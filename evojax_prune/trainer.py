@@ -119,7 +119,10 @@ _CAPACITY_MIN_STEP = 32
 # could not launch ("CUDA_ERROR_OUT_OF_MEMORY") with XLA holding its default 75% of
 # the memory, and ran 48x slower per head than chunks of 32 without preallocation.
 # Chunks of 32 trained P = 256 at 2,064 head-epochs/s. (Whether chunks of 64 pay
-# with the tiles summed by gathering, ``TILE_SUM``, is unmeasured.)
+# with the tiles summed by gathering, ``TILE_SUM``, is unmeasured.) A population up to
+# a quarter above the cap stays one chunk (``choose_chunk_size``): the authors' budget
+# run generationally trains generations of 34 offspring, which the cap alone split into
+# two chunks of 17 run one after the other; packed chunks of 30-34 heads ran on an H200.
 MAX_HEADS_PER_CHUNK = 32
 
 # How a packed chunk sums each head's tiles' forward products: "gather" (each head
@@ -415,14 +418,19 @@ def choose_chunk_size(
     chunks of 1, 4.1 with 2, 7.2 with 8). On an accelerator, as many heads as
     ``memory_budget_mb`` allows per ``bytes_per_head``, balanced so that the
     last chunk is nearly full (P = 100 with room for 80 gives 2 chunks of 50,
-    not 80 + 20 padded to 160), and at most ``MAX_HEADS_PER_CHUNK``.
+    not 80 + 20 padded to 160), and at most ``MAX_HEADS_PER_CHUNK``, except
+    that a population at most a quarter above that cap (a search generation of
+    up to 40 heads) trains as one chunk rather than two half-empty ones.
     """
     if train_config.chunk_size is not None:
         return max(1, min(train_config.chunk_size, population))
     if (platform or jax.default_backend()) == "cpu":
         return 1
     per_head = bytes_per_head(num_features, num_classes, hidden, train_config)
-    fits = max(1, min(int(train_config.memory_budget_mb * 2**20 // per_head), MAX_HEADS_PER_CHUNK))
+    memory_fits = max(1, int(train_config.memory_budget_mb * 2**20 // per_head))
+    if population <= min(memory_fits, MAX_HEADS_PER_CHUNK + MAX_HEADS_PER_CHUNK // 4):
+        return population
+    fits = min(memory_fits, MAX_HEADS_PER_CHUNK)
     num_chunks = -(-population // fits)
     return -(-population // num_chunks)
 
@@ -902,7 +910,8 @@ def train_population(
     orders, max_epochs * N * 4 bytes. With the paper's head (D = 2048, H = 512,
     SGD with momentum, restore_best) a head needs about 25 MiB, so on an
     accelerator the default 2 GiB budget would allow about 80 heads per chunk;
-    chunks hold at most ``MAX_HEADS_PER_CHUNK`` (32).
+    chunks hold at most ``MAX_HEADS_PER_CHUNK`` (32; a population of up to 40
+    is one chunk).
     The chunk size is ``config.train.chunk_size`` if set, else chosen by
     ``choose_chunk_size`` (1 on a CPU, from ``config.train.memory_budget_mb``
     elsewhere); P is padded to a multiple of it with empty heads marked stopped

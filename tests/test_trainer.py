@@ -316,6 +316,14 @@ def test_chunk_size_and_capacities():
     assert trainer.choose_chunk_size(3, 2048, 3, 512, config, platform="gpu") == 3
     roomy = TrainConfig(memory_budget_mb=10_000.0)
     assert trainer.choose_chunk_size(100, 2048, 3, 512, roomy, platform="gpu") == 25  # 4 balanced chunks
+    cap = trainer.MAX_HEADS_PER_CHUNK
+    # The authors' generations of 34 offspring: one chunk, not two of 17; beyond a quarter above
+    # the cap, balanced chunks under it; a tight memory budget still splits.
+    assert trainer.choose_chunk_size(34, 2048, 3, 512, roomy, platform="gpu") == 34
+    assert trainer.choose_chunk_size(cap + cap // 4, 2048, 3, 512, roomy, platform="gpu") == cap + cap // 4
+    assert trainer.choose_chunk_size(cap + cap // 4 + 1, 2048, 3, 512, roomy, platform="gpu") <= cap
+    assert trainer.choose_chunk_size(256, 2048, 3, 512, roomy, platform="gpu") == cap
+    assert trainer.choose_chunk_size(34, 2048, 3, 512, config, platform="gpu") <= fits
     assert trainer.choose_chunk_size(100, 2048, 3, 512, config, platform="cpu") == 1
     assert trainer.choose_chunk_size(100, 2048, 3, 512, TrainConfig(chunk_size=7)) == 7
     assert trainer.choose_chunk_size(5, 2048, 3, 512, TrainConfig(chunk_size=64)) == 5
