@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Profiles of a training step and of the fused SGD kernel, then the GPU-sized benchmark suite.
-# About 8 minutes on one H100 (estimated from the parts: 50 + 30 + 45 + 15 + 330 s; the new
-# kernels' parts are guesses); 11.5 at the time limits. The suite runs with the trainer
-# settings that made the fastest step in the step profile (its first part).
+# About 8 minutes on one H100 (estimated from the parts: 50 + 30 + 45 + 25 + 330 s; the new
+# kernels' and the deferred updates' parts are guesses); 12 at the time limits. The suite
+# runs with the trainer settings that made the fastest step in the step profile (its first
+# part).
 #
 #   bash benchmarks/gpu.sh                       # -> benchmarks/results/gpu-<device>-<date>/
 #   RESULTS_DIR=/somewhere bash benchmarks/gpu.sh
@@ -54,7 +55,6 @@ timeout 60 $python benchmarks/step_profile.py --population 64 --chunk-size 64 --
 # The fused SGD kernels alone (one program per tile, one per head) over Triton's settings:
 # which kernel and which settings the trainer should default to.
 timeout 90 $python benchmarks/fused_sgd_step.py --blocks 32 64 --out "$out/fused_sgd_step.json" || true
-# With half the tiles idle (stopped heads, padding), which the kernel skips and XLA does not.
-timeout 30 $python benchmarks/fused_sgd_step.py --idle-fraction 0.5 --blocks 64 --warps 4 --stages 1 \
-  --out "$out/fused_sgd_step_half_idle.json" || true
+# Deferred first-layer updates (a prototype): windows of steps that read the kernel once.
+timeout 45 $python benchmarks/deferred_update.py --windows 16 32 --out "$out/deferred_update.json" || true
 timeout 390 $python benchmarks/run_all.py --size gpu --out-dir "$out" || true
