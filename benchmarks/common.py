@@ -23,7 +23,7 @@ CORE_PACKAGES = ("evojax-prune", "jax", "jaxlib", "flax", "optax", "evosax", "nu
 # follows measures the trainer as it runs fastest on that device; every result records
 # the settings it ran with.
 TRAINER_SETTINGS_VARIABLE = "EVOJAX_PRUNE_BENCH_TRAINER"
-TRAINER_SETTINGS = ("TILE_SUM", "FUSED_GRID", "FUSED_OUTPUT_LAYER")
+TRAINER_SETTINGS = ("TILE_SUM", "FUSED_GRID", "FUSED_OUTPUT_LAYER", "DEFERRED_WINDOW")
 
 
 def apply_trainer_settings(text: str | None) -> dict:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Profiles of a training step and of the fused SGD kernel, then the GPU-sized benchmark suite.
-# About 8 minutes on one H100 (estimated from the parts: 50 + 30 + 45 + 25 + 330 s; the new
-# kernels' and the deferred updates' parts are guesses); 12 at the time limits. The suite
+# About 8 minutes on one H100 (estimated from the parts: 60 + 30 + 45 + 25 + 330 s; the new
+# kernels' and the deferred updates' parts are guesses); 12.5 at the time limits. The suite
 # runs with the trainer settings that made the fastest step in the step profile (its first
 # part).
 #
@@ -26,10 +26,11 @@ fi
 # worth running if that fails.
 # The candidates are the trainer's settings (step_profile.CANDIDATES); XLA's step, the padded
 # layout and XLA's scatter as references.
-timeout 120 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json" \
+timeout 150 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json" \
   --variants "packed, fused SGD kernel" "packed, XLA's SGD" "packed, fused SGD kernel, tiles summed by XLA's scatter" \
   "packed, fused SGD kernel by head" "packed, fused SGD kernel, fused output layer" \
-  "packed, fused SGD kernel by head, fused output layer" "padded, XLA's SGD"
+  "packed, fused SGD kernel by head, fused output layer" "dense, deferred updates, windows of 16" \
+  "dense, deferred updates, windows of 32" "padded, XLA's SGD" || true
 # The rest of the suite runs with the fastest candidate's settings (recorded in every JSON as
 # "trainer_settings"), so that its figures are the trainer's best on this device.
 EVOJAX_PRUNE_BENCH_TRAINER=$($python - "$out/step_profile.json" <<'CHECK'
@@ -44,14 +45,14 @@ print(f"gpu.sh: the suite runs with {fastest['variant']!r}", file=sys.stderr)
 print(json.dumps(fastest["settings"]))
 CHECK
 )
-export EVOJAX_PRUNE_BENCH_TRAINER
-echo "trainer settings for the suite: $EVOJAX_PRUNE_BENCH_TRAINER"
 # Chunks of 64 heads (the trainer caps them at 32: XLA's scatter failed for 64 on an H100),
 # with the tiles summed by gathering (the GPU default), then by the scatter.
 timeout 60 $python benchmarks/step_profile.py --population 64 --chunk-size 64 --epochs 2 \
   --variants "packed, fused SGD kernel, tiles summed by gathering" \
   "packed, fused SGD kernel, tiles summed by XLA's scatter" \
   --out "$out/step_profile_chunk64.json" || true
+export EVOJAX_PRUNE_BENCH_TRAINER  # from here on (the chunk-64 profile above ran with the defaults)
+echo "trainer settings for the suite: $EVOJAX_PRUNE_BENCH_TRAINER"
 # The fused SGD kernels alone (one program per tile, one per head) over Triton's settings:
 # which kernel and which settings the trainer should default to.
 timeout 90 $python benchmarks/fused_sgd_step.py --blocks 32 64 --out "$out/fused_sgd_step.json" || true

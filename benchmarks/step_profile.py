@@ -28,7 +28,10 @@ the paper's protocol for ``--epochs`` epochs, in each variant in turn:
   * ``..., fused output layer``: the output layer, loss, backward pass and
     the output layer's update as one kernel per head
     (``fused_output.output_layer_step``, ``trainer.FUSED_OUTPUT_LAYER``), with
-    either first-layer kernel: a step is then the input gathers and two kernels.
+    either first-layer kernel: a step is then the input gathers and two kernels;
+  * ``dense, deferred updates, windows of L``: ``trainer.DEFERRED_WINDOW``, the
+    first kernel read once per window of L steps and written once at its end
+    (``deferred_sgd``), no fused kernels.
 
 For each: the wall time of a compiled call, the time per minibatch step, the
 heads' final losses (the variants must agree), and the operations of a
@@ -158,12 +161,14 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
                                       config.head.hidden, config.train)
     steps = -(-population // chunk) * config.train.max_epochs * -(-len(features.y_train)
                                                                     // config.train.batch_size)
-    fused = trainer.fused_update_applies(config.train, layouts_fn(features.num_features, chunk, True)[0],
-                                         config.head.hidden)
+    deferred = traced_settings.get("DEFERRED_WINDOW", trainer.DEFERRED_WINDOW) > 0
+    fused = not deferred and trainer.fused_update_applies(
+        config.train, layouts_fn(features.num_features, chunk, True)[0], config.head.hidden)
     result = {"layout": name, "fused_update": fused,
               "tile_sum": traced_settings.get("TILE_SUM") or trainer.tile_sum_method(),
               "fused_grid": traced_settings.get("FUSED_GRID", trainer.FUSED_GRID),
               "fused_output_layer": traced_settings.get("FUSED_OUTPUT_LAYER", trainer.FUSED_OUTPUT_LAYER),
+              "deferred_window": traced_settings.get("DEFERRED_WINDOW", trainer.DEFERRED_WINDOW),
               "chunk_size": chunk, "seconds": seconds,
               "first_call_seconds": first, "final_loss": np.asarray(trained.final_loss).tolist(),
               "sequential_steps": steps, "microseconds_per_step": seconds / steps * 1e6, "trace": summary}
@@ -188,6 +193,8 @@ VARIANTS = {
     "packed, fused SGD kernel, fused output layer": (PACKED, None, False, {"FUSED_OUTPUT_LAYER": True}),
     "packed, fused SGD kernel by head, fused output layer": (
         PACKED, None, False, {"FUSED_GRID": "heads", "FUSED_OUTPUT_LAYER": True}),
+    "dense, deferred updates, windows of 16": (PACKED, None, False, {"DEFERRED_WINDOW": 16}),
+    "dense, deferred updates, windows of 32": (PACKED, None, False, {"DEFERRED_WINDOW": 32}),
 }
 
 
@@ -199,6 +206,8 @@ CANDIDATES = (
     "packed, fused SGD kernel by head",
     "packed, fused SGD kernel, fused output layer",
     "packed, fused SGD kernel by head, fused output layer",
+    "dense, deferred updates, windows of 16",
+    "dense, deferred updates, windows of 32",
 )
 
 

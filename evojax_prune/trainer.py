@@ -93,7 +93,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
-from evojax_prune import devices, fused_output, fused_sgd, head
+from evojax_prune import deferred_sgd, devices, fused_output, fused_sgd, head
 from evojax_prune.config import RunConfig, TrainConfig
 
 _FLOAT_BYTES = 4
@@ -148,6 +148,21 @@ FUSED_GRID = "tiles"
 # per head (``fused_output.output_layer_step``) instead of about a dozen small XLA
 # kernels. Off until measured on a GPU (step_profile.py compares). Read when traced.
 FUSED_OUTPUT_LAYER = False
+
+# Steps per window of deferred first-layer updates (``deferred_sgd``), 0: off. A chunk
+# trained with plain ``sgd`` then stores its heads dense with pruned rows zero, computes
+# a window's forward products with the starting weights and momentum in one product,
+# each step's pre-activation from them plus low-rank corrections through the window's
+# Gram matrix, and writes the first kernel and momentum once per window: 6 passes over
+# them per window instead of 4 per step, for several times the arithmetic (a GPU's
+# trade, not a CPU's). The same arithmetic as the ordinary step up to reassociation;
+# unmeasured on a GPU (step_profile.py compares). Read when traced.
+DEFERRED_WINDOW = 0
+
+
+def deferred_update_applies(train_config: TrainConfig) -> bool:
+    """Whether chunks train with deferred first-layer updates (``DEFERRED_WINDOW``, plain ``sgd``)."""
+    return DEFERRED_WINDOW > 0 and train_config.optimizer == "sgd" and not train_config.optimizer_options
 
 
 def tile_sum_method(platform: str | None = None) -> str:
@@ -549,7 +564,8 @@ def _train_chunk(
         output_bias=_repeat(init_params.output_bias, num_heads),
     )
     hidden_units, num_classes = init_params.output_kernel.shape
-    fused = fused_update_applies(train_config, layout, hidden_units)
+    deferred = deferred_update_applies(train_config) and layout.per_head and not gather
+    fused = not deferred and fused_update_applies(train_config, layout, hidden_units)
     by_head = fused and FUSED_GRID == "heads"
     fused_output_layer = fused and FUSED_OUTPUT_LAYER and (
         jax.default_backend() != "gpu"
@@ -565,7 +581,12 @@ def _train_chunk(
     init_optimizer, update = (optimizer.init, optimizer.update) if packed else (
         jax.vmap(optimizer.init), jax.vmap(optimizer.update)
     )
-    if fused:
+    row_mask = masks.astype(jnp.float32)[:, :, None]  # (K, D, 1)
+    if deferred:  # pruned rows zero while training (restored below), the momentum kept here
+        params = params.replace(hidden_kernel=params.hidden_kernel * row_mask)
+        momentum = jnp.zeros_like(params.hidden_kernel) if train_config.momentum else None
+        opt_state = (init_optimizer((params.output_kernel, params.output_bias)), momentum)
+    elif fused:
         # The first kernel's optimizer is the fused kernel (its momentum kept here, None
         # without); optax updates the output layer, or fused_output's kernel does.
         momentum = jnp.zeros_like(hidden_kernel) if train_config.momentum else None
@@ -636,8 +657,82 @@ def _train_chunk(
         params = head.HeadParams(hidden_kernel, output_kernel, output_bias)
         return (params, (output_state, momentum), products), losses
 
+    def deferred_epoch(params, opt_state, indices, weights, running):
+        """``train_epoch`` in windows of deferred first-layer updates (``deferred_sgd``)."""
+        output_state, momentum = opt_state
+        steps, batch = indices.shape
+        window = deferred_sgd.window_length(steps, DEFERRED_WINDOW)
+        windows = -(-steps // window)
+        a, b, m_decay, c = (jnp.asarray(table, jnp.float32) for table in deferred_sgd.coefficients(
+            window, train_config.momentum, train_config.nesterov))
+        learning_rate = train_config.learning_rate
+        # Padding steps (the last window's) see weight-1 batches, so every value stays finite;
+        # they change nothing: their gradients are zeroed and the window ends at its real length.
+        padding = windows * window - steps
+        indices = jnp.pad(indices, ((0, padding), (0, 0))).reshape(windows, window, batch)
+        batch_weights = jnp.pad(weights, ((0, padding), (0, 0)), constant_values=1.0)
+        batch_weights = batch_weights.reshape(windows, window, batch)
+        real = (jnp.arange(windows * window) < steps).reshape(windows, window)
+
+        def one_window(carry, data):
+            params, output_state, momentum = carry
+            window_indices, window_weights, window_real = data
+            rows = x[window_indices.reshape(-1), :num_features]  # (L B, D)
+            start = params.hidden_kernel if momentum is None else jnp.concatenate(
+                [params.hidden_kernel, momentum], axis=-1)
+            # Once per window: the inputs times the starting weights (and momentum), and each
+            # head's Gram matrix of the window's inputs over its kept features.
+            base = jnp.einsum("id,kdh->kih", rows, start).reshape(num_heads, window, batch, -1)
+            gram = jnp.einsum("id,kd,jd->kij", rows, row_mask[:, :, 0], rows)
+            gram = gram.reshape(num_heads, window, batch, window, batch)
+
+            def step(carry, data):
+                params, output_state, d_window = carry
+                j, labels, step_weights, step_real = data
+                corrections = jnp.einsum("kbmc,m,kmch->kbh", gram[:, j], b[j], d_window)
+                if momentum is not None:
+                    corrections = corrections + a[j] * base[:, j, :, hidden_units:]
+                pre_activation = base[:, j, :, :hidden_units] - learning_rate * corrections
+                losses, d_pre_activation, output_grads = _loss_and_backward(
+                    params, pre_activation, labels, step_weights)
+                on = running & step_real
+                output_layer = (params.output_kernel, params.output_bias)
+                updates, new_state = update(output_grads, output_state, output_layer)
+                output_kernel, output_bias = optax.apply_updates(output_layer, masked(updates, (on, on)))
+                output_state = jax.tree.map(lambda new, old: jnp.where(step_real, new, old), new_state,
+                                            output_state)
+                d_window = d_window.at[:, j].set(jnp.where(on[:, None, None], d_pre_activation, 0.0))
+                params = params.replace(output_kernel=output_kernel, output_bias=output_bias)
+                return (params, output_state, d_window), losses
+
+            d_window = jnp.zeros((num_heads, window, batch, hidden_units), jnp.float32)
+            (params, output_state, d_window), losses = jax.lax.scan(
+                step, (params, output_state, d_window),
+                (jnp.arange(window), y[window_indices], window_weights, window_real))
+            # Once per window: the kernel and momentum after its real steps, by rank-(L B) sums.
+            length = jnp.sum(window_real)
+            d_rows = d_window.reshape(num_heads, window * batch, hidden_units)
+
+            def gradient_sum(step_scales):  # sum_k scale_k X_kᵀ D_k over the kept rows: (K, D, H)
+                scaled = d_rows * jnp.repeat(step_scales, batch)[:, None]
+                return row_mask * jnp.einsum("id,kih->kdh", rows, scaled)
+
+            hidden_kernel = params.hidden_kernel - learning_rate * gradient_sum(b[length])
+            if momentum is not None:
+                hidden_kernel = hidden_kernel - learning_rate * a[length] * momentum
+                new_momentum = m_decay[length] * momentum + gradient_sum(c[length])
+                momentum = jnp.where(running[:, None, None], new_momentum, momentum)
+            hidden_kernel = jnp.where(running[:, None, None], hidden_kernel, params.hidden_kernel)
+            return (params.replace(hidden_kernel=hidden_kernel), output_state, momentum), losses
+
+        (params, output_state, momentum), losses = jax.lax.scan(
+            one_window, (params, output_state, momentum), (indices, batch_weights, real))
+        return (params, (output_state, momentum)), losses.reshape(windows * window, num_heads)[:steps]
+
     def train_epoch(params, opt_state, indices, weights, running):
         """One pass over the minibatches ``indices`` (S, B); returns the (S, K) batch losses."""
+        if deferred:
+            return deferred_epoch(params, opt_state, indices, weights, running)
         running = per_leaf(running)  # once per epoch, not per step
         if not fused:
             return jax.lax.scan(functools.partial(step, running=running), (params, opt_state),
@@ -709,6 +804,9 @@ def _train_chunk(
     )
     state = jax.lax.while_loop(keep_going, run_epoch, state)
     trained = state.best_params if restore_best else state.params
+    if deferred:  # pruned rows back to their initial values
+        trained = trained.replace(hidden_kernel=jnp.where(
+            row_mask > 0, trained.hidden_kernel, init_params.hidden_kernel[None]))
     if fused_output_layer:
         trained = trained.replace(output_kernel=trained.output_kernel[..., :num_classes],
                                   output_bias=trained.output_bias[..., :num_classes])
@@ -985,6 +1083,10 @@ def train_population(
     chunk_size = choose_chunk_size(
         local_population, num_features, num_classes, config.head.hidden, train_config
     )
+    if deferred_update_applies(train_config):  # dense heads, one layout (no per-level branches)
+        layouts = (ChunkLayout(num_features, chunk_size, per_head=True),)
+    else:
+        layouts = chunk_layouts(num_features, chunk_size, gather_features)
     trained = _training_program(chunk_size)(
         devices.put(init_params, everywhere),
         devices.put(orders, everywhere),
@@ -994,7 +1096,7 @@ def train_population(
         devices.put(y if isinstance(y, jax.Array) else y_host, everywhere),
         train_config=train_config,
         chunk_size=chunk_size,
-        layouts=chunk_layouts(num_features, chunk_size, gather_features),
+        layouts=layouts,
         mesh=mesh,
     )
     if padded_masks.shape[0] != population:

@@ -91,13 +91,15 @@ def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
                      "packed, fused SGD kernel, tiles summed by gathering",
                      "packed, fused SGD kernel by head",
                      "packed, fused SGD kernel, fused output layer",
-                     "packed, fused SGD kernel by head, fused output layer"]
+                     "packed, fused SGD kernel by head, fused output layer",
+                     "dense, deferred updates, windows of 16", "dense, deferred updates, windows of 32"]
     def column(name):
         return [layout[name] for layout in result["layouts"]]
 
-    assert column("tile_sum") == ["scatter"] * 5 + ["gather"] + ["scatter"] * 3
-    assert column("fused_grid") == ["tiles"] * 6 + ["heads", "tiles", "heads"]
-    assert column("fused_output_layer") == [False] * 7 + [True] * 2
+    assert column("tile_sum") == ["scatter"] * 5 + ["gather"] + ["scatter"] * 5
+    assert column("fused_grid") == ["tiles"] * 6 + ["heads", "tiles", "heads", "tiles", "tiles"]
+    assert column("fused_output_layer") == [False] * 7 + [True] * 2 + [False] * 2
+    assert column("deferred_window") == [0] * 9 + [16, 32]
     for layout in result["layouts"]:
         assert "error" not in layout, layout.get("error")
         assert not layout["fused_update"]  # the kernel is for GPUs unless asked for
@@ -153,7 +155,7 @@ def test_trainer_settings_from_the_environment(monkeypatch):
     for name in common.TRAINER_SETTINGS:
         monkeypatch.setattr(trainer, name, getattr(trainer, name))  # restored after the test
     assert common.apply_trainer_settings(None) == {
-        "TILE_SUM": None, "FUSED_GRID": "tiles", "FUSED_OUTPUT_LAYER": False}
+        "TILE_SUM": None, "FUSED_GRID": "tiles", "FUSED_OUTPUT_LAYER": False, "DEFERRED_WINDOW": 0}
     settings = common.apply_trainer_settings('{"FUSED_GRID": "heads", "FUSED_OUTPUT_LAYER": true}')
     assert settings["FUSED_GRID"] == trainer.FUSED_GRID == "heads" and trainer.FUSED_OUTPUT_LAYER is True
     assert common.environment()["trainer_settings"] == settings

@@ -372,9 +372,12 @@ _WITH_OUTPUT_LAYER = {"FUSED_GRID": "heads", "FUSED_OUTPUT_LAYER": True}
 @pytest.mark.parametrize(
     "train, settings",
     [({}, {}), (_FUSED, {}), (_FUSED, _BY_HEAD), (_FUSED, _WITH_OUTPUT_LAYER),
-     (_FUSED, {"FUSED_OUTPUT_LAYER": True}), (_FUSED_PLAIN_SGD, {}), (_FUSED_PLAIN_SGD, _WITH_OUTPUT_LAYER)],
+     (_FUSED, {"FUSED_OUTPUT_LAYER": True}), (_FUSED_PLAIN_SGD, {}), (_FUSED_PLAIN_SGD, _WITH_OUTPUT_LAYER),
+     ({}, {"DEFERRED_WINDOW": 3}), ({"nesterov": False}, {"DEFERRED_WINDOW": 4}),
+     (_FUSED_PLAIN_SGD, {"DEFERRED_WINDOW": 3})],
     ids=["xla", "fused", "fused-by-head", "fused-by-head-output-layer", "fused-output-layer",
-         "fused-plain-sgd", "fused-by-head-output-layer-plain-sgd"],
+         "fused-plain-sgd", "fused-by-head-output-layer-plain-sgd", "deferred", "deferred-momentum",
+         "deferred-plain-sgd"],
 )
 def test_packed_chunk_of_mixed_heads_equals_each_head_alone(monkeypatch, train, settings):
     """One chunk holding an empty head, tiny and full heads: packed tiles (16 rows at D = 64).
@@ -383,10 +386,10 @@ def test_packed_chunk_of_mixed_heads_equals_each_head_alone(monkeypatch, train, 
     (``fused_sgd``: one program per tile, or per head with
     ``trainer.FUSED_GRID = "heads"``), and the output layer's step
     (``fused_output``, ``trainer.FUSED_OUTPUT_LAYER``), against each head
-    trained alone by XLA.
+    trained alone by XLA; and with deferred first-layer updates
+    (``trainer.DEFERRED_WINDOW``: windows of 3 or 4 steps, so epochs of 7
+    steps end in a partial window).
     """
-    if settings:
-        _retrace_with(monkeypatch, **settings)
     x, y = _data(seed=4)
     masks = _author_masks(9, 6)
     masks[0] = False
@@ -398,12 +401,15 @@ def test_packed_chunk_of_mixed_heads_equals_each_head_alone(monkeypatch, train, 
     config = _SHARED_CONFIG.replace(train=train)
     key = jax.random.key(5)
     one_chunk = config.replace(train={"chunk_size": 6})
+    # The reference first: each head alone, by XLA's ordinary step.
+    alone = [trainer.train_population(key, masks[i : i + 1], x, y, config) for i in range(6)]
+    alone = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *alone)
+    if settings:
+        _retrace_with(monkeypatch, **settings)
     assert not trainer.chunk_layouts(D, 6, gather=True)[0].per_head
     together = trainer.train_population(key, masks, x, y, one_chunk)
     layout = trainer.chunk_layouts(D, 6, gather=True)[0]
-    assert trainer.fused_update_applies(one_chunk.train, layout, H) == bool(train)
-    alone = [trainer.train_population(key, masks[i : i + 1], x, y, config) for i in range(6)]
-    alone = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *alone)
+    assert trainer.fused_update_applies(one_chunk.train, layout, H) == bool(train.get("fused_update"))
     np.testing.assert_array_equal(together.epochs, alone.epochs)
     assert together.epochs.min() < config.train.max_epochs  # heads stopped while others trained
     np.testing.assert_array_equal(together.best_epoch, alone.best_epoch)
@@ -434,8 +440,8 @@ def test_tiles_summed_by_gathering_equal_the_segment_sum(monkeypatch, fused_upda
 @pytest.mark.parametrize(
     "train, settings",
     [({"chunk_size": None}, {}), ({"chunk_size": 5}, {}), ({"chunk_size": 5, **_FUSED}, {}),
-     ({"chunk_size": 5, **_FUSED}, _WITH_OUTPUT_LAYER)],
-    ids=["alone", "packed", "packed-fused", "packed-fused-by-head-output-layer"],
+     ({"chunk_size": 5, **_FUSED}, _WITH_OUTPUT_LAYER), ({"chunk_size": 5}, {"DEFERRED_WINDOW": 3})],
+    ids=["alone", "packed", "packed-fused", "packed-fused-by-head-output-layer", "deferred"],
 )
 def test_placeholder_heads_never_train(monkeypatch, train, settings):
     """``num_trained``: the first heads train as they would alone; the rest keep their initial weights."""
