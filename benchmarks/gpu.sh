@@ -30,7 +30,8 @@ timeout 150 $python benchmarks/step_profile.py --population 32 --epochs 3 --out 
   --variants "packed, fused SGD kernel" "packed, XLA's SGD" "packed, fused SGD kernel, tiles summed by XLA's scatter" \
   "packed, fused SGD kernel by head" "packed, fused SGD kernel, fused output layer" \
   "packed, fused SGD kernel by head, fused output layer" "dense, deferred updates, windows of 16" \
-  "dense, deferred updates, windows of 32" "padded, XLA's SGD" || true
+  "dense, deferred updates, windows of 32" "dense, deferred updates, windows of 16, fused output layer" \
+  "padded, XLA's SGD" || true
 # The rest of the suite runs with the fastest candidate's settings (recorded in every JSON as
 # "trainer_settings"), so that its figures are the trainer's best on this device.
 EVOJAX_PRUNE_BENCH_TRAINER=$($python - "$out/step_profile.json" <<'CHECK'

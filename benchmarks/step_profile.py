@@ -31,7 +31,8 @@ the paper's protocol for ``--epochs`` epochs, in each variant in turn:
     either first-layer kernel: a step is then the input gathers and two kernels;
   * ``dense, deferred updates, windows of L``: ``trainer.DEFERRED_WINDOW``, the
     first kernel read once per window of L steps and written once at its end
-    (``deferred_sgd``), no fused kernels.
+    (``deferred_sgd``), no fused first-layer kernel; also with the fused output
+    layer, which leaves a step about four kernels.
 
 For each: the wall time of a compiled call, the time per minibatch step, the
 heads' final losses (the variants must agree), and the operations of a
@@ -195,6 +196,8 @@ VARIANTS = {
         PACKED, None, False, {"FUSED_GRID": "heads", "FUSED_OUTPUT_LAYER": True}),
     "dense, deferred updates, windows of 16": (PACKED, None, False, {"DEFERRED_WINDOW": 16}),
     "dense, deferred updates, windows of 32": (PACKED, None, False, {"DEFERRED_WINDOW": 32}),
+    "dense, deferred updates, windows of 16, fused output layer": (
+        PACKED, None, False, {"DEFERRED_WINDOW": 16, "FUSED_OUTPUT_LAYER": True}),
 }
 
 
@@ -208,6 +211,7 @@ CANDIDATES = (
     "packed, fused SGD kernel by head, fused output layer",
     "dense, deferred updates, windows of 16",
     "dense, deferred updates, windows of 32",
+    "dense, deferred updates, windows of 16, fused output layer",
 )
 
 

@@ -567,7 +567,7 @@ def _train_chunk(
     deferred = deferred_update_applies(train_config) and layout.per_head and not gather
     fused = not deferred and fused_update_applies(train_config, layout, hidden_units)
     by_head = fused and FUSED_GRID == "heads"
-    fused_output_layer = fused and FUSED_OUTPUT_LAYER and (
+    fused_output_layer = (fused or deferred) and FUSED_OUTPUT_LAYER and (
         jax.default_backend() != "gpu"
         or fused_output.supported(train_config.batch_size, hidden_units, num_classes) is None
     )
@@ -582,14 +582,13 @@ def _train_chunk(
         jax.vmap(optimizer.init), jax.vmap(optimizer.update)
     )
     row_mask = masks.astype(jnp.float32)[:, :, None]  # (K, D, 1)
-    if deferred:  # pruned rows zero while training (restored below), the momentum kept here
+    if deferred:  # pruned rows zero while training (restored below)
         params = params.replace(hidden_kernel=params.hidden_kernel * row_mask)
+    if fused or deferred:
+        # The first kernel's optimizer is the fused kernel or the deferred windows (its
+        # momentum kept here, None without); optax updates the output layer, or
+        # fused_output's kernel does.
         momentum = jnp.zeros_like(params.hidden_kernel) if train_config.momentum else None
-        opt_state = (init_optimizer((params.output_kernel, params.output_bias)), momentum)
-    elif fused:
-        # The first kernel's optimizer is the fused kernel (its momentum kept here, None
-        # without); optax updates the output layer, or fused_output's kernel does.
-        momentum = jnp.zeros_like(hidden_kernel) if train_config.momentum else None
         output_layer = (params.output_kernel, params.output_bias)
         if fused_output_layer:  # the output layer's momentum, kept here like the first kernel's
             output_state = jax.tree.map(jnp.zeros_like, output_layer) if train_config.momentum else None
@@ -693,14 +692,24 @@ def _train_chunk(
                 if momentum is not None:
                     corrections = corrections + a[j] * base[:, j, :, hidden_units:]
                 pre_activation = base[:, j, :, :hidden_units] - learning_rate * corrections
-                losses, d_pre_activation, output_grads = _loss_and_backward(
-                    params, pre_activation, labels, step_weights)
                 on = running & step_real
-                output_layer = (params.output_kernel, params.output_bias)
-                updates, new_state = update(output_grads, output_state, output_layer)
-                output_kernel, output_bias = optax.apply_updates(output_layer, masked(updates, (on, on)))
-                output_state = jax.tree.map(lambda new, old: jnp.where(step_real, new, old), new_state,
-                                            output_state)
+                if fused_output_layer:  # skips the heads that do not train (and padding steps)
+                    losses, d_pre_activation, output_kernel, output_bias, output_state = (
+                        fused_output.output_layer_step(
+                            pre_activation, labels, step_weights / jnp.sum(step_weights),
+                            params.output_kernel, params.output_bias, output_state, on,
+                            num_classes=num_classes, learning_rate=learning_rate,
+                            decay=train_config.momentum, nesterov=train_config.nesterov,
+                        )
+                    )
+                else:
+                    losses, d_pre_activation, output_grads = _loss_and_backward(
+                        params, pre_activation, labels, step_weights)
+                    output_layer = (params.output_kernel, params.output_bias)
+                    updates, new_state = update(output_grads, output_state, output_layer)
+                    output_kernel, output_bias = optax.apply_updates(output_layer, masked(updates, (on, on)))
+                    output_state = jax.tree.map(lambda new, old: jnp.where(step_real, new, old), new_state,
+                                                output_state)
                 d_window = d_window.at[:, j].set(jnp.where(on[:, None, None], d_pre_activation, 0.0))
                 params = params.replace(output_kernel=output_kernel, output_bias=output_bias)
                 return (params, output_state, d_window), losses

@@ -92,14 +92,15 @@ def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
                      "packed, fused SGD kernel by head",
                      "packed, fused SGD kernel, fused output layer",
                      "packed, fused SGD kernel by head, fused output layer",
-                     "dense, deferred updates, windows of 16", "dense, deferred updates, windows of 32"]
+                     "dense, deferred updates, windows of 16", "dense, deferred updates, windows of 32",
+                     "dense, deferred updates, windows of 16, fused output layer"]
     def column(name):
         return [layout[name] for layout in result["layouts"]]
 
-    assert column("tile_sum") == ["scatter"] * 5 + ["gather"] + ["scatter"] * 5
-    assert column("fused_grid") == ["tiles"] * 6 + ["heads", "tiles", "heads", "tiles", "tiles"]
-    assert column("fused_output_layer") == [False] * 7 + [True] * 2 + [False] * 2
-    assert column("deferred_window") == [0] * 9 + [16, 32]
+    assert column("tile_sum") == ["scatter"] * 5 + ["gather"] + ["scatter"] * 6
+    assert column("fused_grid") == ["tiles"] * 6 + ["heads", "tiles", "heads"] + ["tiles"] * 3
+    assert column("fused_output_layer") == [False] * 7 + [True] * 2 + [False] * 2 + [True]
+    assert column("deferred_window") == [0] * 9 + [16, 32, 16]
     for layout in result["layouts"]:
         assert "error" not in layout, layout.get("error")
         assert not layout["fused_update"]  # the kernel is for GPUs unless asked for

@@ -165,9 +165,15 @@ def test_supported_shapes_name_the_problem():
     assert "hidden units 96" in fused_sgd.supported(128, 32, 96)
 
 
-@pytest.mark.parametrize("grid, output_layer", [("tiles", False), ("heads", False), ("heads", True)])
-def test_trainer_lowers_for_a_gpu_with_the_fused_kernel(monkeypatch, grid, output_layer):
-    """The whole training program as a GPU gets it (Triton kernels, tiles summed by gathering)."""
+@pytest.mark.parametrize(
+    "grid, output_layer, deferred",
+    [("tiles", False, 0), ("heads", False, 0), ("heads", True, 0), ("tiles", True, 4)],
+    ids=["by-tile", "by-head", "by-head-output-layer", "deferred-output-layer"],
+)
+def test_trainer_lowers_for_a_gpu_with_the_fused_kernel(monkeypatch, grid, output_layer, deferred):
+    """The whole training program as a GPU gets it (Triton kernels, tiles summed by gathering).
+
+    With deferred updates (one dense layout) only the output layer's kernel is Pallas."""
     from evojax_prune import devices, fused_output, trainer
     from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
 
@@ -176,12 +182,15 @@ def test_trainer_lowers_for_a_gpu_with_the_fused_kernel(monkeypatch, grid, outpu
     monkeypatch.setattr(trainer, "TILE_SUM", "gather")
     monkeypatch.setattr(trainer, "FUSED_GRID", grid)
     monkeypatch.setattr(trainer, "FUSED_OUTPUT_LAYER", output_layer)
+    monkeypatch.setattr(trainer, "DEFERRED_WINDOW", deferred)
     # The trainer asks the backend whether it is a GPU; this CPU answers "gpu" for the trace.
     monkeypatch.setattr(trainer.jax, "default_backend", lambda: "gpu")
     config = RunConfig(head=HeadConfig(hidden=hidden),
                        train=TrainConfig(batch_size=16, max_epochs=2, chunk_size=heads, fused_update=True))
     layouts = trainer.chunk_layouts(num_features, heads, gather=True)
     assert fused_sgd.supported(layouts[0].tile_rows, 16, hidden) is None
+    if deferred:  # what train_population passes then
+        layouts = (trainer.ChunkLayout(num_features, heads, per_head=True),)
     init, orders = trainer._initial_weights_and_orders(
         jax.random.key(0), num_features=num_features, num_classes=3, hidden=hidden, num_epochs=2,
         num_samples=samples)
@@ -193,9 +202,10 @@ def test_trainer_lowers_for_a_gpu_with_the_fused_kernel(monkeypatch, grid, outpu
         mesh=devices.mesh_for(None),
     ).lower(lowering_platforms=("cuda",))
     text = lowered.as_text()
-    kernels_per_step = 2 if output_layer else 1
+    kernels_per_step = int(output_layer) + (0 if deferred else 1)
     assert text.count("xla.gpu.triton") == kernels_per_step * len(layouts)  # in each layout's branch
     assert ("fused_sgd_step_by_head" in text) == (grid == "heads")
+    assert ("fused_sgd_step" in text) == (not deferred)
     assert ("fused_output_layer_step" in text) == output_layer
     assert fused_output.supported(16, hidden, 3) is None
 

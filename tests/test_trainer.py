@@ -374,10 +374,11 @@ _WITH_OUTPUT_LAYER = {"FUSED_GRID": "heads", "FUSED_OUTPUT_LAYER": True}
     [({}, {}), (_FUSED, {}), (_FUSED, _BY_HEAD), (_FUSED, _WITH_OUTPUT_LAYER),
      (_FUSED, {"FUSED_OUTPUT_LAYER": True}), (_FUSED_PLAIN_SGD, {}), (_FUSED_PLAIN_SGD, _WITH_OUTPUT_LAYER),
      ({}, {"DEFERRED_WINDOW": 3}), ({"nesterov": False}, {"DEFERRED_WINDOW": 4}),
-     (_FUSED_PLAIN_SGD, {"DEFERRED_WINDOW": 3})],
+     (_FUSED_PLAIN_SGD, {"DEFERRED_WINDOW": 3}),
+     (_FUSED, {"DEFERRED_WINDOW": 3, "FUSED_OUTPUT_LAYER": True})],
     ids=["xla", "fused", "fused-by-head", "fused-by-head-output-layer", "fused-output-layer",
          "fused-plain-sgd", "fused-by-head-output-layer-plain-sgd", "deferred", "deferred-momentum",
-         "deferred-plain-sgd"],
+         "deferred-plain-sgd", "deferred-output-layer"],
 )
 def test_packed_chunk_of_mixed_heads_equals_each_head_alone(monkeypatch, train, settings):
     """One chunk holding an empty head, tiny and full heads: packed tiles (16 rows at D = 64).
