@@ -35,7 +35,14 @@ GPU a packed chunk trained with ``sgd`` runs its first layer's step as one Palla
 kernel (``fused_sgd.sgd_step``: the gradient, the SGD update and the next
 minibatch's forward product, so the kernel is read and written once per step and
 stopped heads are skipped; ``TrainConfig.fused_update``); the scan then carries
-each tile's forward product from one step to the next. This is
+each tile's forward product from one step to the next. Three alternatives,
+unmeasured on a GPU and off by default, are module settings read when a
+program is traced (``benchmarks/step_profile.py`` compares them and
+``gpu.sh`` runs its suite with the fastest): ``FUSED_GRID = "heads"`` (the
+kernel by head, ``fused_sgd.sgd_step_by_head``), ``FUSED_OUTPUT_LAYER`` (the
+output layer's step as one kernel per head, ``fused_output``) and
+``DEFERRED_WINDOW`` (the first kernel read once per window of steps,
+``deferred_sgd``). Packing is
 exact for optimizers that update every weight from its own gradient history
 (``ROW_SEPARABLE_OPTIMIZERS``): a pruned row gets a zero gradient and so never
 moves; other optimizers (weight decay, layer-wise trust ratios, factored
