@@ -35,9 +35,13 @@ Reference: optax.sgd (optax/_src/alias.py); softmax cross-entropy as in
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+
+from evojax_prune import fused_sgd
 
 # Hidden units per pass of a program: (B, 128) blocks of the pre-activation keep a
 # program's registers small whatever H is.
@@ -128,13 +132,7 @@ def output_layer_step(
     with_momentum = momentum is not None
     interpret = jax.default_backend() != "gpu" if interpret is None else interpret
     parts = [pl.ds(part * block, block) for part in range(hidden // block)]
-
-    def sgd(param, grad, momentum_value):
-        if not with_momentum:
-            return param + (-learning_rate) * grad, None
-        trace = grad + decay * momentum_value
-        update = grad + decay * trace if nesterov else trace
-        return param + (-learning_rate) * update, trace
+    sgd = functools.partial(fused_sgd.sgd_update, learning_rate=learning_rate, decay=decay, nesterov=nesterov)
 
     def body(training_ref, labels_ref, weights_ref, pre_ref, kernel_ref, bias_ref, *refs):
         if with_momentum:
@@ -191,14 +189,9 @@ def output_layer_step(
     weight_specs = [kernel_spec, bias_spec] * (2 if with_momentum else 1)
     weight_shapes = [jax.ShapeDtypeStruct(output_kernel.shape, jnp.float32),
                      jax.ShapeDtypeStruct(output_bias.shape, jnp.float32)] * (2 if with_momentum else 1)
-    compiler_params = None
-    if not interpret:
-        from jax.experimental.pallas import triton as pallas_triton
-
-        compiler_params = pallas_triton.CompilerParams(num_warps=num_warps, num_stages=1)
     # Operands 4, 5 (kernel, bias) and 6, 7 (their momentum) are updated in place: outputs 2...
     aliases = {4 + i: 2 + i for i in range(len(weight_specs))}
-    call = pl.pallas_call(
+    call = fused_sgd.pallas_call(
         body,
         out_shape=[jax.ShapeDtypeStruct((num_heads,), jnp.float32),
                    jax.ShapeDtypeStruct(pre_activation.shape, jnp.float32), *weight_shapes],
@@ -207,7 +200,8 @@ def output_layer_step(
         out_specs=[per_head, activations, *weight_specs],
         input_output_aliases=aliases,
         interpret=interpret,
-        compiler_params=compiler_params,
+        num_warps=num_warps,
+        num_stages=1,
         name="fused_output_layer_step",
     )
     weights = [output_kernel, output_bias, *(momentum if with_momentum else ())]

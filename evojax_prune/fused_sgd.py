@@ -96,6 +96,36 @@ def _interpret() -> bool:
     return jax.default_backend() != "gpu"
 
 
+def sgd_update(
+    param: jax.Array, grad: jax.Array, trace: jax.Array | None, *, learning_rate: float, decay: float,
+    nesterov: bool,
+) -> tuple[jax.Array, jax.Array | None]:
+    """optax.sgd on one block, inside a kernel: the new parameters and trace (None for plain SGD).
+
+    ``trace`` is optax's momentum: ``trace = grad + decay * trace``; the update is
+    ``grad + decay * trace`` with Nesterov, else ``trace``; ``param - learning_rate * update``.
+    """
+    if trace is None:
+        return param + (-learning_rate) * grad, None
+    trace = grad + decay * trace
+    update = grad + decay * trace if nesterov else trace
+    return param + (-learning_rate) * update, trace
+
+
+def pallas_call(body, *, interpret: bool, num_warps: int, num_stages: int, **call_arguments):
+    """``pl.pallas_call`` compiled by Triton on a GPU (with ``num_warps`` and ``num_stages``).
+
+    The Triton settings are passed explicitly because jax otherwise compiles Pallas
+    for GPUs with Mosaic, whose kernels look different; elsewhere the interpreter.
+    """
+    compiler_params = None
+    if not interpret:
+        from jax.experimental.pallas import triton as pallas_triton
+
+        compiler_params = pallas_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+    return pl.pallas_call(body, interpret=interpret, compiler_params=compiler_params, **call_arguments)
+
+
 def sgd_step(
     kernel: jax.Array,
     momentum: jax.Array | None,
@@ -144,6 +174,7 @@ def sgd_step(
         raise ValueError(f"fused_sgd.sgd_step: block {block} does not divide the {hidden} hidden units")
     with_momentum = momentum is not None
     interpret = _interpret() if interpret is None else interpret
+    hyper = dict(learning_rate=learning_rate, decay=decay, nesterov=nesterov)
 
     def body(training_ref, kernel_ref, *refs):
         if with_momentum:
@@ -154,14 +185,11 @@ def sgd_step(
         @pl.when(training_ref[0] != 0)
         def _update():
             grad = jnp.dot(inputs_ref[...], d_ref[...], preferred_element_type=jnp.float32)  # (r, block)
-            if with_momentum:
-                trace = grad + decay * momentum_ref[...]
-                momentum_out[...] = trace
-                update = grad + decay * trace if nesterov else trace
-            else:
-                update = grad
-            new_kernel = kernel_ref[...] + (-learning_rate) * update
+            old_trace = momentum_ref[...] if with_momentum else None
+            new_kernel, trace = sgd_update(kernel_ref[...], grad, old_trace, **hyper)
             kernel_out[...] = new_kernel
+            if with_momentum:
+                momentum_out[...] = trace
             product_out[...] = jnp.dot(next_ref[...], new_kernel, preferred_element_type=jnp.float32)
 
         @pl.when(training_ref[0] == 0)
@@ -179,35 +207,16 @@ def sgd_step(
         pl.BlockSpec((squeezed, batch, rows), lambda tile, part: (tile, 0, 0)),
     ]
     product_spec = pl.BlockSpec((squeezed, batch, block), lambda tile, part: (tile, 0, part))
-    weights_shape = jax.ShapeDtypeStruct(kernel.shape, jnp.float32)
-    out_shape = [weights_shape, *([weights_shape] if with_momentum else []),
-                 jax.ShapeDtypeStruct((num_tiles, batch, hidden), jnp.float32)]
-    out_specs = [weights_spec, *([weights_spec] if with_momentum else []), product_spec]
-    # Operand 1 (kernel) -> output 0, operand 2 (momentum) -> output 1: updated in place,
-    # which is what lets a skipped tile write nothing.
-    aliases = {1: 0, 2: 1} if with_momentum else {1: 0}
-    compiler_params = None
-    if not interpret:
-        from jax.experimental.pallas import triton as pallas_triton
-
-        compiler_params = pallas_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
-    call = pl.pallas_call(
-        body,
-        out_shape=out_shape,
-        grid=(num_tiles, hidden // block),
-        in_specs=in_specs,
-        out_specs=out_specs,
-        input_output_aliases=aliases,
-        interpret=interpret,
-        compiler_params=compiler_params,
-        name="fused_sgd_step",
+    # In place, which is what lets a skipped tile write nothing.
+    call = _updating_call(
+        body, kernel_operand=1, weights_spec=weights_spec, product_spec=product_spec,
+        product_shape=(num_tiles, batch, hidden), kernel_shape=kernel.shape, with_momentum=with_momentum,
+        grid=(num_tiles, hidden // block), in_specs=in_specs, interpret=interpret, num_warps=num_warps,
+        num_stages=num_stages, name="fused_sgd_step",
     )
     operands = [training.astype(jnp.int32), kernel, *([momentum] if with_momentum else []),
                 inputs_transposed, d_pre_activation, next_inputs]
-    outputs = call(*operands)
-    if with_momentum:
-        return outputs[0], outputs[1], outputs[2]
-    return outputs[0], None, outputs[1]
+    return _kernel_momentum_product(call(*operands), with_momentum)
 
 
 
@@ -269,6 +278,7 @@ def sgd_step_by_head(
         )
     with_momentum = momentum is not None
     interpret = _interpret() if interpret is None else interpret
+    hyper = dict(learning_rate=learning_rate, decay=decay, nesterov=nesterov)
 
     def body(start_ref, count_ref, kernel_ref, *refs):
         if with_momentum:
@@ -281,14 +291,11 @@ def sgd_step_by_head(
         def update_tile(place, product):
             tile = start + place
             grad = jnp.dot(inputs_ref[tile], d_pre, preferred_element_type=jnp.float32)  # (r, block)
-            if with_momentum:
-                trace = grad + decay * momentum_ref[tile]
-                momentum_out[tile] = trace
-                update = grad + decay * trace if nesterov else trace
-            else:
-                update = grad
-            new_kernel = kernel_ref[tile] + (-learning_rate) * update
+            old_trace = momentum_ref[tile] if with_momentum else None
+            new_kernel, trace = sgd_update(kernel_ref[tile], grad, old_trace, **hyper)
             kernel_out[tile] = new_kernel
+            if with_momentum:
+                momentum_out[tile] = trace
             return product + jnp.dot(next_ref[tile], new_kernel, preferred_element_type=jnp.float32)
 
         product_out[...] = jax.lax.fori_loop(
@@ -313,32 +320,38 @@ def sgd_step_by_head(
         head_block,
         whole(next_inputs.shape),
     ]
-    weights_shape = jax.ShapeDtypeStruct(kernel.shape, jnp.float32)
-    out_shape = [weights_shape, *([weights_shape] if with_momentum else []),
-                 jax.ShapeDtypeStruct((num_heads, batch, hidden), jnp.float32)]
-    out_specs = [weights_spec, *([weights_spec] if with_momentum else []), head_block]
-    # Operand 2 (kernel) -> output 0, operand 3 (momentum) -> output 1: updated in place, so
-    # tiles no program visits keep their values.
-    aliases = {2: 0, 3: 1} if with_momentum else {2: 0}
-    compiler_params = None
-    if not interpret:
-        from jax.experimental.pallas import triton as pallas_triton
-
-        compiler_params = pallas_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)
-    call = pl.pallas_call(
-        body,
-        out_shape=out_shape,
-        grid=(num_heads, hidden // block),
-        in_specs=in_specs,
-        out_specs=out_specs,
-        input_output_aliases=aliases,
-        interpret=interpret,
-        compiler_params=compiler_params,
-        name="fused_sgd_step_by_head",
+    # In place, so tiles no program visits keep their values.
+    call = _updating_call(
+        body, kernel_operand=2, weights_spec=weights_spec, product_spec=head_block,
+        product_shape=(num_heads, batch, hidden), kernel_shape=kernel.shape, with_momentum=with_momentum,
+        grid=(num_heads, hidden // block), in_specs=in_specs, interpret=interpret, num_warps=num_warps,
+        num_stages=num_stages, name="fused_sgd_step_by_head",
     )
     operands = [tile_start.astype(jnp.int32), tile_count.astype(jnp.int32), kernel,
                 *([momentum] if with_momentum else []), inputs_transposed, d_pre_activation, next_inputs]
-    outputs = call(*operands)
+    return _kernel_momentum_product(call(*operands), with_momentum)
+
+
+def _updating_call(body, *, kernel_operand: int, weights_spec, product_spec, product_shape, kernel_shape,
+                   with_momentum: bool, **call_arguments):
+    """A ``pallas_call`` whose outputs are the kernel and its momentum, updated in place, then a product.
+
+    ``kernel_operand``: the kernel's place among the operands, the momentum (if
+    any) right after it; they become outputs 0 and 1.
+    """
+    updated = 2 if with_momentum else 1
+    weights_shape = jax.ShapeDtypeStruct(kernel_shape, jnp.float32)
+    return pallas_call(
+        body,
+        out_shape=[weights_shape] * updated + [jax.ShapeDtypeStruct(product_shape, jnp.float32)],
+        out_specs=[weights_spec] * updated + [product_spec],
+        input_output_aliases={kernel_operand + output: output for output in range(updated)},
+        **call_arguments,
+    )
+
+
+def _kernel_momentum_product(outputs, with_momentum: bool):
+    """A kernel's outputs as (kernel, momentum or None, product)."""
     if with_momentum:
         return outputs[0], outputs[1], outputs[2]
     return outputs[0], None, outputs[1]
