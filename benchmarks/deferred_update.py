@@ -132,13 +132,14 @@ def deferred_window(params, momentum, output_state, masks, x_steps, y_steps, *, 
     a, b, m_decay, c = (jnp.asarray(table, jnp.float32) for table in coefficients(window, decay, nesterov))
     optimizer = optax.sgd(learning_rate, momentum=decay or None, nesterov=nesterov)
     float_masks = masks.astype(jnp.float32)
-    rows = x_steps.reshape(window * batch, num_features)  # (L B, D)
+    # Each head's masked inputs, (K, L B, D), as the trainer does it (batched products only).
+    rows = x_steps.reshape(window * batch, num_features)[None] * float_masks[:, None, :]
     hidden = params.hidden_kernel.shape[-1]
     # Once per window: the window's inputs times the starting weights and momentum, (K, L, B, H) each,
     # and each head's Gram matrix of the window's inputs over its kept features, (K, L, B, L, B).
-    base = jnp.einsum("id,kdh->kih", rows, jnp.concatenate([params.hidden_kernel, momentum], axis=-1))
+    base = jnp.einsum("kid,kdh->kih", rows, jnp.concatenate([params.hidden_kernel, momentum], axis=-1))
     base = base.reshape(-1, window, batch, 2 * hidden)
-    gram = jnp.einsum("id,kd,jd->kij", rows, float_masks, rows).reshape(-1, window, batch, window, batch)
+    gram = jnp.einsum("kid,kjd->kij", rows, rows).reshape(-1, window, batch, window, batch)
 
     def step(carry, data):
         params, output_state, d_window = carry  # d_window: (K, L, B, H), zero for later steps
@@ -157,11 +158,10 @@ def deferred_window(params, momentum, output_state, masks, x_steps, y_steps, *, 
     # Once per window: both rank-(L B) sums of the gradients, masked to the kept rows.
     d_rows = d_window.reshape(-1, window * batch, hidden)
     scales = jnp.concatenate([jnp.repeat(b[window], batch), jnp.repeat(c[window], batch)])  # (2 L B,)
-    sums = jnp.einsum("id,kih->kdh", rows, d_rows * scales[:window * batch, None])
-    sums_m = jnp.einsum("id,kih->kdh", rows, d_rows * scales[window * batch:, None])
-    kept = float_masks[:, :, None]
-    hidden_kernel = params.hidden_kernel - learning_rate * (a[window] * momentum + kept * sums)
-    momentum = m_decay[window] * momentum + kept * sums_m
+    sums = jnp.einsum("kid,kih->kdh", rows, d_rows * scales[:window * batch, None])
+    sums_m = jnp.einsum("kid,kih->kdh", rows, d_rows * scales[window * batch:, None])
+    hidden_kernel = params.hidden_kernel - learning_rate * (a[window] * momentum + sums)
+    momentum = m_decay[window] * momentum + sums_m
     return params.replace(hidden_kernel=hidden_kernel), momentum, output_state, losses
 
 

@@ -683,13 +683,17 @@ def _train_chunk(
         def one_window(carry, data):
             params, output_state, momentum = carry
             window_indices, window_weights, window_real = data
-            rows = x[window_indices.reshape(-1), :num_features]  # (L B, D)
-            start = params.hidden_kernel if momentum is None else jnp.concatenate(
-                [params.hidden_kernel, momentum], axis=-1)
-            # Once per window: the inputs times the starting weights (and momentum), and each
+            # Each head's masked inputs, (K, L B, D): every product below is then a batched
+            # matrix product over the heads, which no operand needs transposing in memory for.
+            rows = x[window_indices.reshape(-1), :num_features][None] * row_mask[:, None, :, 0]
+            # Once per window: the inputs times the starting weights and momentum, and each
             # head's Gram matrix of the window's inputs over its kept features.
-            base = jnp.einsum("id,kdh->kih", rows, start).reshape(num_heads, window, batch, -1)
-            gram = jnp.einsum("id,kd,jd->kij", rows, row_mask[:, :, 0], rows)
+            def products(weights):  # (K, D, H) -> (K, L, B, H)
+                return jnp.einsum("kid,kdh->kih", rows, weights).reshape(num_heads, window, batch, -1)
+
+            from_weights = products(params.hidden_kernel)
+            from_momentum = None if momentum is None else products(momentum)
+            gram = jnp.einsum("kid,kjd->kij", rows, rows)
             gram = gram.reshape(num_heads, window, batch, window, batch)
 
             def step(carry, data):
@@ -697,8 +701,8 @@ def _train_chunk(
                 j, labels, step_weights, step_real = data
                 corrections = jnp.einsum("kbmc,m,kmch->kbh", gram[:, j], b[j], d_window)
                 if momentum is not None:
-                    corrections = corrections + a[j] * base[:, j, :, hidden_units:]
-                pre_activation = base[:, j, :, :hidden_units] - learning_rate * corrections
+                    corrections = corrections + a[j] * from_momentum[:, j]
+                pre_activation = from_weights[:, j] - learning_rate * corrections
                 on = running & step_real
                 if fused_output_layer:  # skips the heads that do not train (and padding steps)
                     losses, d_pre_activation, output_kernel, output_bias, output_state = (
@@ -729,9 +733,9 @@ def _train_chunk(
             length = jnp.sum(window_real)
             d_rows = d_window.reshape(num_heads, window * batch, hidden_units)
 
-            def gradient_sum(step_scales):  # sum_k scale_k X_kᵀ D_k over the kept rows: (K, D, H)
+            def gradient_sum(step_scales):  # sum_k scale_k X_kᵀ D_k (masked inputs: kept rows only)
                 scaled = d_rows * jnp.repeat(step_scales, batch)[:, None]
-                return row_mask * jnp.einsum("id,kih->kdh", rows, scaled)
+                return jnp.einsum("kid,kih->kdh", rows, scaled)
 
             hidden_kernel = params.hidden_kernel - learning_rate * gradient_sum(b[length])
             if momentum is not None:
