@@ -167,9 +167,15 @@ FUSED_OUTPUT_LAYER = False
 DEFERRED_WINDOW = 0
 
 
-def deferred_update_applies(train_config: TrainConfig) -> bool:
-    """Whether chunks train with deferred first-layer updates (``DEFERRED_WINDOW``, plain ``sgd``)."""
-    return DEFERRED_WINDOW > 0 and train_config.optimizer == "sgd" and not train_config.optimizer_options
+def deferred_update_applies(train_config: TrainConfig, chunk_size: int) -> bool:
+    """Whether chunks of ``chunk_size`` heads train with deferred first-layer updates.
+
+    With ``DEFERRED_WINDOW`` set, plain ``sgd`` and chunks of several heads: a
+    chunk of one head keeps its gathered layout (the one-at-a-time baseline of
+    ``benchmarks/trainer_throughput.py`` stays what it measured).
+    """
+    plain_sgd = train_config.optimizer == "sgd" and not train_config.optimizer_options
+    return DEFERRED_WINDOW > 0 and plain_sgd and chunk_size > 1
 
 
 def tile_sum_method(platform: str | None = None) -> str:
@@ -571,7 +577,7 @@ def _train_chunk(
         output_bias=_repeat(init_params.output_bias, num_heads),
     )
     hidden_units, num_classes = init_params.output_kernel.shape
-    deferred = deferred_update_applies(train_config) and layout.per_head and not gather
+    deferred = deferred_update_applies(train_config, num_heads) and layout.per_head and not gather
     fused = not deferred and fused_update_applies(train_config, layout, hidden_units)
     by_head = fused and FUSED_GRID == "heads"
     fused_output_layer = (fused or deferred) and FUSED_OUTPUT_LAYER and (
@@ -1103,7 +1109,7 @@ def train_population(
     chunk_size = choose_chunk_size(
         local_population, num_features, num_classes, config.head.hidden, train_config
     )
-    if deferred_update_applies(train_config):  # dense heads, one layout (no per-level branches)
+    if deferred_update_applies(train_config, chunk_size):  # dense heads, one layout (no level branches)
         layouts = (ChunkLayout(num_features, chunk_size, per_head=True),)
     else:
         layouts = chunk_layouts(num_features, chunk_size, gather_features)

@@ -488,3 +488,14 @@ def test_rejects_bad_shapes_and_labels():
         trainer.train_population(key, masks, x, y[:-1], config)
     with pytest.raises(ValueError, match="labels"):
         trainer.train_population(key, masks, x, y, config, num_classes=2)
+
+
+def test_where_deferred_updates_apply(monkeypatch):
+    """``trainer.DEFERRED_WINDOW``: chunks of several heads trained with plain ``sgd``."""
+    applies = trainer.deferred_update_applies
+    assert trainer.DEFERRED_WINDOW == 0 and not applies(TrainConfig(), 32)  # off by default
+    monkeypatch.setattr(trainer, "DEFERRED_WINDOW", 16)
+    assert applies(TrainConfig(), 32) and applies(TrainConfig(momentum=0.0, nesterov=False), 2)
+    assert not applies(TrainConfig(), 1)  # one head at a time keeps its gathered layout
+    assert not applies(TrainConfig(optimizer="adam"), 32)
+    assert not applies(TrainConfig(optimizer_options=(("accumulator_dtype", None),)), 32)
