@@ -1,7 +1,7 @@
 """Deferred first-layer updates: a window of SGD steps that reads the first kernel once, not every step.
 
-A prototype, not (yet) the trainer's code: it asks whether the idea pays on a
-GPU before the trainer is rebuilt around it.
+The idea alone, outside the trainer (which has it as ``trainer.DEFERRED_WINDOW``,
+timed by ``step_profile.py``): a small program to measure and to read.
 
 Each SGD step changes a head's first kernel by a rank-B matrix, the gradient
 G_j = X_jᵀ D_j (inputs X_j (B, D), pre-activation gradient D_j (B, H)). With
@@ -144,7 +144,7 @@ def deferred_window(params, momentum, output_state, masks, x_steps, y_steps, *, 
     def step(carry, data):
         params, output_state, d_window = carry  # d_window: (K, L, B, H), zero for later steps
         j, labels = data
-        corrections = jnp.einsum("kbmc,m,kmch->kbh", gram[:, j], b[j], d_window)
+        corrections = jnp.einsum("kbmc,kmch->kbh", gram[:, j] * b[j][:, None], d_window)
         from_momentum = a[j] * base[:, j, :, hidden:]
         pre_activation = base[:, j, :, :hidden] - learning_rate * (from_momentum + corrections)
         loss, d_pre, params, output_state = _output_step(

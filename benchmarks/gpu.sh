@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Profiles of a training step and of the fused SGD kernel, then the GPU-sized benchmark suite.
-# About 8 minutes on one H100 (estimated from the parts: 60 + 30 + 45 + 25 + 330 s; the new
-# kernels' and the deferred updates' parts are guesses); 12.5 at the time limits. The suite
+# About 8 minutes on one H100 (estimated from the parts: 90 + 30 + 45 + 330 s; the new
+# kernels' and the deferred updates' parts are guesses); 11.5 at the time limits. The suite
 # runs with the trainer settings that made the fastest step in the step profile (its first
 # part).
 #
@@ -24,14 +24,14 @@ fi
 # Where a generation's training step spends its time, in each of the trainer's variants. First,
 # because it is quick and checks the trainer's default path on this device: the suite is not
 # worth running if that fails.
-# The candidates are the trainer's settings (step_profile.CANDIDATES); XLA's step, the padded
-# layout and XLA's scatter as references.
+# The candidates are the trainer's settings (step_profile.CANDIDATES); XLA's step and XLA's
+# scatter as references.
 timeout 150 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json" \
   --variants "packed, fused SGD kernel" "packed, XLA's SGD" "packed, fused SGD kernel, tiles summed by XLA's scatter" \
   "packed, fused SGD kernel by head" "packed, fused SGD kernel, fused output layer" \
   "packed, fused SGD kernel by head, fused output layer" "dense, deferred updates, windows of 16" \
   "dense, deferred updates, windows of 32" "dense, deferred updates, windows of 16, fused output layer" \
-  "padded, XLA's SGD" || true
+  || true
 # The rest of the suite runs with the fastest candidate's settings (recorded in every JSON as
 # "trainer_settings"), so that its figures are the trainer's best on this device.
 EVOJAX_PRUNE_BENCH_TRAINER=$($python - "$out/step_profile.json" <<'CHECK'
@@ -57,6 +57,4 @@ echo "trainer settings for the suite: $EVOJAX_PRUNE_BENCH_TRAINER"
 # The fused SGD kernels alone (one program per tile, one per head) over Triton's settings:
 # which kernel and which settings the trainer should default to.
 timeout 90 $python benchmarks/fused_sgd_step.py --blocks 32 64 --out "$out/fused_sgd_step.json" || true
-# Deferred first-layer updates (a prototype): windows of steps that read the kernel once.
-timeout 45 $python benchmarks/deferred_update.py --windows 16 32 --out "$out/deferred_update.json" || true
 timeout 390 $python benchmarks/run_all.py --size gpu --out-dir "$out" || true

@@ -705,7 +705,7 @@ def _train_chunk(
             def step(carry, data):
                 params, output_state, d_window = carry
                 j, labels, step_weights, step_real = data
-                corrections = jnp.einsum("kbmc,m,kmch->kbh", gram[:, j], b[j], d_window)
+                corrections = jnp.einsum("kbmc,kmch->kbh", gram[:, j] * b[j][:, None], d_window)
                 if momentum is not None:
                     corrections = corrections + a[j] * from_momentum[:, j]
                 pre_activation = from_weights[:, j] - learning_rate * corrections
