@@ -162,8 +162,12 @@ FUSED_OUTPUT_LAYER = False
 # each step's pre-activation from them plus low-rank corrections through the window's
 # Gram matrix, and writes the first kernel and momentum once per window: 6 passes over
 # them per window instead of 4 per step, for several times the arithmetic (a GPU's
-# trade, not a CPU's). The same arithmetic as the ordinary step up to reassociation;
-# unmeasured on a GPU (step_profile.py compares). Read when traced.
+# trade, not a CPU's: 1.5x slower on this 2-core CPU). The same arithmetic as the ordinary
+# step up to reassociation; unmeasured on a GPU (step_profile.py compares). It replaces the
+# fused first-layer kernel; ``FUSED_OUTPUT_LAYER`` still applies. Memory per chunk of K
+# heads beyond the dense weights: the window's masked inputs (K L B D floats), its products
+# and gradients (3 K L B H), the Gram matrices (K (L B)^2) and the end's two (K, D, H)
+# sums; about 0.55 GB at K = 32, L = 16, B = 32, D = 2048, H = 512. Read when traced.
 DEFERRED_WINDOW = 0
 
 
