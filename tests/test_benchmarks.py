@@ -210,3 +210,19 @@ def test_deferred_update_benchmark_runs(tmp_path):
     assert [(row["variant"], row["window"]) for row in result["rows"]] == [
         ("sequential", 1), ("deferred", 4), ("deferred", 8)]
     assert all(row["largest_loss_difference"] < 1e-4 for row in result["rows"][1:])
+
+
+def test_gpu_script_names_only_existing_variants():
+    """A misspelt variant would stop gpu.sh after its first step (on a rare, timed GPU)."""
+    import itertools
+    import shlex
+
+    script = (BENCHMARKS / "gpu.sh").read_text().replace("\\\n", " ")
+    profiles = [line for line in script.splitlines() if "step_profile.py" in line and "--variants" in line]
+    assert len(profiles) == 2
+    for line in profiles:
+        words = shlex.split(line.split("--variants", 1)[1])
+        # The names, up to the next option or the end of the command.
+        names = list(itertools.takewhile(lambda word: not word.startswith("-") and word != "||", words))
+        assert names and set(names) <= set(step_profile.VARIANTS), set(names) - set(step_profile.VARIANTS)
+    assert step_profile.CANDIDATES[0] == next(iter(step_profile.VARIANTS))  # the default comes first
