@@ -743,14 +743,20 @@ def _train_chunk(
             length = jnp.sum(window_real)
             d_rows = d_window.reshape(num_heads, window * batch, hidden_units)
 
-            def gradient_sum(step_scales):  # sum_k scale_k X_kᵀ D_k (masked inputs: kept rows only)
-                scaled = d_rows * jnp.repeat(step_scales, batch)[:, None]
-                return jnp.einsum("kid,kih->kdh", rows, scaled)
+            def gradient_sums(*step_scales):  # sum_k scale_k X_kᵀ D_k per table, in one product
+                scaled = jnp.concatenate(
+                    [d_rows * jnp.repeat(scales, batch)[:, None] for scales in step_scales], axis=-1)
+                sums = jnp.einsum("kid,kih->kdh", rows, scaled)  # masked inputs: kept rows only
+                return jnp.split(sums, len(step_scales), axis=-1)
 
-            hidden_kernel = params.hidden_kernel - learning_rate * gradient_sum(b[length])
+            if momentum is None:
+                (weights_sum,) = gradient_sums(b[length])
+            else:
+                weights_sum, momentum_sum = gradient_sums(b[length], c[length])
+            hidden_kernel = params.hidden_kernel - learning_rate * weights_sum
             if momentum is not None:
                 hidden_kernel = hidden_kernel - learning_rate * a[length] * momentum
-                new_momentum = m_decay[length] * momentum + gradient_sum(c[length])
+                new_momentum = m_decay[length] * momentum + momentum_sum
                 momentum = jnp.where(running[:, None, None], new_momentum, momentum)
             hidden_kernel = jnp.where(running[:, None, None], hidden_kernel, params.hidden_kernel)
             return (params.replace(hidden_kernel=hidden_kernel), output_state, momentum), losses
