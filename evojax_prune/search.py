@@ -88,13 +88,31 @@ def _objectives(values: dict[str, np.ndarray], auroc_kind: str) -> np.ndarray:
     return np.stack([1.0 - values["accuracy"], values["mem"], 1.0 - robustness], axis=-1)
 
 
+def bucket_size(count: int, max_batch: int) -> int:
+    """How many heads a call that trains ``count`` new masks is padded to.
+
+    More than half of ``max_batch``: ``max_batch`` itself, so that a
+    generational search compiles one shape for its initial population and its
+    generations (the authors' budget run generationally trains 30 and then 34
+    masks: one compiled program, not two, and compiling one costs seconds).
+    Fewer: the next power of two, so that a steady-state search (2 offspring at
+    a time) is not padded to the population. More than ``max_batch``:
+    multiples of it.
+    """
+    if count > max_batch:
+        return -(-count // max_batch) * max_batch
+    if 2 * count > max_batch:
+        return max_batch
+    return min(max_batch, 1 << max(count - 1, 0).bit_length())
+
+
 class MaskEvaluator:
     """Trains and scores masks on the validation data, each distinct mask once.
 
     Masks not in the cache are trained together in one ``train_population``
-    call, padded to a power of two (at most ``max_batch``) and then to a
-    multiple of the device count, so that a run compiles a handful of shapes
-    instead of one per count and every device gets as many heads.
+    call, padded to a bucket (``bucket_size``) and then to a multiple of the
+    device count, so that a run compiles a handful of shapes instead of one per
+    count and every device gets as many heads.
 
     The data is placed on every device of the mesh once, here. On several
     hosts every process holds the same evaluator: the metrics come back to
@@ -131,18 +149,13 @@ class MaskEvaluator:
         return _objectives(dict(zip(METRIC_NAMES, values.T, strict=True)), self.config.odin.auroc)
 
     def _padded(self, masks: np.ndarray) -> np.ndarray:
-        """(K, D) -> (bucket, D): a power of two up to ``max_batch``, then multiples of it,
-        rounded up to a multiple of the device count.
+        """(K, D) -> (bucket, D), ``bucket_size`` rounded up to a multiple of the device count.
 
         The padding repeats a real mask and is never trained (``num_trained``):
         the bucket keeps the compiled shape, not the work.
         """
         count = len(masks)
-        if count <= self.max_batch:
-            bucket = min(self.max_batch, 1 << (count - 1).bit_length())
-        else:
-            bucket = -(-count // self.max_batch) * self.max_batch
-        bucket = devices.padded_size(bucket, self.mesh.size)
+        bucket = devices.padded_size(bucket_size(count, self.max_batch), self.mesh.size)
         return np.concatenate([masks, np.repeat(masks[:1], bucket - count, axis=0)])
 
     def train(self, masks: np.ndarray) -> trainer.TrainedPopulation:

@@ -226,3 +226,17 @@ def test_an_evosax_algorithm_runs_a_single_objective_search(digits):
     assert result.history[-1]["best_accuracy"] == pytest.approx(result.validation["accuracy"].max())
     with pytest.raises(ValueError, match="works on 5 dimensions, the features have 64"):
         run_search(digits, tiny_config(), algorithm=SimpleGA(population_size=8, solution=jnp.zeros(5)))
+
+
+def test_bucket_sizes_keep_the_compiled_shapes_few():
+    from evojax_prune.search import bucket_size
+
+    # The authors' budget run generationally: 30 masks, then generations of 34 (fewer after
+    # duplicates): one shape.
+    assert {bucket_size(count, 34) for count in (30, 34, 33, 18)} == {34}
+    # Steady state (2 offspring, population 30): powers of two, not the population.
+    assert [bucket_size(count, 30) for count in (1, 2, 3, 5, 9, 15)] == [1, 2, 4, 8, 16, 16]
+    assert bucket_size(16, 30) == 30 and bucket_size(30, 30) == 30
+    assert bucket_size(31, 30) == 60 and bucket_size(61, 30) == 90
+    for count in range(1, 100):
+        assert bucket_size(count, 34) >= count
