@@ -182,36 +182,6 @@ def test_fastest_step_variant_must_agree_with_the_first():
     assert step_profile.fastest_settings(rows[1:2]) is None
 
 
-@pytest.mark.parametrize("decay, nesterov", [(0.9, True), (0.9, False), (0.0, False)],
-                         ids=["nesterov", "momentum", "plain"])
-def test_deferred_window_equals_sequential_sgd(decay, nesterov):
-    """A window of deferred first-layer updates is the same arithmetic as the ordinary steps."""
-    import deferred_update
-
-    hyper = dict(learning_rate=0.05, decay=decay, nesterov=nesterov)
-    params, masks, x_steps, y_steps = deferred_update.problem(3, 64, 16, 3, 8, 12)
-    want = deferred_update.run("sequential", 1, params, masks, x_steps, y_steps, hyper)
-    moved = float(np.max(np.abs(want[0].hidden_kernel - params.hidden_kernel)))
-    assert moved > 0.01  # the steps change the weights: later steps' pre-activations depend on earlier ones
-    for window in (3, 12):
-        got = deferred_update.run("deferred", window, params, masks, x_steps, y_steps, hyper)
-        np.testing.assert_allclose(got[3], want[3], rtol=1e-5, atol=1e-6)  # every step's losses
-        np.testing.assert_allclose(got[0].hidden_kernel, want[0].hidden_kernel, atol=1e-6)
-        np.testing.assert_allclose(got[0].output_kernel, want[0].output_kernel, atol=1e-6)
-        if decay:
-            np.testing.assert_allclose(got[1], want[1], atol=1e-6)
-        # Pruned rows never move.
-        assert not np.asarray(got[0].hidden_kernel)[~np.asarray(masks)].any()
-
-
-def test_deferred_update_benchmark_runs(tmp_path):
-    result = run_benchmark("deferred_update.py", tmp_path / "deferred.json", "--heads", "2", "--features",
-                           "64", "--hidden", "16", "--steps", "8", "--windows", "4", "8", "--repeats", "1")
-    assert [(row["variant"], row["window"]) for row in result["rows"]] == [
-        ("sequential", 1), ("deferred", 4), ("deferred", 8)]
-    assert all(row["largest_loss_difference"] < 1e-4 for row in result["rows"][1:])
-
-
 def test_gpu_script_names_only_existing_variants():
     """A misspelt variant would stop gpu.sh after its first step (on a rare, timed GPU)."""
     import itertools
