@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import resource
+import threading
 from importlib import metadata
 
 import jax
@@ -71,6 +72,48 @@ def save(out, report: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out, report)
     print(f"wrote {out}")
+
+
+class PeakMemory:
+    """Peak resident set size of this process while the block runs (sampled every 5 ms)."""
+
+    def __init__(self):
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm") as statm:
+                return int(statm.read().split()[1]) * self._page
+        except OSError:
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._rss())
+            self._stop.wait(0.005)
+
+    def __enter__(self):
+        self.start_bytes = self.peak_bytes = self._rss()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self._rss())
+
+
+def host_memory_available_bytes() -> int | None:
+    """What the kernel says a new allocation can get (``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def peak_memory() -> dict:

@@ -9,8 +9,10 @@ the P offspring (training), ``evaluate_population`` on validation + OoD
 the one transfer of metrics). Training runs a fixed number of epochs (early
 stopping off) so that every P does the same work per head. Each phase is timed
 after a first, compiling call. Reported: seconds per phase, heads per second,
-peak host / device memory, and the largest population whose training state
-fits the device (``trainer.bytes_per_head``; a GPU reports its memory limit).
+peak host / device memory, the host memory the compiled generation itself grew
+by (sampled every 5 ms), and the largest population whose parameters all fit
+the device (``trainer.bytes_per_head``; a GPU reports its memory limit, a CPU
+uses the host memory available).
 
 Part 2, the authors' whole run: population 30, 200 evaluations (30 initial +
 85 steady-state generations of 2), their training protocol (SGD 1e-3,
@@ -58,7 +60,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, peak_memory, rps_shaped_features
+from common import PeakMemory, environment, host_memory_available_bytes, peak_memory, rps_shaped_features
 
 from evojax_prune import atomic, evaluate, trainer
 from evojax_prune import config as cfg
@@ -106,7 +108,8 @@ def profile_generation(features, population: int, epochs: int, devices: int | No
         return timings
 
     first = generation(jax.random.PRNGKey(1))  # compiles
-    timings = generation(jax.random.PRNGKey(2))
+    with PeakMemory() as sampled:
+        timings = generation(jax.random.PRNGKey(2))
     total = sum(timings.values())
     flops = 6.0 * features.x_train.shape[0] * epochs * population * (
         features.num_features * config.head.hidden + config.head.hidden * features.num_classes
@@ -126,20 +129,32 @@ def profile_generation(features, population: int, epochs: int, devices: int | No
         "train_chunk_size": trainer.choose_chunk_size(
             population, features.num_features, features.num_classes, config.head.hidden, config.train
         ),
-        "memory": peak_memory(),
+        # The process's peaks include every earlier, smaller population and XLA's compilations;
+        # the growth during this population's compiled generation is its own working memory.
+        "memory": {**peak_memory(), "host_rss_growth_bytes": sampled.peak_bytes - sampled.start_bytes},
     }
 
 
 def largest_population(features) -> dict:
+    """The largest P whose trained parameters all fit in the device's memory at once.
+
+    An accelerator reports its limit (``memory_stats``); on a CPU the device's
+    memory is the host's, and the limit is what the kernel says is available
+    now (``MemAvailable``).
+    """
     config = cfg.preset("default")
     per_head = trainer.bytes_per_head(
         features.num_features, features.num_classes, config.head.hidden, config.train
     )
     limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    source = "device memory limit"
+    if limit is None and jax.default_backend() == "cpu":
+        limit, source = host_memory_available_bytes(), "host memory available"
     data = sum(array.nbytes for array in features.arrays().values())
     return {
         "bytes_per_training_head": per_head,
         "device_memory_limit_bytes": limit,
+        "memory_limit_source": source if limit else None,
         # Chunking bounds the training state, so any P fits; what must fit at once is one
         # chunk's state plus the parameters of all P heads for scoring (D*H + H*C + C floats each).
         "largest_population_with_all_params_resident": (

@@ -32,7 +32,7 @@ SIZES = {
                                "--keras-heads", "4"],
         "odin_metrics": [],
         "nsga2_selection": [],
-        "generation_profile": ["--populations", "32", "64", "--epochs", "2", "--paper-epochs", "2",
+        "generation_profile": ["--populations", "32", "64", "128", "--epochs", "2", "--paper-epochs", "2",
                                "--simulated-devices", "1", "2", "4", "--scaling-populations", "32"],
     },
     # Sized for under 8 minutes on one H100 with gpu.sh's step profile, the most important
@@ -108,6 +108,24 @@ def _notes(result: dict) -> list[str]:
     return lines
 
 
+def _growth_lines(rows: list[dict]) -> list[str]:
+    """How a generation's time and memory grow from the smallest population profiled to the largest."""
+    if len(rows) < 2:
+        return []
+    small, large = min(rows, key=lambda row: row["population"]), max(rows, key=lambda row: row["population"])
+    added = large["population"] - small["population"]
+    per_head = [row["seconds"]["total"] / row["population"] for row in (small, large)]
+    text = (f"Growth from P = {small['population']} to {large['population']}: "
+            f"{_fmt(per_head[0] * 1e3, 1)} and {_fmt(per_head[1] * 1e3, 1)} ms per head per generation "
+            f"(time x{_fmt(large['seconds']['total'] / small['seconds']['total'])} for population "
+            f"x{_fmt(large['population'] / small['population'])})")
+    for key, what in (("host_rss_growth_bytes", "host memory"), ("device_peak_bytes", "peak device memory")):
+        ends = [row["memory"].get(key) for row in (small, large)]
+        if None not in ends:
+            text += f"; {what} {_fmt((ends[1] - ends[0]) / added / 2**20, 1)} MiB per added head"
+    return ["", text + "."]
+
+
 def render(out_dir: Path) -> str:
     lines = []
     for result in _load(out_dir, "trainer_throughput"):
@@ -173,18 +191,20 @@ def render(out_dir: Path) -> str:
                 f"RPS-shaped features, {result['rows'][0]['epochs']} epochs per head)",
                 "",
                 "| population | training s | scoring s | selection s | host s | heads/s | peak host RSS GB | "
-                "peak device GB |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- |",
+                "host RSS growth GB | peak device GB |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             ]
         for row in result["rows"]:
             seconds, memory = row["seconds"], row["memory"]
-            device_peak = memory.get("device_peak_bytes")
+            device_peak, growth = memory.get("device_peak_bytes"), memory.get("host_rss_growth_bytes")
             lines.append(
                 f"| {row['population']} | {_fmt(seconds['training'])} | {_fmt(seconds['scoring'])} | "
                 f"{_fmt(seconds['selection'], 3)} | {_fmt(seconds['host'], 3)} | "
                 f"{_fmt(row['heads_per_second'], 1)} | {_fmt(memory['host_peak_rss_bytes'] / 1e9)} | "
+                f"{_fmt(growth / 1e9 if growth is not None else None)} | "
                 f"{_fmt(device_peak / 1e9 if device_peak else None)} |"
             )
+        lines += _growth_lines(result["rows"])
         capacity = result.get("capacity") or {}
         if capacity.get("largest_population_with_all_params_resident"):
             lines += [
@@ -192,7 +212,8 @@ def render(out_dir: Path) -> str:
                 f"Largest population whose parameters all stay on the device at once (training is chunked, "
                 f"so only this bounds P): {capacity['largest_population_with_all_params_resident']:,} "
                 f"({capacity['bytes_per_training_head'] / 2**20:.1f} MiB per training head, "
-                f"{capacity['device_memory_limit_bytes'] / 2**30:.1f} GiB usable).",
+                f"{capacity['device_memory_limit_bytes'] / 2**30:.1f} GiB "
+                f"{capacity.get('memory_limit_source') or 'usable'}).",
             ]
         paper = result.get("paper_run")
         if paper:

@@ -55,7 +55,6 @@ import os
 import platform
 import resource
 import sys
-import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -69,7 +68,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import apply_trainer_settings
+from common import PeakMemory, apply_trainer_settings
 
 from evojax_prune import atomic, trainer
 from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
@@ -83,38 +82,6 @@ def _version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-class PeakMemory:
-    """Peak resident set size of this process while the block runs (sampled every 5 ms)."""
-
-    def __init__(self):
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-    def _rss(self) -> int:
-        try:
-            with open("/proc/self/statm") as statm:
-                return int(statm.read().split()[1]) * self._page
-        except OSError:
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._rss())
-            self._stop.wait(0.005)
-
-    def __enter__(self):
-        self.start_bytes = self.peak_bytes = self._rss()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, self._rss())
 
 
 def device_memory() -> dict | None:

@@ -66,11 +66,30 @@ def test_smoke_suite_runs_checks_and_renders(tmp_path):
 
     profile = results["generation_profile_smoke"]["rows"][0]
     assert profile["population"] == 4 and profile["seconds"]["training"] > 0
+    assert profile["memory"]["host_rss_growth_bytes"] >= 0
+    capacity = results["generation_profile_smoke"]["capacity"]
+    # A CPU reports no device memory limit: the host's available memory bounds P there.
+    assert capacity["memory_limit_source"] == "host memory available"
+    assert capacity["largest_population_with_all_params_resident"] > 4
 
     table = (tmp_path / "README.md").read_text()
     for heading in ("Population trainer", "ODIN + AUROC", "NSGA-II survival step", "One generation"):
         assert heading in table
     assert "`FUSED_GRID = 'heads'`" in table
+    assert "host memory available" in table
+
+
+def test_growth_line_compares_the_smallest_and_largest_population():
+    def row(population, seconds, growth_mib):
+        return {"population": population, "seconds": {"total": seconds},
+                "memory": {"host_rss_growth_bytes": growth_mib * 2**20, "device_peak_bytes": None}}
+
+    [blank, line] = run_all._growth_lines([row(128, 40.0, 600), row(32, 8.0, 120)])
+    assert blank == ""
+    assert line.startswith("Growth from P = 32 to 128: 250.0 and 312.5 ms per head per generation")
+    assert "(time x5.00 for population x4.00)" in line
+    assert "host memory 5.0 MiB per added head" in line and "device" not in line
+    assert run_all._growth_lines([row(32, 8.0, 120)]) == []
 
 
 def run_benchmark(script: str, out: Path, *arguments: str) -> dict:
