@@ -28,7 +28,10 @@ a run's bound is max(FLOPs / peak, bytes / bandwidth), with the FLOPs of the
 kept features and the fewest bytes the protocol must move (``bytes_per_epoch``:
 each SGD step reads and writes the kernel and its momentum), and the fraction
 achieved is bound / measured time. At batch 32 a step does 8 FLOPs per byte
-of weights, so a CPU is near its ridge and a GPU is memory-bound.
+of weights, so a CPU is near its ridge and a GPU is memory-bound. Beside it,
+``step_products_gflops``: the step's two first-layer products alone at the
+chunk's shapes, the ceiling that the matrix-product library sets at batch 32
+(below the large-product peak the roofline uses, which stays the reference).
 
 Reported: head-epochs per second, the ratios (a)/(b) and (a)/(c), achieved
 GFLOP/s against a float32 matmul peak measured in the same run (dense FLOPs
@@ -155,6 +158,33 @@ def memory_bandwidth_gbs(megabytes: float | None = None, repeats: int = 5) -> fl
         stream(a, 0.5 + repeat * 1e-3).block_until_ready()
         best = min(best, time.perf_counter() - start)
     return 2 * a.nbytes * passes / best / 1e9
+
+
+def step_products_gflops(chunk_size: int, kept_features: int, batch_size: int, steps: int = 50) -> float:
+    """GFLOP/s of a training step's two first-layer products alone, at the step's shapes.
+
+    The forward product (K, B, c) x (K, c, H) and the kernel gradient
+    (K, B, c)^T x (K, B, H) of a chunk of K heads keeping c features, looped
+    ``steps`` times in one jitted ``fori_loop`` with nothing else: no gather, no
+    optimizer, no output layer. What the matrix-product library reaches at the
+    trainer's shapes (batch 32), a ceiling for the trainer below the large-product
+    peak; best of 3.
+    """
+    keys = jax.random.split(jax.random.key(3), 3)
+    inputs = jax.random.uniform(keys[0], (chunk_size, batch_size, kept_features), jnp.float32)
+    kernel = jax.random.normal(keys[1], (chunk_size, kept_features, HIDDEN), jnp.float32)
+    d_pre = jax.random.normal(keys[2], (chunk_size, batch_size, HIDDEN), jnp.float32)
+
+    @jax.jit
+    def products(inputs, kernel, d_pre):
+        def step(i, carry):
+            scaled = inputs * (1.0 + i * 1e-7)  # a new input every step: nothing to hoist
+            return jnp.einsum("kbc,kch->kbh", scaled, kernel), jnp.einsum("kbc,kbh->kch", scaled, d_pre)
+        return jax.lax.fori_loop(0, steps, step, (d_pre, kernel))
+
+    jax.block_until_ready(products(inputs, kernel, d_pre))
+    best = min(_timed(lambda: jax.block_until_ready(products(inputs, kernel, d_pre)))[1] for _ in range(3))
+    return 4 * chunk_size * batch_size * kept_features * HIDDEN * steps / best / 1e9
 
 
 def flops_per_epoch(kept_features: np.ndarray) -> np.ndarray:
@@ -466,6 +496,12 @@ def main(argv=None) -> dict:
         population_run["kept_gflops"] = kept_flops / population_run["seconds"] / 1e9
         population_run["dense_fraction_of_peak"] = population_run["dense_gflops"] / peak
         population_run["kept_fraction_of_peak"] = population_run["kept_gflops"] / peak
+        # The ceiling the matrix-product library sets at this chunk's shapes (batch 32).
+        mean_width = max(8, round(float(kept.mean()) / 8) * 8)
+        row["step_products_gflops"] = step_products_gflops(
+            row["chunk_size"], mean_width, config.train.batch_size
+        )
+        row["step_products_fraction_of_peak"] = row["step_products_gflops"] / peak
         # The bandwidth of the memory level the chunk's weights live in (cache on a CPU's
         # one-head chunks, HBM for a GPU's chunks of tens of heads), and DRAM's for reference.
         working_set = working_set_bytes(kept, row["chunk_size"])
@@ -491,7 +527,8 @@ def main(argv=None) -> dict:
             f"(compile {population_run['compile_s']:.1f} s, {population_run['kept_gflops']:.1f} kept / "
             f"{population_run['dense_gflops']:.1f} dense GFLOP/s, "
             f"{population_run['roofline']['fraction_of_roofline']:.2f} of the "
-            f"{population_run['roofline']['binding']}-bound roofline)"
+            f"{population_run['roofline']['binding']}-bound roofline; the step's products alone "
+            f"{row['step_products_gflops']:.1f} GFLOP/s)"
         )
         if single is not None:
             single["head_epochs_per_s"] = single["heads"] * args.epochs / single["seconds"]

@@ -59,6 +59,7 @@ def test_smoke_suite_runs_checks_and_renders(tmp_path):
     assert trainer["memory_bandwidth_gbs"] > 0 and trainer["matmul_peak_gflops"] > 0
     assert 0 < row["population_trainer"]["roofline"]["fraction_of_roofline"]
     assert row["one_at_a_time"]["heads"] == 1 and row["ratio_a_over_b"] > 0
+    assert row["step_products_gflops"] > 0
     assert trainer["keras"]["heads"] == 1
 
     selection = results["nsga2_selection_smoke"]["results"][0]
