@@ -9,6 +9,11 @@ same multiset of surviving ranks.
 
     python benchmarks/nsga2_selection.py                      # N = 200, 2000, 20000
     python benchmarks/nsga2_selection.py --sizes 200 2000 --objectives 2 --out /tmp/x.json
+    python benchmarks/nsga2_selection.py --rank-methods chain peel    # each ranking method alone too
+
+``--rank-methods`` also times ``nsga2.non_dominated_rank`` alone with each
+named method (checked against pymoo's ranks): which one ``"auto"`` should pick
+on the device (it picks ``"chain"`` above N = 256 for M = 3, chosen on a CPU).
 
 Writes JSON (device, versions, date, per N: times and the ratio ours / pymoo) to
 benchmarks/results/nsga2_selection_cpu.json unless --out says otherwise.
@@ -17,6 +22,7 @@ benchmarks/results/nsga2_selection_cpu.json unless --out says otherwise.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -45,11 +51,15 @@ def _median_seconds(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
+def _ready(fn) -> None:
+    jax.block_until_ready(fn())
+
+
 def _repeats_for(num_points: int) -> int:
     return 50 if num_points <= 2000 else 10
 
 
-def bench_size(num_points: int, num_objectives: int, seed: int) -> dict:
+def bench_size(num_points: int, num_objectives: int, seed: int, rank_methods=()) -> dict:
     from pymoo.core.population import Population
     from pymoo.core.problem import Problem
     from pymoo.operators.survival.rank_and_crowding import RankAndCrowding
@@ -95,6 +105,13 @@ def bench_size(num_points: int, num_objectives: int, seed: int) -> dict:
         np.array_equal(np.sort(np.asarray(rank)[survivors]), np.sort(kept.get("rank").astype(int)))
     )
     ours_median, pymoo_median = statistics.median(ours_times), statistics.median(pymoo_times)
+    rank_alone = {}
+    for method in rank_methods:  # non_dominated_rank compiles once per method (its jit is inside)
+        rank_once = functools.partial(nsga2.non_dominated_rank, device_fitness, method=method)
+        rank_alone[method] = {
+            "identical_to_pymoo": bool(np.array_equal(np.asarray(rank_once()), reference_rank)),
+            "median_ms": _median_seconds(functools.partial(_ready, rank_once), repeats)[0] * 1e3,
+        }
     return {
         "num_points": num_points,
         "num_objectives": num_objectives,
@@ -110,6 +127,7 @@ def bench_size(num_points: int, num_objectives: int, seed: int) -> dict:
         "ratio_of_min_times": min(ours_times) / min(pymoo_times),
         "ranks_identical_to_pymoo": ranks_identical,
         "same_surviving_ranks_as_pymoo": same_surviving_ranks,
+        "rank_alone_by_method": rank_alone,
     }
 
 
@@ -120,13 +138,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 2000, 20000])
     parser.add_argument("--objectives", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rank-methods", nargs="*", default=[], choices=nsga2.RANK_METHODS,
+                        help="also time non_dominated_rank alone with each of these methods")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
     load_before = os.getloadavg()
     results = []
     for num_points in args.sizes:
-        row = bench_size(num_points, args.objectives, args.seed)
+        row = bench_size(num_points, args.objectives, args.seed, args.rank_methods)
         results.append(row)
         print(
             f"N={num_points:>6} M={args.objectives}  ours {row['ours_median_ms']:9.3f} ms "
@@ -135,6 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"ranks identical {row['ranks_identical_to_pymoo']}",
             flush=True,
         )
+        for method, alone in row["rank_alone_by_method"].items():
+            print(f"    ranking alone, {method}: {alone['median_ms']:9.3f} ms "
+                  f"(identical to pymoo: {alone['identical_to_pymoo']})", flush=True)
     report = {
         "benchmark": "nsga2_selection",
         "question": "one survival step (rank + crowding + best N/2), jitted JAX vs pymoo RankAndCrowding",

@@ -45,7 +45,8 @@ SIZES = {
                                "--paper-epochs", "10", "--paper-search",
                                "--devices", "1", "2", "4", "8", "--scaling-populations", "1024"],
         "odin_metrics": [],
-        "nsga2_selection": [],
+        # Which ranking method "auto" should pick on an accelerator (chain was chosen on a CPU).
+        "nsga2_selection": ["--rank-methods", "chain", "peel"],
     },
     # Seconds, not minutes: checks that every benchmark runs and renders (tests/test_benchmarks.py).
     "smoke": {
@@ -53,7 +54,7 @@ SIZES = {
                                "--one-at-a-time-heads", "1", "--repeats", "1"],
         "generation_profile": ["--populations", "4", "--epochs", "1", "--skip-paper"],
         "odin_metrics": ["--population", "8", "--repeats", "1", "--evaluate-repeats", "1"],
-        "nsga2_selection": ["--sizes", "64"],
+        "nsga2_selection": ["--sizes", "64", "--rank-methods", "chain", "peel"],
     },
 }
 # Seconds each benchmark may take at a size before it is stopped (its JSON keeps what it
@@ -183,6 +184,15 @@ def render(out_dir: Path) -> str:
                 f"| {row['num_points']:,} | {_fmt(row['ours_median_ms'], 1)} | "
                 f"{_fmt(row['pymoo_median_ms'], 1)} | {_fmt(row['ratio_ours_over_pymoo'])} |"
             )
+        by_method = [
+            f"N = {row['num_points']:,}: " + ", ".join(
+                f"{method} {_fmt(alone['median_ms'], 1)}"
+                for method, alone in row["rank_alone_by_method"].items()
+            )
+            for row in result["results"] if row.get("rank_alone_by_method")
+        ]
+        if by_method:
+            lines += ["", "The ranking alone, by method (ms, median): " + "; ".join(by_method) + "."]
         lines.append("")
     for result in _load(out_dir, "generation_profile"):
         lines += _scaling_lines(result)

@@ -64,6 +64,8 @@ def test_smoke_suite_runs_checks_and_renders(tmp_path):
 
     selection = results["nsga2_selection_smoke"]["results"][0]
     assert selection["ranks_identical_to_pymoo"] and selection["same_surviving_ranks_as_pymoo"]
+    assert sorted(selection["rank_alone_by_method"]) == ["chain", "peel"]
+    assert all(alone["identical_to_pymoo"] for alone in selection["rank_alone_by_method"].values())
 
     profile = results["generation_profile_smoke"]["rows"][0]
     assert profile["population"] == 4 and profile["seconds"]["training"] > 0
