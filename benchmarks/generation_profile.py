@@ -136,15 +136,25 @@ def profile_generation(features, population: int, epochs: int, devices: int | No
 
 
 def largest_population(features) -> dict:
-    """The largest P whose trained parameters all fit in the device's memory at once.
+    """What bounds the population: memory for one training chunk and every head's parameters.
 
-    An accelerator reports its limit (``memory_stats``); on a CPU the device's
-    memory is the host's, and the limit is what the kernel says is available
-    now (``MemAvailable``).
+    Training is chunked, so its state is one chunk's (``trainer.bytes_per_head``
+    per head of a chunk); what grows with P is every head's trained parameters
+    (D*H + H*C + C floats), kept for scoring. The model's largest P is
+    (limit - data - chunk state) / parameters per head. An accelerator reports
+    its limit (``memory_stats``); on a CPU the device's memory is the host's,
+    and the limit is what the kernel says is available now (``MemAvailable``).
+    ``run_all.py`` sets beside it the largest P implied by the memory growth
+    measured between the profiled populations.
     """
     config = cfg.preset("default")
     per_head = trainer.bytes_per_head(
         features.num_features, features.num_classes, config.head.hidden, config.train
+    )
+    hidden, classes = config.head.hidden, features.num_classes
+    params_per_head = 4 * (features.num_features * hidden + hidden * classes + classes)
+    chunk = trainer.choose_chunk_size(
+        1 << 20, features.num_features, features.num_classes, hidden, config.train
     )
     limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
     source = "device memory limit"
@@ -153,12 +163,12 @@ def largest_population(features) -> dict:
     data = sum(array.nbytes for array in features.arrays().values())
     return {
         "bytes_per_training_head": per_head,
+        "params_bytes_per_head": params_per_head,
+        "training_chunk_size": chunk,
         "device_memory_limit_bytes": limit,
         "memory_limit_source": source if limit else None,
-        # Chunking bounds the training state, so any P fits; what must fit at once is one
-        # chunk's state plus the parameters of all P heads for scoring (D*H + H*C + C floats each).
-        "largest_population_with_all_params_resident": (
-            int((limit - data) // (per_head // 5 + per_head)) if limit else None
+        "largest_population_by_model": (
+            int((limit - data - chunk * per_head) // params_per_head) if limit else None
         ),
     }
 

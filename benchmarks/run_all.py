@@ -109,22 +109,63 @@ def _notes(result: dict) -> list[str]:
     return lines
 
 
+def _memory_per_head(rows: list[dict]) -> tuple[str, float, dict] | None:
+    """(memory key, bytes per added head, largest row) from the smallest and largest population.
+
+    An accelerator's peak device memory where it reports one, else the host memory
+    the compiled generation grew by (a CPU).
+    """
+    if len(rows) < 2:
+        return None
+    small, large = min(rows, key=lambda row: row["population"]), max(rows, key=lambda row: row["population"])
+    for key in ("device_peak_bytes", "host_rss_growth_bytes"):
+        ends = [row["memory"].get(key) for row in (small, large)]
+        if None not in ends:
+            return key, (ends[1] - ends[0]) / (large["population"] - small["population"]), large
+    return None
+
+
 def _growth_lines(rows: list[dict]) -> list[str]:
     """How a generation's time and memory grow from the smallest population profiled to the largest."""
     if len(rows) < 2:
         return []
     small, large = min(rows, key=lambda row: row["population"]), max(rows, key=lambda row: row["population"])
-    added = large["population"] - small["population"]
     per_head = [row["seconds"]["total"] / row["population"] for row in (small, large)]
     text = (f"Growth from P = {small['population']} to {large['population']}: "
             f"{_fmt(per_head[0] * 1e3, 1)} and {_fmt(per_head[1] * 1e3, 1)} ms per head per generation "
             f"(time x{_fmt(large['seconds']['total'] / small['seconds']['total'])} for population "
             f"x{_fmt(large['population'] / small['population'])})")
-    for key, what in (("host_rss_growth_bytes", "host memory"), ("device_peak_bytes", "peak device memory")):
-        ends = [row["memory"].get(key) for row in (small, large)]
-        if None not in ends:
-            text += f"; {what} {_fmt((ends[1] - ends[0]) / added / 2**20, 1)} MiB per added head"
+    growth = _memory_per_head(rows)
+    if growth:
+        what = "peak device memory" if growth[0] == "device_peak_bytes" else "host memory"
+        text += f"; {what} {_fmt(growth[1] / 2**20, 1)} MiB per added head"
     return ["", text + "."]
+
+
+def _capacity_lines(rows: list[dict], capacity: dict) -> list[str]:
+    """The largest population that fits: from the measured memory growth, and by the memory model."""
+    limit = capacity.get("device_memory_limit_bytes")
+    growth = _memory_per_head(rows)
+    parts = []
+    if limit and growth and growth[1] > 0:
+        key, per_head, large = growth
+        if key == "device_peak_bytes":  # what is left above the largest population's peak
+            largest = large["population"] + (limit - large["memory"][key]) / per_head
+        else:  # the host's available memory, measured after the profile, over the growth per head
+            largest = limit / per_head
+        parts.append(f"about {int(largest):,} from the memory growth measured above "
+                      f"({_fmt(per_head / 2**20, 1)} MiB per head)")
+    if capacity.get("largest_population_by_model"):
+        parts.append(
+            f"{capacity['largest_population_by_model']:,} by the memory model (one training chunk of "
+            f"{capacity['training_chunk_size']} heads at {capacity['bytes_per_training_head'] / 2**20:.1f} "
+            f"MiB each, then {capacity['params_bytes_per_head'] / 2**20:.1f} MiB of trained parameters "
+            f"per head)"
+        )
+    if not parts:
+        return []
+    return ["", f"Largest population that fits ({limit / 2**30:.1f} GiB "
+                f"{capacity.get('memory_limit_source') or 'device memory limit'}): " + "; ".join(parts) + "."]
 
 
 def render(out_dir: Path) -> str:
@@ -217,16 +258,7 @@ def render(out_dir: Path) -> str:
                 f"{_fmt(device_peak / 1e9 if device_peak else None)} |"
             )
         lines += _growth_lines(result["rows"])
-        capacity = result.get("capacity") or {}
-        if capacity.get("largest_population_with_all_params_resident"):
-            lines += [
-                "",
-                f"Largest population whose parameters all stay on the device at once (training is chunked, "
-                f"so only this bounds P): {capacity['largest_population_with_all_params_resident']:,} "
-                f"({capacity['bytes_per_training_head'] / 2**20:.1f} MiB per training head, "
-                f"{capacity['device_memory_limit_bytes'] / 2**30:.1f} GiB "
-                f"{capacity.get('memory_limit_source') or 'usable'}).",
-            ]
+        lines += _capacity_lines(result["rows"], result.get("capacity") or {})
         paper = result.get("paper_run")
         if paper:
             lines += [

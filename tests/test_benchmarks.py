@@ -73,13 +73,13 @@ def test_smoke_suite_runs_checks_and_renders(tmp_path):
     capacity = results["generation_profile_smoke"]["capacity"]
     # A CPU reports no device memory limit: the host's available memory bounds P there.
     assert capacity["memory_limit_source"] == "host memory available"
-    assert capacity["largest_population_with_all_params_resident"] > 4
+    assert capacity["largest_population_by_model"] > 4
 
     table = (tmp_path / "README.md").read_text()
     for heading in ("Population trainer", "ODIN + AUROC", "NSGA-II survival step", "One generation"):
         assert heading in table
     assert "`FUSED_GRID = 'heads'`" in table
-    assert "host memory available" in table
+    assert "Largest population that fits" in table and "host memory available" in table
 
 
 def test_growth_line_compares_the_smallest_and_largest_population():
@@ -93,6 +93,22 @@ def test_growth_line_compares_the_smallest_and_largest_population():
     assert "(time x5.00 for population x4.00)" in line
     assert "host memory 5.0 MiB per added head" in line and "device" not in line
     assert run_all._growth_lines([row(32, 8.0, 120)]) == []
+
+
+def test_capacity_from_measured_growth_and_from_the_model():
+    def row(population, device_peak_gib):
+        return {"population": population, "memory": {"device_peak_bytes": device_peak_gib * 2**30}}
+
+    capacity = {"device_memory_limit_bytes": 60 * 2**30, "memory_limit_source": "device memory limit",
+                "largest_population_by_model": 12_000, "training_chunk_size": 32,
+                "bytes_per_training_head": 24.5 * 2**20, "params_bytes_per_head": 4 * 2**20}
+    # 1 GiB at 32 heads, 9 GiB at 2,080: 4 MiB per added head, and 51 GiB left above 2,080.
+    [blank, line] = run_all._capacity_lines([row(2080, 9), row(32, 1)], capacity)
+    assert blank == ""
+    assert line.startswith("Largest population that fits (60.0 GiB device memory limit): ")
+    assert f"about {2080 + 51 * 256:,} from the memory growth measured above (4.0 MiB per head)" in line
+    assert "12,000 by the memory model (one training chunk of 32 heads at 24.5 MiB each" in line
+    assert run_all._capacity_lines([row(32, 1)], {}) == []
 
 
 def run_benchmark(script: str, out: Path, *arguments: str) -> dict:
