@@ -143,7 +143,16 @@ def test_existing_run_directory_is_refused_unless_asked(digits, finished, capsys
     assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
 
 
-def test_paper_preset_runs_end_to_end_on_small_synthetic_features():
+def test_paper_preset_runs_end_to_end_on_small_synthetic_features(monkeypatch):
+    from evojax_prune import trainer
+
+    shapes, train_population = [], trainer.train_population  # (padded heads, heads trained) per call
+
+    def recording(key, masks, *args, num_trained=None, **kwargs):
+        shapes.append((masks.shape[0], num_trained))
+        return train_population(key, masks, *args, num_trained=num_trained, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_population", recording)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 40)) * 2
 
@@ -165,6 +174,10 @@ def test_paper_preset_runs_end_to_end_on_small_synthetic_features():
     assert result.evaluations <= 30 + 5 * 2
     assert 0.0 <= result.hypervolume <= 1.0
     assert set(result.test) >= {"accuracy", "auroc", "auroc_paper", "fpr95"}
+    # The initial 30, the steady state's pairs, then the front and the baseline retrained in the
+    # initial population's compiled shape, not a shape of their own.
+    assert shapes[0] == (30, 30) and {padded for padded, _ in shapes[1:-1]} == {2}
+    assert shapes[-1] == (30, len(result.masks) + 1)
 
 
 def run_cli(*args, cwd):
