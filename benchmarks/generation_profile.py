@@ -138,10 +138,12 @@ def profile_generation(features, population: int, epochs: int, devices: int | No
 def largest_population(features) -> dict:
     """What bounds the population: memory for one training chunk and every head's parameters.
 
-    Training is chunked, so its state is one chunk's (``trainer.bytes_per_head``
-    per head of a chunk); what grows with P is every head's trained parameters
-    (D*H + H*C + C floats), kept for scoring. The model's largest P is
-    (limit - data - chunk state) / parameters per head. An accelerator reports
+    Training and scoring are chunked, so their temporaries are one chunk's
+    (``trainer.bytes_per_head`` per head of a training chunk,
+    ``evaluate.bytes_per_head`` per head of a scoring chunk); what grows with P
+    is every head's trained parameters (D*H + H*C + C floats). The model's
+    largest P is (limit - data - training chunk - scoring chunk) / parameters
+    per head. An accelerator reports
     its limit (``memory_stats``); on a CPU the device's memory is the host's,
     and the limit is what the kernel says is available now (``MemAvailable``).
     ``run_all.py`` sets beside it the largest P implied by the memory growth
@@ -156,6 +158,11 @@ def largest_population(features) -> dict:
     chunk = trainer.choose_chunk_size(
         1 << 20, features.num_features, features.num_classes, hidden, config.train
     )
+    rows = len(features.y_val) + len(features.ood_val)  # what each generation scores
+    perturb = config.odin.epsilon > 0
+    shapes = (rows, features.num_features, hidden, classes, perturb)
+    scoring_chunk = evaluate.auto_chunk_size(*shapes, config.train.memory_budget_mb)
+    scoring_bytes = scoring_chunk * evaluate.bytes_per_head(*shapes)
     limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
     source = "device memory limit"
     if limit is None and jax.default_backend() == "cpu":
@@ -165,10 +172,12 @@ def largest_population(features) -> dict:
         "bytes_per_training_head": per_head,
         "params_bytes_per_head": params_per_head,
         "training_chunk_size": chunk,
+        "scoring_chunk_size": scoring_chunk,
+        "scoring_chunk_bytes": scoring_bytes,
         "device_memory_limit_bytes": limit,
         "memory_limit_source": source if limit else None,
         "largest_population_by_model": (
-            int((limit - data - chunk * per_head) // params_per_head) if limit else None
+            int((limit - data - chunk * per_head - scoring_bytes) // params_per_head) if limit else None
         ),
     }
 

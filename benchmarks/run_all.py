@@ -153,14 +153,23 @@ def _capacity_lines(rows: list[dict], capacity: dict) -> list[str]:
             largest = large["population"] + (limit - large["memory"][key]) / per_head
         else:  # the host's available memory, measured after the profile, over the growth per head
             largest = limit / per_head
-        parts.append(f"about {int(largest):,} from the memory growth measured above "
-                      f"({_fmt(per_head / 2**20, 1)} MiB per head)")
+        text = (f"about {int(largest):,} from the memory growth measured above "
+                f"({_fmt(per_head / 2**20, 1)} MiB per head")
+        if large["population"] <= capacity.get("scoring_chunk_size", 0):
+            # Up to one scoring chunk, the scoring temporaries grow with P too; past it they do not.
+            text += (f", profiled within one scoring chunk of {capacity['scoring_chunk_size']} heads, "
+                     f"whose temporaries grow with P only up to it: a lower bound")
+        parts.append(text + ")")
     if capacity.get("largest_population_by_model"):
+        scoring = (f", one scoring chunk of {capacity['scoring_chunk_size']} heads "
+                   f"({capacity['scoring_chunk_bytes'] / 2**30:.1f} GiB)" if "scoring_chunk_bytes" in capacity
+                   else "")
+        chunk = capacity["training_chunk_size"]
         parts.append(
             f"{capacity['largest_population_by_model']:,} by the memory model (one training chunk of "
-            f"{capacity['training_chunk_size']} heads at {capacity['bytes_per_training_head'] / 2**20:.1f} "
-            f"MiB each, then {capacity['params_bytes_per_head'] / 2**20:.1f} MiB of trained parameters "
-            f"per head)"
+            f"{chunk} head{'s' if chunk != 1 else ''} at {capacity['bytes_per_training_head'] / 2**20:.1f} "
+            f"MiB each{scoring}, then {capacity['params_bytes_per_head'] / 2**20:.1f} MiB of trained "
+            f"parameters per head)"
         )
     if not parts:
         return []
