@@ -10,9 +10,9 @@ the one transfer of metrics). Training runs a fixed number of epochs (early
 stopping off) so that every P does the same work per head. Each phase is timed
 after a first, compiling call. Reported: seconds per phase, heads per second,
 peak host / device memory, the host memory the compiled generation itself grew
-by (sampled every 5 ms), and the largest population whose parameters all fit
-the device (``trainer.bytes_per_head``; a GPU reports its memory limit, a CPU
-uses the host memory available).
+by (sampled every 5 ms), and the largest population that fits the device's
+memory (``largest_population``; a GPU reports its memory limit, a CPU uses the
+host memory available).
 
 Part 2, the authors' whole run: population 30, 200 evaluations (30 initial +
 85 steady-state generations of 2), their training protocol (SGD 1e-3,
@@ -136,18 +136,18 @@ def profile_generation(features, population: int, epochs: int, devices: int | No
 
 
 def largest_population(features) -> dict:
-    """What bounds the population: memory for one training chunk and every head's parameters.
+    """What bounds the population: one training chunk, one scoring chunk and every head's parameters.
 
     Training and scoring are chunked, so their temporaries are one chunk's
     (``trainer.bytes_per_head`` per head of a training chunk,
     ``evaluate.bytes_per_head`` per head of a scoring chunk); what grows with P
     is every head's trained parameters (D*H + H*C + C floats). The model's
     largest P is (limit - data - training chunk - scoring chunk) / parameters
-    per head. An accelerator reports
-    its limit (``memory_stats``); on a CPU the device's memory is the host's,
-    and the limit is what the kernel says is available now (``MemAvailable``).
-    ``run_all.py`` sets beside it the largest P implied by the memory growth
-    measured between the profiled populations.
+    per head. An accelerator reports its limit (``memory_stats``); on a CPU
+    the device's memory is the host's, and the limit is what the kernel says
+    is available now (``MemAvailable``). ``run_all.py`` sets beside it the
+    largest P implied by the memory growth measured between the profiled
+    populations.
     """
     config = cfg.preset("default")
     per_head = trainer.bytes_per_head(

@@ -365,7 +365,7 @@ def _final_front(features, config, seed, state, evolver, evaluator, history, sta
     everything = np.concatenate([front, np.ones((1, features.num_features), bool)])
     # Padded to the generations' largest bucket: the front (a dozen heads in the authors' budget)
     # reuses the compiled training and validation-scoring programs instead of compiling its own
-    # (on a CPU, 2.5 of the 30.7 s of that budget at 1 epoch). The padding never trains.
+    # (that budget at 1 epoch on a 2-core CPU: 27.2 s against 31.2 s). The padding never trains.
     padded = evaluator._padded(everything, at_least=evaluator.max_batch)
     trained = evaluator._train_padded(padded, len(everything))
     scores = {}
