@@ -245,6 +245,8 @@ def paper_search(features, repeats: int = 2, save=None) -> dict:
             "train_seconds": sum(record["train_seconds"] for record in history),
             "score_seconds": sum(record["score_seconds"] for record in history),
             "select_seconds": sum(record["select_seconds"] for record in history),
+            # After the last generation: the front and the baseline retrained, scored on the test split.
+            "final_front_seconds": wall - history[-1]["elapsed_seconds"],
             "evaluations": result.evaluations,
             "front_size": len(result.masks),
             "front_mean_epochs": float(np.mean(result.validation["epochs"])),

@@ -291,6 +291,15 @@ def render(out_dir: Path) -> str:
                 f"(front heads trained {_fmt(last['front_mean_epochs'], 0)} epochs on average; "
                 f"training {_fmt(last['train_seconds'], 1)} s, scoring {_fmt(last['score_seconds'], 2)} s).",
             ]
+            cold = search["runs"][0]
+            if "final_front_seconds" in cold:
+                parts = {"training": cold["train_seconds"], "scoring": cold["score_seconds"],
+                         "selection": cold["select_seconds"],
+                         "the front's retraining and test scores": cold["final_front_seconds"]}
+                parts["the rest (compilation outside training, initial weights, host work)"] = (
+                    cold["wall_seconds"] - sum(parts.values()))
+                lines[-1] = lines[-1][:-1] + "; the cold run: " + ", ".join(
+                    f"{what} {_fmt(seconds, 1)} s" for what, seconds in parts.items()) + "."
         lines.append("")
     return "\n".join(lines)
 
