@@ -3,10 +3,18 @@
 ``MaskCache`` maps packed masks to the metrics their head earned. Lookups and
 inserts are vectorised (sorted byte strings and ``np.searchsorted``), so a
 generation's bookkeeping is a few array operations whatever its size.
+
+``TrainedHeads`` keeps the trained heads themselves for the masks a search still
+holds (its population), where training left them, so that the final front is
+scored with the heads the search trained instead of being trained again.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 METRIC_NAMES = (
@@ -65,3 +73,66 @@ class MaskCache:
         raw = np.ascontiguousarray(state["cache_keys"], np.uint8)
         keys = raw.view(np.dtype((np.void, raw.shape[1]))).ravel() if raw.size else None
         return cls(num_features, keys=keys, values=np.asarray(state["cache_values"], np.float64))
+
+
+@jax.jit
+def _take_rows(stacks: tuple[Any, ...], rows: jax.Array) -> Any:
+    """Rows ``rows`` of the stacks laid end to end, as one stack (one program per shape)."""
+    return jax.tree.map(lambda *leaves: jnp.concatenate(leaves)[rows], *stacks)
+
+
+class TrainedHeads:
+    """Trained heads by mask: a pytree row per mask, kept on the device that trained it.
+
+    ``add`` takes the outcome of one training call (any pytree whose leaves have
+    a leading head axis, e.g. ``trainer.TrainedPopulation``); ``retain`` keeps
+    the heads of the given masks, gathered into one stack, and lets the rest go,
+    so memory stays at the retained heads plus what was added since (a search:
+    its population plus one generation). Gathers are one jitted program whose
+    shapes repeat from one generation to the next (as many rows as masks
+    asked for), so a search compiles it a few times, not once per generation.
+    Nothing here is checkpointed: after a resume, heads trained before the
+    interruption are missing (``missing``).
+    """
+
+    def __init__(self):
+        self._stacks: list[Any] = []  # pytrees with a leading head axis
+        self._where: dict[bytes, tuple[int, int]] = {}  # packed mask -> (stack, row)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def add(self, masks: np.ndarray, trained: Any) -> None:
+        """Rows 0 .. K-1 of ``trained`` are the heads of ``masks`` (K, D); a held mask keeps its head."""
+        self._stacks.append(trained)
+        for row, key in enumerate(pack_masks(masks)):
+            self._where.setdefault(key.tobytes(), (len(self._stacks) - 1, row))
+
+    def missing(self, masks: np.ndarray) -> np.ndarray:
+        """(K,) bool: which masks have no head here."""
+        return np.array([key.tobytes() not in self._where for key in pack_masks(masks)], bool)
+
+    def stack(self, masks: np.ndarray) -> Any:
+        """The heads of ``masks`` (K, D), all held, stacked in that order (a leading K axis)."""
+        offsets = np.cumsum([0] + [len(jax.tree.leaves(stack)[0]) for stack in self._stacks])
+        where = [self._where[key.tobytes()] for key in pack_masks(masks)]
+        rows = np.asarray([offsets[stack] + row for stack, row in where], np.int32)
+        return _take_rows(tuple(self._stacks), rows)
+
+    def retain(self, masks: np.ndarray) -> None:
+        """Keeps the heads of ``masks`` (those held; duplicates once), in one stack; drops the rest.
+
+        The new stack has a row per mask asked for (held masks first, the rest
+        repeating the first), so that its shape does not change as the number of
+        distinct held masks does.
+        """
+        masks = np.asarray(masks, bool)
+        distinct = {key.tobytes(): mask for key, mask in zip(pack_masks(masks), masks, strict=True)}
+        held = [mask for key, mask in distinct.items() if key in self._where]
+        if not held:
+            self._stacks, self._where = [], {}
+            return
+        rows = np.stack(held + held[:1] * (len(masks) - len(held)))
+        stacked = self.stack(rows)
+        self._stacks, self._where = [], {}
+        self.add(np.stack(held), stacked)

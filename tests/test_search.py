@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
@@ -174,10 +175,11 @@ def test_paper_preset_runs_end_to_end_on_small_synthetic_features(monkeypatch):
     assert result.evaluations <= 30 + 5 * 2
     assert 0.0 <= result.hypervolume <= 1.0
     assert set(result.test) >= {"accuracy", "auroc", "auroc_paper", "fpr95"}
-    # The initial 30, the steady state's pairs, then the front and the baseline retrained in the
-    # initial population's compiled shape, not a shape of their own.
-    assert shapes[0] == (30, 30) and {padded for padded, _ in shapes[1:-1]} == {2}
-    assert shapes[-1] == (30, len(result.masks) + 1)
+    # The initial 30 (no room left for the baseline in their bucket), the steady state's pairs,
+    # then the baseline alone in the initial population's compiled shape: the front is not
+    # trained again.
+    assert shapes[0] == (30, 30) and {padded for padded, _ in shapes[1:-1]} <= {1, 2}
+    assert shapes[-1] == (30, 1)
 
 
 def run_cli(*args, cwd):
@@ -239,6 +241,44 @@ def test_an_evosax_algorithm_runs_a_single_objective_search(digits):
     assert result.history[-1]["best_accuracy"] == pytest.approx(result.validation["accuracy"].max())
     with pytest.raises(ValueError, match="works on 5 dimensions, the features have 64"):
         run_search(digits, tiny_config(), algorithm=SimpleGA(population_size=8, solution=jnp.zeros(5)))
+
+
+def test_front_keeps_the_heads_the_search_trained(digits, monkeypatch):
+    from evojax_prune import trainer
+
+    calls, train_population = [], trainer.train_population
+
+    def recording(key, masks, *args, num_trained=None, **kwargs):
+        calls.append(np.asarray(masks)[:num_trained])
+        return train_population(key, masks, *args, num_trained=num_trained, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_population", recording)
+    # An initial population of 6 in buckets of 8: the baseline trains in the first call.
+    small = tiny_config(generations=2).replace(search={"population_size": 6, "offspring_size": 8})
+    result = run_search(digits, small, seed=1)
+    assert len(calls) == 3  # the initial population and two generations; nothing at the end
+    assert calls[0].shape == (7, 64) and calls[0][-1].all()
+    monkeypatch.undo()
+    # The heads a plain call trains from the front's masks (and the baseline's) are the same.
+    everything = np.concatenate([result.masks, np.ones((1, 64), bool)])
+    again = trainer.train_population(
+        jax.random.split(jax.random.PRNGKey(1), 3)[0], everything, digits.x_train, digits.y_train, small,
+        num_classes=digits.num_classes,
+    )
+    np.testing.assert_array_equal(np.asarray(again.params.hidden_kernel[:-1]), result.params.hidden_kernel)
+    baseline = result.baseline_params.output_bias
+    np.testing.assert_array_equal(np.asarray(again.params.output_bias[-1]), baseline)
+    np.testing.assert_array_equal(np.asarray(again.epochs[:-1]), result.validation["epochs"])
+    # Heads beyond the memory budget are not kept: the front is trained again at the end, alike.
+    calls.clear()
+    monkeypatch.setattr(trainer, "train_population", recording)
+    tight = small.replace(train={"memory_budget_mb": 0.01})
+    retrained = run_search(digits, tight, seed=1)
+    assert len(calls) == 4 and calls[0].shape == (6, 64) and len(calls[-1]) == len(result.masks) + 1
+    np.testing.assert_array_equal(retrained.masks, result.masks)
+    np.testing.assert_array_equal(retrained.params.hidden_kernel, result.params.hidden_kernel)
+    for name in result.test:
+        np.testing.assert_array_equal(retrained.test[name], result.test[name])
 
 
 def test_bucket_sizes_keep_the_compiled_shapes_few():
