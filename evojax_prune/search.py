@@ -185,7 +185,8 @@ class MaskEvaluator:
         padded = self._padded(masks)
         count = len(masks)
         if self.baseline is not None and count < len(padded):  # a padding row trains it for free
-            padded[count], count, self.baseline = self.baseline, count + 1, None
+            padded[count] = self.baseline
+            count, self.baseline = count + 1, None
         started = time.perf_counter()
         trained = jax.block_until_ready(self._train_padded(padded, count))
         if self.keep_heads:
