@@ -11,8 +11,8 @@ Each generation (ARCHITECTURE.md):
 A head's objectives are a deterministic function of its mask (every head
 starts from the same weights and sees the same minibatch order), so a mask is
 trained once and its metrics cached (``MaskCache``). The trained heads of the
-population are kept on the device (``TrainedHeads``; the all-ones baseline is
-trained with the initial population where its padding leaves room), so the
+population are kept on the device (``TrainedHeads``; the all-ones baseline
+trains in a row kept for it beside the initial population), so the
 final front is scored on the test split and the OoD test data beside the
 baseline without being trained again; only heads missing after a resume are
 retrained. (On an H100 the authors' budget spent 14 of its 88 s outside its
@@ -268,8 +268,11 @@ def run_search(
         run_path = rundir.prepare(out_dir, resume=resume, overwrite=overwrite)
     write_path = run_path if main else None
     train_key, init_key, evolve_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+    # One row more than the initial population, so that the baseline trains beside it (a
+    # steady-state search has no other call with a free row, and trained alone at the end,
+    # the baseline costs a whole training).
     evaluator = MaskEvaluator(
-        features, config, train_key, max_batch=max(evolver.population_size, evolver.num_offspring)
+        features, config, train_key, max_batch=max(evolver.population_size + 1, evolver.num_offspring)
     )
     settings = {"config": config.to_dict(), "seed": seed, "features": features.metadata,
                 "num_features": num_features, "num_classes": features.num_classes,

@@ -175,11 +175,10 @@ def test_paper_preset_runs_end_to_end_on_small_synthetic_features(monkeypatch):
     assert result.evaluations <= 30 + 5 * 2
     assert 0.0 <= result.hypervolume <= 1.0
     assert set(result.test) >= {"accuracy", "auroc", "auroc_paper", "fpr95"}
-    # The initial 30 (no room left for the baseline in their bucket), the steady state's pairs,
-    # then the baseline alone in the initial population's compiled shape: the front is not
-    # trained again.
-    assert shapes[0] == (30, 30) and {padded for padded, _ in shapes[1:-1]} <= {1, 2}
-    assert shapes[-1] == (30, 1)
+    # The initial 30 and the baseline in one bucket, then the steady state's pairs; nothing is
+    # trained after the last generation (the front keeps its heads).
+    assert shapes[0] == (31, 31) and {padded for padded, _ in shapes[1:]} <= {1, 2}
+    assert len(shapes) <= 1 + 5
 
 
 def run_cli(*args, cwd):
