@@ -28,6 +28,13 @@ def pack_masks(masks: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed).view(np.dtype((np.void, packed.shape[1]))).ravel()
 
 
+def find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where ``keys`` (K,) are in ``sorted_keys`` (n,): found (K,) bool, and position (K,) where found."""
+    position = np.minimum(np.searchsorted(sorted_keys, keys), max(len(sorted_keys) - 1, 0))
+    found = sorted_keys[position] == keys if len(sorted_keys) else np.zeros(len(keys), bool)
+    return found, position
+
+
 class MaskCache:
     """Metrics of every mask evaluated so far.
 
@@ -47,14 +54,9 @@ class MaskCache:
 
     def lookup(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Returns (found (K,) bool, values (K, metrics)) with NaN rows where not found."""
-        keys = pack_masks(masks)
-        position = np.searchsorted(self.keys, keys)
-        clipped = np.minimum(position, max(len(self.keys) - 1, 0))
-        found = (position < len(self.keys)) & (self.keys[clipped] == keys) if len(self.keys) else (
-            np.zeros(len(keys), bool)
-        )
-        values = np.full((len(keys), len(METRIC_NAMES)), np.nan)
-        values[found] = self.values[clipped[found]]
+        found, position = find(self.keys, pack_masks(masks))
+        values = np.full((len(found), len(METRIC_NAMES)), np.nan)
+        values[found] = self.values[position[found]]
         return found, values
 
     def insert(self, masks: np.ndarray, values: np.ndarray) -> None:
@@ -88,36 +90,45 @@ class TrainedHeads:
     a leading head axis, e.g. ``trainer.TrainedPopulation``); ``retain`` keeps
     the heads of the given masks, gathered into one stack, and lets the rest go,
     so memory stays at the retained heads plus what was added since (a search:
-    its population plus one generation). Gathers are one jitted program whose
-    shapes repeat from one generation to the next (as many rows as masks
-    asked for), so a search compiles it a few times, not once per generation.
+    its population plus one generation). Masks are looked up like
+    ``MaskCache``'s (sorted packed keys). Gathers are one jitted program whose
+    shapes repeat from one generation to the next (as many rows as masks asked
+    for), so a search compiles it a few times, not once per generation.
     Nothing here is checkpointed: after a resume, heads trained before the
     interruption are missing (``missing``).
     """
 
     def __init__(self):
+        self._clear()
+
+    def _clear(self) -> None:
         self._stacks: list[Any] = []  # pytrees with a leading head axis
-        self._where: dict[bytes, tuple[int, int]] = {}  # packed mask -> (stack, row)
+        self._keys = np.zeros((0,), np.dtype((np.void, 1)))  # sorted packed masks (any width when empty)
+        self._rows = np.zeros((0,), np.int32)  # each key's row in the stacks laid end to end
 
     def __len__(self) -> int:
-        return len(self._where)
+        return len(self._keys)
 
     def add(self, masks: np.ndarray, trained: Any) -> None:
         """Rows 0 .. K-1 of ``trained`` are the heads of ``masks`` (K, D); a held mask keeps its head."""
+        start = sum(len(jax.tree.leaves(stack)[0]) for stack in self._stacks)
         self._stacks.append(trained)
-        for row, key in enumerate(pack_masks(masks)):
-            self._where.setdefault(key.tobytes(), (len(self._stacks) - 1, row))
+        keys = pack_masks(masks)
+        keys = np.concatenate([self._keys, keys]) if len(self._keys) else keys
+        rows = np.concatenate([self._rows, start + np.arange(len(masks), dtype=np.int32)])
+        self._keys, first = np.unique(keys, return_index=True)  # sorted; keeps the earliest entry
+        self._rows = rows[first]
 
     def missing(self, masks: np.ndarray) -> np.ndarray:
         """(K,) bool: which masks have no head here."""
-        return np.array([key.tobytes() not in self._where for key in pack_masks(masks)], bool)
+        return ~find(self._keys, pack_masks(masks))[0]
 
     def stack(self, masks: np.ndarray) -> Any:
         """The heads of ``masks`` (K, D), all held, stacked in that order (a leading K axis)."""
-        offsets = np.cumsum([0] + [len(jax.tree.leaves(stack)[0]) for stack in self._stacks])
-        where = [self._where[key.tobytes()] for key in pack_masks(masks)]
-        rows = np.asarray([offsets[stack] + row for stack, row in where], np.int32)
-        return _take_rows(tuple(self._stacks), rows)
+        found, position = find(self._keys, pack_masks(masks))
+        if not found.all():
+            raise KeyError(f"TrainedHeads.stack: {int((~found).sum())} of {len(found)} masks have no head")
+        return _take_rows(tuple(self._stacks), self._rows[position])
 
     def retain(self, masks: np.ndarray) -> None:
         """Keeps the heads of ``masks`` (those held; duplicates once), in one stack; drops the rest.
@@ -127,12 +138,12 @@ class TrainedHeads:
         distinct held masks does.
         """
         masks = np.asarray(masks, bool)
-        distinct = {key.tobytes(): mask for key, mask in zip(pack_masks(masks), masks, strict=True)}
-        held = [mask for key, mask in distinct.items() if key in self._where]
-        if not held:
-            self._stacks, self._where = [], {}
+        _, first = np.unique(pack_masks(masks), return_index=True)
+        held = masks[np.sort(first)]
+        held = held[~self.missing(held)]
+        if not len(held):
+            self._clear()
             return
-        rows = np.stack(held + held[:1] * (len(masks) - len(held)))
-        stacked = self.stack(rows)
-        self._stacks, self._where = [], {}
-        self.add(np.stack(held), stacked)
+        stacked = self.stack(np.concatenate([held, np.repeat(held[:1], len(masks) - len(held), axis=0)]))
+        self._clear()
+        self.add(held, stacked)
