@@ -219,7 +219,6 @@ def sgd_step(
     return _kernel_momentum_product(call(*operands), with_momentum)
 
 
-
 def sgd_step_by_head(
     kernel: jax.Array,
     momentum: jax.Array | None,
