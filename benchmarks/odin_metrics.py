@@ -210,7 +210,7 @@ def bench_evaluate(population: int, num_ind: int, num_ood: int, num_classes: int
         "per_head_ms": median * 1e3 / population,
         "hidden_matmul_gflop_per_second": flops / median / 1e9,
         "plain_matmul_gflop_per_second_same_run": flops / population / matmul_seconds / 1e9,
-        "parameters_gb": population * (num_features * hidden + (hidden + 1) * num_classes) * 4 / 2**30,
+        "parameters_gb": population * head.param_bytes(num_features, num_classes, hidden) / 2**30,
         "rss_before_evaluate_gb": rss_before_gb,
         "peak_rss_during_evaluate_gb": peak_rss_gb,
         "peak_rss_is_evaluate_only": peak_was_reset,

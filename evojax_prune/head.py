@@ -30,6 +30,11 @@ class HeadParams:
     output_bias: jax.Array
 
 
+def param_bytes(num_features: int, num_classes: int, hidden: int = 512) -> int:
+    """Bytes of one head's float32 parameters: D*H + H*C + C floats."""
+    return 4 * (num_features * hidden + hidden * num_classes + num_classes)
+
+
 def init(key: jax.Array, num_features: int, num_classes: int, hidden: int = 512) -> HeadParams:
     """Keras' defaults for ``Dense``: Glorot-uniform kernels, zero bias."""
     hidden_key, output_key = jax.random.split(key)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evojax_prune import atomic, devices, evaluate, rundir, strategy, trainer
+from evojax_prune import atomic, devices, evaluate, head, rundir, strategy, trainer
 from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.evaluation_cache import METRIC_NAMES, MaskCache, TrainedHeads
@@ -139,7 +139,7 @@ class MaskEvaluator:
         # Kept while the population's heads fit the memory budget (twice it at the peak of a
         # generation: the population's heads and the generation's); a larger population has its
         # front trained again at the end instead, as the heads' memory would bound P.
-        head_bytes = 4 * (features.num_features + features.num_classes + 1) * config.head.hidden
+        head_bytes = head.param_bytes(features.num_features, features.num_classes, config.head.hidden)
         self.keep_heads = max_batch * head_bytes <= config.train.memory_budget_mb * 2**20
         self.seconds = {"train": 0.0, "score": 0.0}
         self.trained_masks = 0

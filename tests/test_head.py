@@ -72,3 +72,10 @@ def test_apply_population_equals_one_head_at_a_time():
     for i in range(3):
         one = jax.tree.map(lambda leaf, i=i: leaf[i], stacked)
         np.testing.assert_allclose(together[i], jax.jit(head.apply)(one, masks[i], x), rtol=1e-5, atol=1e-5)
+
+
+def test_param_bytes_counts_the_arrays_init_makes():
+    for features, classes, hidden in ((D, C, H), (2048, 3, 512), (64, 27, 1)):
+        params = head.init(jax.random.key(0), features, classes, hidden)
+        made = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
+        assert head.param_bytes(features, classes, hidden) == made
