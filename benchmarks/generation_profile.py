@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import PeakMemory, environment, host_memory_available_bytes, peak_memory, rps_shaped_features
 
-from evojax_prune import atomic, evaluate, trainer
+from evojax_prune import atomic, evaluate, head, trainer
 from evojax_prune import config as cfg
 from evojax_prune.search import MaskEvaluator
 from evojax_prune.strategy import MultiObjective
@@ -154,7 +154,7 @@ def largest_population(features) -> dict:
         features.num_features, features.num_classes, config.head.hidden, config.train
     )
     hidden, classes = config.head.hidden, features.num_classes
-    params_per_head = 4 * (features.num_features * hidden + hidden * classes + classes)
+    params_per_head = head.param_bytes(features.num_features, classes, hidden)
     chunk = trainer.choose_chunk_size(
         1 << 20, features.num_features, features.num_classes, hidden, config.train
     )

@@ -14,6 +14,7 @@ README.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -32,7 +33,7 @@ SIZES = {
                                "--keras-heads", "4"],
         "odin_metrics": [],
         "nsga2_selection": [],
-        "generation_profile": ["--populations", "32", "64", "128", "--epochs", "2", "--paper-epochs", "2",
+        "generation_profile": ["--populations", "32", "128", "512", "--epochs", "2", "--paper-epochs", "2",
                                "--simulated-devices", "1", "2", "4", "--scaling-populations", "32"],
     },
     # Sized for under 8 minutes on one H100 with gpu.sh's step profile, the most important
@@ -109,24 +110,27 @@ def _notes(result: dict) -> list[str]:
     return lines
 
 
-def _memory_per_head(rows: list[dict]) -> tuple[str, float, dict] | None:
-    """(memory key, bytes per added head, largest row) from the smallest and largest population.
+def _memory_per_head(rows: list[dict]) -> tuple[str, float, dict, dict] | None:
+    """(memory key, bytes per added head, smaller row, larger row) between the two largest populations.
 
     An accelerator's peak device memory where it reports one, else the host memory
-    the compiled generation grew by (a CPU).
+    the compiled generation grew by (a CPU). The two largest populations, because
+    what a further head costs is what matters for the largest that fits: below
+    one scoring chunk (``evaluate.auto_chunk_size``) a head also adds its scoring
+    temporaries, past it only its parameters.
     """
     if len(rows) < 2:
         return None
-    small, large = min(rows, key=lambda row: row["population"]), max(rows, key=lambda row: row["population"])
+    small, large = sorted(rows, key=lambda row: row["population"])[-2:]
     for key in ("device_peak_bytes", "host_rss_growth_bytes"):
         ends = [row["memory"].get(key) for row in (small, large)]
         if None not in ends:
-            return key, (ends[1] - ends[0]) / (large["population"] - small["population"]), large
+            return key, (ends[1] - ends[0]) / (large["population"] - small["population"]), small, large
     return None
 
 
 def _growth_lines(rows: list[dict]) -> list[str]:
-    """How a generation's time and memory grow from the smallest population profiled to the largest."""
+    """How a generation's time grows from the smallest population profiled to the largest, and its memory."""
     if len(rows) < 2:
         return []
     small, large = min(rows, key=lambda row: row["population"]), max(rows, key=lambda row: row["population"])
@@ -135,10 +139,17 @@ def _growth_lines(rows: list[dict]) -> list[str]:
             f"{_fmt(per_head[0] * 1e3, 1)} and {_fmt(per_head[1] * 1e3, 1)} ms per head per generation "
             f"(time x{_fmt(large['seconds']['total'] / small['seconds']['total'])} for population "
             f"x{_fmt(large['population'] / small['population'])})")
-    growth = _memory_per_head(rows)
-    if growth:
-        what = "peak device memory" if growth[0] == "device_peak_bytes" else "host memory"
-        text += f"; {what} {_fmt(growth[1] / 2**20, 1)} MiB per added head"
+    ordered = sorted(rows, key=lambda row: row["population"])
+    key = next((key for key in ("device_peak_bytes", "host_rss_growth_bytes")
+                if all(row["memory"].get(key) is not None for row in ordered)), None)
+    if key:
+        what = "peak device memory" if key == "device_peak_bytes" else "host memory"
+        steps = [
+            f"{_fmt((b['memory'][key] - a['memory'][key]) / (b['population'] - a['population']) / 2**20, 1)} "
+            f"MiB per added head from P = {a['population']} to {b['population']}"
+            for a, b in itertools.pairwise(ordered)
+        ]
+        text += f"; {what} " + ", ".join(steps)
     return ["", text + "."]
 
 
@@ -148,13 +159,14 @@ def _capacity_lines(rows: list[dict], capacity: dict) -> list[str]:
     growth = _memory_per_head(rows)
     parts = []
     if limit and growth and growth[1] > 0:
-        key, per_head, large = growth
+        key, per_head, small, large = growth
         if key == "device_peak_bytes":  # what is left above the largest population's peak
             largest = large["population"] + (limit - large["memory"][key]) / per_head
         else:  # the host's available memory, measured after the profile, over the growth per head
             largest = limit / per_head
         text = (f"about {int(largest):,} from the memory growth measured above "
-                f"({_fmt(per_head / 2**20, 1)} MiB per head")
+                f"({_fmt(per_head / 2**20, 1)} MiB per head from P = {small['population']} to "
+                f"{large['population']}")
         if large["population"] <= capacity.get("scoring_chunk_size", 0):
             # Up to one scoring chunk, the scoring temporaries grow with P too; past it they do not.
             text += (f", profiled within one scoring chunk of {capacity['scoring_chunk_size']} heads, "

@@ -91,8 +91,11 @@ def test_growth_line_compares_the_smallest_and_largest_population():
     assert blank == ""
     assert line.startswith("Growth from P = 32 to 128: 250.0 and 312.5 ms per head per generation")
     assert "(time x5.00 for population x4.00)" in line
-    assert "host memory 5.0 MiB per added head" in line and "device" not in line
+    assert "host memory 5.0 MiB per added head from P = 32 to 128" in line and "device" not in line
     assert run_all._growth_lines([row(32, 8.0, 120)]) == []
+    # Three populations: the memory growth of each step, in order of population.
+    [_, line] = run_all._growth_lines([row(512, 160.0, 1752), row(32, 8.0, 120), row(128, 40.0, 600)])
+    assert "5.0 MiB per added head from P = 32 to 128, 3.0 MiB per added head from P = 128 to 512" in line
 
 
 def test_capacity_from_measured_growth_and_from_the_model():
@@ -106,9 +109,17 @@ def test_capacity_from_measured_growth_and_from_the_model():
     [blank, line] = run_all._capacity_lines([row(2080, 9), row(32, 1)], capacity)
     assert blank == ""
     assert line.startswith("Largest population that fits (60.0 GiB device memory limit): ")
-    assert f"about {2080 + 51 * 256:,} from the memory growth measured above (4.0 MiB per head)" in line
+    assert (f"about {2080 + 51 * 256:,} from the memory growth measured above "
+            "(4.0 MiB per head from P = 32 to 2080)") in line
     assert "12,000 by the memory model (one training chunk of 32 heads at 24.5 MiB each" in line
     assert run_all._capacity_lines([row(32, 1)], {}) == []
+    # With a third, smaller population, the growth per head is taken between the two largest:
+    # past one scoring chunk, a head no longer adds scoring temporaries.
+    [_, line] = run_all._capacity_lines([row(2080, 9), row(32, 1), row(8, 0.5)], capacity)
+    assert "(4.0 MiB per head from P = 32 to 2080)" in line
+    [_, line] = run_all._capacity_lines([row(2080, 9), row(1056, 6), row(32, 1)], capacity)
+    assert (f"about {2080 + 51 * 1024 // 3:,} from the memory growth measured above "
+            "(3.0 MiB per head from P = 1056 to 2080)") in line
 
 
 def run_benchmark(script: str, out: Path, *arguments: str) -> dict:
