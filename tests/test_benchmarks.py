@@ -12,6 +12,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import cpu_step_layouts  # noqa: E402
 import run_all  # noqa: E402
 import step_profile  # noqa: E402
 import trainer_throughput  # noqa: E402
@@ -167,6 +168,31 @@ def test_fused_sgd_step_benchmark_runs_both_variants(tmp_path):
     assert all(row["microseconds_per_step"] > 0 for row in result["rows"]), result["rows"]
     assert not result["compiled"] and result["fastest"]["variant"] == "fused"
     assert result["fastest_fused_by_head"]["variant"] == "fused_by_head"
+
+
+def test_cpu_step_layouts_compute_the_same_weights(tmp_path):
+    result = run_benchmark("cpu_step_layouts.py", tmp_path / "layouts.json",
+                           "--rows", "48", "--steps", "5", "--repeats", "1")
+    assert [row["variant"] for row in result["results"]] == list(cpu_step_layouts.VARIANTS)
+    for row in result["results"]:
+        assert row["us_per_step"] > 0 and row["max_abs_difference_from_first"] < 1e-6, row
+
+
+def test_cpu_step_layouts_update_is_optax_sgd_with_nesterov():
+    import jax.numpy as jnp
+    import optax
+
+    rng = np.random.default_rng(0)
+    kernel, momentum, gradient = (jnp.asarray(rng.normal(size=(6, 4)), jnp.float32) for _ in range(3))
+    optimizer = optax.sgd(cpu_step_layouts.LEARNING_RATE, momentum=cpu_step_layouts.MOMENTUM, nesterov=True)
+    state = optimizer.init(kernel)
+    state = (optax.TraceState(trace=momentum), *state[1:])
+    updates, state = optimizer.update(gradient, state, kernel)
+    expected_kernel, expected_momentum = optax.apply_updates(kernel, updates), state[0].trace
+    for update in (cpu_step_layouts._trainer_update, cpu_step_layouts._update_from_old_momentum):
+        new_kernel, new_momentum = update(kernel, momentum, gradient)
+        np.testing.assert_allclose(new_kernel, expected_kernel, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(new_momentum, expected_momentum, rtol=1e-6, atol=1e-7)
 
 
 def test_step_profile_programs_are_traced_anew(monkeypatch):
