@@ -128,10 +128,13 @@ def reference_train(key, masks, x, y, config, num_classes):
     return results
 
 
+@pytest.mark.parametrize("kernel_transposed", [True, False], ids=["kernel-(H,c)", "kernel-(c,H)"])
 @pytest.mark.parametrize(
     ("gather_features", "restore_best"), [(None, True), (False, False)], ids=["gathered-best", "dense-last"]
 )
-def test_matches_sequential_reference(gather_features, restore_best):
+def test_matches_sequential_reference(monkeypatch, gather_features, restore_best, kernel_transposed):
+    if not kernel_transposed:  # the layout a GPU trains chunks of one head in; a CPU's is (H, c)
+        _retrace_with(monkeypatch, stores_kernel_transposed=lambda *args, **kwargs: False)
     x, y = _data()
     masks = _author_masks(1, 5)
     masks[0] = True  # one full head
@@ -291,6 +294,21 @@ def test_population_gradients_equal_autodiff():
     loss, grads = jax.jit(trainer.population_loss_and_grads)(params, inputs, labels, weights)
     np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
     _assert_params_close(grads, expected_grads, rtol=1e-5, atol=1e-7)
+    # The kernel stored (K, H, D): its gradient comes back the same way.
+    swapped = params.replace(hidden_kernel=jnp.swapaxes(params.hidden_kernel, 1, 2))
+    loss, grads = jax.jit(trainer.population_loss_and_grads, static_argnames="kernel_transposed")(
+        swapped, inputs, labels, weights, kernel_transposed=True)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
+    grads = grads.replace(hidden_kernel=jnp.swapaxes(grads.hidden_kernel, 1, 2))
+    _assert_params_close(grads, expected_grads, rtol=1e-5, atol=1e-7)
+
+
+def test_where_the_kernel_is_stored_transposed():
+    per_head, packed = trainer.ChunkLayout(64, 4, True), trainer.ChunkLayout(16, 40, False)
+    assert trainer.stores_kernel_transposed(per_head, deferred=False, platform="cpu")
+    assert not trainer.stores_kernel_transposed(per_head, deferred=False, platform="gpu")
+    assert not trainer.stores_kernel_transposed(per_head, deferred=True, platform="cpu")
+    assert not trainer.stores_kernel_transposed(packed, deferred=False, platform="cpu")
 
 
 def test_epoch_orders_and_batches_cover_every_sample_once_and_pad_the_last_batch():
