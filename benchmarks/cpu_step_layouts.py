@@ -7,32 +7,40 @@ momentum, two passes over the kernel. This script copies that step outside the
 trainer, with the output layer kept and the gathers left out, and times
 ``steps`` of it in one ``scan`` (best of ``repeats``) for each way of writing it:
 
-  * ``as the trainer``: kernel (rows, H), the update as optax computes it
-    (momentum first, then the weights from the new momentum);
-  * ``kernel stored transposed``: kernel (H, rows), so the forward product is
+  * ``kernel (c, H)``: kernel (rows, H), the update as optax computes it
+    (momentum first, then the weights from the new momentum); the layout the
+    trainer used on a CPU until it measured the next one;
+  * ``kernel (H, c), as the trainer on a CPU``: so the forward product is
     ``x @ wᵀ`` and the gradient ``dᵀ x`` (XLA 0.10.2 still runs the first in
-    YNNPACK and the second in Eigen, as for the trainer's layout);
-  * ``update from the old momentum``: the same arithmetic as
+    YNNPACK and the second in Eigen; ``trainer.stores_kernel_transposed``);
+  * ``kernel (c, H), update from the old momentum``: the same arithmetic as
     ``w - lr mu² m - lr (1 + mu) g`` and ``mu m + g``, both from the old
     momentum, so that the two updates could be one pass if XLA fused them.
 
 All three compute the same weights (the script reports the largest difference
-from the first), so any gap is XLA's doing. The README's "What the CPU numbers
-say" quotes this script; ``step_profile.py`` traces the trainer itself.
+from the first), so any gap is XLA's doing. With ``--trainer-populations``, the
+trainer itself is also timed both ways on RPS-shaped features and the authors'
+initial masks, alternating in one process (best of ``repeats``): with its
+kernel stored as on a CPU ((H, c), ``trainer.stores_kernel_transposed``) and as
+(c, H). The README's "What the CPU numbers say" quotes this script;
+``step_profile.py`` traces the trainer's step.
 
     python benchmarks/cpu_step_layouts.py                       # 1,792 rows, the widest capacity
     python benchmarks/cpu_step_layouts.py --rows 768 --out /tmp/layouts.json
+    python benchmarks/cpu_step_layouts.py --trainer-populations 4 16 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -77,9 +85,9 @@ def make_steps(transposed: bool, update):
 
 
 VARIANTS = {
-    "as the trainer": (False, _trainer_update),
-    "kernel stored transposed": (True, _trainer_update),
-    "update from the old momentum": (False, _update_from_old_momentum),
+    "kernel (c, H)": (False, _trainer_update),
+    "kernel (H, c), as the trainer on a CPU": (True, _trainer_update),
+    "kernel (c, H), update from the old momentum": (False, _update_from_old_momentum),
 }
 
 
@@ -114,16 +122,53 @@ def bench(rows: int, steps: int, repeats: int) -> list[dict]:
     return results
 
 
+def bench_trainer(population: int, epochs: int, repeats: int) -> dict:
+    """The trainer on ``population`` heads for ``epochs``, its CPU kernel (H, c) against (c, H)."""
+    from trainer_throughput import author_masks, synthetic_features
+
+    from evojax_prune import config as cfg
+    from evojax_prune import trainer
+
+    x, y = synthetic_features(0)
+    masks = author_masks(np.random.default_rng(0), population)
+    config = cfg.preset("default").replace(train={"max_epochs": epochs, "patience": epochs + 1})
+    key = jax.random.key(0)
+    rule = trainer.stores_kernel_transposed
+    ways = {"kernel (H, c)": rule, "kernel (c, H)": lambda *args, **kwargs: False}
+    best, kernels = dict.fromkeys(ways, float("inf")), {}
+    try:
+        for _ in range(repeats):
+            for name, chosen in ways.items():
+                trainer.stores_kernel_transposed = chosen
+                jax.clear_caches()  # the rule is read when the program is traced
+                train = functools.partial(trainer.train_population, key, masks, x, y, config)
+                kernels[name] = jax.block_until_ready(train()).params.hidden_kernel  # compiles
+                started = time.perf_counter()
+                jax.block_until_ready(train())
+                best[name] = min(best[name], time.perf_counter() - started)
+    finally:
+        trainer.stores_kernel_transposed = rule
+    first, second = kernels.values()
+    return {
+        "population": population, "epochs": epochs, "seconds": best,
+        "speedup_of_h_c": best["kernel (c, H)"] / best["kernel (H, c)"],
+        "max_abs_kernel_difference": float(jnp.max(jnp.abs(first - second))),
+    }
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1792, help="kept features of the head (its capacity)")
     parser.add_argument("--steps", type=int, default=63, help="minibatches, one epoch of the RPS data set")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--trainer-populations", type=int, nargs="*", default=[],
+                        help="also time the trainer both ways on this many heads")
+    parser.add_argument("--trainer-epochs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu_step_layouts.json")
     args = parser.parse_args(argv)
     results = bench(args.rows, args.steps, args.repeats)
     for row in results:
-        print(f"{row['variant']:30s} {row['us_per_step']:7.0f} us per step  "
+        print(f"{row['variant']:44s} {row['us_per_step']:7.0f} us per step  "
               f"x{row['speedup_over_first']:.2f}  ({row['first_layer_gflops']:.0f} GFLOP/s, "
               f"max |difference| {row['max_abs_difference_from_first']:.1e})")
     report = {
@@ -134,7 +179,14 @@ def main(argv=None) -> dict:
             "repeats": args.repeats, "optimizer": f"sgd({LEARNING_RATE}, momentum={MOMENTUM}, nesterov=True)",
         },
         "results": results,
+        "trainer": [],
     }
+    for population in args.trainer_populations:
+        row = bench_trainer(population, args.trainer_epochs, args.repeats)
+        report["trainer"].append(row)
+        timings = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in row["seconds"].items())
+        print(f"trainer, {population} heads x {args.trainer_epochs} epochs: {timings}: "
+              f"x{row['speedup_of_h_c']:.2f} (max |difference| {row['max_abs_kernel_difference']:.1e})")
     save(args.out, report)
     return report
 

@@ -164,22 +164,29 @@ def step_products_gflops(chunk_size: int, kept_features: int, batch_size: int, s
     """GFLOP/s of a training step's two first-layer products alone, at the step's shapes.
 
     The forward product (K, B, c) x (K, c, H) and the kernel gradient
-    (K, B, c)^T x (K, B, H) of a chunk of K heads keeping c features, looped
-    ``steps`` times in one jitted ``fori_loop`` with nothing else: no gather, no
-    optimizer, no output layer. What the matrix-product library reaches at the
-    trainer's shapes (batch 32), a ceiling for the trainer below the large-product
-    peak; best of 3.
+    (K, B, c)^T x (K, B, H) of a chunk of K heads keeping c features, with the
+    kernel stored as the trainer stores it ((K, H, c) where
+    ``trainer.stores_kernel_transposed``), looped ``steps`` times in one jitted
+    ``fori_loop`` with nothing else: no gather, no optimizer, no output layer.
+    What the matrix-product library reaches at the trainer's shapes (batch 32),
+    a ceiling for the trainer below the large-product peak; best of 3.
     """
+    layout = trainer.ChunkLayout(kept_features, chunk_size, per_head=chunk_size == 1)
+    transposed = trainer.stores_kernel_transposed(layout, deferred=False)
+    forward, gradient = ("kbc,khc->kbh", "kbh,kbc->khc") if transposed else ("kbc,kch->kbh", "kbc,kbh->kch")
     keys = jax.random.split(jax.random.key(3), 3)
     inputs = jax.random.uniform(keys[0], (chunk_size, batch_size, kept_features), jnp.float32)
-    kernel = jax.random.normal(keys[1], (chunk_size, kept_features, HIDDEN), jnp.float32)
+    kernel_shape = (HIDDEN, kept_features) if transposed else (kept_features, HIDDEN)
+    kernel = jax.random.normal(keys[1], (chunk_size, *kernel_shape), jnp.float32)
     d_pre = jax.random.normal(keys[2], (chunk_size, batch_size, HIDDEN), jnp.float32)
 
     @jax.jit
     def products(inputs, kernel, d_pre):
         def step(i, carry):
             scaled = inputs * (1.0 + i * 1e-7)  # a new input every step: nothing to hoist
-            return jnp.einsum("kbc,kch->kbh", scaled, kernel), jnp.einsum("kbc,kbh->kch", scaled, d_pre)
+            if transposed:
+                return jnp.einsum(forward, scaled, kernel), jnp.einsum(gradient, d_pre, scaled)
+            return jnp.einsum(forward, scaled, kernel), jnp.einsum(gradient, scaled, d_pre)
         return jax.lax.fori_loop(0, steps, step, (d_pre, kernel))
 
     jax.block_until_ready(products(inputs, kernel, d_pre))

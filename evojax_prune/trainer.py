@@ -21,7 +21,7 @@ chunk is trained on the kept columns alone, ``x_batch[:, index]``. How the kept
 rows are stored is the chunk's ``ChunkLayout``. A chunk of one head (the CPU
 default) pads them to a capacity c from a short ladder (``capacity_levels``:
 multiples of D / 8), and on a CPU stores its kernel as (H, c) while training,
-which XLA's CPU products run 1.07-1.09x faster (``stores_kernel_transposed``).
+which XLA's CPU products run 1.06-1.09x faster (``stores_kernel_transposed``).
 A larger chunk (accelerators) packs them in tiles of
 D / 16 rows, each head owning ceil(k / tile) tiles, the first layer's product
 summed over a head's tiles (``segment_sum``); the chunk's tile count is padded
@@ -191,7 +191,7 @@ def stores_kernel_transposed(layout: ChunkLayout, deferred: bool, platform: str 
     (``platform``, default ``jax.default_backend()``): XLA's CPU backend runs
     the step's two products faster with the kernel's rows contiguous along
     the contraction: 1.07x at 768 kept rows and 1.13x at 1,792 for a copy of
-    the step (``benchmarks/cpu_step_layouts.py``), 1.07-1.09x for the trainer
+    the step (``benchmarks/cpu_step_layouts.py``), 1.06-1.09x for the trainer
     on 4 and 16 heads of the authors' initial masks, with the same weights. The
     trained heads come back as (K, D, H) either way. Unmeasured on a GPU,
     where the packed layout and its fused kernel read (T, r, H).

@@ -176,6 +176,15 @@ def test_cpu_step_layouts_compute_the_same_weights(tmp_path):
     assert [row["variant"] for row in result["results"]] == list(cpu_step_layouts.VARIANTS)
     for row in result["results"]:
         assert row["us_per_step"] > 0 and row["max_abs_difference_from_first"] < 1e-6, row
+    assert result["trainer"] == []
+
+
+def test_cpu_step_layouts_times_the_trainer_both_ways(tmp_path):
+    result = run_benchmark("cpu_step_layouts.py", tmp_path / "layouts.json", "--rows", "48", "--steps", "2",
+                           "--repeats", "1", "--trainer-populations", "1", "--trainer-epochs", "1")
+    [row] = result["trainer"]
+    assert row["population"] == 1 and set(row["seconds"]) == {"kernel (H, c)", "kernel (c, H)"}
+    assert row["speedup_of_h_c"] > 0 and row["max_abs_kernel_difference"] < 1e-5, row
 
 
 def test_cpu_step_layouts_update_is_optax_sgd_with_nesterov():
