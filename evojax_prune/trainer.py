@@ -20,8 +20,8 @@ head keeping k of D features only needs k rows of its first kernel, so each
 chunk is trained on the kept columns alone, ``x_batch[:, index]``. How the kept
 rows are stored is the chunk's ``ChunkLayout``. A chunk of one head (the CPU
 default) pads them to a capacity c from a short ladder (``capacity_levels``:
-multiples of D / 8), and on a CPU stores its kernel as (H, c) while training,
-which XLA's CPU products run 1.06-1.09x faster (``stores_kernel_transposed``).
+multiples of D / 16), and on a CPU stores its kernel as (H, c) while training,
+which XLA's CPU products run 1.05-1.09x faster (``stores_kernel_transposed``).
 A larger chunk (accelerators) packs them in tiles of
 D / 16 rows, each head owning ceil(k / tile) tiles, the first layer's product
 summed over a head's tiles (``segment_sum``); the chunk's tile count is padded
@@ -122,6 +122,12 @@ ROW_SEPARABLE_OPTIMIZERS = frozenset(
 _CAPACITY_LEVELS = 8
 _CAPACITY_ALIGN = 8
 _CAPACITY_MIN_STEP = 32
+# Chunks of one head (a CPU's) get a ladder twice as fine: half the padding for
+# twice the branches. On this project's 2-core CPU, 4 and 16 heads of the authors'
+# initial masks, 2 epochs at RPS shapes: 1.07x and 1.10x faster, compile 4.5 -> 7.0 s
+# (benchmarks/cpu_step_layouts.py --trainer-populations compares). Packed chunks keep
+# the 8 levels: their tiles, and the fused kernels' blocks, are sized from them.
+_ONE_HEAD_CAPACITY_LEVELS = 16
 
 # Most heads an automatically sized chunk holds on an accelerator. On an H100 (jax
 # 0.11.2) packed chunks of 64 heads failed: XLA's scatter for the tiles' segment_sum
@@ -190,9 +196,10 @@ def stores_kernel_transposed(layout: ChunkLayout, deferred: bool, platform: str 
     Chunks whose rows are per head (not packed, not deferred) on a CPU
     (``platform``, default ``jax.default_backend()``): XLA's CPU backend runs
     the step's two products faster with the kernel's rows contiguous along
-    the contraction: 1.07x at 768 kept rows and 1.13x at 1,792 for a copy of
-    the step (``benchmarks/cpu_step_layouts.py``), 1.06-1.09x for the trainer
-    on 4 and 16 heads of the authors' initial masks, with the same weights. The
+    the contraction: 1.07x at 768 kept rows and 1.10-1.15x at 1,792 for a copy
+    of the step (``benchmarks/cpu_step_layouts.py``), 1.05-1.09x for the
+    trainer on 4 and 16 heads of the authors' initial masks, with the same
+    weights. The
     trained heads come back as (K, D, H) either way. Unmeasured on a GPU,
     where the packed layout and its fused kernel read (T, r, H).
     """
@@ -370,16 +377,17 @@ def _loss_and_backward(
     return loss, d_pre_activation, output_grads
 
 
-def capacity_levels(num_features: int) -> tuple[int, ...]:
+def capacity_levels(num_features: int, num_levels: int = _CAPACITY_LEVELS) -> tuple[int, ...]:
     """First-layer widths a chunk of heads can be trained at, the last one D.
 
-    Multiples of D / 8 rounded up to a multiple of 8, and at least 32 apart: a
-    head keeping k features is padded to the smallest level >= k, wasting at
-    most max(D / 8, 32) rows. D <= 32 gives the single level D (no gathering).
+    Multiples of D / ``num_levels`` rounded up to a multiple of 8, and at least
+    32 apart: a head keeping k features is padded to the smallest level >= k,
+    wasting at most max(D / num_levels, 32) rows. D <= 32 gives the single
+    level D (no gathering).
     """
-    step = -(-num_features // _CAPACITY_LEVELS)
+    step = -(-num_features // num_levels)
     step = max(-(-step // _CAPACITY_ALIGN) * _CAPACITY_ALIGN, _CAPACITY_MIN_STEP)
-    levels = {min(level * step, num_features) for level in range(1, _CAPACITY_LEVELS + 1)}
+    levels = {min(level * step, num_features) for level in range(1, num_levels + 1)}
     return tuple(sorted(levels | {num_features}))
 
 
@@ -404,7 +412,7 @@ def chunk_layouts(num_features: int, chunk_size: int, gather: bool) -> tuple[Chu
 
     Dense (``gather`` off, or D too small to gather): the one layout (D, K).
     Chunks of one head: the head's kept rows padded to a capacity from
-    ``capacity_levels``. Larger chunks (accelerators) pack tiles of half a
+    ``capacity_levels`` with ``_ONE_HEAD_CAPACITY_LEVELS``. Larger chunks (accelerators) pack tiles of half a
     capacity step: a chunk mixing heads of 100 and 2,000 kept features (a
     generation of the search, trained as one chunk) trains about the sum of
     their widths, not K times the widest; its tile count is padded to one of
@@ -414,6 +422,7 @@ def chunk_layouts(num_features: int, chunk_size: int, gather: bool) -> tuple[Chu
     if not gather or capacities == (num_features,):
         return (ChunkLayout(num_features, chunk_size, per_head=True),)
     if chunk_size == 1:
+        capacities = capacity_levels(num_features, _ONE_HEAD_CAPACITY_LEVELS)
         return tuple(ChunkLayout(capacity, 1, per_head=True) for capacity in capacities)
     tile_rows = max(capacities[0] // 2, _CAPACITY_ALIGN)
     most = chunk_size * -(-num_features // tile_rows)

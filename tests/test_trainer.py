@@ -353,7 +353,9 @@ def test_chunk_size_and_capacities():
 
 def test_chunk_layouts_and_the_level_a_chunk_needs():
     layouts = trainer.chunk_layouts(2048, 1, gather=True)
-    assert [layout.tile_rows for layout in layouts] == list(trainer.capacity_levels(2048))
+    # A chunk of one head: 16 levels of 128 rows (packed chunks below: tiles from the 8 levels).
+    assert [layout.tile_rows for layout in layouts] == list(range(128, 2049, 128))
+    assert trainer.capacity_levels(2048, 16) == tuple(range(128, 2049, 128))
     assert all(layout.per_head and layout.num_tiles == 1 for layout in layouts)
     assert trainer.chunk_layouts(2048, 32, gather=False) == (trainer.ChunkLayout(2048, 32, per_head=True),)
     packed = trainer.chunk_layouts(2048, 32, gather=True)
@@ -364,9 +366,9 @@ def test_chunk_layouts_and_the_level_a_chunk_needs():
     assert int(trainer.layout_level(packed, counts)) == 0
     assert int(trainer.layout_level(packed, jnp.full(32, 2048))) == 7
     assert int(trainer.layout_level(packed, jnp.asarray([2048] * 8 + [0] * 24))) == 1  # 128 tiles
-    assert int(trainer.layout_level(layouts, counts)) == 0  # one head per chunk: the widest, 129
-    assert int(trainer.layout_level(layouts, jnp.asarray([256]))) == 0
-    assert int(trainer.layout_level(layouts, jnp.asarray([257]))) == 1  # 512 rows
+    assert int(trainer.layout_level(layouts, counts)) == 1  # one head per chunk: the widest, 129
+    assert int(trainer.layout_level(layouts, jnp.asarray([128]))) == 0
+    assert int(trainer.layout_level(layouts, jnp.asarray([257]))) == 2  # 384 rows
 
 
 def _retrace_with(monkeypatch, **settings):
