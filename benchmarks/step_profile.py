@@ -78,7 +78,12 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "step_profile.json"
 
 
 def padded_layouts(num_features: int, chunk_size: int, gather: bool) -> tuple[trainer.ChunkLayout, ...]:
-    """The layouts before packing: one tile per head, at the chunk's widest capacity."""
+    """The layouts before packing: one tile per head, at the chunk's widest capacity.
+
+    Chunks of one head are the trainer's own layouts (its finer ladder of capacities).
+    """
+    if chunk_size == 1:
+        return trainer.chunk_layouts(num_features, 1, gather)
     capacities = trainer.capacity_levels(num_features) if gather else (num_features,)
     return tuple(trainer.ChunkLayout(capacity, chunk_size, per_head=True) for capacity in capacities)
 
