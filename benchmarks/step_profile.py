@@ -77,13 +77,17 @@ from evojax_prune.strategy import MultiObjective
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "step_profile.json"
 
 
+# The trainer's own, kept here: profile_layout swaps trainer.chunk_layouts for a variant's.
+TRAINER_CHUNK_LAYOUTS = trainer.chunk_layouts
+
+
 def padded_layouts(num_features: int, chunk_size: int, gather: bool) -> tuple[trainer.ChunkLayout, ...]:
     """The layouts before packing: one tile per head, at the chunk's widest capacity.
 
     Chunks of one head are the trainer's own layouts (its finer ladder of capacities).
     """
     if chunk_size == 1:
-        return trainer.chunk_layouts(num_features, 1, gather)
+        return TRAINER_CHUNK_LAYOUTS(num_features, 1, gather)
     capacities = trainer.capacity_levels(num_features) if gather else (num_features,)
     return tuple(trainer.ChunkLayout(capacity, chunk_size, per_head=True) for capacity in capacities)
 
@@ -187,7 +191,7 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
 
 
 # name: (layouts, TrainConfig.fused_update, command buffers on, trainer globals read when traced)
-PACKED = trainer.chunk_layouts
+PACKED = TRAINER_CHUNK_LAYOUTS
 VARIANTS = {
     "packed, fused SGD kernel": (PACKED, None, False, {}),
     "packed, XLA's SGD": (PACKED, False, False, {}),

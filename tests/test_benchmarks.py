@@ -206,6 +206,15 @@ def test_cpu_step_layouts_update_is_optax_sgd_with_nesterov():
         np.testing.assert_allclose(new_momentum, expected_momentum, rtol=1e-6, atol=1e-7)
 
 
+def test_padded_layouts_of_one_head_are_the_trainers_while_profiled(monkeypatch):
+    # profile_layout puts a variant's layouts in trainer.chunk_layouts while it traces.
+    monkeypatch.setattr(step_profile.trainer, "chunk_layouts", step_profile.padded_layouts)
+    one_head = step_profile.padded_layouts(2048, 1, True)
+    assert one_head == step_profile.TRAINER_CHUNK_LAYOUTS(2048, 1, True) and len(one_head) == 16
+    four_heads = step_profile.padded_layouts(2048, 4, True)
+    assert [layout.tile_rows for layout in four_heads] == list(range(256, 2049, 256))
+
+
 def test_step_profile_programs_are_traced_anew(monkeypatch):
     """A variant that changes what is traced (``trainer.TILE_SUM``) gets its own trace.
 
