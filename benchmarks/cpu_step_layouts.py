@@ -22,9 +22,9 @@ from the first), so any gap is XLA's doing. With ``--trainer-populations``, the
 trainer itself is also timed on RPS-shaped features and the authors' initial
 masks, alternating in one process (best of ``repeats``): as it is, and with
 each of its CPU choices undone (``TRAINER_WAYS``): its kernel stored (c, H)
-rather than (H, c) (``trainer.stores_kernel_transposed``), and 8 capacity
-levels for chunks of one head rather than 16. The README's "What the CPU numbers say" quotes this script;
-``step_profile.py`` traces the trainer's step.
+rather than (H, c) (``trainer.stores_kernel_transposed``), 8 capacity levels
+for chunks of one head rather than 16, and both. The README's "What the CPU
+numbers say" quotes this script; ``step_profile.py`` traces the trainer's step.
 
     python benchmarks/cpu_step_layouts.py                       # 1,792 rows, the widest capacity
     python benchmarks/cpu_step_layouts.py --rows 768 --out /tmp/layouts.json
@@ -123,10 +123,15 @@ def bench(rows: int, steps: int, repeats: int) -> list[dict]:
     return results
 
 
+def _never(*args, **kwargs) -> bool:
+    return False
+
+
 TRAINER_WAYS = {  # trainer settings, read when a program is traced, against the trainer as it is
     "as the trainer": {},
-    "kernel (c, H)": {"stores_kernel_transposed": lambda *args, **kwargs: False},
+    "kernel (c, H)": {"stores_kernel_transposed": _never},
     "8 capacity levels for one head": {"_ONE_HEAD_CAPACITY_LEVELS": 8},
+    "both: the trainer before": {"stores_kernel_transposed": _never, "_ONE_HEAD_CAPACITY_LEVELS": 8},
 }
 
 
@@ -181,7 +186,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=63, help="minibatches, one epoch of the RPS data set")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--trainer-populations", type=int, nargs="*", default=[],
-                        help="also time the trainer both ways on this many heads")
+                        help="also time the trainer on this many heads, as it is and its CPU choices undone")
     parser.add_argument("--trainer-epochs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu_step_layouts.json")
     args = parser.parse_args(argv)
@@ -204,7 +209,7 @@ def main(argv=None) -> dict:
         row = bench_trainer(population, args.trainer_epochs, args.repeats)
         report["trainer"].append(row)
         for name, seconds in row["seconds"].items():
-            print(f"trainer, {population} heads x {args.trainer_epochs} epochs, {name:32s} {seconds:6.3f} s "
+            print(f"trainer, {population} heads x {args.trainer_epochs} epochs, {name:30s} {seconds:6.3f} s "
                   f"(compile {row['compile_seconds'][name]:4.1f} s): the trainer x"
                   f"{row['speedup_of_the_trainer'][name]:.2f} against it, "
                   f"max |kernel difference| {row['max_abs_kernel_difference'][name]:.1e}")

@@ -124,7 +124,7 @@ _CAPACITY_ALIGN = 8
 _CAPACITY_MIN_STEP = 32
 # Chunks of one head (a CPU's) get a ladder twice as fine: half the padding for
 # twice the branches. On this project's 2-core CPU, 4 and 16 heads of the authors'
-# initial masks, 2 epochs at RPS shapes: 1.07x and 1.10x faster, compile 4.5 -> 7.0 s
+# initial masks, 2 epochs at RPS shapes: 1.07-1.11x faster, compile 4.3 -> 6.9 s
 # (benchmarks/cpu_step_layouts.py --trainer-populations compares). Packed chunks keep
 # the 8 levels: their tiles, and the fused kernels' blocks, are sized from them.
 _ONE_HEAD_CAPACITY_LEVELS = 16
@@ -196,7 +196,7 @@ def stores_kernel_transposed(layout: ChunkLayout, deferred: bool, platform: str 
     Chunks whose rows are per head (not packed, not deferred) on a CPU
     (``platform``, default ``jax.default_backend()``): XLA's CPU backend runs
     the step's two products faster with the kernel's rows contiguous along
-    the contraction: 1.07x at 768 kept rows and 1.10-1.15x at 1,792 for a copy
+    the contraction: 1.07x at 768 kept rows and 1.10-1.18x at 1,792 for a copy
     of the step (``benchmarks/cpu_step_layouts.py``), 1.05-1.09x for the
     trainer on 4 and 16 heads of the authors' initial masks, with the same
     weights. The
