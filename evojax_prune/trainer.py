@@ -199,9 +199,8 @@ def stores_kernel_transposed(layout: ChunkLayout, deferred: bool, platform: str 
     the contraction: 1.07x at 768 kept rows and 1.10-1.18x at 1,792 for a copy
     of the step (``benchmarks/cpu_step_layouts.py``), 1.05-1.09x for the
     trainer on 4 and 16 heads of the authors' initial masks, with the same
-    weights. The
-    trained heads come back as (K, D, H) either way. Unmeasured on a GPU,
-    where the packed layout and its fused kernel read (T, r, H).
+    weights. The trained heads come back as (K, D, H) either way. Unmeasured
+    on a GPU, where the packed layout and its fused kernel read (T, r, H).
     """
     return layout.per_head and not deferred and (platform or jax.default_backend()) == "cpu"
 
@@ -412,8 +411,9 @@ def chunk_layouts(num_features: int, chunk_size: int, gather: bool) -> tuple[Chu
 
     Dense (``gather`` off, or D too small to gather): the one layout (D, K).
     Chunks of one head: the head's kept rows padded to a capacity from
-    ``capacity_levels`` with ``_ONE_HEAD_CAPACITY_LEVELS``. Larger chunks (accelerators) pack tiles of half a
-    capacity step: a chunk mixing heads of 100 and 2,000 kept features (a
+    ``capacity_levels`` with ``_ONE_HEAD_CAPACITY_LEVELS``. Larger chunks
+    (accelerators) pack tiles of half a capacity step of the 8 levels: a
+    chunk mixing heads of 100 and 2,000 kept features (a
     generation of the search, trained as one chunk) trains about the sum of
     their widths, not K times the widest; its tile count is padded to one of
     8 levels, multiples of K * ceil(D / tile_rows) / 8.
