@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -42,6 +43,23 @@ def apply_trainer_settings(text: str | None) -> dict:
 
 # At import, before any benchmark traces a training program.
 apply_trainer_settings(os.environ.get(TRAINER_SETTINGS_VARIABLE))
+
+
+@contextlib.contextmanager
+def trainer_replaced(**replacements):
+    """Sets attributes of ``trainer`` (settings or functions read when a program is traced) for a block.
+
+    Whatever was there is put back afterwards, also when the block raises. The
+    caller makes sure programs are traced anew (a fresh jit, or ``jax.clear_caches``).
+    """
+    original = {name: getattr(trainer, name) for name in replacements}
+    try:
+        for name, value in replacements.items():
+            setattr(trainer, name, value)
+        yield
+    finally:
+        for name, value in original.items():
+            setattr(trainer, name, value)
 
 
 def environment(extra_packages: tuple[str, ...] = ()) -> dict:

@@ -46,7 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, save
+from common import environment, save, trainer_replaced
 
 RESULTS = Path(__file__).parent / "results"
 HIDDEN, CLASSES, BATCH = 512, 3, 32
@@ -154,10 +154,7 @@ def bench_trainer(population: int, epochs: int, repeats: int) -> dict:
     best, compile_seconds, kernels = dict.fromkeys(TRAINER_WAYS, float("inf")), {}, {}
     for _ in range(repeats):
         for name, settings in TRAINER_WAYS.items():
-            original = {setting: getattr(trainer, setting) for setting in settings}
-            try:
-                for setting, value in settings.items():
-                    setattr(trainer, setting, value)
+            with trainer_replaced(**settings):
                 jax.clear_caches()  # the settings are read when the program is traced
                 started = time.perf_counter()
                 kernels[name] = jax.block_until_ready(train()).params.hidden_kernel
@@ -165,9 +162,6 @@ def bench_trainer(population: int, epochs: int, repeats: int) -> dict:
                 started = time.perf_counter()
                 jax.block_until_ready(train())
                 seconds = time.perf_counter() - started
-            finally:
-                for setting, value in original.items():
-                    setattr(trainer, setting, value)
             best[name] = min(best[name], seconds)
             compile_seconds[name] = first_call - seconds
     reference = kernels["as the trainer"]

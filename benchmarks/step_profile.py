@@ -68,7 +68,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, rps_shaped_features
+from common import environment, rps_shaped_features, trainer_replaced
 
 from evojax_prune import atomic, trainer
 from evojax_prune import config as cfg
@@ -139,15 +139,11 @@ def trainer_program(command_buffers: bool = False):
 def profile_layout(name, layouts_fn, key, masks, features, config, top, program=None,
                    traced_settings=None) -> dict:
     """Times and traces one variant; ``traced_settings``: trainer globals read at trace time."""
-    original, original_program = trainer.chunk_layouts, trainer._training_program
     traced_settings = traced_settings or {}
-    original_settings = {setting: getattr(trainer, setting) for setting in traced_settings}
-    trainer.chunk_layouts = layouts_fn
-    for setting, value in traced_settings.items():
-        setattr(trainer, setting, value)
+    replacements = {"chunk_layouts": layouts_fn, **traced_settings}
     if program:
-        trainer._training_program = lambda chunk_size: program
-    try:
+        replacements["_training_program"] = lambda chunk_size: program
+    with trainer_replaced(**replacements):
         def train():
             return jax.block_until_ready(trainer.train_population(
                 key, masks, features.x_train, features.y_train, config, num_classes=features.num_classes))
@@ -162,10 +158,6 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
             with jax.profiler.trace(scratch, create_perfetto_trace=True):
                 train()
             summary = summarise_trace(Path(scratch), top)
-    finally:
-        trainer.chunk_layouts, trainer._training_program = original, original_program
-        for setting, value in original_settings.items():
-            setattr(trainer, setting, value)
     population = len(masks)
     chunk = trainer.choose_chunk_size(population, features.num_features, features.num_classes,
                                       config.head.hidden, config.train)

@@ -184,9 +184,8 @@ def step_products_gflops(chunk_size: int, kept_features: int, batch_size: int, s
     def products(inputs, kernel, d_pre):
         def step(i, carry):
             scaled = inputs * (1.0 + i * 1e-7)  # a new input every step: nothing to hoist
-            if transposed:
-                return jnp.einsum(forward, scaled, kernel), jnp.einsum(gradient, d_pre, scaled)
-            return jnp.einsum(forward, scaled, kernel), jnp.einsum(gradient, scaled, d_pre)
+            gradient_operands = (d_pre, scaled) if transposed else (scaled, d_pre)
+            return jnp.einsum(forward, scaled, kernel), jnp.einsum(gradient, *gradient_operands)
         return jax.lax.fori_loop(0, steps, step, (d_pre, kernel))
 
     jax.block_until_ready(products(inputs, kernel, d_pre))
