@@ -18,7 +18,8 @@ from evojax_prune.data.featureset import FeatureSet, FeatureSetError
 from evojax_prune.evaluate import PopulationMetrics, evaluate_population
 from evojax_prune.hypervolume import hypervolume
 from evojax_prune.nsga2 import NSGA2
-from evojax_prune.search import SearchResult, run_search
+from evojax_prune.result import SearchResult
+from evojax_prune.search import run_search
 from evojax_prune.trainer import TrainedPopulation, train_population
 
 __all__ = [

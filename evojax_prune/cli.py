@@ -12,6 +12,7 @@ import importlib.util
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 
 from evojax_prune import __version__
@@ -175,15 +176,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with argparse's one-line message on bad usage
     try:
-        if args.command in COMPILING_COMMANDS:
-            from evojax_prune import compile_cache
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            if args.command in COMPILING_COMMANDS:
+                from evojax_prune import compile_cache
 
-            compile_cache.enable()
-        return int(args.handler(args) or 0)
+                compile_cache.enable()
+            return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as error:
+    except (UsageError, ValueError, OSError) as error:  # OSError: a file cannot be read or written
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except Exception as error:  # an internal error: a bug, not the user's fault
@@ -198,7 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    text = str(error)
+    if isinstance(error, OSError) and error.strerror:  # without the "[Errno N]" prefix
+        text = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return " ".join(text.split()) or type(error).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line on stderr, as the errors are (no source location: not a bug)."""
+    print(f"{PROG}: warning: {_one_line(Exception(message))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

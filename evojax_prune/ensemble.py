@@ -653,7 +653,7 @@ def compare_ensembles(
     """
     from evojax_prune import report
     from evojax_prune.data.featureset import FeatureSet
-    from evojax_prune.search import SearchResult
+    from evojax_prune.result import SearchResult
 
     if ood_ranking not in ("auroc", "accuracy"):
         raise ValueError(f"ood_ranking must be 'auroc' or 'accuracy', got {ood_ranking!r}")

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from evojax_prune import atomic
+from evojax_prune import atomic, rundir
 
 DEFAULT_MEMBERS = "best-accuracy,smallest-mem,best-auroc"
 MEMBER_NAMES = ("best-accuracy", "smallest-mem", "best-auroc")
@@ -378,6 +378,7 @@ def explain_run(run_dir: str | os.PathLike, *, members: str = DEFAULT_MEMBERS, n
         raise ValueError(f"--target must be one of {gradcam.TARGET_MODES}, got {target!r}")
     path = Path(run_dir)
     result, recorded = report.load_run(path)
+    rundir.require_writable(path, "write the heat maps")
     metadata = recorded.get("features") or {}
     num_features = result.masks.shape[1]
     if num_features != backbone.FEATURE_DIM:

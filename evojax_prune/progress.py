@@ -17,13 +17,14 @@ from rich.table import Table
 
 
 def generation_line(record: dict[str, Any]) -> str:
+    diverged = record.get("diverged", 0)
     return (
         f"gen {record['generation']:>4}  evals {record['evaluations']:>6}  "
         f"front {record['front_size']:>4}  HV {record['hypervolume']:.4f}  "
         f"best acc {record['best_accuracy']:.4f}  min MEM {record['smallest_mem']:.4f}  "
         f"best AUROC {record['best_auroc']:.4f}  "
         f"(train {record['train_seconds']:.1f}s, score {record['score_seconds']:.1f}s, "
-        f"select {record['select_seconds']:.2f}s)"
+        f"select {record['select_seconds']:.2f}s)" + (f"  diverged {diverged}" if diverged else "")
     )
 
 

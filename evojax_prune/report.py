@@ -32,95 +32,26 @@ from typing import Any
 
 import numpy as np
 
-from evojax_prune import atomic, ensemble
+from evojax_prune import atomic, ensemble, rundir
 
 FIGURES = ("front_3d", "front_pairs", "history", "ensembles", "features")
 # The authors' bands, then the upper half and the whole front: a small front
 # (a single run's) puts one or two members in each of the authors' bands.
 REPORT_BANDS = (*ensemble.AUTHORS_BANDS, (50, 100), ensemble.WHOLE_FRONT)
-_RUN_FILES = ("config.json", "summary.json", "pareto.npz", "history.jsonl")
-_PARAM_NAMES = ("hidden_kernel", "output_kernel", "output_bias")
 
 
 # --------------------------------------------------------------------------- reading a run
 
 
 def load_run(run_dir: str | os.PathLike):
-    """A finished run directory as a ``SearchResult`` and the recorded FeatureSet metadata.
-
-    Args:
-      run_dir: a directory ``run_search(..., out_dir=run_dir)`` finished.
-
-    Returns:
-      (SearchResult, recorded) where ``recorded`` is config.json's dict
-      ("features": the FeatureSet metadata, "num_features", "num_classes", ...).
+    """A finished run directory as a ``SearchResult`` and config.json's dict (``rundir.read_run``).
 
     Raises:
-      FileNotFoundError: the directory or one of its files is missing.
-      ValueError: a file cannot be parsed or the files disagree.
+      FileNotFoundError: no such directory.
+      rundir.RunDirectoryError (a ValueError): not a finished run, or a damaged
+        file (named, with what to do).
     """
-    from evojax_prune.config import RunConfig
-    from evojax_prune.head import HeadParams
-    from evojax_prune.search import SearchResult
-
-    path = Path(run_dir)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such run directory")
-    if not path.is_dir():
-        raise ValueError(f"{path}: not a directory (expected a run directory)")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a run directory (no config.json)")
-    for name in _RUN_FILES[1:]:
-        if not (path / name).is_file():
-            raise FileNotFoundError(
-                f"{path}: the run has not finished (no {name}); "
-                f"continue it with 'evojax-prune run --resume --out {path}'"
-            )
-    recorded = _read_json(path / "config.json")
-    summary = _read_json(path / "summary.json")
-    try:
-        history = [json.loads(line) for line in (path / "history.jsonl").read_text().splitlines() if line]
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path / 'history.jsonl'}: not valid JSON lines ({error})") from None
-    try:
-        with np.load(path / "pareto.npz", allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path / 'pareto.npz'}: cannot be read ({error})") from None
-
-    try:
-        config = RunConfig.from_dict(recorded["config"])
-        masks = np.asarray(arrays["masks"], bool)
-        params = HeadParams(*(np.asarray(arrays[name]) for name in _PARAM_NAMES))
-        baseline_params = HeadParams(*(np.asarray(arrays["baseline_" + name]) for name in _PARAM_NAMES))
-        front = summary["front"]
-        validation = {name: np.asarray(value, np.float64) for name, value in front["validation"].items()}
-        test = {name: np.asarray(value, np.float64) for name, value in front["test"].items()}
-        result = SearchResult(
-            masks=masks, validation=validation, test=test, params=params,
-            baseline_validation={k: float(v) for k, v in summary["baseline"]["validation"].items()},
-            baseline_test={k: float(v) for k, v in summary["baseline"]["test"].items()},
-            baseline_params=baseline_params, history=history,
-            hypervolume=float(summary["hypervolume"]), evaluations=int(summary["evaluations"]),
-            wall_time=float(summary["wall_seconds"]), config=config, seed=int(recorded["seed"]),
-        )
-    except KeyError as error:
-        raise ValueError(f"{path}: the run's files lack {error} (written by another version?)") from None
-    if masks.ndim != 2 or any(len(value) != len(masks) for value in (*validation.values(), *test.values())):
-        raise ValueError(f"{path}: pareto.npz holds {len(masks)} masks but summary.json a different front")
-    if not history:
-        raise ValueError(f"{path / 'history.jsonl'}: empty")
-    return result, recorded
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
+    return rundir.read_run(run_dir)
 
 
 def run_features(recorded: dict[str, Any], features: Any = None, *, source: str = "the run"):
@@ -396,6 +327,7 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
         raise ValueError("the report needs matplotlib: pip install matplotlib") from None
     path = Path(run_dir)
     result, recorded = load_run(path)
+    rundir.require_writable(path, "write the report")
     featureset = run_features(recorded, features, source=str(path))
     comparison = ensemble.compare_ensembles(result, featureset, bands=bands, tpr=tpr)
     metadata = recorded.get("features") or {}
@@ -497,6 +429,16 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
         f"{result.config.odin.temperature:g}); FPR95 takes in-distribution as positive (ODIN paper). "
         f"The search optimised the {result.config.odin.auroc} AUROC. Every member is in `pareto.csv`.",
         "",
+    ]
+    diverged = int(np.sum(result.validation.get("diverged", 0)))
+    if diverged:
+        lines += [
+            f"**{diverged} of the {len(result.masks)} members diverged** (a training loss not finite, or "
+            "above 10 log C at its best epoch; `diverged` in `pareto.csv`): their numbers mean nothing. "
+            f"Lower `train.learning_rate` (this run: {result.config.train.learning_rate:g}).",
+            "",
+        ]
+    lines += [
         "## The front",
         "",
         "Each point is a pruned head. Read accuracy against MEM for the size/accuracy trade-off, and "

@@ -1,20 +1,28 @@
-"""The run directory: what a search writes, written atomically, and its checkpoint.
+"""The run directory: its format, written atomically and read back validated.
 
-Layout:
-  config.json      the resolved configuration, seed, data set, package versions, JAX devices
-  history.jsonl    one JSON line per generation
-  checkpoint.npz   everything needed to resume after the last finished generation
-  pareto.csv       the final front, one row per member (validation and test metrics)
-  pareto.npz       the front's masks and trained head parameters, and the baseline's
-  summary.json     baseline, front, hypervolume, wall time
+Layout (format ``FORMAT``):
+  config.json              the resolved configuration, seed, data set, package versions, JAX devices
+  history.jsonl            one JSON line per generation
+  checkpoint.npz           everything needed to resume after the last finished generation
+  checkpoint.previous.npz  the generation before it, kept in case the newest is damaged
+  pareto.csv               the final front, one row per member (validation and test metrics)
+  pareto.npz               the front's masks and trained head parameters, and the baseline's
+  summary.json             baseline, front, hypervolume, wall time
 
 Every file is replaced atomically (``atomic.write_atomically``), so a run killed
-at any moment leaves complete files from the last finished generation.
+at any moment leaves complete files from the last finished generation. Every
+file read back is validated here, and damage is a ``RunFileError`` naming the
+file, what is wrong with it and what to do, before anything is overwritten.
+A file written before formats were numbered counts as format 1.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import json
+import math
 import os
 import platform
 import shutil
@@ -25,16 +33,48 @@ from typing import Any
 import numpy as np
 
 from evojax_prune import atomic
+from evojax_prune.evaluation_cache import METRIC_NAMES
 
+FORMAT = 1
+CHECKPOINT = "checkpoint.npz"
+PREVIOUS_CHECKPOINT = "checkpoint.previous.npz"
 RUN_FILES = (
-    "config.json", "history.jsonl", "checkpoint.npz", "pareto.csv", "pareto.npz", "summary.json",
+    "config.json", "history.jsonl", CHECKPOINT, PREVIOUS_CHECKPOINT, "pareto.csv", "pareto.npz",
+    "summary.json",
     # written by ``evojax-prune report`` and ``evojax-prune explain``
     "report.md", "ensembles.json", "figures", "explain",
 )
+CONFIG_KEYS = ("config", "seed", "features", "num_features", "num_classes", "strategy")
+HISTORY_KEYS = ("generation", "evaluations", "trained", "front_size", "hypervolume")
+PARAM_NAMES = ("hidden_kernel", "output_kernel", "output_bias")
+CSV_METRICS = ("accuracy", "auroc", "auroc_paper", "fpr95", "aupr_in", "aupr_out")
+CSV_COLUMNS = ("member", "active_features", "mem",
+               *(f"{split}_{name}" for name in CSV_METRICS for split in ("val", "test")),
+               "epochs", "diverged")
 
 
 class RunDirectoryError(ValueError):
     """The output directory cannot be used as asked; the message says why and what to do."""
+
+
+class RunFileError(RunDirectoryError):
+    """A file of a run directory is missing or damaged: ``file: problem; remedy``."""
+
+    def __init__(self, file: Path, problem: str, remedy: str):
+        super().__init__(f"{file}: {problem}; {remedy}")
+        self.file, self.problem, self.remedy = Path(file), problem, remedy
+
+
+def restart_remedy(path: Path) -> str:
+    return f"it cannot be rebuilt: start the run again ('evojax-prune run --overwrite --out {path}' ...)"
+
+
+def results_remedy(path: Path) -> str:
+    return (f"write the results again from the checkpoint with the run's command and "
+            f"'--resume --out {path}'")
+
+
+# --------------------------------------------------------------------------- the directory
 
 
 def prepare(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
@@ -42,7 +82,8 @@ def prepare(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
 
     An existing, non-empty directory is refused unless ``resume`` (continue the
     run in it) or ``overwrite`` (delete the earlier run's files first) is given;
-    ``overwrite`` refuses a directory holding files that are not a run's.
+    ``overwrite`` refuses a directory holding files that are not a run's. A
+    resumed directory loses the temporary files a killed writer left.
     """
     path = Path(path)
     if resume and overwrite:
@@ -51,8 +92,12 @@ def prepare(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
         raise RunDirectoryError(f"{path}: exists and is not a directory")
     existing = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     if resume:
-        if not (path / "checkpoint.npz").is_file():
-            raise RunDirectoryError(f"{path}: nothing to resume (no checkpoint.npz)")
+        if not any((path / name).is_file() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
+            raise RunDirectoryError(f"{path}: nothing to resume (no {CHECKPOINT})")
+        require_writable(path, "resume the run")
+        for name in existing:
+            if name.startswith(".") and name.endswith(".tmp") and name[1:].startswith(RUN_FILES):
+                (path / name).unlink(missing_ok=True)  # a writer killed halfway
         return path
     if existing:
         if not overwrite:
@@ -60,11 +105,12 @@ def prepare(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
                 f"{path}: directory exists and is not empty; pass --resume to continue the run in it "
                 "or --overwrite to replace it"
             )
-        foreign = [name for name in existing if name not in RUN_FILES and not name.startswith(".")]
+        foreign = [name for name in existing if not _is_run_file(name) and not name.startswith(".")]
         if foreign:
             raise RunDirectoryError(
                 f"{path}: will not overwrite, it holds files that are not a run's: {foreign[:5]}"
             )
+        require_writable(path, "overwrite the run")
         for name in existing:
             target = path / name
             shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -78,6 +124,19 @@ def prepare(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
     except OSError as error:
         raise RunDirectoryError(f"{path}: cannot create the run directory ({error.strerror})") from None
     return path
+
+
+def require_writable(path: Path, purpose: str) -> None:
+    """Refuses a directory this process cannot write, before any work is done."""
+    if not _writable(path):
+        raise RunDirectoryError(
+            f"{path}: the run directory is not writable, cannot {purpose}; "
+            "copy it somewhere writable or change its permissions"
+        )
+
+
+def _is_run_file(name: str) -> bool:
+    return name in RUN_FILES or (name.startswith("checkpoint.damaged") and name.endswith(".npz"))
 
 
 def _writable(directory: Path) -> bool:
@@ -104,17 +163,394 @@ def environment() -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- writing
+
+
+def write_config(path: Path, settings: dict[str, Any]) -> None:
+    """config.json: ``settings`` (``CONFIG_KEYS``), the format and the environment."""
+    atomic.write_json(path / "config.json", {**settings, "format": FORMAT, "environment": environment()})
+
+
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     atomic.write_text(path / "history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
 
-def write_checkpoint(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    atomic.write_atomically(path / "checkpoint.npz", lambda stream: np.savez(stream, **arrays))
+def write_checkpoint(path: Path, state_leaves: list[np.ndarray], cache_state: dict[str, np.ndarray], *,
+                     trained_masks: int, elapsed: float, generation: int) -> None:
+    """checkpoint.npz; the one it replaces becomes checkpoint.previous.npz.
+
+    The new file is complete on disk before either rename, so a kill or a full
+    disk at any moment leaves at least one complete checkpoint of the last two
+    generations.
+    """
+    arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(state_leaves)}
+    arrays.update(cache_state)
+    arrays.update(format=np.asarray(FORMAT), trained_masks=np.asarray(trained_masks),
+                  elapsed_seconds=np.asarray(elapsed), generation=np.asarray(generation))
+    atomic.write_atomically(path / CHECKPOINT, lambda stream: np.savez(stream, **arrays),
+                            keep_previous=path / PREVIOUS_CHECKPOINT)
 
 
-def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
+def write_results(path: Path, result: Any) -> None:
+    """pareto.csv, pareto.npz and summary.json of a ``SearchResult``, in that order."""
+    from evojax_prune.result import REFERENCE_POINT
+
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    diverged = result.validation.get("diverged", np.zeros(len(result.masks)))
+    for member, mask in enumerate(result.masks):
+        row = [member, int(mask.sum()), float(result.validation["mem"][member])]
+        for name in CSV_METRICS:
+            row += [float(result.validation[name][member]), float(result.test[name][member])]
+        row += [int(result.validation["epochs"][member]), int(diverged[member])]
+        writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in row])
+    atomic.write_text(path / "pareto.csv", table.getvalue())
+
+    arrays = {"format": np.asarray(FORMAT), "masks": result.masks, "objectives": result.objectives,
+              "baseline_mask": np.ones(result.masks.shape[1], bool)}
+    for prefix, params in (("", result.params), ("baseline_", result.baseline_params)):
+        for name in PARAM_NAMES:
+            arrays[prefix + name] = np.asarray(getattr(params, name))
+    atomic.write_atomically(path / "pareto.npz", lambda stream: np.savez_compressed(stream, **arrays))
+
+    as_lists = lambda values: {name: np.asarray(value).tolist() for name, value in values.items()}
+    atomic.write_json(path / "summary.json", {
+        "format": FORMAT,
+        "seed": result.seed,
+        "preset": result.config.preset,
+        "generations": len(result.history) - 1,
+        "evaluations": result.evaluations,
+        "wall_seconds": result.wall_time,
+        "hypervolume": result.hypervolume,
+        "hypervolume_reference": list(REFERENCE_POINT),
+        "auroc_objective": result.config.odin.auroc,
+        "fpr95_convention": "in-distribution as positive (ODIN paper)",
+        "baseline": {"validation": result.baseline_validation, "test": result.baseline_test,
+                     "active_features": int(result.masks.shape[1])},
+        "front": {"size": len(result.masks), "active_features": result.masks.sum(axis=1).tolist(),
+                  "validation": as_lists(result.validation), "test": as_lists(result.test)},
+    })
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _check_format(file: Path, version: Any, remedy: str) -> None:
+    if isinstance(version, np.ndarray):
+        version = version.item() if version.shape == () else version.tolist()
+    if type(version) is not int or version != FORMAT:
+        from evojax_prune import __version__
+
+        raise RunFileError(file, f"format version {version!r} is not supported "
+                                 f"(evojax-prune {__version__} reads format {FORMAT})", remedy)
+
+
+def _read_text(file: Path, remedy: str) -> str:
     try:
-        with np.load(path / "checkpoint.npz", allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as error:
-        raise RunDirectoryError(f"{path / 'checkpoint.npz'}: cannot be read ({error})") from None
+        return file.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise RunFileError(file, "missing", remedy) from None
+    except UnicodeDecodeError as error:
+        raise RunFileError(file, f"not UTF-8 text (byte {error.start})", remedy) from None
+
+
+def _read_json(file: Path, remedy: str) -> dict[str, Any]:
+    text = _read_text(file, remedy)
+    if not text.strip():
+        raise RunFileError(file, "empty", remedy)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RunFileError(file, f"not valid JSON ({error.msg} at line {error.lineno} column "
+                                 f"{error.colno}: truncated or overwritten?)", remedy) from None
+    if not isinstance(data, dict):
+        raise RunFileError(file, f"expected a JSON object, found {type(data).__name__}", remedy)
+    _check_format(file, data.get("format", 1), remedy)
+    return data
+
+
+def _missing_keys(file: Path, data: dict[str, Any], keys: tuple[str, ...], remedy: str) -> None:
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise RunFileError(file, f"lacks {', '.join(missing)} (written by another version?)", remedy)
+
+
+def _read_npz(file: Path, remedy: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an archive")
+            arrays = {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise RunFileError(file, "missing", remedy) from None
+    except Exception as error:  # np.load raises BadZipFile, zlib.error, EOFError, OSError, ValueError...
+        problem = "empty" if file.stat().st_size == 0 else (
+            f"not a readable .npz archive ({type(error).__name__}: {error}; truncated or overwritten?)")
+        raise RunFileError(file, problem, remedy) from None
+    _check_format(file, arrays.pop("format", 1), remedy)
+    return arrays
+
+
+def _shape_problem(name: str, array: np.ndarray, shape: tuple[int | None, ...], kind: str) -> str | None:
+    """Why ``array`` is not of ``shape`` (None: any size) and dtype kind, or None."""
+    fits = array.ndim == len(shape) and all(want is None or want == got
+                                            for want, got in zip(shape, array.shape, strict=True))
+    if fits and array.dtype.kind in kind:
+        return None
+    wanted = "(" + ", ".join("n" if size is None else str(size) for size in shape) + ")"
+    return f"{name} is {array.dtype} {array.shape}, expected {wanted} of kind {kind!r}"
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """config.json, validated: its keys, format and configuration (``RunConfig.from_dict``)."""
+    from evojax_prune.config import RunConfig
+
+    file = path / "config.json"
+    remedy = restart_remedy(path)
+    recorded = _read_json(file, remedy)
+    _missing_keys(file, recorded, CONFIG_KEYS, remedy)
+    try:
+        RunConfig.from_dict(recorded["config"])
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise RunFileError(file, f"its configuration is invalid ({error})", remedy) from None
+    for name in ("num_features", "num_classes", "seed"):
+        if type(recorded[name]) is not int:
+            raise RunFileError(file, f"{name} is {recorded[name]!r}, expected an integer", remedy)
+    return recorded
+
+
+def read_history(path: Path, remedy: str | None = None) -> list[dict[str, Any]]:
+    """history.jsonl, validated: one object per generation, in order from generation 0."""
+    file = path / "history.jsonl"
+    remedy = remedy or restart_remedy(path)
+    text = _read_text(file, remedy)
+    history = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise RunFileError(file, f"line {number} is not valid JSON ({error.msg}: truncated or "
+                                     "overwritten?)", remedy) from None
+        if not isinstance(record, dict):
+            raise RunFileError(file, f"line {number} is not a JSON object", remedy)
+        missing = [key for key in HISTORY_KEYS if key not in record]
+        if missing:
+            raise RunFileError(file, f"line {number} lacks {', '.join(missing)} (written by another "
+                                     "version?)", remedy)
+        if record["generation"] != number - 1:
+            raise RunFileError(file, f"line {number} is generation {record['generation']!r}, expected "
+                                     f"{number - 1}", remedy)
+        history.append(record)
+    if not history:
+        raise RunFileError(file, "empty", remedy)
+    return history
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A validated checkpoint.
+
+    Attributes:
+      state_leaves: the search state's leaves, in ``jax.tree.leaves`` order.
+      cache_state: ``MaskCache.state_dict()``.
+      trained_masks, elapsed, generation: the counters after ``generation``.
+      file: the file read.
+      fallback: why the newest checkpoint was not used (None: it was).
+    """
+
+    state_leaves: list[np.ndarray]
+    cache_state: dict[str, np.ndarray]
+    trained_masks: int
+    elapsed: float
+    generation: int
+    file: Path
+    fallback: str | None = None
+
+
+def read_checkpoint(path: Path, state_template: list[Any], num_features: int) -> Checkpoint:
+    """The newest readable checkpoint: checkpoint.npz, else checkpoint.previous.npz.
+
+    ``state_template`` is the search state's leaves of this run (their shapes
+    and dtypes are checked). A damaged newest checkpoint is moved aside to
+    ``checkpoint.damaged.npz`` (kept, never deleted) when the previous one is
+    used instead.
+    """
+    remedy = restart_remedy(path)
+    problems = {}
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        file = path / name
+        if not file.is_file():
+            problems[name] = "missing"
+            continue
+        try:
+            checkpoint = _parse_checkpoint(file, state_template, num_features, remedy)
+        except RunFileError as error:
+            problems[name] = error.problem
+            continue
+        if name == CHECKPOINT:
+            return checkpoint
+        newest = path / CHECKPOINT
+        note = f"{newest}: {problems[CHECKPOINT]}"
+        if newest.is_file():
+            kept = _unused_name(path, "checkpoint.damaged", ".npz")
+            os.replace(newest, kept)
+            note += f" (kept as {kept.name})"
+        note += f"; resuming from {name} (generation {checkpoint.generation})"
+        return dataclasses.replace(checkpoint, fallback=note)
+    raise RunFileError(path / CHECKPOINT, f"{problems[CHECKPOINT]}, and {PREVIOUS_CHECKPOINT} is "
+                                          f"{problems[PREVIOUS_CHECKPOINT]}", remedy)
+
+
+def _unused_name(path: Path, stem: str, suffix: str) -> Path:
+    candidate, number = path / f"{stem}{suffix}", 1
+    while candidate.exists():
+        candidate, number = path / f"{stem}-{number}{suffix}", number + 1
+    return candidate
+
+
+def _parse_checkpoint(file: Path, state_template: list[Any], num_features: int, remedy: str) -> Checkpoint:
+    arrays = _read_npz(file, remedy)
+    counters = ("cache_keys", "cache_values", "trained_masks", "elapsed_seconds", "generation")
+    names = [f"state_{i}" for i in range(len(state_template))]
+    missing = [name for name in (*names, *counters) if name not in arrays]
+    if missing:
+        raise RunFileError(file, f"lacks {', '.join(missing[:4])} (written by another version?)", remedy)
+    if f"state_{len(state_template)}" in arrays:
+        raise RunFileError(file, "holds a search state of another structure (another strategy?)", remedy)
+    for name, template in zip(names, state_template, strict=True):
+        found, expected = arrays[name], np.asarray(template)
+        if found.shape != expected.shape or found.dtype != expected.dtype:
+            raise RunFileError(file, f"{name} is {found.dtype} {found.shape}, expected {expected.dtype} "
+                                     f"{expected.shape} (another search setting?)", remedy)
+    keys, values = arrays["cache_keys"], arrays["cache_values"]
+    if values.ndim == 2 and values.shape[1] == len(METRIC_NAMES) - 1:  # before "diverged" was kept
+        train_loss = values[:, METRIC_NAMES.index("train_loss")]
+        values = np.concatenate([values, ~np.isfinite(train_loss[:, None])], axis=1)
+    problem = (_shape_problem("cache_keys", keys, (None, (num_features + 7) // 8), "u")
+               or _shape_problem("cache_values", values, (len(keys), len(METRIC_NAMES)), "f"))
+    for name in ("trained_masks", "generation", "elapsed_seconds"):
+        problem = problem or _shape_problem(name, arrays[name], (), "iuf")
+    if problem:
+        raise RunFileError(file, problem, remedy)
+    generation, elapsed = int(arrays["generation"]), float(arrays["elapsed_seconds"])
+    if generation < 0 or not math.isfinite(elapsed):
+        raise RunFileError(file, f"generation {generation}, elapsed {elapsed}: not a run's counters", remedy)
+    return Checkpoint(
+        state_leaves=[arrays[name] for name in names],
+        cache_state={"cache_keys": keys, "cache_values": values},
+        trained_masks=int(arrays["trained_masks"]), elapsed=elapsed, generation=generation, file=file,
+    )
+
+
+def read_run(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """A finished run directory as a ``SearchResult`` and config.json's dict, every file validated.
+
+    Raises:
+      FileNotFoundError: no such directory.
+      RunDirectoryError: not a run directory, or an unfinished run.
+      RunFileError: a file is damaged (which, what, and what to do).
+    """
+    from evojax_prune.config import RunConfig
+    from evojax_prune.result import SearchResult
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such run directory")
+    if not path.is_dir():
+        raise RunDirectoryError(f"{path}: not a directory (expected a run directory)")
+    if not (path / "config.json").is_file():
+        raise RunDirectoryError(f"{path}: not a run directory (no config.json)")
+    recorded = read_config(path)
+    for name in ("summary.json", "pareto.npz", "pareto.csv"):
+        if not (path / name).is_file():
+            raise RunDirectoryError(f"{path}: the run has not finished (no {name}); continue it with "
+                                    f"the run's command and '--resume --out {path}'")
+    remedy = results_remedy(path)
+    history = read_history(path)
+    config = RunConfig.from_dict(recorded["config"])
+    dims = recorded["num_features"], config.head.hidden, recorded["num_classes"]
+    arrays = _read_npz(path / "pareto.npz", remedy)
+    masks, params, baseline_params = _front_arrays(path / "pareto.npz", arrays, dims, remedy)
+    summary = _read_json(path / "summary.json", remedy)
+    validation, test, baseline = _summary_metrics(path / "summary.json", summary, len(masks), remedy)
+    _check_csv(path / "pareto.csv", masks, remedy)
+    result = SearchResult(
+        masks=masks, validation=validation, test=test, params=params,
+        baseline_validation=baseline["validation"], baseline_test=baseline["test"],
+        baseline_params=baseline_params, history=history,
+        hypervolume=float(summary["hypervolume"]), evaluations=int(summary["evaluations"]),
+        wall_time=float(summary["wall_seconds"]), config=config, seed=int(recorded["seed"]),
+    )
+    return result, recorded
+
+
+def _front_arrays(file: Path, arrays: dict[str, np.ndarray], dims: tuple[int, int, int], remedy: str):
+    from evojax_prune.head import HeadParams
+
+    num_features, hidden, num_classes = dims
+    names = ("masks", *PARAM_NAMES, *(f"baseline_{name}" for name in PARAM_NAMES))
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise RunFileError(file, f"lacks {', '.join(missing)} (written by another version?)", remedy)
+    size = len(arrays["masks"]) if arrays["masks"].ndim == 2 else None
+    shapes = {"masks": ((size, num_features), "b"),
+              "hidden_kernel": ((size, num_features, hidden), "f"),
+              "output_kernel": ((size, hidden, num_classes), "f"),
+              "output_bias": ((size, num_classes), "f"),
+              "baseline_hidden_kernel": ((num_features, hidden), "f"),
+              "baseline_output_kernel": ((hidden, num_classes), "f"),
+              "baseline_output_bias": ((num_classes,), "f")}
+    for name, (shape, kind) in shapes.items():
+        if size is None and name == "masks":
+            shape = (None, num_features)
+        problem = _shape_problem(name, arrays[name], shape, kind)
+        if problem:
+            raise RunFileError(file, problem, remedy)
+    params = HeadParams(*(arrays[name] for name in PARAM_NAMES))
+    baseline = HeadParams(*(arrays[f"baseline_{name}"] for name in PARAM_NAMES))
+    return arrays["masks"], params, baseline
+
+
+def _summary_metrics(file: Path, summary: dict[str, Any], size: int, remedy: str):
+    _missing_keys(file, summary, ("hypervolume", "evaluations", "wall_seconds", "baseline", "front"), remedy)
+    try:
+        front, baseline = summary["front"], summary["baseline"]
+        splits = {split: {name: np.asarray(value, np.float64) for name, value in front[split].items()}
+                  for split in ("validation", "test")}
+        baseline = {split: {name: float(value) for name, value in baseline[split].items()}
+                    for split in ("validation", "test")}
+        float(summary["hypervolume"]), int(summary["evaluations"]), float(summary["wall_seconds"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise RunFileError(file, f"its front or baseline is malformed ({type(error).__name__}: {error})",
+                           remedy) from None
+    for split, values in splits.items():
+        missing = [name for name in METRIC_NAMES if name != "diverged" and name not in values]
+        wrong = [name for name, value in values.items() if value.shape != (size,)]
+        if missing or wrong:
+            raise RunFileError(file, f"front.{split} lacks {missing} or has metrics {wrong} not of the "
+                                     f"front's {size} members in pareto.npz", remedy)
+    return splits["validation"], splits["test"], baseline
+
+
+def _check_csv(file: Path, masks: np.ndarray, remedy: str) -> None:
+    try:
+        rows = list(csv.reader(io.StringIO(file.read_bytes().decode("utf-8"))))
+    except (UnicodeDecodeError, csv.Error) as error:  # not _read_text: "not a CSV table" says more
+        raise RunFileError(file, f"not a CSV table ({error})", remedy) from None
+    if not rows:
+        raise RunFileError(file, "empty", remedy)
+    header = tuple(rows[0])
+    if header not in (CSV_COLUMNS, CSV_COLUMNS[:-1]):  # without "diverged": written before it
+        raise RunFileError(file, f"columns {list(header)[:4]}... are not a front's "
+                                 f"(expected {list(CSV_COLUMNS)[:4]}...)", remedy)
+    body = rows[1:]
+    if len(body) != len(masks) or any(len(row) != len(header) for row in body):
+        raise RunFileError(file, f"{len(body)} rows of a front, expected {len(masks)} complete rows "
+                                 "(as pareto.npz)", remedy)
+    try:
+        active = [int(row[1]) for row in body]
+    except ValueError as error:
+        raise RunFileError(file, f"active_features is not a count ({error})", remedy) from None
+    if active != masks.sum(axis=1).tolist():
+        raise RunFileError(file, "its active_features disagree with pareto.npz's masks", remedy)

@@ -21,8 +21,9 @@ generations, mostly training its front of 30 again for 600 epochs.)
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,66 +32,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evojax_prune import atomic, devices, evaluate, head, rundir, strategy, trainer
+from evojax_prune import devices, evaluate, head, rundir, strategy, trainer
 from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.evaluation_cache import METRIC_NAMES, MaskCache, TrainedHeads
 from evojax_prune.hypervolume import hypervolume
+from evojax_prune.result import REFERENCE_POINT, SearchResult
+from evojax_prune.result import objectives as to_objectives
 
-REFERENCE_POINT = (1.0, 1.0, 1.0)  # every objective lies in [0, 1]
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchResult:
-    """What a finished search found.
-
-    Attributes:
-      masks: (K, D) bool, the final Pareto front (distinct masks), sorted by
-        validation accuracy, best first.
-      validation, test: metric name -> (K,) float64, the front scored on the
-        validation split / OoD validation data and on the test split / OoD test data.
-      params: the front's trained heads, HeadParams of numpy arrays with a leading K axis.
-      baseline_validation, baseline_test: metric name -> float, the all-ones mask.
-      baseline_params: the all-ones head, HeadParams of numpy arrays.
-      history: one dict per generation (generation 0 is the initial population).
-      hypervolume: of the final front's validation objectives, reference (1, 1, 1).
-      evaluations: masks evaluated (duplicates counted once).
-      wall_time: seconds.
-      config, seed: what produced it.
-    """
-
-    masks: np.ndarray
-    validation: dict[str, np.ndarray]
-    test: dict[str, np.ndarray]
-    params: Any
-    baseline_validation: dict[str, float]
-    baseline_test: dict[str, float]
-    baseline_params: Any
-    history: list[dict[str, Any]]
-    hypervolume: float
-    evaluations: int
-    wall_time: float
-    config: RunConfig
-    seed: int
-
-    @property
-    def objectives(self) -> np.ndarray:
-        """(K, 3) validation objectives as minimised: error, MEM, 1 - AUROC."""
-        return _objectives(self.validation, self.config.odin.auroc)
-
-    def __repr__(self) -> str:
-        return (
-            f"SearchResult(front of {len(self.masks)}, best test accuracy "
-            f"{self.test['accuracy'].max():.3f} vs baseline {self.baseline_test['accuracy']:.3f}, "
-            f"smallest MEM {self.validation['mem'].min():.3f}, hypervolume {self.hypervolume:.4f}, "
-            f"{self.evaluations} evaluations in {self.wall_time:.1f} s)"
-        )
-
-
-def _objectives(values: dict[str, np.ndarray], auroc_kind: str) -> np.ndarray:
-    robustness = values["auroc"] if auroc_kind == "exact" else values["auroc_paper"]
-    return np.stack([1.0 - values["accuracy"], values["mem"], 1.0 - robustness], axis=-1)
-
+__all__ = ["REFERENCE_POINT", "SearchResult", "run_search"]
 
 def bucket_size(count: int, max_batch: int) -> int:
     """How many heads a call that trains ``count`` new masks is padded to.
@@ -143,6 +93,8 @@ class MaskEvaluator:
         self.keep_heads = max_batch * head_bytes <= config.train.memory_budget_mb * 2**20
         self.seconds = {"train": 0.0, "score": 0.0}
         self.trained_masks = 0
+        self.diverged = 0  # of the heads trained since the last history record
+        self.warned_divergence = False
 
     def metrics(self, masks: np.ndarray) -> np.ndarray:
         """(K, D) bool -> (K, len(METRIC_NAMES)) float64 validation metrics."""
@@ -157,7 +109,7 @@ class MaskEvaluator:
 
     def objectives(self, masks: np.ndarray) -> np.ndarray:
         values = self.metrics(masks)
-        return _objectives(dict(zip(METRIC_NAMES, values.T, strict=True)), self.config.odin.auroc)
+        return to_objectives(dict(zip(METRIC_NAMES, values.T, strict=True)), self.config.odin.auroc)
 
     def _padded(self, masks: np.ndarray, at_least: int = 0) -> np.ndarray:
         """(K, D) -> (bucket, D): max(``bucket_size``, ``at_least``), up to a multiple of the devices.
@@ -199,6 +151,7 @@ class MaskEvaluator:
         self.seconds["train"] += scored_at - started
         self.seconds["score"] += time.perf_counter() - scored_at
         self.trained_masks += len(masks)
+        self.diverged += int(values[: len(masks), METRIC_NAMES.index("diverged")].sum())
         return values[: len(masks)]
 
     def retain_heads(self, masks: np.ndarray) -> None:
@@ -211,6 +164,7 @@ def _metric_rows(scores: evaluate.PopulationMetrics, trained: trainer.TrainedPop
     columns = {name: getattr(scores, name) for name in METRIC_NAMES[:7]}
     columns["epochs"] = trained.epochs
     columns["train_loss"] = trained.final_loss
+    columns["diverged"] = trained.diverged
     host = devices.to_host(columns)  # the generation's one transfer to the host (to every host)
     return np.stack([np.asarray(host[name], np.float64) for name in METRIC_NAMES], axis=-1)
 
@@ -283,7 +237,7 @@ def run_search(
         started -= elapsed
     else:
         if write_path is not None:
-            atomic.write_json(write_path / "config.json", {**settings, "environment": rundir.environment()})
+            rundir.write_config(write_path, settings)
         population = evolver.initial_population(init_key)
         if evaluator.keep_heads:  # the baseline trains with the initial population
             evaluator.baseline = np.ones(num_features, bool)
@@ -308,7 +262,7 @@ def run_search(
     # Every process ran the same selection on the same gathered objectives.
     devices.assert_same_on_every_process((result.masks, result.objectives), "the final fronts")
     if write_path is not None:
-        _write_results(write_path, result)
+        rundir.write_results(write_path, result)
     return result
 
 
@@ -321,11 +275,13 @@ def _front_masks(state, evolver, evaluator) -> np.ndarray:
 def _record(history, state, evolver, evaluator, started, generation, on_generation) -> None:
     front = _front_masks(state, evolver, evaluator)
     values = dict(zip(METRIC_NAMES, evaluator.metrics(front).T, strict=True))
-    objectives = _objectives(values, evaluator.config.odin.auroc)
+    objectives = to_objectives(values, evaluator.config.odin.auroc)
+    trained_now = evaluator.trained_masks - (history[-1]["trained"] if history else 0)
     record = {
         "generation": generation,
         "evaluations": len(evaluator.cache),
         "trained": evaluator.trained_masks,
+        "diverged": evaluator.diverged,
         "front_size": len(front),
         "hypervolume": hypervolume(objectives, REFERENCE_POINT),
         "best_accuracy": float(values["accuracy"].max()),
@@ -336,7 +292,15 @@ def _record(history, state, evolver, evaluator, started, generation, on_generati
         "select_seconds": evaluator.seconds.get("select", 0.0),
         "elapsed_seconds": time.perf_counter() - started,
     }
+    if trained_now and evaluator.diverged == trained_now and not evaluator.warned_divergence:
+        evaluator.warned_divergence = True
+        warnings.warn(
+            f"generation {generation}: every head trained ({trained_now}) diverged (a training loss "
+            "not finite, or above 10 log C at its best epoch); they rank last. Lower train.learning_rate "
+            f"(now {evaluator.config.train.learning_rate:g})", RuntimeWarning, stacklevel=3,
+        )
     evaluator.seconds = {"train": 0.0, "score": 0.0}
+    evaluator.diverged = 0
     history.append(record)
     if on_generation is not None:
         on_generation(record)
@@ -345,24 +309,20 @@ def _record(history, state, evolver, evaluator, started, generation, on_generati
 def _checkpoint(run_path, state, evaluator, history, started) -> None:
     if run_path is None:
         return
-    leaves = jax.tree.leaves(jax.device_get(state))
-    arrays = {f"state_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
-    arrays.update(evaluator.cache.state_dict())
-    arrays["trained_masks"] = np.asarray(evaluator.trained_masks)
-    arrays["elapsed_seconds"] = np.asarray(time.perf_counter() - started)
-    arrays["generation"] = np.asarray(history[-1]["generation"])
     # History first: a kill between the two writes leaves a history one line
     # ahead of the checkpoint, which resume trims.
     rundir.write_history(run_path, history)
-    rundir.write_checkpoint(run_path, arrays)
+    rundir.write_checkpoint(
+        run_path, [np.asarray(leaf) for leaf in jax.tree.leaves(jax.device_get(state))],
+        evaluator.cache.state_dict(), trained_masks=evaluator.trained_masks,
+        elapsed=time.perf_counter() - started, generation=history[-1]["generation"],
+    )
 
 
 def _restore(run_path, settings, evolver, evaluator, init_key):
-    import json
-
-    recorded = json.loads((run_path / "config.json").read_text())
-    for name in ("config", "seed", "features", "num_features", "num_classes", "strategy"):
-        ours, theirs = json.loads(json.dumps(settings[name])), recorded.get(name)
+    recorded = rundir.read_config(run_path)
+    for name in rundir.CONFIG_KEYS:
+        ours, theirs = json.loads(json.dumps(settings[name])), recorded[name]
         if name == "config" and isinstance(theirs, dict):
             # Where heads train is not what they learn: a run may resume on other devices.
             ours, theirs = _without_devices(ours), _without_devices(theirs)
@@ -370,18 +330,24 @@ def _restore(run_path, settings, evolver, evaluator, init_key):
             raise rundir.RunDirectoryError(
                 f"{run_path}: cannot resume, the run was started with a different {name}"
             )
-    arrays = rundir.read_checkpoint(run_path)
     # A state of the right structure to pour the saved leaves into.
     population = evolver.initial_population(init_key)
     template = evolver.init(init_key, population, np.zeros((evolver.population_size, 3), np.float32))
     leaves, treedef = jax.tree.flatten(template)
-    state = jax.tree.unflatten(treedef, [jnp.asarray(arrays[f"state_{i}"]) for i in range(len(leaves))])
-    evaluator.cache = MaskCache.from_state_dict(evaluator.cache.num_features, arrays)
-    evaluator.trained_masks = int(arrays["trained_masks"])
-    generation = int(arrays["generation"])
-    lines = (run_path / "history.jsonl").read_text().splitlines()
-    history = [json.loads(line) for line in lines[: generation + 1]]
-    return state, history, float(arrays["elapsed_seconds"])
+    history = rundir.read_history(run_path)
+    checkpoint = rundir.read_checkpoint(run_path, leaves, evaluator.cache.num_features)
+    if checkpoint.fallback:
+        warnings.warn(checkpoint.fallback, RuntimeWarning, stacklevel=3)
+    if len(history) <= checkpoint.generation:
+        raise rundir.RunFileError(
+            run_path / "history.jsonl",
+            f"holds {len(history)} generations, but {checkpoint.file.name} is after generation "
+            f"{checkpoint.generation}", rundir.restart_remedy(run_path),
+        )
+    state = jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in checkpoint.state_leaves])
+    evaluator.cache = MaskCache.from_state_dict(evaluator.cache.num_features, checkpoint.cache_state)
+    evaluator.trained_masks = checkpoint.trained_masks
+    return state, history[: checkpoint.generation + 1], checkpoint.elapsed
 
 
 def _without_devices(config: dict[str, Any]) -> dict[str, Any]:
@@ -423,52 +389,9 @@ def _final_front(features, config, seed, state, evolver, evaluator, history, sta
         baseline_test=baseline(scores["test"]),
         baseline_params=jax.tree.map(lambda leaf: np.asarray(leaf)[-1], params),
         history=history,
-        hypervolume=hypervolume(_objectives(validation, config.odin.auroc), REFERENCE_POINT),
+        hypervolume=hypervolume(to_objectives(validation, config.odin.auroc), REFERENCE_POINT),
         evaluations=len(evaluator.cache),
         wall_time=time.perf_counter() - started,
         config=config,
         seed=seed,
     )
-
-
-def _write_results(run_path: Path, result: SearchResult) -> None:
-    import csv
-    import io
-
-    columns = ["member", "active_features", "mem", "val_accuracy", "test_accuracy", "val_auroc",
-               "test_auroc", "val_auroc_paper", "test_auroc_paper", "val_fpr95", "test_fpr95",
-               "val_aupr_in", "test_aupr_in", "val_aupr_out", "test_aupr_out", "epochs"]
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(columns)
-    for member, mask in enumerate(result.masks):
-        row = [member, int(mask.sum()), result.validation["mem"][member]]
-        for name in ("accuracy", "auroc", "auroc_paper", "fpr95", "aupr_in", "aupr_out"):
-            row += [result.validation[name][member], result.test[name][member]]
-        row.append(int(result.validation["epochs"][member]))
-        writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in row])
-    atomic.write_text(run_path / "pareto.csv", table.getvalue())
-
-    arrays = {"masks": result.masks, "objectives": result.objectives,
-              "baseline_mask": np.ones(result.masks.shape[1], bool)}
-    for prefix, params in (("", result.params), ("baseline_", result.baseline_params)):
-        for name in ("hidden_kernel", "output_kernel", "output_bias"):
-            arrays[prefix + name] = np.asarray(getattr(params, name))
-    atomic.write_atomically(run_path / "pareto.npz", lambda stream: np.savez_compressed(stream, **arrays))
-
-    as_lists = lambda values: {name: np.asarray(value).tolist() for name, value in values.items()}
-    atomic.write_json(run_path / "summary.json", {
-        "seed": result.seed,
-        "preset": result.config.preset,
-        "generations": len(result.history) - 1,
-        "evaluations": result.evaluations,
-        "wall_seconds": result.wall_time,
-        "hypervolume": result.hypervolume,
-        "hypervolume_reference": list(REFERENCE_POINT),
-        "auroc_objective": result.config.odin.auroc,
-        "fpr95_convention": "in-distribution as positive (ODIN paper)",
-        "baseline": {"validation": result.baseline_validation, "test": result.baseline_test,
-                     "active_features": int(result.masks.shape[1])},
-        "front": {"size": len(result.masks), "active_features": result.masks.sum(axis=1).tolist(),
-                  "validation": as_lists(result.validation), "test": as_lists(result.test)},
-    })

@@ -129,6 +129,12 @@ _CAPACITY_MIN_STEP = 32
 # the 8 levels: their tiles, and the fused kernels' blocks, are sized from them.
 _ONE_HEAD_CAPACITY_LEVELS = 16
 
+# A head whose lowest epoch loss is above this many times log(C), the loss of a uniform
+# guess, diverged (as one whose loss is not finite at some epoch): its right class gets a
+# mean probability below C^-10. Learning rate 1e4 on the digits gives losses near 1e4; a
+# head that learns nothing (features without signal) stays near log(C).
+DIVERGED_LOSS = 10.0
+
 # Most heads an automatically sized chunk holds on an accelerator. On an H100 (jax
 # 0.11.2) packed chunks of 64 heads failed: XLA's scatter for the tiles' segment_sum
 # could not launch ("CUDA_ERROR_OUT_OF_MEMORY") with XLA holding its default 75% of
@@ -226,6 +232,10 @@ class TrainedPopulation:
       best_loss: (P,) float32, the lowest epoch training loss seen (``inf`` if
         no epoch had a finite loss).
       best_epoch: (P,) int32, the 0-based epoch whose weights were kept as best.
+      diverged: (P,) bool, the training loss was not finite at some epoch or
+        never fell to ``DIVERGED_LOSS`` times log(C), the loss of a uniform
+        guess (a learning rate far too high for the data, as a rule); such a
+        head's weights and metrics mean nothing.
     """
 
     params: head.HeadParams
@@ -233,6 +243,7 @@ class TrainedPopulation:
     final_loss: jax.Array
     best_loss: jax.Array
     best_epoch: jax.Array
+    diverged: jax.Array
 
 
 @struct.dataclass
@@ -249,6 +260,7 @@ class _ChunkState:
     best_loss: jax.Array  # (K,) float32
     best_epoch: jax.Array  # (K,) int32
     kept_loss: jax.Array  # (K,) float32, loss of the epoch whose weights are kept
+    diverged: jax.Array  # (K,) bool, some epoch's loss was not finite
 
 
 def make_optimizer(train_config: TrainConfig) -> optax.GradientTransformation:
@@ -855,6 +867,7 @@ def _train_chunk(
             best_loss=jnp.where(improved, epoch_loss, state.best_loss),
             best_epoch=jnp.where(keep, state.epoch, state.best_epoch),
             kept_loss=kept_loss,
+            diverged=state.diverged | (running & ~jnp.isfinite(epoch_loss)),
         )
 
     def keep_going(state: _ChunkState) -> jax.Array:
@@ -873,6 +886,7 @@ def _train_chunk(
         best_loss=infinities,
         best_epoch=zeros,
         kept_loss=infinities,
+        diverged=jnp.zeros((num_heads,), bool),
     )
     state = jax.lax.while_loop(keep_going, run_epoch, state)
     trained = state.best_params if restore_best else state.params
@@ -903,6 +917,9 @@ def _train_chunk(
         final_loss=state.kept_loss,
         best_loss=state.best_loss,
         best_epoch=state.best_epoch,
+        # A learning rate far too high gives losses in the thousands, finite but as meaningless
+        # as a NaN.
+        diverged=state.diverged | ~(state.best_loss <= DIVERGED_LOSS * math.log(num_classes)),
     )
 
 

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from evojax_prune import ensemble, evaluate, head, metrics, odin
 from evojax_prune.config import preset
 from evojax_prune.data import embedded
-from evojax_prune.search import SearchResult
+from evojax_prune.result import SearchResult
 
 # Three members' predicted classes for five samples (C = 3).
 PREDICTIONS = np.array([

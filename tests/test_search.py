@@ -65,7 +65,8 @@ def test_no_mask_is_trained_twice(finished):
 def test_outputs_parse_and_agree(finished):
     result, out = finished
     assert sorted(path.name for path in out.iterdir()) == sorted(
-        ["config.json", "history.jsonl", "checkpoint.npz", "pareto.csv", "pareto.npz", "summary.json"]
+        ["config.json", "history.jsonl", "checkpoint.npz", "checkpoint.previous.npz", "pareto.csv",
+         "pareto.npz", "summary.json"]
     )
     recorded = json.loads((out / "config.json").read_text())
     assert config.RunConfig.from_dict(recorded["config"]) == result.config

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,7 @@ class FeatureSet:
         try:
             with np.load(path, allow_pickle=False) as archive:
                 contents = {name: archive[name] for name in archive.files}
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as error:
             raise FeatureSetError(f"{path}: not a FeatureSet .npz file ({error})") from None
         if not isinstance(contents, dict) or contents.get("format") is None:
             raise FeatureSetError(

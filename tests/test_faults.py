@@ -1,0 +1,389 @@
+"""Fault injection: damaged run files, kills, a full disk, a read-only directory, diverged heads.
+
+Every case states what the tool must do. The common base is one finished
+command-line run (the quick preset, population 4, three generations, seed 0);
+a faulty run must reach exactly its front (masks, metrics, weights) or stop
+with one line naming the file, what is wrong and what to do, exit 2, leaving
+every file as it was.
+"""
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evojax_prune import cli, config, rundir
+from evojax_prune.data import embedded
+from evojax_prune.progress import generation_line
+from evojax_prune.result import objectives
+from evojax_prune.search import run_search
+
+FLAGS = ["--population", "4", "--generations", "3", "--seed", "0", "--quiet"]
+
+
+def run_command(directory: Path, *extra: str) -> list[str]:
+    return ["run", *FLAGS, "--out", str(directory), *extra]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A finished run: the front every faulty run below must reach."""
+    out = tmp_path_factory.mktemp("base") / "run"
+    assert cli.main(run_command(out)) == 0
+    return out
+
+
+def copy_of(run: Path, tmp_path: Path, name: str = "run") -> Path:
+    return Path(shutil.copytree(run, tmp_path / name))
+
+
+def contents(directory: Path) -> dict[str, bytes]:
+    return {path.relative_to(directory).as_posix(): path.read_bytes()
+            for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+def assert_same_front(found: Path, expected: Path) -> None:
+    """The two run directories hold the same front, bit for bit (not the wall times)."""
+    ours, _ = rundir.read_run(found)
+    theirs, _ = rundir.read_run(expected)
+    np.testing.assert_array_equal(ours.masks, theirs.masks)
+    for split in ("validation", "test"):
+        for name, values in getattr(theirs, split).items():
+            np.testing.assert_array_equal(getattr(ours, split)[name], values, err_msg=f"{split} {name}")
+    for name in rundir.PARAM_NAMES:
+        np.testing.assert_array_equal(getattr(ours.params, name), getattr(theirs.params, name))
+    assert [row["hypervolume"] for row in ours.history] == [row["hypervolume"] for row in theirs.history]
+    assert ours.evaluations == theirs.evaluations
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("evojax-prune: error: "), err
+    return err
+
+
+# --------------------------------------------------------------------------- damaged files
+
+
+def with_format(data: bytes, name: str) -> bytes:
+    """The file as the same writer of another format version (99) would have written it."""
+    if name.endswith(".json"):
+        return json.dumps({**json.loads(data), "format": 99}).encode()
+    if name.endswith(".npz"):
+        with np.load(io.BytesIO(data)) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        stream = io.BytesIO()
+        np.savez(stream, **{**arrays, "format": np.asarray(99), "format_version": np.asarray(99)})
+        return stream.getvalue()
+    if name == "history.jsonl":  # another layout of its lines
+        lines = [json.loads(line) for line in data.decode().splitlines()]
+        return "".join(json.dumps({"gen": row["generation"], "hv": row["hypervolume"]}) + "\n"
+                       for row in lines).encode()
+    assert name == "pareto.csv"
+    header, rest = data.decode().split("\n", 1)
+    return ("index,features,fraction" + header.split("mem", 1)[1] + "\n" + rest).encode()
+
+
+DAMAGE = {
+    "truncated": lambda data, name: data[: len(data) // 2],
+    "emptied": lambda data, name: b"",
+    "garbage": lambda data, name: np.random.default_rng(len(data)).bytes(max(len(data), 64)),
+    "wrong version": with_format,
+}
+# What each damage must be called, by kind of file.
+PROBLEMS = {
+    "json": {"truncated": "not valid JSON", "emptied": "empty", "garbage": "not UTF-8 text",
+             "wrong version": "format version 99 is not supported"},
+    "npz": {"truncated": "not a readable .npz archive", "emptied": "empty",
+            "garbage": "not a readable .npz archive", "wrong version": "format version 99 is not supported"},
+    "history.jsonl": {"truncated": "not valid JSON", "emptied": "empty", "garbage": "not UTF-8 text",
+                      "wrong version": "lacks generation"},
+    "pareto.csv": {"truncated": "rows of a front", "emptied": "empty", "garbage": "not a CSV table",
+                   "wrong version": "are not a front's"},
+}
+# The command that reads each file back, and the remedy its error must give.
+READERS = {
+    "config.json": ("resume", "--overwrite"),
+    "history.jsonl": ("resume", "--overwrite"),
+    "checkpoint.npz": ("resume", "--overwrite"),
+    "pareto.npz": ("report", "--resume"),
+    "pareto.csv": ("report", "--resume"),
+    "summary.json": ("report", "--resume"),
+}
+
+
+def problem_of(name: str, damage: str) -> str:
+    kind = name if name in PROBLEMS else name.rsplit(".", 1)[1]
+    return PROBLEMS[kind][damage]
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+@pytest.mark.parametrize("name", list(READERS))
+def test_a_damaged_run_file_is_named_and_nothing_is_overwritten(base, tmp_path, capsys, name, damage):
+    """Each file read back, damaged four ways: one line naming it, the problem, a remedy; exit 2.
+
+    A damaged checkpoint is only an error when the previous one is damaged
+    too (alone, it is the fallback case below), so both are damaged here.
+    """
+    run = copy_of(base, tmp_path)
+    damaged = [name, rundir.PREVIOUS_CHECKPOINT] if name == rundir.CHECKPOINT else [name]
+    for target in damaged:
+        (run / target).write_bytes(DAMAGE[damage]((run / target).read_bytes(), target))
+    before = contents(run)
+    command, remedy = READERS[name]
+    argv = run_command(run, "--resume") if command == "resume" else ["report", str(run)]
+    err = one_line_error(capsys, argv)
+    assert f"{run / name}: " in err and problem_of(name, damage) in err and remedy in err, err
+    assert contents(run) == before
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_featureset_is_named(base, tmp_path, capsys, damage):
+    """The FeatureSet a run names (--features), damaged: run and report refuse it, exit 2."""
+    good = embedded.digits().save(tmp_path / "digits.npz")
+    bad = tmp_path / "features.npz"
+    bad.write_bytes(DAMAGE[damage](good.read_bytes(), "features.npz"))
+    run = copy_of(base, tmp_path)
+    before = contents(run)
+    for argv in (["run", *FLAGS, "--features", str(bad), "--out", str(tmp_path / "new")],
+                 ["report", str(run), "--features", str(bad)]):
+        err = one_line_error(capsys, argv)
+        assert f"{bad}: " in err, err
+    assert contents(run) == before and not (tmp_path / "new").exists()
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(base, tmp_path, capsys):
+    """checkpoint.npz truncated: resume says so, keeps it aside, reruns from the previous one."""
+    run = copy_of(base, tmp_path)
+    damaged = (run / rundir.CHECKPOINT).read_bytes()[:1000]
+    (run / rundir.CHECKPOINT).write_bytes(damaged)
+    assert cli.main(run_command(run, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "resuming from checkpoint.previous.npz (generation 2)" in err, err
+    assert (run / "checkpoint.damaged.npz").read_bytes() == damaged
+    assert_same_front(run, base)
+
+
+# --------------------------------------------------------------------------- kills
+
+
+def kill_at_random_moment(directory: Path, seed: int) -> subprocess.CompletedProcess:
+    """Starts the base run's command and SIGKILLs it after a seeded number of generations and delay."""
+    rng = np.random.default_rng(seed)
+    after_lines, delay = int(rng.integers(1, 3)), float(rng.uniform(0.0, 0.4))
+    child = subprocess.Popen([sys.executable, "-m", "evojax_prune.cli", *run_command(directory)],
+                             stderr=subprocess.PIPE, text=True)
+    history = directory / "history.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None:
+        if history.is_file() and len(history.read_text().splitlines()) >= after_lines:
+            break
+        time.sleep(0.02)
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    return child
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_at_a_random_moment_then_resume_gives_the_same_front(base, tmp_path, seed):
+    run = tmp_path / "run"
+    child = kill_at_random_moment(run, seed)
+    assert child.returncode == -signal.SIGKILL, child.stderr.read()
+    assert not (run / "summary.json").exists()
+    assert cli.main(run_command(run, "--resume")) == 0
+    assert_same_front(run, base)
+
+
+# A child that runs the base command and SIGKILLs itself inside the third checkpoint write:
+# "writing", halfway through the new file's bytes; "renamed", after the current checkpoint
+# became checkpoint.previous.npz and before the new one took its place.
+DYING_CHILD = textwrap.dedent("""
+    import io, os, signal, sys
+    import numpy as np
+    from evojax_prune import cli
+
+    moment, real_savez, real_replace, calls = sys.argv[1], np.savez, os.replace, []
+
+    def savez(stream, **arrays):
+        calls.append(1)
+        if moment == "writing" and len(calls) == 3:
+            buffer = io.BytesIO()
+            real_savez(buffer, **arrays)
+            stream.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            stream.flush()
+            os.fsync(stream.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_savez(stream, **arrays)
+
+    def replace(source, target):
+        real_replace(source, target)
+        if moment == "renamed" and len(calls) == 3 and str(target).endswith("checkpoint.previous.npz"):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    np.savez, os.replace = savez, replace
+    cli.main(sys.argv[2:])
+""")
+
+
+@pytest.mark.parametrize("moment", ["writing", "renamed"])
+def test_sigkill_during_a_checkpoint_write_then_resume_gives_the_same_front(base, tmp_path, capsys, moment):
+    run = tmp_path / "run"
+    child = subprocess.run([sys.executable, "-c", DYING_CHILD, moment, *run_command(run)],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    leftovers = [path.name for path in run.iterdir() if path.name.endswith(".tmp")]
+    assert leftovers if moment == "writing" else not (run / rundir.CHECKPOINT).exists()
+    assert cli.main(run_command(run, "--resume")) == 0
+    err = capsys.readouterr().err
+    # Killed between the renames, the newest checkpoint is missing: resume says it used the previous.
+    assert ("resuming from checkpoint.previous.npz" in err) == (moment == "renamed"), err
+    assert not [path.name for path in run.iterdir() if path.name.endswith(".tmp")]
+    assert_same_front(run, base)
+
+
+# --------------------------------------------------------------------------- full disk, read-only
+
+
+@pytest.mark.parametrize(("failing", "occurrence"), [("checkpoint.npz", 2), ("pareto.npz", 1)])
+def test_a_full_disk_leaves_the_previous_files_intact(base, tmp_path, capsys, monkeypatch,
+                                                       failing, occurrence):
+    """os.fsync fails with ENOSPC on the n-th write of one file: one line, exit 2, no temp file left,
+    every other file complete; resume then reaches the base run's front."""
+    real_fsync, seen = os.fsync, []
+
+    def fsync(descriptor):
+        if failing in os.readlink(f"/proc/self/fd/{descriptor}"):
+            seen.append(1)
+            if len(seen) == occurrence:
+                raise OSError(28, "No space left on device")
+        return real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    run = tmp_path / "run"
+    err = one_line_error(capsys, run_command(run))
+    assert f"{run / failing}: cannot be written (No space left on device)" in err, err
+    assert not [path.name for path in run.iterdir() if path.name.startswith(".")]
+    checkpoint = np.load(run / rundir.CHECKPOINT)
+    # The checkpoint the failed write would have replaced is still there, whole.
+    assert int(checkpoint["generation"]) == (0 if failing == "checkpoint.npz" else 3)
+    assert not (run / "summary.json").exists()
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert cli.main(run_command(run, "--resume")) == 0
+    assert_same_front(run, base)
+
+
+def interpreter(environment: dict[str, str], user: dict[str, int], cwd: Path) -> list[str]:
+    """A Python that ``user`` may run with this package importable.
+
+    This one, unless it lies in a directory that user cannot enter (a pyenv
+    under /root): then the system's Python of the same version, given this
+    environment's site-packages and source tree (same ABI, same packages).
+    """
+    import sysconfig
+
+    import evojax_prune
+
+    if not user:
+        return [sys.executable]
+    candidates = [[sys.executable], [f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"]]
+    paths = [sysconfig.get_paths()["purelib"], str(Path(evojax_prune.__file__).parents[1])]
+    for candidate in candidates:
+        extra = {} if candidate[0] == sys.executable else {"PYTHONPATH": os.pathsep.join(paths)}
+        try:
+            probe = subprocess.run([*candidate, "-c", "import evojax_prune.cli"], capture_output=True,
+                                   env={**environment, **extra}, cwd=cwd, timeout=120, **user)
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            environment.update(extra)
+            return candidate
+    pytest.skip("no Python interpreter the user nobody may run (tests run as root)")
+
+
+def test_a_read_only_run_directory_is_refused_before_any_work(base):
+    """report and run --resume on a directory this user cannot write: one line, exit 2, untouched.
+
+    As root (which writes anywhere) the commands run as the user nobody."""
+    scratch = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        scratch.chmod(0o755)
+        run = Path(shutil.copytree(base, scratch / "run"))
+        cache = scratch / "cache"
+        cache.mkdir(mode=0o777)
+        cache.chmod(0o777)
+        for path in run.iterdir():
+            path.chmod(0o444)
+        run.chmod(0o555)
+        before = contents(run)
+        environment = {**os.environ, "HOME": str(cache), "XDG_CACHE_HOME": str(cache),
+                       "EVOJAX_PRUNE_CACHE_DIR": str(cache), "MPLCONFIGDIR": str(cache)}
+        user = {"user": 65534, "group": 65534} if os.geteuid() == 0 else {}
+        python = interpreter(environment, user, scratch)
+        for argv in (["report", str(run)], run_command(run, "--resume")):
+            child = subprocess.run([*python, "-m", "evojax_prune.cli", *argv], capture_output=True,
+                                   text=True, timeout=300, env=environment, cwd=scratch, **user)
+            assert child.returncode == 2, child.stderr
+            assert f"{run}: the run directory is not writable" in child.stderr, child.stderr
+            assert len(child.stderr.strip().splitlines()) == 1, child.stderr
+        assert contents(run) == before
+    finally:
+        for path in scratch.rglob("*"):
+            if path.is_dir():
+                path.chmod(0o755)
+        shutil.rmtree(scratch)
+
+
+# --------------------------------------------------------------------------- diverged heads
+
+
+def test_diverged_heads_are_counted_warned_about_and_ranked_last(tmp_path):
+    """Learning rate 1e4 on the digits: every head's loss runs into the thousands."""
+    diverging = config.preset("quick").replace(
+        head={"hidden": 16}, train={"max_epochs": 6, "patience": 3, "learning_rate": 1e4},
+        search={"population_size": 4, "generations": 1},
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_search(embedded.digits(), diverging, seed=0, out_dir=tmp_path / "run")
+    messages = [str(warning.message) for warning in caught if warning.category is RuntimeWarning]
+    assert len(messages) == 1 and "Lower train.learning_rate (now 10000)" in messages[0], messages
+    trained_before = 0
+    for record in result.history:  # every head trained in a generation is counted in it
+        assert record["diverged"] == record["trained"] - trained_before > 0
+        trained_before = record["trained"]
+    assert "diverged 4" in generation_line(result.history[0])
+    np.testing.assert_array_equal(result.validation["diverged"], 1.0)
+    np.testing.assert_array_equal(result.objectives, 1.0)
+    assert result.hypervolume == 0.0
+    table = (tmp_path / "run" / "pareto.csv").read_text().splitlines()
+    assert table[0].endswith(",diverged") and all(row.endswith(",1") for row in table[1:])
+
+
+def test_a_diverged_head_ranks_behind_every_head_that_learned():
+    """objectives(): (1, 1, 1) for a diverged head whatever its chance-level metrics."""
+    from evojax_prune.nsga2 import non_dominated_rank
+
+    values = {"accuracy": np.array([0.9, 0.1, 0.5]), "mem": np.array([0.5, 0.01, 0.9]),
+              "auroc": np.array([0.8, 0.5, 0.6]), "auroc_paper": np.zeros(3),
+              "diverged": np.array([0.0, 1.0, 0.0])}
+    points = objectives(values, "exact")
+    np.testing.assert_allclose(points, [[0.1, 0.5, 0.2], [1.0, 1.0, 1.0], [0.5, 0.9, 0.4]])
+    without = {name: value for name, value in values.items() if name != "diverged"}
+    np.testing.assert_allclose(objectives(without, "exact")[1], [0.9, 0.01, 0.5])  # older records
+    ranks = np.asarray(non_dominated_rank(points.astype(np.float32)))
+    assert ranks[1] > ranks[0] and ranks[1] > ranks[2]
