@@ -262,8 +262,9 @@ def _read_json(file: Path, remedy: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise RunFileError(file, f"not valid JSON ({error.msg} at line {error.lineno} column "
-                                 f"{error.colno}: truncated or overwritten?)", remedy) from None
+        problem = (f"not valid JSON ({error.msg.removesuffix(' at')}, line {error.lineno} column "
+                   f"{error.colno}: truncated or overwritten?)")
+        raise RunFileError(file, problem, remedy) from None
     if not isinstance(data, dict):
         raise RunFileError(file, f"expected a JSON object, found {type(data).__name__}", remedy)
     _check_format(file, data.get("format", 1), remedy)
