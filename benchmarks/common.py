@@ -21,11 +21,11 @@ CORE_PACKAGES = ("evojax-prune", "jax", "jaxlib", "flax", "optax", "evosax", "nu
 
 # The trainer's settings that are read when a program is traced (module globals of
 # trainer.py). gpu.sh sets $EVOJAX_PRUNE_BENCH_TRAINER to the fastest of them in
-# step_profile.py (a JSON object, e.g. {"FUSED_GRID": "heads"}), so that the suite that
+# step_profile.py (a JSON object, e.g. {"TILE_SUM": "gather"}), so that the suite that
 # follows measures the trainer as it runs fastest on that device; every result records
 # the settings it ran with.
 TRAINER_SETTINGS_VARIABLE = "EVOJAX_PRUNE_BENCH_TRAINER"
-TRAINER_SETTINGS = ("TILE_SUM", "FUSED_GRID", "FUSED_OUTPUT_LAYER", "DEFERRED_WINDOW")
+TRAINER_SETTINGS = ("TILE_SUM",)
 
 
 def apply_trainer_settings(text: str | None) -> dict:

@@ -12,12 +12,6 @@ measurement), the best of ``--repeats``:
   * ``fused``: the kernel, for every combination of ``--blocks`` (hidden units
     per program), ``--warps`` and ``--stages`` (Triton's warps and pipeline
     stages), skipping those Triton cannot compile (the error is recorded);
-  * ``fused_by_head``: ``fused_sgd.sgd_step_by_head`` over the same settings,
-    the tiles owned by ``--tiles-per-head`` consecutive tiles per head (10: the
-    authors' initial masks average 10 tiles of 128 rows). It reads one gradient
-    per head and writes one product per head, where ``xla`` and ``fused`` read
-    and write one per tile (the trainer then expands and sums them, outside
-    what this benchmark times).
 
 For each: microseconds per step, and the bandwidth of the 4 passes the roofline
 counts (reading and writing the kernel and its momentum) as a fraction of the
@@ -67,24 +61,6 @@ def operands(tiles: int, rows: int, batch: int, hidden: int, idle_fraction: floa
     )
 
 
-def by_head_operands(data: dict, tiles_per_head: int) -> dict:
-    """``data`` regrouped for ``sgd_step_by_head``: consecutive runs of ``tiles_per_head`` tiles per head.
-
-    A head trains when its first tile does; the gradient is each head's first tile's.
-    """
-    tiles = data["kernel"].shape[0]
-    heads = -(-tiles // tiles_per_head)
-    start = jnp.arange(heads, dtype=jnp.int32) * tiles_per_head
-    count = jnp.minimum(tiles_per_head, tiles - start)
-    return dict(
-        inputs_transposed=data["inputs_transposed"],
-        d_pre_activation=data["d_pre_activation"][start],
-        next_inputs=data["next_inputs"],
-        tile_start=start,
-        tile_count=jnp.where(data["training"][start], count, 0),
-    )
-
-
 def xla_step(kernel, momentum, inputs_transposed, d_pre_activation, next_inputs, training, **_):
     """The trainer's step on packed tiles without the kernel (``trainer._train_chunk``'s XLA path)."""
     optimizer = optax.sgd(LEARNING_RATE, momentum=DECAY, nesterov=True)
@@ -123,7 +99,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--tiles-per-head", type=int, default=10)
     parser.add_argument("--idle-fraction", type=float, default=0.0,
                         help="share of tiles that do not train (stopped heads, padding)")
     parser.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
@@ -140,7 +115,7 @@ def main(argv=None) -> dict:
     weight_bytes = args.tiles * args.rows * args.hidden * 4
     result = {"benchmark": "fused_sgd_step", **environment(), "compiled": on_gpu,
               "shapes": {"tiles": args.tiles, "rows": args.rows, "batch": args.batch, "hidden": args.hidden,
-                         "tiles_per_head": args.tiles_per_head, "idle_fraction": args.idle_fraction},
+                         "idle_fraction": args.idle_fraction},
               "memory_bandwidth_gbs": bandwidth, "bytes_counted_per_step": 4 * weight_bytes,
               "defaults": {"block": fused_sgd.block_hidden(args.hidden), "num_warps": fused_sgd.NUM_WARPS,
                            "num_stages": fused_sgd.NUM_STAGES},
@@ -149,24 +124,20 @@ def main(argv=None) -> dict:
     print(f"{args.tiles} tiles of {args.rows} x {args.hidden}, batch {args.batch}; "
           f"stream bandwidth {bandwidth:.0f} GB/s; {'compiled' if on_gpu else 'interpreted'}", flush=True)
 
-    by_head_data = {"kernel": data["kernel"], "momentum": data["momentum"],
-                    **by_head_operands(data, args.tiles_per_head)}
     combinations = [{"block": block, "num_warps": warps, "num_stages": stages}
                     for block, warps, stages in itertools.product(args.blocks, args.warps, args.stages)
                     if args.hidden % block == 0]
     if not on_gpu:  # the interpreter ignores Triton's settings: one is enough
         combinations = combinations[:1]
-    settings = [("xla", {})] + [(name, setting) for name in ("fused", "fused_by_head")
-                                for setting in combinations]
-    kernels = {"fused": fused_sgd.sgd_step, "fused_by_head": fused_sgd.sgd_step_by_head}
+    settings = [("xla", {})] + [("fused", setting) for setting in combinations]
+    kernels = {"fused": fused_sgd.sgd_step}
     for name, setting in settings:
         step = xla_step if name == "xla" else (
             lambda kernel, momentum, setting=setting, kernel_fn=kernels[name], **rest: kernel_fn(
                 kernel, momentum, **rest, **hyper, **setting))
         row = {"variant": name, **setting}
         try:
-            seconds = time_steps(step, by_head_data if name == "fused_by_head" else data, args.steps,
-                                 args.repeats)
+            seconds = time_steps(step, data, args.steps, args.repeats)
             row.update(microseconds_per_step=seconds * 1e6,
                        counted_gbs=4 * weight_bytes / seconds / 1e9,
                        fraction_of_stream_bandwidth=4 * weight_bytes / seconds / 1e9 / bandwidth)

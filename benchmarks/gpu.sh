@@ -28,10 +28,7 @@ fi
 # scatter as references.
 timeout 150 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json" \
   --variants "packed, fused SGD kernel" "packed, XLA's SGD" "packed, fused SGD kernel, tiles summed by XLA's scatter" \
-  "packed, fused SGD kernel by head" "packed, fused SGD kernel, fused output layer" \
-  "packed, fused SGD kernel by head, fused output layer" "dense, deferred updates, windows of 16" \
-  "dense, deferred updates, windows of 32" "dense, deferred updates, windows of 16, fused output layer" \
-  || true
+  "packed, fused SGD kernel, tiles summed by gathering" || true
 # The rest of the suite runs with the fastest candidate's settings (recorded in every JSON as
 # "trainer_settings"), so that its figures are the trainer's best on this device.
 EVOJAX_PRUNE_BENCH_TRAINER=$($python - "$out/step_profile.json" <<'CHECK'
@@ -59,7 +56,6 @@ timeout 60 $python benchmarks/step_profile.py --population 64 --chunk-size 64 --
   --out "$out/step_profile_chunk64.json" || true
 export EVOJAX_PRUNE_BENCH_TRAINER  # from here on (the chunk-64 profile above ran with the defaults)
 echo "trainer settings for the suite: $EVOJAX_PRUNE_BENCH_TRAINER"
-# The fused SGD kernels alone (one program per tile, one per head) over Triton's settings:
-# which kernel and which settings the trainer should default to.
+# The fused SGD kernel alone over Triton's settings: which settings the trainer should default to.
 timeout 90 $python benchmarks/fused_sgd_step.py --blocks 32 64 --out "$out/fused_sgd_step.json" || true
 timeout 390 $python benchmarks/run_all.py --size gpu --out-dir "$out" || true

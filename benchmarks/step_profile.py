@@ -22,17 +22,9 @@ the paper's protocol for ``--epochs`` epochs, in each variant in turn:
     atomic adds have no fixed order). The scatter failed for packed chunks of
     64 heads on an H100 (``--population 64 --chunk-size 64`` measures whether
     such chunks pay with the gather);
-  * ``packed, fused SGD kernel by head``: ``fused_sgd.sgd_step_by_head``, one
-    program per head walking its tiles (``trainer.FUSED_GRID = "heads"``): no
-    per-tile gradient expansion and no tile sum in the step;
-  * ``..., fused output layer``: the output layer, loss, backward pass and
-    the output layer's update as one kernel per head
-    (``fused_output.output_layer_step``, ``trainer.FUSED_OUTPUT_LAYER``), with
-    either first-layer kernel: a step is then the input gathers and two kernels;
-  * ``dense, deferred updates, windows of L``: ``trainer.DEFERRED_WINDOW``, the
-    first kernel read once per window of L steps and written once at its end
-    (``deferred_sgd``), no fused first-layer kernel; also with the fused output
-    layer, which leaves a step about four kernels.
+
+(The kernel by head, the fused output layer and deferred windows, never measured
+on a GPU, left the package; the tag ``pre-variant-removal`` holds them.)
 
 For each: the wall time of a compiled call, the time per minibatch step, the
 heads' final losses (the variants must agree), and the operations of a
@@ -163,14 +155,10 @@ def profile_layout(name, layouts_fn, key, masks, features, config, top, program=
                                       config.head.hidden, config.train)
     steps = -(-population // chunk) * config.train.max_epochs * -(-len(features.y_train)
                                                                     // config.train.batch_size)
-    deferred = traced_settings.get("DEFERRED_WINDOW", trainer.DEFERRED_WINDOW) > 0
-    fused = not deferred and trainer.fused_update_applies(
+    fused = trainer.fused_update_applies(
         config.train, layouts_fn(features.num_features, chunk, True)[0], config.head.hidden)
     result = {"layout": name, "fused_update": fused,
               "tile_sum": traced_settings.get("TILE_SUM") or trainer.tile_sum_method(),
-              "fused_grid": traced_settings.get("FUSED_GRID", trainer.FUSED_GRID),
-              "fused_output_layer": traced_settings.get("FUSED_OUTPUT_LAYER", trainer.FUSED_OUTPUT_LAYER),
-              "deferred_window": traced_settings.get("DEFERRED_WINDOW", trainer.DEFERRED_WINDOW),
               "chunk_size": chunk, "seconds": seconds,
               "first_call_seconds": first, "final_loss": np.asarray(trained.final_loss).tolist(),
               "sequential_steps": steps, "microseconds_per_step": seconds / steps * 1e6, "trace": summary}
@@ -191,14 +179,6 @@ VARIANTS = {
     "packed, fused SGD kernel, command buffers on": (PACKED, None, True, {}),
     "packed, fused SGD kernel, tiles summed by XLA's scatter": (PACKED, None, False, {"TILE_SUM": "scatter"}),
     "packed, fused SGD kernel, tiles summed by gathering": (PACKED, None, False, {"TILE_SUM": "gather"}),
-    "packed, fused SGD kernel by head": (PACKED, None, False, {"FUSED_GRID": "heads"}),
-    "packed, fused SGD kernel, fused output layer": (PACKED, None, False, {"FUSED_OUTPUT_LAYER": True}),
-    "packed, fused SGD kernel by head, fused output layer": (
-        PACKED, None, False, {"FUSED_GRID": "heads", "FUSED_OUTPUT_LAYER": True}),
-    "dense, deferred updates, windows of 16": (PACKED, None, False, {"DEFERRED_WINDOW": 16}),
-    "dense, deferred updates, windows of 32": (PACKED, None, False, {"DEFERRED_WINDOW": 32}),
-    "dense, deferred updates, windows of 16, fused output layer": (
-        PACKED, None, False, {"DEFERRED_WINDOW": 16, "FUSED_OUTPUT_LAYER": True}),
 }
 
 
@@ -207,12 +187,6 @@ VARIANTS = {
 CANDIDATES = (
     "packed, fused SGD kernel",
     "packed, fused SGD kernel, tiles summed by gathering",
-    "packed, fused SGD kernel by head",
-    "packed, fused SGD kernel, fused output layer",
-    "packed, fused SGD kernel by head, fused output layer",
-    "dense, deferred updates, windows of 16",
-    "dense, deferred updates, windows of 32",
-    "dense, deferred updates, windows of 16, fused output layer",
 )
 
 

@@ -172,7 +172,7 @@ def step_products_gflops(chunk_size: int, kept_features: int, batch_size: int, s
     a ceiling for the trainer below the large-product peak; best of 3.
     """
     layout = trainer.ChunkLayout(kept_features, chunk_size, per_head=chunk_size == 1)
-    transposed = trainer.stores_kernel_transposed(layout, deferred=False)
+    transposed = trainer.stores_kernel_transposed(layout)
     forward, gradient = ("kbc,khc->kbh", "kbh,kbc->khc") if transposed else ("kbc,kch->kbh", "kbc,kbh->kch")
     keys = jax.random.split(jax.random.key(3), 3)
     inputs = jax.random.uniform(keys[0], (chunk_size, batch_size, kept_features), jnp.float32)

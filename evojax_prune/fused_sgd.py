@@ -31,15 +31,6 @@ skipped: its kernel and momentum are updated in place (``input_output_aliases``)
 and it neither reads nor writes them, so stopped heads and padding cost no
 traffic at all.
 
-``sgd_step_by_head`` is the same step organised by head instead of by tile:
-one program per (head, block of hidden units) walks the head's tiles in
-order, so it reads each head's pre-activation gradient once and writes each
-head's next pre-activation, (K, B, H), summed in registers. The trainer then
-needs neither the per-tile gradient (T, B, H) nor a sum over each head's tiles
-(``trainer.FUSED_GRID``). It has fewer, longer programs; which kernel is
-faster on a GPU is unmeasured (``benchmarks/fused_sgd_step.py`` and
-``step_profile.py`` compare them).
-
 On a GPU the kernel is compiled by Triton (Pallas' GPU backend), where block
 dimensions must be powers of two and products at least 16 wide
 (``supported``); elsewhere it runs in Pallas' interpreter, which tests use as
@@ -216,118 +207,6 @@ def sgd_step(
     )
     operands = [training.astype(jnp.int32), kernel, *([momentum] if with_momentum else []),
                 inputs_transposed, d_pre_activation, next_inputs]
-    return _kernel_momentum_product(call(*operands), with_momentum)
-
-
-def sgd_step_by_head(
-    kernel: jax.Array,
-    momentum: jax.Array | None,
-    inputs_transposed: jax.Array,
-    d_pre_activation: jax.Array,
-    next_inputs: jax.Array,
-    tile_start: jax.Array,
-    tile_count: jax.Array,
-    *,
-    learning_rate: float,
-    decay: float,
-    nesterov: bool,
-    interpret: bool | None = None,
-    block: int | None = None,
-    num_warps: int = NUM_WARPS,
-    num_stages: int = NUM_STAGES,
-) -> tuple[jax.Array, jax.Array | None, jax.Array]:
-    """``sgd_step`` with one program per (head, block of hidden units), looping over the head's tiles.
-
-    The same update of every tile as ``sgd_step``, organised by head: the
-    program of head k reads that head's (B, block) pre-activation gradient once
-    and walks its tiles ``tile_start[k] ... tile_start[k] + tile_count[k] - 1`` in
-    order, summing their next forward products in registers. So the step
-    writes each head's first-layer pre-activation, (K, B, H), instead of one
-    product per tile, (T, B, H), and reads one gradient per head instead of one
-    per tile: the (T, B, H) expansion of the gradient and the sum over each
-    head's tiles (about 8 T * B * H bytes of traffic and two more kernels per
-    step) disappear, and the sum has a fixed order (deterministic on a GPU).
-    The price is fewer programs, K * H / block instead of T * H / block, each
-    with a loop of up to D / r tiles.
-
-    Args:
-      kernel, momentum, inputs_transposed, next_inputs: as for ``sgd_step``.
-      d_pre_activation: (K, B, H) float32, the loss gradient with respect to
-        each head's pre-activation.
-      tile_start: (K,) int32, each head's first tile; its tiles are consecutive.
-      tile_count: (K,) int32, the tiles each head trains this step: its tile
-        count, or 0 for a head that does not train (stopped, or padding).
-        Tiles no head trains are left as they are.
-      learning_rate, decay, nesterov, interpret, block, num_warps, num_stages:
-        as for ``sgd_step``.
-
-    Returns:
-      kernel: (T, r, H) the updated kernel (in place of ``kernel``).
-      momentum: (T, r, H) the updated momentum, or None.
-      next_pre_activation: (K, B, H) float32, each head's sum over its tiles of
-        ``next_inputs @ kernel`` with the updated kernel (zero for a head with
-        no tiles this step).
-    """
-    num_tiles, rows, hidden = kernel.shape
-    num_heads, batch = d_pre_activation.shape[:2]
-    block = block or block_hidden(hidden)
-    if hidden % block:
-        raise ValueError(
-            f"fused_sgd.sgd_step_by_head: block {block} does not divide the {hidden} hidden units"
-        )
-    with_momentum = momentum is not None
-    interpret = _interpret() if interpret is None else interpret
-    hyper = dict(learning_rate=learning_rate, decay=decay, nesterov=nesterov)
-
-    def body(start_ref, count_ref, kernel_ref, *refs):
-        if with_momentum:
-            momentum_ref, inputs_ref, d_ref, next_ref, kernel_out, momentum_out, product_out = refs
-        else:
-            inputs_ref, d_ref, next_ref, kernel_out, product_out = refs
-        d_pre = d_ref[...]  # (B, block), read once for all of the head's tiles
-        start = start_ref[0]
-
-        def update_tile(place, product):
-            tile = start + place
-            grad = jnp.dot(inputs_ref[tile], d_pre, preferred_element_type=jnp.float32)  # (r, block)
-            old_trace = momentum_ref[tile] if with_momentum else None
-            new_kernel, trace = sgd_update(kernel_ref[tile], grad, old_trace, **hyper)
-            kernel_out[tile] = new_kernel
-            if with_momentum:
-                momentum_out[tile] = trace
-            return product + jnp.dot(next_ref[tile], new_kernel, preferred_element_type=jnp.float32)
-
-        product_out[...] = jax.lax.fori_loop(
-            0, count_ref[0], update_tile, jnp.zeros((batch, block), jnp.float32)
-        )
-
-    squeezed = getattr(pl, "squeezed", None)
-    # Every tile's rows of this program's hidden units; the program indexes the tiles it owns.
-    weights_spec = pl.BlockSpec((num_tiles, rows, block), lambda head, part: (0, 0, part))
-    per_head = pl.BlockSpec((1,), lambda head, part: (head,))
-
-    def whole(shape):  # the whole array in every program
-        return pl.BlockSpec(shape, lambda head, part: (0,) * len(shape))
-
-    head_block = pl.BlockSpec((squeezed, batch, block), lambda head, part: (head, 0, part))
-    in_specs = [
-        per_head,
-        per_head,
-        weights_spec,
-        *([weights_spec] if with_momentum else []),
-        whole(inputs_transposed.shape),
-        head_block,
-        whole(next_inputs.shape),
-    ]
-    # In place, so tiles no program visits keep their values.
-    call = _updating_call(
-        body, kernel_operand=2, weights_spec=weights_spec, product_spec=head_block,
-        product_shape=(num_heads, batch, hidden), kernel_shape=kernel.shape, with_momentum=with_momentum,
-        grid=(num_heads, hidden // block), in_specs=in_specs, interpret=interpret, num_warps=num_warps,
-        num_stages=num_stages, name="fused_sgd_step_by_head",
-    )
-    operands = [tile_start.astype(jnp.int32), tile_count.astype(jnp.int32), kernel,
-                *([momentum] if with_momentum else []), inputs_transposed, d_pre_activation, next_inputs]
     return _kernel_momentum_product(call(*operands), with_momentum)
 
 

@@ -37,14 +37,10 @@ GPU a packed chunk trained with ``sgd`` runs its first layer's step as one Palla
 kernel (``fused_sgd.sgd_step``: the gradient, the SGD update and the next
 minibatch's forward product, so the kernel is read and written once per step and
 stopped heads are skipped; ``TrainConfig.fused_update``); the scan then carries
-each tile's forward product from one step to the next. Three alternatives,
-unmeasured on a GPU and off by default, are module settings read when a
-program is traced (``benchmarks/step_profile.py`` compares them and
-``gpu.sh`` runs its suite with the fastest): ``FUSED_GRID = "heads"`` (the
-kernel by head, ``fused_sgd.sgd_step_by_head``), ``FUSED_OUTPUT_LAYER`` (the
-output layer's step as one kernel per head, ``fused_output``) and
-``DEFERRED_WINDOW`` (the first kernel read once per window of steps,
-``deferred_sgd``). Packing is
+each tile's forward product from one step to the next. Variants of the step that
+were never measured on their target (the kernel by head, a fused output layer,
+deferred first-layer updates) were removed; the tag ``pre-variant-removal``
+holds them, for a session with a GPU to bring back with a benchmark. Packing is
 exact for optimizers that update every weight from its own gradient history
 (``ROW_SEPARABLE_OPTIMIZERS``): a pruned row gets a zero gradient and so never
 moves; other optimizers (weight decay, layer-wise trust ratios, factored
@@ -102,7 +98,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
-from evojax_prune import deferred_sgd, devices, fused_output, fused_sgd, head
+from evojax_prune import devices, fused_sgd, head
 from evojax_prune.config import RunConfig, TrainConfig
 
 _FLOAT_BYTES = 4
@@ -156,50 +152,11 @@ MAX_HEADS_PER_CHUNK = 32
 TILE_SUM = None
 
 
-# Which fused kernel trains a packed chunk's first layer: "tiles" (``fused_sgd.sgd_step``:
-# one program per tile, a product per tile, summed per head by ``TILE_SUM``; measured on
-# an H100) or "heads" (``fused_sgd.sgd_step_by_head``: one program per head walking its
-# tiles, writing each head's pre-activation, so the per-tile gradient expansion and the
-# tile sum disappear from the step; unmeasured on a GPU, step_profile.py compares the
-# two). Read when a program is traced.
-FUSED_GRID = "tiles"
 
-# Whether a chunk trained with a fused SGD kernel also runs its output layer, loss,
-# backward pass to the pre-activation and the output layer's SGD update as one kernel
-# per head (``fused_output.output_layer_step``) instead of about a dozen small XLA
-# kernels. Off until measured on a GPU (step_profile.py compares). Read when traced.
-FUSED_OUTPUT_LAYER = False
-
-# Steps per window of deferred first-layer updates (``deferred_sgd``), 0: off. A chunk
-# trained with plain ``sgd`` then stores its heads dense with pruned rows zero, computes
-# a window's forward products with the starting weights and momentum in one product,
-# each step's pre-activation from them plus low-rank corrections through the window's
-# Gram matrix, and writes the first kernel and momentum once per window: 6 passes over
-# them per window instead of 4 per step, for several times the arithmetic (a GPU's
-# trade, not a CPU's: 1.5x slower on this 2-core CPU). The same arithmetic as the ordinary
-# step up to reassociation; unmeasured on a GPU (step_profile.py compares). It replaces the
-# fused first-layer kernel; ``FUSED_OUTPUT_LAYER`` still applies. Memory per chunk of K
-# heads beyond the dense weights: the window's masked inputs (K L B D floats), its products
-# and gradients (3 K L B H), the Gram matrices (K (L B)^2) and the end's two (K, D, H)
-# sums; about 0.55 GB at K = 32, L = 16, B = 32, D = 2048, H = 512. Read when traced.
-DEFERRED_WINDOW = 0
-
-
-def deferred_update_applies(train_config: TrainConfig, chunk_size: int) -> bool:
-    """Whether chunks of ``chunk_size`` heads train with deferred first-layer updates.
-
-    With ``DEFERRED_WINDOW`` set, plain ``sgd`` and chunks of several heads: a
-    chunk of one head keeps its gathered layout (the one-at-a-time baseline of
-    ``benchmarks/trainer_throughput.py`` stays what it measured).
-    """
-    plain_sgd = train_config.optimizer == "sgd" and not train_config.optimizer_options
-    return DEFERRED_WINDOW > 0 and plain_sgd and chunk_size > 1
-
-
-def stores_kernel_transposed(layout: ChunkLayout, deferred: bool, platform: str | None = None) -> bool:
+def stores_kernel_transposed(layout: ChunkLayout, platform: str | None = None) -> bool:
     """Whether a chunk stored as ``layout`` keeps its first kernel as (K, H, c) while training.
 
-    Chunks whose rows are per head (not packed, not deferred) on a CPU
+    Chunks whose rows are per head (not packed) on a CPU
     (``platform``, default ``jax.default_backend()``): XLA's CPU backend runs
     the step's two products faster with the kernel's rows contiguous along
     the contraction: 1.07x at 768 kept rows and 1.10-1.18x at 1,792 for a copy
@@ -208,7 +165,7 @@ def stores_kernel_transposed(layout: ChunkLayout, deferred: bool, platform: str 
     weights. The trained heads come back as (K, D, H) either way. Unmeasured
     on a GPU, where the packed layout and its fused kernel read (T, r, H).
     """
-    return layout.per_head and not deferred and (platform or jax.default_backend()) == "cpu"
+    return layout.per_head and (platform or jax.default_backend()) == "cpu"
 
 
 def tile_sum_method(platform: str | None = None) -> str:
@@ -626,18 +583,8 @@ def _train_chunk(
         output_bias=_repeat(init_params.output_bias, num_heads),
     )
     hidden_units, num_classes = init_params.output_kernel.shape
-    deferred = deferred_update_applies(train_config, num_heads) and layout.per_head and not gather
-    fused = not deferred and fused_update_applies(train_config, layout, hidden_units)
-    by_head = fused and FUSED_GRID == "heads"
-    fused_output_layer = (fused or deferred) and FUSED_OUTPUT_LAYER and (
-        jax.default_backend() != "gpu"
-        or fused_output.supported(train_config.batch_size, hidden_units, num_classes) is None
-    )
-    if fused_output_layer:  # stored with padded classes while training (fused_output.py)
-        padding = fused_output.padded_classes(num_classes) - num_classes
-        params = params.replace(output_kernel=jnp.pad(params.output_kernel, ((0, 0), (0, 0), (0, padding))),
-                                output_bias=jnp.pad(params.output_bias, ((0, 0), (0, padding))))
-    transposed = stores_kernel_transposed(layout, deferred)
+    fused = fused_update_applies(train_config, layout, hidden_units)
+    transposed = stores_kernel_transposed(layout)
     if transposed:  # (K, H, c) while training, back to (K, c, H) below
         params = params.replace(hidden_kernel=jnp.swapaxes(params.hidden_kernel, 1, 2))
     # Packed tiles do not line up with heads, so the optimizer runs on the whole chunk
@@ -646,20 +593,11 @@ def _train_chunk(
     init_optimizer, update = (optimizer.init, optimizer.update) if packed else (
         jax.vmap(optimizer.init), jax.vmap(optimizer.update)
     )
-    row_mask = masks.astype(jnp.float32)[:, :, None]  # (K, D, 1)
-    if deferred:  # pruned rows zero while training (restored below)
-        params = params.replace(hidden_kernel=params.hidden_kernel * row_mask)
-    if fused or deferred:
-        # The first kernel's optimizer is the fused kernel or the deferred windows (its
-        # momentum kept here, None without); optax updates the output layer, or
-        # fused_output's kernel does.
+    if fused:
+        # The first kernel's optimizer is the fused kernel (its momentum kept here, None
+        # without); optax updates the output layer.
         momentum = jnp.zeros_like(params.hidden_kernel) if train_config.momentum else None
-        output_layer = (params.output_kernel, params.output_bias)
-        if fused_output_layer:  # the output layer's momentum, kept here like the first kernel's
-            output_state = jax.tree.map(jnp.zeros_like, output_layer) if train_config.momentum else None
-        else:
-            output_state = init_optimizer(output_layer)
-        opt_state = (output_state, momentum)
+        opt_state = (init_optimizer((params.output_kernel, params.output_bias)), momentum)
     else:
         opt_state = init_optimizer(params)
 
@@ -680,143 +618,30 @@ def _train_chunk(
         return (optax.apply_updates(params, masked(updates, running)), opt_state), losses
 
     def fused_step(carry, batch, *, running):  # running: per_leaf flags
-        # The carry holds this minibatch's first-layer products, per tile (or per head with
-        # ``by_head``), computed by the previous step's kernel with the weights this step
-        # starts from.
+        # The carry holds this minibatch's first-layer products, per tile, computed by the
+        # previous step's kernel with the weights this step starts from.
         params, (output_state, momentum), products = carry
         batch_indices, batch_weights, next_indices = batch
         x_batch = x[batch_indices]
-        pre_activation = products if by_head else sum_tiles(products)
-        sgd = dict(learning_rate=train_config.learning_rate, decay=train_config.momentum,
-                   nesterov=train_config.nesterov)
-        if fused_output_layer:
-            losses, d_pre_activation, output_kernel, output_bias, output_state = (
-                fused_output.output_layer_step(
-                    pre_activation, y[batch_indices], batch_weights / jnp.sum(batch_weights),
-                    params.output_kernel, params.output_bias, output_state, running.output_kernel,
-                    num_classes=num_classes, **sgd,
-                )
-            )
-        else:
-            losses, d_pre_activation, output_grads = _loss_and_backward(
-                params, pre_activation, y[batch_indices], batch_weights
-            )
-        inputs_transposed, next_inputs = x_batch.T[index], first_layer_inputs(x[next_indices])
-        if by_head:  # running.output_kernel: one flag per head
-            hidden_kernel, momentum, products = fused_sgd.sgd_step_by_head(
-                params.hidden_kernel, momentum, inputs_transposed, d_pre_activation, next_inputs,
-                tile_start, jnp.where(running.output_kernel, tiles_per_head, 0), **sgd,
-            )
-        else:
-            hidden_kernel, momentum, products = fused_sgd.sgd_step(
-                params.hidden_kernel, momentum, inputs_transposed,
-                jnp.take(d_pre_activation, tile_head, axis=0, mode="clip"),  # (tiles, B, H)
-                next_inputs, running.hidden_kernel, **sgd,
-            )
-        if not fused_output_layer:
-            output_params = (params.output_kernel, params.output_bias)
-            updates, output_state = update(output_grads, output_state, output_params)
-            updates = masked(updates, (running.output_kernel, running.output_bias))
-            output_kernel, output_bias = optax.apply_updates(output_params, updates)
+        losses, d_pre_activation, output_grads = _loss_and_backward(
+            params, sum_tiles(products), y[batch_indices], batch_weights
+        )
+        hidden_kernel, momentum, products = fused_sgd.sgd_step(
+            params.hidden_kernel, momentum, x_batch.T[index],
+            jnp.take(d_pre_activation, tile_head, axis=0, mode="clip"),  # (tiles, B, H)
+            first_layer_inputs(x[next_indices]), running.hidden_kernel,
+            learning_rate=train_config.learning_rate, decay=train_config.momentum,
+            nesterov=train_config.nesterov,
+        )
+        output_params = (params.output_kernel, params.output_bias)
+        updates, output_state = update(output_grads, output_state, output_params)
+        updates = masked(updates, (running.output_kernel, running.output_bias))
+        output_kernel, output_bias = optax.apply_updates(output_params, updates)
         params = head.HeadParams(hidden_kernel, output_kernel, output_bias)
         return (params, (output_state, momentum), products), losses
 
-    def deferred_epoch(params, opt_state, indices, weights, running):
-        """``train_epoch`` in windows of deferred first-layer updates (``deferred_sgd``)."""
-        output_state, momentum = opt_state
-        steps, batch = indices.shape
-        window = deferred_sgd.window_length(steps, DEFERRED_WINDOW)
-        windows = -(-steps // window)
-        a, b, m_decay, c = (jnp.asarray(table, jnp.float32) for table in deferred_sgd.coefficients(
-            window, train_config.momentum, train_config.nesterov))
-        learning_rate = train_config.learning_rate
-        # Padding steps (the last window's) see weight-1 batches, so every value stays finite;
-        # they change nothing: their gradients are zeroed and the window ends at its real length.
-        padding = windows * window - steps
-        indices = jnp.pad(indices, ((0, padding), (0, 0))).reshape(windows, window, batch)
-        batch_weights = jnp.pad(weights, ((0, padding), (0, 0)), constant_values=1.0)
-        batch_weights = batch_weights.reshape(windows, window, batch)
-        real = (jnp.arange(windows * window) < steps).reshape(windows, window)
-
-        def one_window(carry, data):
-            params, output_state, momentum = carry
-            window_indices, window_weights, window_real = data
-            # Each head's masked inputs, (K, L B, D): every product below is then a batched
-            # matrix product over the heads, which no operand needs transposing in memory for.
-            rows = x[window_indices.reshape(-1), :num_features][None] * row_mask[:, None, :, 0]
-            # Once per window: the inputs times the starting weights and momentum, and each
-            # head's Gram matrix of the window's inputs over its kept features.
-            def products(weights):  # (K, D, H) -> (K, L, B, H)
-                return jnp.einsum("kid,kdh->kih", rows, weights).reshape(num_heads, window, batch, -1)
-
-            from_weights = products(params.hidden_kernel)
-            from_momentum = None if momentum is None else products(momentum)
-            gram = jnp.einsum("kid,kjd->kij", rows, rows)
-            gram = gram.reshape(num_heads, window, batch, window, batch)
-
-            def step(carry, data):
-                params, output_state, d_window = carry
-                j, labels, step_weights, step_real = data
-                corrections = jnp.einsum("kbmc,kmch->kbh", gram[:, j] * b[j][:, None], d_window)
-                if momentum is not None:
-                    corrections = corrections + a[j] * from_momentum[:, j]
-                pre_activation = from_weights[:, j] - learning_rate * corrections
-                on = running & step_real
-                if fused_output_layer:  # skips the heads that do not train (and padding steps)
-                    losses, d_pre_activation, output_kernel, output_bias, output_state = (
-                        fused_output.output_layer_step(
-                            pre_activation, labels, step_weights / jnp.sum(step_weights),
-                            params.output_kernel, params.output_bias, output_state, on,
-                            num_classes=num_classes, learning_rate=learning_rate,
-                            decay=train_config.momentum, nesterov=train_config.nesterov,
-                        )
-                    )
-                else:
-                    losses, d_pre_activation, output_grads = _loss_and_backward(
-                        params, pre_activation, labels, step_weights)
-                    output_layer = (params.output_kernel, params.output_bias)
-                    updates, new_state = update(output_grads, output_state, output_layer)
-                    output_kernel, output_bias = optax.apply_updates(output_layer, masked(updates, (on, on)))
-                    output_state = jax.tree.map(lambda new, old: jnp.where(step_real, new, old), new_state,
-                                                output_state)
-                d_window = d_window.at[:, j].set(jnp.where(on[:, None, None], d_pre_activation, 0.0))
-                params = params.replace(output_kernel=output_kernel, output_bias=output_bias)
-                return (params, output_state, d_window), losses
-
-            d_window = jnp.zeros((num_heads, window, batch, hidden_units), jnp.float32)
-            (params, output_state, d_window), losses = jax.lax.scan(
-                step, (params, output_state, d_window),
-                (jnp.arange(window), y[window_indices], window_weights, window_real))
-            # Once per window: the kernel and momentum after its real steps, by rank-(L B) sums.
-            length = jnp.sum(window_real)
-            d_rows = d_window.reshape(num_heads, window * batch, hidden_units)
-
-            def gradient_sums(*step_scales):  # sum_k scale_k X_kᵀ D_k per table, in one product
-                scaled = jnp.concatenate(
-                    [d_rows * jnp.repeat(scales, batch)[:, None] for scales in step_scales], axis=-1)
-                sums = jnp.einsum("kid,kih->kdh", rows, scaled)  # masked inputs: kept rows only
-                return jnp.split(sums, len(step_scales), axis=-1)
-
-            if momentum is None:
-                (weights_sum,) = gradient_sums(b[length])
-            else:
-                weights_sum, momentum_sum = gradient_sums(b[length], c[length])
-            hidden_kernel = params.hidden_kernel - learning_rate * weights_sum
-            if momentum is not None:
-                hidden_kernel = hidden_kernel - learning_rate * a[length] * momentum
-                new_momentum = m_decay[length] * momentum + momentum_sum
-                momentum = jnp.where(running[:, None, None], new_momentum, momentum)
-            hidden_kernel = jnp.where(running[:, None, None], hidden_kernel, params.hidden_kernel)
-            return (params.replace(hidden_kernel=hidden_kernel), output_state, momentum), losses
-
-        (params, output_state, momentum), losses = jax.lax.scan(
-            one_window, (params, output_state, momentum), (indices, batch_weights, real))
-        return (params, (output_state, momentum)), losses.reshape(windows * window, num_heads)[:steps]
-
     def train_epoch(params, opt_state, indices, weights, running):
         """One pass over the minibatches ``indices`` (S, B); returns the (S, K) batch losses."""
-        if deferred:
-            return deferred_epoch(params, opt_state, indices, weights, running)
         running = per_leaf(running)  # once per epoch, not per step
         if not fused:
             return jax.lax.scan(functools.partial(step, running=running), (params, opt_state),
@@ -824,8 +649,6 @@ def _train_chunk(
         # The first minibatch's products; the last step's "next" products (of the first
         # minibatch again) are dropped.
         products = jnp.einsum("tbr,trh->tbh", first_layer_inputs(x[indices[0]]), params.hidden_kernel)
-        if by_head:
-            products = sum_tiles(products)
         next_indices = jnp.roll(indices, -1, axis=0)
         (params, opt_state, _), losses = jax.lax.scan(
             functools.partial(fused_step, running=running), (params, opt_state, products),
@@ -892,12 +715,6 @@ def _train_chunk(
     trained = state.best_params if restore_best else state.params
     if transposed:
         trained = trained.replace(hidden_kernel=jnp.swapaxes(trained.hidden_kernel, 1, 2))
-    if deferred:  # pruned rows back to their initial values
-        trained = trained.replace(hidden_kernel=jnp.where(
-            row_mask > 0, trained.hidden_kernel, init_params.hidden_kernel[None]))
-    if fused_output_layer:
-        trained = trained.replace(output_kernel=trained.output_kernel[..., :num_classes],
-                                  output_bias=trained.output_bias[..., :num_classes])
     if gather:
         # Back to (K, D, H): kept rows trained, pruned rows at their initial values.
         # Kept feature d is number cumsum(mask)[d] - 1 of its head's kept list, which sits
@@ -1174,10 +991,7 @@ def train_population(
     chunk_size = choose_chunk_size(
         local_population, num_features, num_classes, config.head.hidden, train_config
     )
-    if deferred_update_applies(train_config, chunk_size):  # dense heads, one layout (no level branches)
-        layouts = (ChunkLayout(num_features, chunk_size, per_head=True),)
-    else:
-        layouts = chunk_layouts(num_features, chunk_size, gather_features)
+    layouts = chunk_layouts(num_features, chunk_size, gather_features)
     trained = _training_program(chunk_size)(
         devices.put(init_params, everywhere),
         devices.put(orders, everywhere),

@@ -42,7 +42,7 @@ def test_readme_shows_the_committed_results():
 
 def test_smoke_suite_runs_checks_and_renders(tmp_path):
     # As gpu.sh runs it: with the trainer settings of the fastest step variant.
-    settings = '{"FUSED_GRID": "heads"}'
+    settings = '{"TILE_SUM": "gather"}'
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / "run_all.py"), "--size", "smoke", "--out-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
@@ -53,7 +53,7 @@ def test_smoke_suite_runs_checks_and_renders(tmp_path):
     assert sorted(results) == sorted(f"{name}_smoke" for name in run_all.SIZES["smoke"])
     for name, result in results.items():
         assert result.get("device_kind") or result.get("device"), name
-        assert result["trainer_settings"]["FUSED_GRID"] == "heads", name
+        assert result["trainer_settings"]["TILE_SUM"] == "gather", name
 
     trainer = results["trainer_throughput_smoke"]
     row = trainer["rows"][0]
@@ -79,7 +79,7 @@ def test_smoke_suite_runs_checks_and_renders(tmp_path):
     table = (tmp_path / "README.md").read_text()
     for heading in ("Population trainer", "ODIN + AUROC", "NSGA-II survival step", "One generation"):
         assert heading in table
-    assert "`FUSED_GRID = 'heads'`" in table
+    assert "`TILE_SUM = 'gather'`" in table
     assert "Largest population that fits" in table and "host memory available" in table
 
 
@@ -138,19 +138,11 @@ def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
     assert names == ["packed, fused SGD kernel", "packed, XLA's SGD", "padded, XLA's SGD",
                      "packed, fused SGD kernel, command buffers on",
                      "packed, fused SGD kernel, tiles summed by XLA's scatter",
-                     "packed, fused SGD kernel, tiles summed by gathering",
-                     "packed, fused SGD kernel by head",
-                     "packed, fused SGD kernel, fused output layer",
-                     "packed, fused SGD kernel by head, fused output layer",
-                     "dense, deferred updates, windows of 16", "dense, deferred updates, windows of 32",
-                     "dense, deferred updates, windows of 16, fused output layer"]
+                     "packed, fused SGD kernel, tiles summed by gathering"]
     def column(name):
         return [layout[name] for layout in result["layouts"]]
 
-    assert column("tile_sum") == ["scatter"] * 5 + ["gather"] + ["scatter"] * 6
-    assert column("fused_grid") == ["tiles"] * 6 + ["heads", "tiles", "heads"] + ["tiles"] * 3
-    assert column("fused_output_layer") == [False] * 7 + [True] * 2 + [False] * 2 + [True]
-    assert column("deferred_window") == [0] * 9 + [16, 32, 16]
+    assert column("tile_sum") == ["scatter"] * 5 + ["gather"]
     for layout in result["layouts"]:
         assert "error" not in layout, layout.get("error")
         assert not layout["fused_update"]  # the kernel is for GPUs unless asked for
@@ -164,10 +156,9 @@ def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
 def test_fused_sgd_step_benchmark_runs_both_variants(tmp_path):
     result = run_benchmark("fused_sgd_step.py", tmp_path / "fused.json",
                            "--tiles", "4", "--steps", "2", "--repeats", "1")
-    assert [row["variant"] for row in result["rows"]] == ["xla", "fused", "fused_by_head"]
+    assert [row["variant"] for row in result["rows"]] == ["xla", "fused"]
     assert all(row["microseconds_per_step"] > 0 for row in result["rows"]), result["rows"]
     assert not result["compiled"] and result["fastest"]["variant"] == "fused"
-    assert result["fastest_fused_by_head"]["variant"] == "fused_by_head"
 
 
 def test_cpu_step_layouts_compute_the_same_weights(tmp_path):
@@ -250,10 +241,9 @@ def test_trainer_settings_from_the_environment(monkeypatch):
 
     for name in common.TRAINER_SETTINGS:
         monkeypatch.setattr(trainer, name, getattr(trainer, name))  # restored after the test
-    assert common.apply_trainer_settings(None) == {
-        "TILE_SUM": None, "FUSED_GRID": "tiles", "FUSED_OUTPUT_LAYER": False, "DEFERRED_WINDOW": 0}
-    settings = common.apply_trainer_settings('{"FUSED_GRID": "heads", "FUSED_OUTPUT_LAYER": true}')
-    assert settings["FUSED_GRID"] == trainer.FUSED_GRID == "heads" and trainer.FUSED_OUTPUT_LAYER is True
+    assert common.apply_trainer_settings(None) == {"TILE_SUM": None}
+    settings = common.apply_trainer_settings('{"TILE_SUM": "gather"}')
+    assert settings["TILE_SUM"] == trainer.TILE_SUM == "gather"
     assert common.environment()["trainer_settings"] == settings
     for bad in ('{"BLOCK": 64}', '["heads"]'):
         with pytest.raises(ValueError, match="EVOJAX_PRUNE_BENCH_TRAINER must be a JSON object"):
@@ -264,16 +254,16 @@ def test_fastest_step_variant_must_agree_with_the_first():
     rows = [
         {"layout": "packed, fused SGD kernel", "microseconds_per_step": 259.0},
         {"layout": "packed, XLA's SGD", "microseconds_per_step": 100.0},  # not a candidate
-        {"layout": "packed, fused SGD kernel by head", "microseconds_per_step": 150.0,
+        {"layout": "packed, fused SGD kernel, tiles summed by gathering", "microseconds_per_step": 150.0,
          "largest_loss_difference_from_first": 0.5},  # disagrees: left out
-        {"layout": "packed, fused SGD kernel, fused output layer", "error": "Triton failed"},
-        {"layout": "packed, fused SGD kernel by head, fused output layer", "microseconds_per_step": 200.0,
-         "largest_loss_difference_from_first": 1e-5},
     ]
-    fastest = step_profile.fastest_settings(rows)
-    assert fastest == {"variant": "packed, fused SGD kernel by head, fused output layer",
-                       "settings": {"FUSED_GRID": "heads", "FUSED_OUTPUT_LAYER": True},
-                       "microseconds_per_step": 200.0}
+    assert step_profile.fastest_settings(rows)["variant"] == "packed, fused SGD kernel"
+    rows[2]["largest_loss_difference_from_first"] = 1e-5
+    assert step_profile.fastest_settings(rows) == {
+        "variant": "packed, fused SGD kernel, tiles summed by gathering",
+        "settings": {"TILE_SUM": "gather"}, "microseconds_per_step": 150.0}
+    rows[2]["error"] = "Triton failed"
+    assert step_profile.fastest_settings(rows)["variant"] == "packed, fused SGD kernel"
     assert step_profile.fastest_settings(rows[1:2]) is None
 
 

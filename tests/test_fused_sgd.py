@@ -65,46 +65,6 @@ def test_fused_step_equals_optax_sgd(decay, nesterov):
     assert not np.allclose(np.asarray(kernel)[~idle], operands["kernel"][~idle])
 
 
-@pytest.mark.parametrize(
-    "decay, nesterov", [(0.9, True), (0.0, False)], ids=["nesterov", "plain"]
-)
-def test_step_by_head_equals_optax_sgd_summed_per_head(decay, nesterov):
-    """One program per head: each tile updated as optax does, the products summed over a head's tiles."""
-    rng = np.random.default_rng(2)
-    tiles, rows, batch, hidden = 8, 16, 16, 128
-    tiles_per_head = np.array([2, 0, 3, 1, 1])  # 7 tiles owned, tile 7 is padding
-    running = np.array([True, True, False, True, True])  # head 2 stopped: its 3 tiles stay
-    tile_start = np.concatenate([[0], np.cumsum(tiles_per_head)[:-1]]).astype(np.int32)
-    tile_head = np.concatenate([np.repeat(np.arange(5), tiles_per_head), [5]])
-
-    def normal(*shape, scale=1.0):
-        return (scale * rng.standard_normal(shape)).astype(np.float32)
-
-    kernel, momentum = normal(tiles, rows, hidden, scale=0.05), normal(tiles, rows, hidden, scale=0.01)
-    momentum = momentum if decay else None
-    inputs_transposed, next_inputs = normal(tiles, rows, batch), normal(tiles, batch, rows)
-    d_pre_activation = normal(5, batch, hidden, scale=0.1)
-    hyper = dict(learning_rate=1e-2, decay=decay, nesterov=nesterov)
-    got_kernel, got_momentum, got_pre = jax.jit(functools.partial(fused_sgd.sgd_step_by_head, **hyper))(
-        kernel, momentum, inputs_transposed, d_pre_activation, next_inputs, tile_start,
-        np.where(running, tiles_per_head, 0))
-
-    d_per_tile = np.concatenate([d_pre_activation, np.zeros((1, batch, hidden), np.float32)])[tile_head]
-    training = np.append(running, False)[tile_head]
-    want_kernel, want_momentum, product = optax_step(kernel, momentum, inputs_transposed, d_per_tile,
-                                                     next_inputs, training, **hyper)
-    want_pre = np.zeros((5, batch, hidden), np.float32)
-    np.add.at(want_pre, np.minimum(tile_head, 4), np.where(tile_head[:, None, None] < 5, product, 0.0))
-    np.testing.assert_allclose(got_kernel, want_kernel, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(got_pre, want_pre, rtol=1e-5, atol=1e-5)
-    if decay:
-        np.testing.assert_allclose(got_momentum, want_momentum, rtol=1e-6, atol=1e-7)
-    # The stopped head's tiles and the padding tile are untouched; heads that do not train give zeros.
-    for idle in (2, 3, 4, 7):
-        np.testing.assert_array_equal(np.asarray(got_kernel)[idle], kernel[idle])
-    assert not np.asarray(got_pre)[[1, 2]].any() and np.asarray(got_pre)[[0, 3, 4]].all(axis=(1, 2)).all()
-
-
 def test_fused_step_jits_and_runs_in_a_loop():
     """Carried through a scan, as the trainer does: the in-place aliasing must not leak state."""
     operands = {k: jnp.asarray(v) for k, v in random_step(1).items()}
@@ -133,11 +93,8 @@ def test_fused_step_jits_and_runs_in_a_loop():
 
 @pytest.mark.parametrize("with_momentum", [True, False], ids=["momentum", "plain"])
 def test_kernel_lowers_to_triton_for_a_gpu(with_momentum):
-    """Pallas' Triton lowering runs on the host: a kernel it cannot lower fails here, without a GPU.
-
-    Both kernels, one program per tile and one per head (whose tile loop has a
-    bound read from memory)."""
-    tiles, rows, batch, hidden, heads = 4, 128, 32, 512, 2
+    """Pallas' Triton lowering runs on the host: a kernel it cannot lower fails here, without a GPU."""
+    tiles, rows, batch, hidden = 4, 128, 32, 512
     zeros = jnp.zeros
     arguments = (zeros((tiles, rows, hidden)), zeros((tiles, rows, hidden)) if with_momentum else None,
                  zeros((tiles, rows, batch)), zeros((tiles, batch, hidden)), zeros((tiles, batch, rows)),
@@ -148,14 +105,6 @@ def test_kernel_lowers_to_triton_for_a_gpu(with_momentum):
             interpret=False, block=block))
         lowered = step.trace(*arguments).lower(lowering_platforms=("cuda",))
         assert "xla.gpu.triton" in lowered.as_text()
-        by_head = jax.jit(lambda kernel, momentum, inputs, d_pre, next_inputs, block=block: (
-            fused_sgd.sgd_step_by_head(
-                kernel, momentum, inputs, d_pre[:heads], next_inputs,
-                jnp.arange(heads) * 2, jnp.full(heads, 2),
-                learning_rate=1e-3, decay=0.9 if with_momentum else 0.0, nesterov=with_momentum,
-                interpret=False, block=block)))
-        lowered = by_head.trace(*arguments[:5]).lower(lowering_platforms=("cuda",))
-        assert "xla.gpu.triton" in lowered.as_text()
 
 
 def test_supported_shapes_name_the_problem():
@@ -165,32 +114,20 @@ def test_supported_shapes_name_the_problem():
     assert "hidden units 96" in fused_sgd.supported(128, 32, 96)
 
 
-@pytest.mark.parametrize(
-    "grid, output_layer, deferred",
-    [("tiles", False, 0), ("heads", False, 0), ("heads", True, 0), ("tiles", True, 4)],
-    ids=["by-tile", "by-head", "by-head-output-layer", "deferred-output-layer"],
-)
-def test_trainer_lowers_for_a_gpu_with_the_fused_kernel(monkeypatch, grid, output_layer, deferred):
-    """The whole training program as a GPU gets it (Triton kernels, tiles summed by gathering).
-
-    With deferred updates (one dense layout) only the output layer's kernel is Pallas."""
-    from evojax_prune import devices, fused_output, trainer
+def test_trainer_lowers_for_a_gpu_with_the_fused_kernel(monkeypatch):
+    """The whole training program as a GPU gets it (Triton kernels, tiles summed by gathering)."""
+    from evojax_prune import devices, trainer
     from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
 
     num_features, hidden, heads, samples = 256, 64, 4, 40
     monkeypatch.setattr(fused_sgd, "_interpret", lambda: False)
     monkeypatch.setattr(trainer, "TILE_SUM", "gather")
-    monkeypatch.setattr(trainer, "FUSED_GRID", grid)
-    monkeypatch.setattr(trainer, "FUSED_OUTPUT_LAYER", output_layer)
-    monkeypatch.setattr(trainer, "DEFERRED_WINDOW", deferred)
     # The trainer asks the backend whether it is a GPU; this CPU answers "gpu" for the trace.
     monkeypatch.setattr(trainer.jax, "default_backend", lambda: "gpu")
     config = RunConfig(head=HeadConfig(hidden=hidden),
                        train=TrainConfig(batch_size=16, max_epochs=2, chunk_size=heads, fused_update=True))
     layouts = trainer.chunk_layouts(num_features, heads, gather=True)
     assert fused_sgd.supported(layouts[0].tile_rows, 16, hidden) is None
-    if deferred:  # what train_population passes then
-        layouts = (trainer.ChunkLayout(num_features, heads, per_head=True),)
     init, orders = trainer._initial_weights_and_orders(
         jax.random.key(0), num_features=num_features, num_classes=3, hidden=hidden, num_epochs=2,
         num_samples=samples)
@@ -202,12 +139,8 @@ def test_trainer_lowers_for_a_gpu_with_the_fused_kernel(monkeypatch, grid, outpu
         mesh=devices.mesh_for(None),
     ).lower(lowering_platforms=("cuda",))
     text = lowered.as_text()
-    kernels_per_step = int(output_layer) + (0 if deferred else 1)
-    assert text.count("xla.gpu.triton") == kernels_per_step * len(layouts)  # in each layout's branch
-    assert ("fused_sgd_step_by_head" in text) == (grid == "heads")
-    assert ("fused_sgd_step" in text) == (not deferred)
-    assert ("fused_output_layer_step" in text) == output_layer
-    assert fused_output.supported(16, hidden, 3) is None
+    assert text.count("xla.gpu.triton") == len(layouts)  # one kernel in each layout's branch
+    assert "fused_sgd_step" in text
 
 
 def test_where_the_trainer_uses_the_kernel():

@@ -305,10 +305,9 @@ def test_population_gradients_equal_autodiff():
 
 def test_where_the_kernel_is_stored_transposed():
     per_head, packed = trainer.ChunkLayout(64, 4, True), trainer.ChunkLayout(16, 40, False)
-    assert trainer.stores_kernel_transposed(per_head, deferred=False, platform="cpu")
-    assert not trainer.stores_kernel_transposed(per_head, deferred=False, platform="gpu")
-    assert not trainer.stores_kernel_transposed(per_head, deferred=True, platform="cpu")
-    assert not trainer.stores_kernel_transposed(packed, deferred=False, platform="cpu")
+    assert trainer.stores_kernel_transposed(per_head, platform="cpu")
+    assert not trainer.stores_kernel_transposed(per_head, platform="gpu")
+    assert not trainer.stores_kernel_transposed(packed, platform="cpu")
 
 
 def test_epoch_orders_and_batches_cover_every_sample_once_and_pad_the_last_batch():
@@ -385,31 +384,17 @@ def _retrace_with(monkeypatch, **settings):
 
 _FUSED = {"fused_update": True}
 _FUSED_PLAIN_SGD = {"fused_update": True, "momentum": 0.0, "nesterov": False}
-_BY_HEAD = {"FUSED_GRID": "heads"}
-_WITH_OUTPUT_LAYER = {"FUSED_GRID": "heads", "FUSED_OUTPUT_LAYER": True}
 
 
 @pytest.mark.parametrize(
-    "train, settings",
-    [({}, {}), (_FUSED, {}), (_FUSED, _BY_HEAD), (_FUSED, _WITH_OUTPUT_LAYER),
-     (_FUSED, {"FUSED_OUTPUT_LAYER": True}), (_FUSED_PLAIN_SGD, {}), (_FUSED_PLAIN_SGD, _WITH_OUTPUT_LAYER),
-     ({}, {"DEFERRED_WINDOW": 3}), ({"nesterov": False}, {"DEFERRED_WINDOW": 4}),
-     (_FUSED_PLAIN_SGD, {"DEFERRED_WINDOW": 3}),
-     (_FUSED, {"DEFERRED_WINDOW": 3, "FUSED_OUTPUT_LAYER": True})],
-    ids=["xla", "fused", "fused-by-head", "fused-by-head-output-layer", "fused-output-layer",
-         "fused-plain-sgd", "fused-by-head-output-layer-plain-sgd", "deferred", "deferred-momentum",
-         "deferred-plain-sgd", "deferred-output-layer"],
+    "train", [{}, _FUSED, _FUSED_PLAIN_SGD], ids=["xla", "fused", "fused-plain-sgd"],
 )
-def test_packed_chunk_of_mixed_heads_equals_each_head_alone(monkeypatch, train, settings):
+def test_packed_chunk_of_mixed_heads_equals_each_head_alone(train):
     """One chunk holding an empty head, tiny and full heads: packed tiles (16 rows at D = 64).
 
-    Also with the fused kernels (interpreted here): the first layer's SGD step
-    (``fused_sgd``: one program per tile, or per head with
-    ``trainer.FUSED_GRID = "heads"``), and the output layer's step
-    (``fused_output``, ``trainer.FUSED_OUTPUT_LAYER``), against each head
-    trained alone by XLA; and with deferred first-layer updates
-    (``trainer.DEFERRED_WINDOW``: windows of 3 or 4 steps, so epochs of 7
-    steps end in a partial window).
+    Also with the fused kernel of the first layer's SGD step (``fused_sgd``,
+    one program per tile, interpreted here), against each head trained alone
+    by XLA.
     """
     x, y = _data(seed=4)
     masks = _author_masks(9, 6)
@@ -425,8 +410,6 @@ def test_packed_chunk_of_mixed_heads_equals_each_head_alone(monkeypatch, train, 
     # The reference first: each head alone, by XLA's ordinary step.
     alone = [trainer.train_population(key, masks[i : i + 1], x, y, config) for i in range(6)]
     alone = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *alone)
-    if settings:
-        _retrace_with(monkeypatch, **settings)
     assert not trainer.chunk_layouts(D, 6, gather=True)[0].per_head
     together = trainer.train_population(key, masks, x, y, one_chunk)
     layout = trainer.chunk_layouts(D, 6, gather=True)[0]
@@ -459,15 +442,11 @@ def test_tiles_summed_by_gathering_equal_the_segment_sum(monkeypatch, fused_upda
 
 
 @pytest.mark.parametrize(
-    "train, settings",
-    [({"chunk_size": None}, {}), ({"chunk_size": 5}, {}), ({"chunk_size": 5, **_FUSED}, {}),
-     ({"chunk_size": 5, **_FUSED}, _WITH_OUTPUT_LAYER), ({"chunk_size": 5}, {"DEFERRED_WINDOW": 3})],
-    ids=["alone", "packed", "packed-fused", "packed-fused-by-head-output-layer", "deferred"],
+    "train", [{"chunk_size": None}, {"chunk_size": 5}, {"chunk_size": 5, **_FUSED}],
+    ids=["alone", "packed", "packed-fused"],
 )
-def test_placeholder_heads_never_train(monkeypatch, train, settings):
+def test_placeholder_heads_never_train(train):
     """``num_trained``: the first heads train as they would alone; the rest keep their initial weights."""
-    if settings:
-        _retrace_with(monkeypatch, **settings)
     x, y = _data(seed=6)
     masks = _author_masks(11, 5)
     config = _SHARED_CONFIG.replace(train=train)
@@ -508,14 +487,3 @@ def test_rejects_bad_shapes_and_labels():
         trainer.train_population(key, masks, x, y[:-1], config)
     with pytest.raises(ValueError, match="labels"):
         trainer.train_population(key, masks, x, y, config, num_classes=2)
-
-
-def test_where_deferred_updates_apply(monkeypatch):
-    """``trainer.DEFERRED_WINDOW``: chunks of several heads trained with plain ``sgd``."""
-    applies = trainer.deferred_update_applies
-    assert trainer.DEFERRED_WINDOW == 0 and not applies(TrainConfig(), 32)  # off by default
-    monkeypatch.setattr(trainer, "DEFERRED_WINDOW", 16)
-    assert applies(TrainConfig(), 32) and applies(TrainConfig(momentum=0.0, nesterov=False), 2)
-    assert not applies(TrainConfig(), 1)  # one head at a time keeps its gathered layout
-    assert not applies(TrainConfig(optimizer="adam"), 32)
-    assert not applies(TrainConfig(optimizer_options=(("accumulator_dtype", None),)), 32)
