@@ -209,7 +209,7 @@ def _one_line(error: BaseException) -> str:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning as one line on stderr, as the errors are (no source location: not a bug)."""
-    print(f"{PROG}: warning: {_one_line(Exception(message))}", file=sys.stderr)
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 
 METRIC_NAMES = (
     "accuracy", "mem", "auroc", "auroc_paper", "fpr95", "aupr_in", "aupr_out", "epochs", "train_loss",
-    "diverged",  # 1.0: a non-finite training loss at some epoch (TrainedPopulation.diverged)
+    "diverged",  # 1.0: the head's training diverged (TrainedPopulation.diverged)
 )
 
 

@@ -17,8 +17,8 @@ def objectives(values: dict[str, np.ndarray], auroc_kind: str) -> np.ndarray:
     """(..., 3) objectives as minimised, error, MEM and 1 - AUROC, from metric arrays (...,).
 
     ``auroc_kind`` picks the robustness measure (``OdinConfig.auroc``). A head
-    whose training diverged (``values["diverged"]``, a non-finite loss at some
-    epoch) gets the worst value of every objective, the reference point
+    whose training diverged (``values["diverged"]``, ``TrainedPopulation.diverged``)
+    gets the worst value of every objective, the reference point
     (1, 1, 1): it ranks behind every head that learned anything and adds
     nothing to a hypervolume, instead of entering the front as a chance-level
     member with a small MEM.
@@ -40,7 +40,7 @@ class SearchResult:
       validation, test: metric name -> (K,) float64, the front scored on the
         validation split / OoD validation data and on the test split / OoD test
         data (``evaluation_cache.METRIC_NAMES``; ``diverged`` is 1.0 for a head
-        whose training loss was not finite at some epoch).
+        whose training diverged, ``TrainedPopulation.diverged``).
       params: the front's trained heads, HeadParams of numpy arrays with a leading K axis.
       baseline_validation, baseline_test: metric name -> float, the all-ones mask.
       baseline_params: the all-ones head, HeadParams of numpy arrays.

@@ -33,7 +33,10 @@ from typing import Any
 import numpy as np
 
 from evojax_prune import atomic
+from evojax_prune.config import RunConfig
 from evojax_prune.evaluation_cache import METRIC_NAMES
+from evojax_prune.head import HeadParams
+from evojax_prune.result import REFERENCE_POINT, SearchResult
 
 FORMAT = 1
 CHECKPOINT = "checkpoint.npz"
@@ -191,10 +194,8 @@ def write_checkpoint(path: Path, state_leaves: list[np.ndarray], cache_state: di
                             keep_previous=path / PREVIOUS_CHECKPOINT)
 
 
-def write_results(path: Path, result: Any) -> None:
+def write_results(path: Path, result: SearchResult) -> None:
     """pareto.csv, pareto.npz and summary.json of a ``SearchResult``, in that order."""
-    from evojax_prune.result import REFERENCE_POINT
-
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -305,8 +306,6 @@ def _shape_problem(name: str, array: np.ndarray, shape: tuple[int | None, ...], 
 
 def read_config(path: Path) -> dict[str, Any]:
     """config.json, validated: its keys, format and configuration (``RunConfig.from_dict``)."""
-    from evojax_prune.config import RunConfig
-
     file = path / "config.json"
     remedy = restart_remedy(path)
     recorded = _read_json(file, remedy)
@@ -321,10 +320,10 @@ def read_config(path: Path) -> dict[str, Any]:
     return recorded
 
 
-def read_history(path: Path, remedy: str | None = None) -> list[dict[str, Any]]:
+def read_history(path: Path) -> list[dict[str, Any]]:
     """history.jsonl, validated: one object per generation, in order from generation 0."""
     file = path / "history.jsonl"
-    remedy = remedy or restart_remedy(path)
+    remedy = restart_remedy(path)
     text = _read_text(file, remedy)
     history = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -444,7 +443,7 @@ def _parse_checkpoint(file: Path, state_template: list[Any], num_features: int, 
     )
 
 
-def read_run(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+def read_run(path: str | os.PathLike) -> tuple[SearchResult, dict[str, Any]]:
     """A finished run directory as a ``SearchResult`` and config.json's dict, every file validated.
 
     Raises:
@@ -452,9 +451,6 @@ def read_run(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
       RunDirectoryError: not a run directory, or an unfinished run.
       RunFileError: a file is damaged (which, what, and what to do).
     """
-    from evojax_prune.config import RunConfig
-    from evojax_prune.result import SearchResult
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run directory")
@@ -487,8 +483,6 @@ def read_run(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
 
 
 def _front_arrays(file: Path, arrays: dict[str, np.ndarray], dims: tuple[int, int, int], remedy: str):
-    from evojax_prune.head import HeadParams
-
     num_features, hidden, num_classes = dims
     names = ("masks", *PARAM_NAMES, *(f"baseline_{name}" for name in PARAM_NAMES))
     missing = [name for name in names if name not in arrays]
@@ -502,9 +496,7 @@ def _front_arrays(file: Path, arrays: dict[str, np.ndarray], dims: tuple[int, in
               "baseline_hidden_kernel": ((num_features, hidden), "f"),
               "baseline_output_kernel": ((hidden, num_classes), "f"),
               "baseline_output_bias": ((num_classes,), "f")}
-    for name, (shape, kind) in shapes.items():
-        if size is None and name == "masks":
-            shape = (None, num_features)
+    for name, (shape, kind) in shapes.items():  # size None (masks not 2-D): the masks' problem first
         problem = _shape_problem(name, arrays[name], shape, kind)
         if problem:
             raise RunFileError(file, problem, remedy)
