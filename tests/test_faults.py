@@ -312,7 +312,8 @@ def interpreter(environment: dict[str, str], user: dict[str, int], cwd: Path) ->
         if probe.returncode == 0:
             environment.update(extra)
             return candidate
-    pytest.skip("no Python interpreter the user nobody may run (tests run as root)")
+    pytest.skip("running as root, and the user nobody cannot import this package (the checkout or "
+                "its interpreter lies in a directory only root may enter)")
 
 
 def test_a_read_only_run_directory_is_refused_before_any_work(base):
