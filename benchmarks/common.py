@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -14,52 +14,68 @@ from importlib import metadata
 import jax
 import numpy as np
 
-from evojax_prune import atomic, trainer
+from evojax_prune import atomic, devices, trainer
+from evojax_prune.config import EngineConfig, RunConfig
 from evojax_prune.data.featureset import FeatureSet
 
 CORE_PACKAGES = ("evojax-prune", "jax", "jaxlib", "flax", "optax", "evosax", "numpy")
 
-# The trainer's settings that are read when a program is traced (module globals of
-# trainer.py). gpu.sh sets $EVOJAX_PRUNE_BENCH_TRAINER to the fastest of them in
-# step_profile.py (a JSON object, e.g. {"TILE_SUM": "gather"}), so that the suite that
-# follows measures the trainer as it runs fastest on that device; every result records
-# the settings it ran with.
-TRAINER_SETTINGS_VARIABLE = "EVOJAX_PRUNE_BENCH_TRAINER"
-TRAINER_SETTINGS = ("TILE_SUM",)
+# How the benchmarks train (``EngineConfig`` fields): gpu.sh sets $EVOJAX_PRUNE_BENCH_ENGINE to
+# the fastest variant's of step_profile.py (a JSON object, e.g. {"tile_sum": "gather"}), so that
+# the suite that follows measures the trainer as it runs fastest on that device. Every
+# benchmark that trains applies it (``with_engine``) and records it (``environment``).
+ENGINE_VARIABLE = "EVOJAX_PRUNE_BENCH_ENGINE"
 
 
-def apply_trainer_settings(text: str | None) -> dict:
-    """Sets the trainer settings named in the JSON object ``text`` (None: none); returns all of them."""
-    if text:
-        settings = json.loads(text)
-        unknown = set(settings) - set(TRAINER_SETTINGS) if isinstance(settings, dict) else None
-        if unknown is None or unknown:
-            raise ValueError(f"${TRAINER_SETTINGS_VARIABLE} must be a JSON object with keys from "
-                             f"{TRAINER_SETTINGS}, got {text!r}")
-        for name, value in settings.items():
-            setattr(trainer, name, value)
-    return {name: getattr(trainer, name) for name in TRAINER_SETTINGS}
+def engine_settings(text: str | None = None) -> dict:
+    """The ``EngineConfig`` fields of the JSON object ``text`` (default: $EVOJAX_PRUNE_BENCH_ENGINE).
 
-
-# At import, before any benchmark traces a training program.
-apply_trainer_settings(os.environ.get(TRAINER_SETTINGS_VARIABLE))
-
-
-@contextlib.contextmanager
-def trainer_replaced(**replacements):
-    """Sets attributes of ``trainer`` (settings or functions read when a program is traced) for a block.
-
-    Whatever was there is put back afterwards, also when the block raises. The
-    caller makes sure programs are traced anew (a fresh jit, or ``jax.clear_caches``).
+    Unset or empty: no settings, ``{}``. Raises ValueError naming the variable
+    for text that is not a JSON object of valid ``EngineConfig`` fields.
     """
-    original = {name: getattr(trainer, name) for name in replacements}
+    text = os.environ.get(ENGINE_VARIABLE, "") if text is None else text
+    if not text.strip():
+        return {}
     try:
-        for name, value in replacements.items():
-            setattr(trainer, name, value)
-        yield
-    finally:
-        for name, value in original.items():
-            setattr(trainer, name, value)
+        settings = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"${ENGINE_VARIABLE} is not valid JSON ({error}): {text!r}") from None
+    fields = [field.name for field in dataclasses.fields(EngineConfig)]
+    if not isinstance(settings, dict):
+        raise ValueError(f"${ENGINE_VARIABLE} must be a JSON object of EngineConfig fields {fields}, "
+                         f"got {text!r}")
+    unknown = sorted(set(settings) - set(fields))
+    if unknown:
+        raise ValueError(f"${ENGINE_VARIABLE}: unknown EngineConfig field(s) {unknown}; expected some of "
+                         f"{fields}, got {text!r}")
+    try:
+        EngineConfig(**settings)
+    except ValueError as error:
+        raise ValueError(f"${ENGINE_VARIABLE}: {error}") from None
+    return settings
+
+
+# At import: a bad $EVOJAX_PRUNE_BENCH_ENGINE stops a benchmark before it measures anything.
+engine_settings()
+
+
+def with_engine(config: RunConfig, settings: dict | None = None) -> RunConfig:
+    """``config`` with the engine settings of $EVOJAX_PRUNE_BENCH_ENGINE, then ``settings``, applied."""
+    return config.replace(engine={**engine_settings(), **(settings or {})})
+
+
+def plan_record(config: RunConfig, population: int, num_features: int, num_classes: int) -> dict:
+    """How ``train_population`` trains ``population`` heads under ``config``: its resolved plan.
+
+    The population is split over the devices of ``config.engine.devices`` as the
+    trainer splits it; the plan is the one of each device's share
+    (``trainer.training_plan``), JSON-ready.
+    """
+    mesh = devices.mesh_for(config.engine.devices)
+    local = devices.padded_size(population, mesh.size) // mesh.size
+    plan = trainer.training_plan(config, local, num_features, num_classes, mesh)
+    return {"population": population, "devices": mesh.size, "population_per_device": local,
+            **plan.to_dict()}
 
 
 def environment(extra_packages: tuple[str, ...] = ()) -> dict:
@@ -81,7 +97,7 @@ def environment(extra_packages: tuple[str, ...] = ()) -> dict:
         "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()),
         "versions": versions,
-        "trainer_settings": apply_trainer_settings(None),
+        "engine": engine_settings(),
     }
 
 
@@ -145,7 +161,7 @@ def peak_memory() -> dict:
 
 
 def rps_shaped_features(seed: int = 0, num_features: int = 2048) -> FeatureSet:
-    """Synthetic features with the RPS data set's shapes (PROTOCOL.md, "Datasets").
+    """Synthetic features with the RPS data set's shapes (docs/PROTOCOL.md, "Datasets").
 
     RPS: 2,520 train / 372 test images, 3 classes; 20% of train is carved into
     validation (2,016 / 504); OoD sets as large as the test split (372 each).

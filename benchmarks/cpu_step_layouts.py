@@ -12,7 +12,8 @@ trainer, with the output layer kept and the gathers left out, and times
     trainer used on a CPU until it measured the next one;
   * ``kernel (H, c), as the trainer on a CPU``: so the forward product is
     ``x @ wᵀ`` and the gradient ``dᵀ x`` (XLA 0.10.2 still runs the first in
-    YNNPACK and the second in Eigen; ``trainer.stores_kernel_transposed``);
+    YNNPACK and the second in Eigen; ``EngineConfig.kernel_layout``, auto:
+    ``"hidden_by_kept"`` on a CPU);
   * ``kernel (c, H), update from the old momentum``: the same arithmetic as
     ``w - lr mu² m - lr (1 + mu) g`` and ``mu m + g``, both from the old
     momentum, so that the two updates could be one pass if XLA fused them.
@@ -21,9 +22,10 @@ All three compute the same weights (the script reports the largest difference
 from the first), so any gap is XLA's doing. With ``--trainer-populations``, the
 trainer itself is also timed on RPS-shaped features and the authors' initial
 masks, alternating in one process (best of ``repeats``): as it is, and with
-each of its CPU choices undone (``TRAINER_WAYS``): its kernel stored (c, H)
-rather than (H, c) (``trainer.stores_kernel_transposed``), 8 capacity levels
-for chunks of one head rather than 16, and both. The README's "What the CPU
+each of its CPU choices undone (``TRAINER_WAYS``, engine settings): its kernel
+stored (c, H) rather than (H, c) (``EngineConfig.kernel_layout``
+``"kept_by_hidden"``), 8 capacity levels for chunks of one head rather than 16
+(``EngineConfig.capacity_levels``), and both. The README's "What the CPU
 numbers say" quotes this script; ``step_profile.py`` traces the trainer's step.
 
     python benchmarks/cpu_step_layouts.py                       # 1,792 rows, the widest capacity
@@ -35,18 +37,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import environment, save, trainer_replaced
+from common import environment, plan_record, save, with_engine
 
 RESULTS = Path(__file__).parent / "results"
 HIDDEN, CLASSES, BATCH = 512, 3, 32
@@ -123,15 +120,11 @@ def bench(rows: int, steps: int, repeats: int) -> list[dict]:
     return results
 
 
-def _never(*args, **kwargs) -> bool:
-    return False
-
-
-TRAINER_WAYS = {  # trainer settings, read when a program is traced, against the trainer as it is
+TRAINER_WAYS = {  # engine settings (EngineConfig fields), against the trainer as it is
     "as the trainer": {},
-    "kernel (c, H)": {"stores_kernel_transposed": _never},
-    "8 capacity levels for one head": {"_ONE_HEAD_CAPACITY_LEVELS": 8},
-    "both: the trainer before": {"stores_kernel_transposed": _never, "_ONE_HEAD_CAPACITY_LEVELS": 8},
+    "kernel (c, H)": {"kernel_layout": "kept_by_hidden"},
+    "8 capacity levels for one head": {"capacity_levels": 8},
+    "both: the trainer before": {"kernel_layout": "kept_by_hidden", "capacity_levels": 8},
 }
 
 
@@ -139,9 +132,11 @@ def bench_trainer(population: int, epochs: int, repeats: int) -> dict:
     """The trainer on ``population`` heads for ``epochs``, as it is and with each of ``TRAINER_WAYS`` undone.
 
     Alternating in one process, best of ``repeats``; compile time (the first
-    call's excess) reported beside, since each capacity level is a compiled branch.
+    call's excess) reported beside, since each capacity level is a compiled
+    branch. Each way's plan is a static argument of the trainer's program: its
+    own compiled program, compiled on its first call.
     """
-    from trainer_throughput import author_masks, synthetic_features
+    from trainer_throughput import NUM_CLASSES, NUM_FEATURES, author_masks, synthetic_features
 
     from evojax_prune import config as cfg
     from evojax_prune import trainer
@@ -149,24 +144,27 @@ def bench_trainer(population: int, epochs: int, repeats: int) -> dict:
     x, y = synthetic_features(0)
     masks = author_masks(np.random.default_rng(0), population)
     config = cfg.preset("default").replace(train={"max_epochs": epochs, "patience": epochs + 1})
+    configs = {name: with_engine(config, settings) for name, settings in TRAINER_WAYS.items()}
     key = jax.random.key(0)
-    train = functools.partial(trainer.train_population, key, masks, x, y, config)
     best, compile_seconds, kernels = dict.fromkeys(TRAINER_WAYS, float("inf")), {}, {}
-    for _ in range(repeats):
-        for name, settings in TRAINER_WAYS.items():
-            with trainer_replaced(**settings):
-                jax.clear_caches()  # the settings are read when the program is traced
-                started = time.perf_counter()
-                kernels[name] = jax.block_until_ready(train()).params.hidden_kernel
-                first_call = time.perf_counter() - started
-                started = time.perf_counter()
-                jax.block_until_ready(train())
-                seconds = time.perf_counter() - started
+    for repeat in range(repeats):
+        for name, way_config in configs.items():
+            train = functools.partial(trainer.train_population, key, masks, x, y, way_config)
+            started = time.perf_counter()
+            kernels[name] = jax.block_until_ready(train()).params.hidden_kernel
+            first_call = time.perf_counter() - started
+            started = time.perf_counter()
+            jax.block_until_ready(train())
+            seconds = time.perf_counter() - started
             best[name] = min(best[name], seconds)
-            compile_seconds[name] = first_call - seconds
+            if repeat == 0:  # later repeats find the program compiled
+                compile_seconds[name] = first_call - seconds
     reference = kernels["as the trainer"]
     return {
         "population": population, "epochs": epochs, "seconds": best, "compile_seconds": compile_seconds,
+        "engine": TRAINER_WAYS,
+        "plans": {name: plan_record(way_config, population, NUM_FEATURES, NUM_CLASSES)
+                  for name, way_config in configs.items()},
         "speedup_of_the_trainer": {name: best[name] / best["as the trainer"] for name in TRAINER_WAYS},
         "max_abs_kernel_difference": {
             name: float(jnp.max(jnp.abs(kernel - reference))) for name, kernel in kernels.items()

@@ -28,17 +28,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from common import environment, save
 from trainer_throughput import memory_bandwidth_gbs
 
@@ -62,7 +57,7 @@ def operands(tiles: int, rows: int, batch: int, hidden: int, idle_fraction: floa
 
 
 def xla_step(kernel, momentum, inputs_transposed, d_pre_activation, next_inputs, training, **_):
-    """The trainer's step on packed tiles without the kernel (``trainer._train_chunk``'s XLA path)."""
+    """The trainer's step on packed tiles without the kernel (``xla_step``, ``EngineConfig.step`` xla)."""
     optimizer = optax.sgd(LEARNING_RATE, momentum=DECAY, nesterov=True)
     grad = jnp.einsum("trb,tbh->trh", inputs_transposed, d_pre_activation)
     update, state = optimizer.update(grad, (optax.TraceState(trace=momentum), optax.EmptyState()), kernel)
@@ -109,7 +104,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
-    on_gpu = jax.default_backend() == "gpu"
+    on_gpu = jax.devices()[0].platform == "gpu"
     data = operands(args.tiles, args.rows, args.batch, args.hidden, args.idle_fraction)
     bandwidth = memory_bandwidth_gbs()
     weight_bytes = args.tiles * args.rows * args.hidden * 4
@@ -120,7 +115,8 @@ def main(argv=None) -> dict:
               "defaults": {"block": fused_sgd.block_hidden(args.hidden), "num_warps": fused_sgd.NUM_WARPS,
                            "num_stages": fused_sgd.NUM_STAGES},
               "rows": []}
-    hyper = dict(learning_rate=LEARNING_RATE, decay=DECAY, nesterov=True)
+    # Compiled by Triton on a GPU, Pallas' interpreter elsewhere (TrainingPlan.interpret_kernels).
+    hyper = dict(learning_rate=LEARNING_RATE, decay=DECAY, nesterov=True, interpret=not on_gpu)
     print(f"{args.tiles} tiles of {args.rows} x {args.hidden}, batch {args.batch}; "
           f"stream bandwidth {bandwidth:.0f} GB/s; {'compiled' if on_gpu else 'interpreted'}", flush=True)
 

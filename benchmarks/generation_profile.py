@@ -41,6 +41,9 @@ and what it costs, not what n real devices would give. Rows carry
 Part 4 (``--paper-search``, meant for accelerators): the authors' budget run
 for real, full protocol with early stopping, as one ``run_search``; see
 ``paper_search``.
+
+Every part trains with $EVOJAX_PRUNE_BENCH_ENGINE's engine settings over the
+preset's, and records the plans it trained with (``trainer.training_plan``).
 """
 
 from __future__ import annotations
@@ -56,13 +59,17 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from common import (
+    PeakMemory,
+    environment,
+    host_memory_available_bytes,
+    peak_memory,
+    plan_record,
+    rps_shaped_features,
+    with_engine,
+)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import PeakMemory, environment, host_memory_available_bytes, peak_memory, rps_shaped_features
-
-from evojax_prune import atomic, evaluate, head, trainer
+from evojax_prune import atomic, evaluate, head, plan, trainer
 from evojax_prune import config as cfg
 from evojax_prune.search import MaskEvaluator
 from evojax_prune.strategy import MultiObjective
@@ -78,10 +85,11 @@ def _timed(function, *args):
 
 
 def profile_generation(features, population: int, epochs: int, devices: int | None = None) -> dict:
+    """One generation of ``population`` heads, on the first ``devices`` devices (None: the engine's)."""
     config = cfg.preset("default").replace(
-        search={"population_size": population},
-        train={"max_epochs": epochs, "patience": epochs + 1, "devices": devices},
+        search={"population_size": population}, train={"max_epochs": epochs, "patience": epochs + 1}
     )
+    config = with_engine(config, {} if devices is None else {"devices": devices})
     evolver = MultiObjective(config.search, features.num_features)
     key = jax.random.PRNGKey(0)
     evaluator = MaskEvaluator(features, config, key, max_batch=population)
@@ -114,6 +122,8 @@ def profile_generation(features, population: int, epochs: int, devices: int | No
     flops = 6.0 * features.x_train.shape[0] * epochs * population * (
         features.num_features * config.head.hidden + config.head.hidden * features.num_classes
     )
+    # evaluator.train pads the masks to a bucket: max_batch = population, the population itself.
+    training = plan_record(config, population, features.num_features, features.num_classes)
     return {
         "population": population,
         "epochs": epochs,
@@ -126,9 +136,8 @@ def profile_generation(features, population: int, epochs: int, devices: int | No
         "heads_per_second": population / total,
         "head_epochs_per_second": population * epochs / timings["train"],
         "dense_training_gflops": flops / timings["train"] / 1e9,
-        "train_chunk_size": trainer.choose_chunk_size(
-            population, features.num_features, features.num_classes, config.head.hidden, config.train
-        ),
+        "train_chunk_size": training["chunk_size"],
+        "plan": training,
         # The process's peaks include every earlier, smaller population and XLA's compilations;
         # the growth during this population's compiled generation is its own working memory.
         "memory": {**peak_memory(), "host_rss_growth_bytes": sampled.peak_bytes - sampled.start_bytes},
@@ -139,7 +148,8 @@ def largest_population(features) -> dict:
     """What bounds the population: one training chunk, one scoring chunk and every head's parameters.
 
     Training and scoring are chunked, so their temporaries are one chunk's
-    (``trainer.bytes_per_head`` per head of a training chunk,
+    (``plan.bytes_per_head`` per head of a training chunk, as many heads as
+    the plan of a population too large for one chunk holds,
     ``evaluate.bytes_per_head`` per head of a scoring chunk); what grows with P
     is every head's trained parameters (D*H + H*C + C floats). The model's
     largest P is (limit - data - training chunk - scoring chunk) / parameters
@@ -149,23 +159,19 @@ def largest_population(features) -> dict:
     largest P implied by the memory growth measured between the profiled
     populations.
     """
-    config = cfg.preset("default")
-    per_head = trainer.bytes_per_head(
-        features.num_features, features.num_classes, config.head.hidden, config.train
-    )
+    config = with_engine(cfg.preset("default"))
     hidden, classes = config.head.hidden, features.num_classes
+    per_head = plan.bytes_per_head(features.num_features, classes, hidden, config.train)
     params_per_head = head.param_bytes(features.num_features, classes, hidden)
-    chunk = trainer.choose_chunk_size(
-        1 << 20, features.num_features, features.num_classes, hidden, config.train
-    )
+    chunk = trainer.training_plan(config, 1 << 20, features.num_features, classes).chunk_size
     rows = len(features.y_val) + len(features.ood_val)  # what each generation scores
     perturb = config.odin.epsilon > 0
     shapes = (rows, features.num_features, hidden, classes, perturb)
-    scoring_chunk = evaluate.auto_chunk_size(*shapes, config.train.memory_budget_mb)
+    scoring_chunk = evaluate.auto_chunk_size(*shapes, config.engine.memory_budget_mb)
     scoring_bytes = scoring_chunk * evaluate.bytes_per_head(*shapes)
     limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
     source = "device memory limit"
-    if limit is None and jax.default_backend() == "cpu":
+    if limit is None and jax.devices()[0].platform == "cpu":
         limit, source = host_memory_available_bytes(), "host memory available"
     data = sum(array.nbytes for array in features.arrays().values())
     return {
@@ -184,7 +190,7 @@ def largest_population(features) -> dict:
 
 def paper_run(features, epochs: int) -> dict:
     """The authors' 200 evaluations, timed at ``epochs`` epochs per head and scaled to 600."""
-    config = cfg.preset("paper").replace(train={"max_epochs": epochs, "patience": epochs + 1})
+    config = with_engine(cfg.preset("paper").replace(train={"max_epochs": epochs, "patience": epochs + 1}))
     key = jax.random.PRNGKey(0)
     masks = np.asarray(MultiObjective(config.replace(search={"population_size": 200}).search,
                                       features.num_features).initial_population(key))
@@ -210,6 +216,10 @@ def paper_run(features, epochs: int) -> dict:
         "generational_seconds_at_600_epochs": generational * scale,
         "authors_v100_seconds": AUTHORS_RPS_SECONDS,
         "speedup_vs_authors_generational": AUTHORS_RPS_SECONDS / (generational * scale),
+        "plans": {
+            f"groups of {group}": plan_record(config, group, features.num_features, features.num_classes)
+            for group in (2, 30)
+        },
         "note": "upper bound: every head runs all 600 epochs; the authors' heads stopped early "
                 "(their time also re-ran ResNet-50 on every evaluation)",
     }
@@ -231,7 +241,12 @@ def paper_search(features, repeats: int = 2, save=None) -> dict:
     """
     from evojax_prune.search import run_search
 
-    config = cfg.preset("paper").replace(search={"offspring_size": 34, "generations": 5})
+    config = with_engine(cfg.preset("paper").replace(search={"offspring_size": 34, "generations": 5}))
+    search = config.search
+    # run_search trains buckets of up to max(population + 1, offspring) heads (the baseline
+    # beside the initial population): this plan is its largest bucket's.
+    bucket = max(search.population_size + 1, search.num_offspring)
+    training = plan_record(config, bucket, features.num_features, features.num_classes)
     runs = []
     for _ in range(repeats):
         if runs and runs[0]["wall_seconds"] > 90:
@@ -264,6 +279,7 @@ def paper_search(features, repeats: int = 2, save=None) -> dict:
             "cold_seconds": runs[0]["wall_seconds"],
             "warm_seconds": min(run["wall_seconds"] for run in runs[1:]) if len(runs) > 1 else None,
             "authors_v100_seconds": AUTHORS_RPS_SECONDS,
+            "plan": training,
         }
         if save:
             save(summary)
@@ -282,13 +298,13 @@ def _scaling_row(row: dict, simulated: bool) -> dict:
             "epochs": row["epochs"], "training_seconds": seconds["training"],
             "scoring_seconds": seconds["scoring"], "total_seconds": seconds["total"],
             "heads_per_second": row["heads_per_second"], "first_call_seconds": row["first_call_seconds"],
-            "train_chunk_size": row["train_chunk_size"]}
+            "train_chunk_size": row["train_chunk_size"], "plan": row["plan"]}
 
 
 def scaling_real(features, device_counts, populations, epochs) -> dict:
     """Part 3 on the devices of this process (simulated when they are CPU slices)."""
     available = jax.device_count()
-    simulated = jax.default_backend() == "cpu" and available > 1
+    simulated = jax.devices()[0].platform == "cpu" and available > 1
     rows, skipped = [], [count for count in device_counts if count > available]
     for count in [count for count in device_counts if count <= available]:
         for population in populations:

@@ -2,8 +2,8 @@
 # Profiles of a training step and of the fused SGD kernel, then the GPU-sized benchmark suite.
 # About 8 minutes on one H100 (estimated from the parts: 90 + 30 + 45 + 330 s; the new
 # kernels' and the deferred updates' parts are guesses); 11.5 at the time limits. The suite
-# runs with the trainer settings that made the fastest step in the step profile (its first
-# part).
+# runs with the engine settings (EngineConfig fields) that made the fastest step in the step
+# profile (its first part).
 #
 #   bash benchmarks/gpu.sh                       # -> benchmarks/results/gpu-<device>-<date>/
 #   RESULTS_DIR=/somewhere bash benchmarks/gpu.sh
@@ -21,41 +21,45 @@ echo "device: $device -> $out"
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/nvidia-smi.csv" || true
 fi
-# Where a generation's training step spends its time, in each of the trainer's variants. First,
-# because it is quick and checks the trainer's default path on this device: the suite is not
-# worth running if that fails.
-# The candidates are the trainer's settings (step_profile.CANDIDATES); XLA's step and XLA's
-# scatter as references.
+# The step profile and the chunk-64 one run with the engine's defaults and their variants' own
+# settings, whatever the caller's environment holds.
+unset EVOJAX_PRUNE_BENCH_ENGINE
+# Where a generation's training step spends its time, in each of the engine variants
+# (step_profile.VARIANTS). First, because it is quick and checks the engine's default path on
+# this device: the suite is not worth running if that fails.
+# The candidates are engine settings a run could have (step_profile.CANDIDATES); XLA's step and
+# XLA's scatter as references.
 timeout 150 $python benchmarks/step_profile.py --population 32 --epochs 3 --out "$out/step_profile.json" \
   --variants "packed, fused SGD kernel" "packed, XLA's SGD" "packed, fused SGD kernel, tiles summed by XLA's scatter" \
   "packed, fused SGD kernel, tiles summed by gathering" || true
-# The rest of the suite runs with the fastest candidate's settings (recorded in every JSON as
-# "trainer_settings"), so that its figures are the trainer's best on this device.
-EVOJAX_PRUNE_BENCH_TRAINER=$($python - "$out/step_profile.json" <<'CHECK'
+# The rest of the suite runs with the fastest candidate's engine settings (a JSON object of
+# EngineConfig fields, recorded in every JSON as "engine"), so that its figures are the
+# trainer's best on this device.
+engine=$($python - "$out/step_profile.json" <<'CHECK'
 import json, sys
 try:
     profile = json.load(open(sys.argv[1]))
 except (OSError, ValueError) as error:  # stopped before its first variant finished
-    print(f"gpu.sh: no step profile ({error}); the suite runs with the trainer's defaults", file=sys.stderr)
+    print(f"gpu.sh: no step profile ({error}); the suite runs with the engine's defaults", file=sys.stderr)
     print("{}")
     sys.exit(0)
 first = profile["layouts"][0]
 if "error" in first:
-    sys.exit(f"gpu.sh: the trainer's default path failed on this device, so the suite was not run: "
+    sys.exit(f"gpu.sh: the engine's default path failed on this device, so the suite was not run: "
              f"{first['error'][:1000]}")
 fastest = profile.get("fastest") or {"variant": first["layout"], "settings": {}}
-print(f"gpu.sh: the suite runs with {fastest['variant']!r}", file=sys.stderr)
+print(f"gpu.sh: the suite runs with {fastest['variant']!r}: {fastest['settings']}", file=sys.stderr)
 print(json.dumps(fastest["settings"]))
 CHECK
 )
-# Chunks of 64 heads (the trainer caps them at 32: XLA's scatter failed for 64 on an H100),
-# with the tiles summed by gathering (the GPU default), then by the scatter.
+# Chunks of 64 heads (the engine caps them at 32, max_heads_per_chunk: XLA's scatter failed for
+# 64 on an H100), with the tiles summed by gathering (the GPU default), then by the scatter.
 timeout 60 $python benchmarks/step_profile.py --population 64 --chunk-size 64 --epochs 2 \
   --variants "packed, fused SGD kernel, tiles summed by gathering" \
   "packed, fused SGD kernel, tiles summed by XLA's scatter" \
   --out "$out/step_profile_chunk64.json" || true
-export EVOJAX_PRUNE_BENCH_TRAINER  # from here on (the chunk-64 profile above ran with the defaults)
-echo "trainer settings for the suite: $EVOJAX_PRUNE_BENCH_TRAINER"
-# The fused SGD kernel alone over Triton's settings: which settings the trainer should default to.
+export EVOJAX_PRUNE_BENCH_ENGINE=$engine  # from here on (the chunk-64 profile above ran without)
+echo "engine settings for the suite: $EVOJAX_PRUNE_BENCH_ENGINE"
+# The fused SGD kernel alone over Triton's settings: which settings fused_sgd should default to.
 timeout 90 $python benchmarks/fused_sgd_step.py --blocks 32 64 --out "$out/fused_sgd_step.json" || true
 timeout 390 $python benchmarks/run_all.py --size gpu --out-dir "$out" || true

@@ -25,16 +25,11 @@ import argparse
 import functools
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from common import environment, save
 
 from evojax_prune import nsga2

@@ -17,8 +17,10 @@ Two questions, answered in one run on the same machine:
      D = 2048 features (non-negative, like pooled ResNet-50 features),
      H = 512, C = 3, N = 372 validation and M = 372 OoD samples, masks drawn
      with the authors' initialisation (p ~ U(0, 1), exactly round(p D) ones).
-     Its chunk size comes from the default memory budget unless --chunk-size
-     is given. Reported with the FLOP rate of its dominant matmul.
+     Its chunk size comes from the engine's memory budget
+     (``EngineConfig.memory_budget_mb``; $EVOJAX_PRUNE_BENCH_ENGINE's settings
+     apply) unless --chunk-size is given. Reported with the FLOP rate of its
+     dominant matmul.
 
     python benchmarks/odin_metrics.py                        # P = 1024, both parts
     python benchmarks/odin_metrics.py --population 256 --skip-evaluate --out /tmp/o.json
@@ -32,17 +34,12 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import environment, save
+from common import environment, save, with_engine
 
 from evojax_prune import config as cfg
 from evojax_prune import evaluate, head, metrics, odin
@@ -153,7 +150,7 @@ def _authors_masks(rng: np.random.Generator, population: int, num_features: int)
 def bench_evaluate(population: int, num_ind: int, num_ood: int, num_classes: int, num_features: int,
                    hidden: int, chunk_size: int | None, repeats: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    config = cfg.preset("default")
+    config = with_engine(cfg.preset("default"))
     # Heads straight from head.init (Glorot), one at a time inside one jitted
     # lax.map, so the (P, D, H) stack is the only large allocation.
     keys = jax.random.split(jax.random.key(seed), population)
@@ -168,7 +165,7 @@ def bench_evaluate(population: int, num_ind: int, num_ood: int, num_classes: int
     jax.block_until_ready((params, masks, features, ood_features))
     used_chunk = chunk_size or evaluate.auto_chunk_size(
         num_ind + num_ood, num_features, hidden, num_classes, perturb=False,
-        memory_budget_mb=config.train.memory_budget_mb,
+        memory_budget_mb=config.engine.memory_budget_mb,
     )
 
     def run():

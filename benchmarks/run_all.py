@@ -101,12 +101,17 @@ def _fmt(value, digits=2):
 
 
 def _notes(result: dict) -> list[str]:
-    """A result's label and the trainer settings it ran with (``common.TRAINER_SETTINGS``), if recorded."""
+    """A result's label and the engine settings it ran with ($EVOJAX_PRUNE_BENCH_ENGINE), if any.
+
+    Results from before the engine section record ``trainer_settings`` instead
+    (module globals of the trainer then), shown as they were.
+    """
     lines = [f"*{result['label']}*", ""] if result.get("label") else []
-    settings = result.get("trainer_settings")
-    if settings:
-        shown = ", ".join(f"`{name} = {value!r}`" for name, value in settings.items())
-        lines += [f"Trainer settings: {shown}.", ""]
+    for key, title in (("engine", "Engine"), ("trainer_settings", "Trainer settings")):
+        settings = result.get(key)
+        if settings:
+            shown = ", ".join(f"`{name} = {value!r}`" for name, value in settings.items())
+            lines += [f"{title}: {shown}.", ""]
     return lines
 
 

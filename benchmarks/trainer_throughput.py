@@ -45,21 +45,21 @@ process) and JAX device memory statistics when the device has them.
     python benchmarks/trainer_throughput.py --populations 1 8 --epochs 3 --out /tmp/t.json
     python benchmarks/trainer_throughput.py --no-keras --gather off   # the dense formulation
 
-Writes JSON to benchmarks/results/trainer_throughput_<backend>.json (``_cpu`` here)
+The trainer runs with the engine's defaults, $EVOJAX_PRUNE_BENCH_ENGINE's settings
+over them, and ``--gather`` / ``--chunk-size`` over those; each population's
+row records the plan it trained with (``trainer.training_plan``).
+
+Writes JSON to benchmarks/results/trainer_throughput_<platform>.json (``_cpu`` here)
 unless --out says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import os
-import platform
 import resource
-import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -67,24 +67,13 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import PeakMemory, apply_trainer_settings
+from common import PeakMemory, environment, plan_record, with_engine
 
 from evojax_prune import atomic, trainer
 from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NUM_SAMPLES, NUM_FEATURES, HIDDEN, NUM_CLASSES = 2520, 2048, 512, 3
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def device_memory() -> dict | None:
@@ -118,7 +107,7 @@ def matmul_peak_gflops(size: int | None = None, repeats: int = 10) -> float:
     NVIDIA GPUs that may be TF32 for float32 inputs). ``size`` defaults to 2048
     on a CPU and 8192 on an accelerator, large enough to fill it.
     """
-    size = size or (2048 if jax.default_backend() == "cpu" else 8192)
+    size = size or (2048 if jax.devices()[0].platform == "cpu" else 8192)
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
     matmul = jax.jit(lambda u, v: u @ v)
@@ -143,7 +132,7 @@ def memory_bandwidth_gbs(megabytes: float | None = None, repeats: int = 5) -> fl
     any cache: the DRAM / HBM rate. At a working set's own size it is the rate
     of the memory level that working set lives in (4 MB on a CPU: a cache).
     """
-    megabytes = megabytes or (256 if jax.default_backend() == "cpu" else 2048)
+    megabytes = megabytes or (256 if jax.devices()[0].platform == "cpu" else 2048)
     a = jax.random.uniform(jax.random.key(2), (max(1024, int(megabytes * 2**20) // 4),), jnp.float32)
     passes = int(min(4096, max(4, 4e9 // (2 * a.nbytes))))
 
@@ -160,19 +149,18 @@ def memory_bandwidth_gbs(megabytes: float | None = None, repeats: int = 5) -> fl
     return 2 * a.nbytes * passes / best / 1e9
 
 
-def step_products_gflops(chunk_size: int, kept_features: int, batch_size: int, steps: int = 50) -> float:
+def step_products_gflops(chunk_size: int, kept_features: int, batch_size: int, transposed: bool,
+                         steps: int = 50) -> float:
     """GFLOP/s of a training step's two first-layer products alone, at the step's shapes.
 
     The forward product (K, B, c) x (K, c, H) and the kernel gradient
     (K, B, c)^T x (K, B, H) of a chunk of K heads keeping c features, with the
-    kernel stored as the trainer stores it ((K, H, c) where
-    ``trainer.stores_kernel_transposed``), looped ``steps`` times in one jitted
+    kernel stored as the trainer stores it ((K, H, c) where ``transposed``:
+    the plan's ``kernel_transposed``), looped ``steps`` times in one jitted
     ``fori_loop`` with nothing else: no gather, no optimizer, no output layer.
     What the matrix-product library reaches at the trainer's shapes (batch 32),
     a ceiling for the trainer below the large-product peak; best of 3.
     """
-    layout = trainer.ChunkLayout(kept_features, chunk_size, per_head=chunk_size == 1)
-    transposed = trainer.stores_kernel_transposed(layout)
     forward, gradient = ("kbc,khc->kbh", "kbh,kbc->khc") if transposed else ("kbc,kch->kbh", "kbc,kbh->kch")
     keys = jax.random.split(jax.random.key(3), 3)
     inputs = jax.random.uniform(keys[0], (chunk_size, batch_size, kept_features), jnp.float32)
@@ -246,7 +234,7 @@ def _timed(fn):
 
 
 def bench_population_and_one_at_a_time(
-    key, masks, x, y, config, gather, repeats, one_at_a_time: int | None
+    key, masks, x, y, config, repeats, one_at_a_time: int | None
 ) -> tuple:
     """(a) all masks in one call, and (b) P calls of a population of 1.
 
@@ -259,18 +247,14 @@ def bench_population_and_one_at_a_time(
     """
 
     def population():
-        return jax.block_until_ready(
-            trainer.train_population(key, masks, x, y, config, gather_features=gather)
-        )
+        return jax.block_until_ready(trainer.train_population(key, masks, x, y, config))
 
     single_masks = masks if one_at_a_time is None else masks[:one_at_a_time]
     run_single = len(single_masks) > 0
 
     def each_head():
         for mask in single_masks:
-            jax.block_until_ready(
-                trainer.train_population(key, mask[None], x, y, config, gather_features=gather)
-            )
+            jax.block_until_ready(trainer.train_population(key, mask[None], x, y, config))
 
     with PeakMemory() as memory_a:
         rss_before = memory_a.start_bytes
@@ -281,7 +265,7 @@ def bench_population_and_one_at_a_time(
     final_loss_mean = float(np.mean(trained.final_loss))
     del trained  # so that the timed calls below do not hold two results at once
     if run_single:
-        jax.block_until_ready(trainer.train_population(key, masks[:1], x, y, config, gather_features=gather))
+        jax.block_until_ready(trainer.train_population(key, masks[:1], x, y, config))
     seconds_a, seconds_b = [], []
     growth_a, growth_b = 0, 0  # resident memory added while a timed run ran (compilation excluded)
     for _ in range(repeats):
@@ -309,6 +293,7 @@ def bench_population_and_one_at_a_time(
     result_b = (
         {
             "heads": len(single_masks),
+            "plan": plan_record(config, 1, NUM_FEATURES, NUM_CLASSES),
             "seconds": min(seconds_b),
             "all_seconds": seconds_b,
             "rss_growth_timed_run_bytes": growth_b,
@@ -393,15 +378,7 @@ def write_result(out: Path, args, config, peak, bandwidth, rows, keras_run) -> d
     """The JSON, written after every population and again at the end (a run cut short keeps its rows)."""
     result = {
         "benchmark": "trainer_throughput",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": str(jax.devices()[0]),
-        "device_kind": jax.devices()[0].device_kind,
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "versions": {name: _version(name) for name in ("jax", "jaxlib", "optax", "flax", "keras", "numpy")},
-        "trainer_settings": apply_trainer_settings(None),
+        **environment(("keras",)),
         "setup": {
             "num_samples": NUM_SAMPLES,
             "num_features": NUM_FEATURES,
@@ -448,20 +425,25 @@ def main(argv=None) -> dict:
         default=None,
         help="(b) trains only the first this many heads of each population (default: all)",
     )
-    parser.add_argument("--gather", choices=("auto", "on", "off"), default="auto")
-    parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--gather", choices=("auto", "on", "off"), default="auto",
+                        help="EngineConfig.gather_features (default: the engine's)")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="EngineConfig.chunk_size (default: the engine's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--out", type=Path, default=None, help="default: results/trainer_throughput_<backend>.json"
     )
     args = parser.parse_args(argv)
-    gather = {"auto": None, "on": True, "off": False}[args.gather]
-    out = args.out or RESULTS / f"trainer_throughput_{jax.default_backend()}.json"
+    out = args.out or RESULTS / f"trainer_throughput_{jax.devices()[0].platform}.json"
 
     config = RunConfig(
-        head=HeadConfig(hidden=HIDDEN),
-        train=TrainConfig(max_epochs=args.epochs, patience=args.epochs + 1, chunk_size=args.chunk_size),
+        head=HeadConfig(hidden=HIDDEN), train=TrainConfig(max_epochs=args.epochs, patience=args.epochs + 1)
     )
+    # The command line's engine settings over $EVOJAX_PRUNE_BENCH_ENGINE's.
+    flags = {} if args.gather == "auto" else {"gather_features": args.gather == "on"}
+    if args.chunk_size is not None:
+        flags["chunk_size"] = args.chunk_size
+    config = with_engine(config, flags)
     x_host, y_host = synthetic_features(args.seed)
     x, y = jnp.asarray(x_host), jnp.asarray(y_host)
     key = jax.random.key(args.seed)
@@ -481,21 +463,21 @@ def main(argv=None) -> dict:
         kept = masks.sum(axis=1)
         dense_flops = float(flops_per_epoch(np.full(population, NUM_FEATURES)).sum()) * args.epochs
         kept_flops = float(flops_per_epoch(kept).sum()) * args.epochs
+        plan = plan_record(config, population, NUM_FEATURES, NUM_CLASSES)
         row = {
             "population": population,
             "head_epochs": head_epochs,
             "mean_kept_fraction": float(kept.mean() / NUM_FEATURES),
             "load_average_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "chunk_size": trainer.choose_chunk_size(
-                population, NUM_FEATURES, NUM_CLASSES, HIDDEN, config.train
-            ),
+            "plan": plan,
+            "chunk_size": plan["chunk_size"],
         }
         # Small populations run for a second or so: repeat them to damp a shared machine's noise.
         repeats = args.repeats or (3 if population == 1 else 2 if population <= 4 else 1)
         row["repeats"] = repeats
         single_heads = 0 if args.no_one_at_a_time else args.one_at_a_time_heads
         population_run, single = bench_population_and_one_at_a_time(
-            key, masks, x, y, config, gather, repeats, single_heads
+            key, masks, x, y, config, repeats, single_heads
         )
         population_run["head_epochs_per_s"] = head_epochs / population_run["seconds"]
         population_run["dense_gflops"] = dense_flops / population_run["seconds"] / 1e9
@@ -505,7 +487,7 @@ def main(argv=None) -> dict:
         # The ceiling the matrix-product library sets at this chunk's shapes (batch 32).
         mean_width = max(8, round(float(kept.mean()) / 8) * 8)
         row["step_products_gflops"] = step_products_gflops(
-            row["chunk_size"], mean_width, config.train.batch_size
+            row["chunk_size"], mean_width, config.train.batch_size, plan["kernel_transposed"]
         )
         row["step_products_fraction_of_peak"] = row["step_products_gflops"] / peak
         # The bandwidth of the memory level the chunk's weights live in (cache on a CPU's

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from evojax_prune import __version__
 
@@ -77,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         search["population_size"] = args.population
     if args.generations is not None:
         search["generations"] = args.generations
-    config = config.replace(search=search, train={"devices": devices_spec}, preset=config.preset)
+    config = config.replace(search=search, engine={"devices": devices_spec}, preset=config.preset)
     out = Path(args.out) if args.out else Path("runs") / (
         f"{features.name}-{preset_name}-seed{args.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     )
@@ -102,13 +101,6 @@ def _run(args: argparse.Namespace) -> int:
     console.print(front_table(result))
     console.print(f"{result}\nresults in {out}", highlight=False)
     return 0
-
-
-def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
-    def command(args: argparse.Namespace) -> int:
-        raise UsageError(f"'{name}' is not available in evojax-prune {__version__} yet")
-
-    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,19 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     for name, summary, module in (
         ("extract", "compute a FeatureSet from images", "evojax_prune.data.extract"),
         ("report", "plots and a report for a finished run", "evojax_prune.report"),
-        ("bench", "run the benchmark suite", "evojax_prune.bench"),
         ("explain", "Grad-CAM heat maps of front members", "evojax_prune.explain"),
     ):
-        subparser = commands.add_parser(name, help=summary)
-        subparser.set_defaults(handler=_not_yet(name))
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module).register(subparser)
+        importlib.import_module(module).register(commands.add_parser(name, help=summary))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)  # exits 2 with argparse's one-line message on bad usage
+    args = build_parser().parse_args(argv)  # exits 2 with argparse's one-line message on bad usage
+    return dispatch(args)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Runs ``args.handler``: the exit status, errors as one line on stderr (2: the input, 1: a bug)."""
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning

@@ -1,12 +1,13 @@
 """Run configuration: one frozen object, validated on construction, JSON round trip.
 
 The configuration is split the way the method is: the head (the network being
-pruned), its training, the search (NSGA-II), the robustness objective (ODIN) and
-the run as a whole. Every dataclass is frozen and hashable, so a config can be a
-static argument of a jitted function.
+pruned), its training, the search (NSGA-II), the robustness objective (ODIN),
+and apart from them the engine: how the heads are trained on the hardware,
+which changes no result. Every dataclass is frozen and hashable, so a config
+can be a static argument of a jitted function.
 
 Presets:
-  * ``paper``: every setting the authors ran (PROTOCOL.md): population 30,
+  * ``paper``: every setting the authors ran (docs/PROTOCOL.md): population 30,
     steady state with 2 offspring, 200 evaluations, SGD 1e-3 / momentum 0.9 /
     Nesterov, batch 32, up to 600 epochs, early stopping (1e-5, patience 10),
     ODIN at T = 1000 without perturbation, the authors' threshold AUROC.
@@ -118,22 +119,9 @@ class TrainConfig:
       patience, min_delta: early stopping on the epoch's training loss; a head
         stops after ``patience`` epochs without an improvement of more than
         ``min_delta`` and, with ``restore_best``, gets its best weights back.
-      chunk_size: heads trained at once (vmap inside a chunk, sequential over
-        chunks); ``None`` picks it from ``memory_budget_mb``.
-      memory_budget_mb: device memory the trainer may use for per-head state
-        (per device).
-      devices: where the population trains and is scored, split over the
-        devices on its leading axis (``devices.py``): None for every device
-        JAX sees, n for the first n, or positions such as ``(0, 2)``. Results
-        do not depend on it (a head's result is a function of its mask), so a
-        run may resume on other devices.
-      fused_update: train the first layer of packed chunks (several heads per
-        chunk, the accelerator default) with ``fused_sgd.sgd_step``, one
-        Pallas kernel per step for the gradient, the SGD update and the next
-        step's forward product: ``None`` on a GPU where it applies (``sgd``
-        without extra options, shapes ``fused_sgd.supported``), ``True`` also
-        elsewhere (Pallas' interpreter: slow, for tests), ``False`` never.
-        Results equal XLA's up to float32 reassociation.
+
+    How the heads are trained on the hardware (chunks, devices, kernels) is
+    ``EngineConfig``: it changes no result beyond float32 reassociation.
     """
 
     optimizer: str = "sgd"
@@ -146,10 +134,6 @@ class TrainConfig:
     patience: int = 10
     min_delta: float = 1e-5
     restore_best: bool = True
-    chunk_size: int | None = None
-    memory_budget_mb: float = 2048.0
-    devices: int | tuple[int, ...] | None = None
-    fused_update: bool | None = None
 
     def __post_init__(self):
         _check(
@@ -172,15 +156,95 @@ class TrainConfig:
         _positive_int("TrainConfig", "patience", self.patience)
         _positive_float("TrainConfig", "min_delta", self.min_delta, allow_zero=True)
         _check(isinstance(self.restore_best, bool), "TrainConfig.restore_best must be a bool")
-        if self.chunk_size is not None:
-            _positive_int("TrainConfig", "chunk_size", self.chunk_size)
-        _positive_float("TrainConfig", "memory_budget_mb", self.memory_budget_mb)
-        _check(self.fused_update is None or isinstance(self.fused_update, bool),
-               f"TrainConfig.fused_update must be true, false or null, got {self.fused_update!r}")
+
+
+AUTO = "auto"
+STEPS = ("xla", "fused_sgd")
+TILE_SUMS = ("gather", "scatter")
+KERNEL_LAYOUTS = ("kept_by_hidden", "hidden_by_kept")
+
+
+def _auto_or(owner: str, name: str, value: Any, check, expected: str) -> None:
+    _check(value == AUTO or check(value), f"{owner}.{name} must be 'auto' or {expected}, got {value!r}")
+
+
+def _is_count(value: Any, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """How the heads are trained and scored on the hardware, never what they learn.
+
+    Every field may be ``"auto"``: ``trainer.train_population`` resolves the
+    section once, for the platform of the devices it trains on, into a
+    ``plan.TrainingPlan`` (``plan.make_plan``), the static argument of the
+    jitted program, recorded in the run's config.json. Changing a field
+    changes results at most by float32 reassociation, so a run may resume
+    with another engine (on other hardware).
+
+    Attributes:
+      devices: where the population trains and is scored, split over the
+        devices on its leading axis (``devices.py``): None for every device
+        JAX sees, n for the first n, or positions such as ``(0, 2)``.
+      chunk_size: heads trained at once (batched inside a chunk, chunks one
+        after another); auto: 1 on a CPU, else from ``memory_budget_mb`` and
+        ``max_heads_per_chunk`` (``plan.choose_chunk_size``).
+      memory_budget_mb: device memory the trainer (and the scoring) may use
+        for per-head state, per device.
+      max_heads_per_chunk: the most heads an automatically sized chunk holds.
+      gather_features: train each head on its kept features only, not on the
+        masked dense kernel; auto: when the optimizer allows it
+        (``plan.ROW_SEPARABLE_OPTIMIZERS``), True with another optimizer is an
+        error.
+      step: the training step of packed chunks (several heads per chunk):
+        ``"xla"`` or ``"fused_sgd"`` (``fused_sgd.sgd_step``, one Pallas
+        kernel for the first layer's gradient, SGD update and next forward
+        product; plain ``sgd`` only, Pallas' interpreter off a GPU). Auto:
+        fused_sgd on a GPU where Triton compiles the shapes, else xla. Chunks
+        of one head always train with xla.
+      tile_sum: how a packed chunk sums each head's tiles: ``"gather"`` (a
+        fixed order) or ``"scatter"`` (``segment_sum``; atomics on a GPU, in
+        no fixed order); auto: gather on a GPU, scatter elsewhere.
+      capacity_levels: how finely a head's kept rows are padded: multiples of
+        D / levels; auto: 16 for chunks of one head, 8 for packed chunks (which
+        size their tiles from them).
+      kernel_layout: how a chunk of one head stores its first kernel while it
+        trains, ``"kept_by_hidden"`` (c, H) or ``"hidden_by_kept"`` (H, c);
+        auto: (H, c) on a CPU, (c, H) elsewhere. Packed chunks store (c, H).
+      command_buffers: let XLA run a GPU's loop bodies as CUDA graphs; auto:
+        for chunks of one head only (launch-bound; larger chunks exhausted
+        memory instantiating them). Other platforms ignore it.
+    """
+
+    devices: int | tuple[int, ...] | None = None
+    chunk_size: int | str = AUTO
+    memory_budget_mb: float = 2048.0
+    max_heads_per_chunk: int = 32
+    gather_features: bool | str = AUTO
+    step: str = AUTO
+    tile_sum: str = AUTO
+    capacity_levels: int | str = AUTO
+    kernel_layout: str = AUTO
+    command_buffers: bool | str = AUTO
+
+    def __post_init__(self):
+        owner = "EngineConfig"
         try:
             object.__setattr__(self, "devices", canonical_devices(self.devices))
         except ValueError as error:
-            raise ValueError(f"TrainConfig.{error}") from None
+            raise ValueError(f"{owner}.{error}") from None
+        _auto_or(owner, "chunk_size", self.chunk_size, _is_count, "an integer >= 1")
+        _positive_float(owner, "memory_budget_mb", self.memory_budget_mb)
+        _positive_int(owner, "max_heads_per_chunk", self.max_heads_per_chunk)
+        is_bool = lambda value: isinstance(value, bool)
+        _auto_or(owner, "gather_features", self.gather_features, is_bool, "true or false")
+        _auto_or(owner, "step", self.step, STEPS.__contains__, f"one of {STEPS}")
+        _auto_or(owner, "tile_sum", self.tile_sum, TILE_SUMS.__contains__, f"one of {TILE_SUMS}")
+        _auto_or(owner, "capacity_levels", self.capacity_levels, _is_count, "an integer >= 1")
+        _auto_or(owner, "kernel_layout", self.kernel_layout, KERNEL_LAYOUTS.__contains__,
+                 f"one of {KERNEL_LAYOUTS}")
+        _auto_or(owner, "command_buffers", self.command_buffers, is_bool, "true or false")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,11 +334,11 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     odin: OdinConfig = dataclasses.field(default_factory=OdinConfig)
+    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
     preset: str = "custom"
 
     def __post_init__(self):
-        for name, kind in (("head", HeadConfig), ("train", TrainConfig),
-                           ("search", SearchConfig), ("odin", OdinConfig)):
+        for name, kind in _SECTIONS.items():
             _check(
                 isinstance(getattr(self, name), kind),
                 f"RunConfig.{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}",
@@ -305,6 +369,7 @@ class RunConfig:
         _check(isinstance(data, dict), f"a RunConfig must be a JSON object, got {type(data).__name__}")
         unknown = set(data) - set(_SECTIONS) - {"preset"}
         _check(not unknown, f"RunConfig: unknown section(s) {sorted(unknown)}")
+        data = _moved_to_engine(data)
         sections = {}
         for name, kind in _SECTIONS.items():
             fields = data.get(name, {})
@@ -321,7 +386,35 @@ class RunConfig:
         return cls.from_dict(data)
 
 
-_SECTIONS = {"head": HeadConfig, "train": TrainConfig, "search": SearchConfig, "odin": OdinConfig}
+_SECTIONS = {
+    "head": HeadConfig, "train": TrainConfig, "search": SearchConfig, "odin": OdinConfig,
+    "engine": EngineConfig,
+}
+# Fields that were TrainConfig's before EngineConfig held them (config.json of older runs).
+_FORMER_TRAIN_FIELDS = ("chunk_size", "memory_budget_mb", "devices", "fused_update")
+
+
+def _moved_to_engine(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict whose ``train`` still holds engine fields, with them moved to ``engine``.
+
+    ``train.fused_update`` true / false / null becomes ``engine.step``
+    fused_sgd / xla / auto, a null chunk size auto.
+    """
+    train = data.get("train")
+    if not isinstance(train, dict) or not set(_FORMER_TRAIN_FIELDS) & set(train):
+        return data
+    engine = dict(data.get("engine", {})) if isinstance(data.get("engine", {}), dict) else data["engine"]
+    train = dict(train)
+    for name in _FORMER_TRAIN_FIELDS:
+        if name not in train or not isinstance(engine, dict):
+            continue
+        value = train.pop(name)
+        if name == "fused_update":
+            name, value = "step", {True: "fused_sgd", False: "xla"}.get(value, AUTO)
+        elif name == "chunk_size" and value is None:
+            value = AUTO
+        engine.setdefault(name, value)
+    return {**data, "train": train, "engine": engine}
 
 
 def _field_names(kind) -> set[str]:
@@ -339,6 +432,8 @@ def _build_checked(kind, fields: dict[str, Any]):
 
 def _replace_checked(section, fields: dict[str, Any]):
     unknown = set(fields) - _field_names(type(section))
+    moved = sorted(unknown & set(_FORMER_TRAIN_FIELDS)) if isinstance(section, TrainConfig) else []
+    _check(not moved, f"TrainConfig: {moved} moved to the engine section: replace(engine={{...}})")
     _check(not unknown, f"{type(section).__name__}: unknown field(s) {sorted(unknown)}")
     return dataclasses.replace(section, **fields)
 

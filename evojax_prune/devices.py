@@ -74,7 +74,7 @@ def select_devices(spec: DeviceSpec = None) -> list[jax.Device]:
         where = " per process" if len(by_process) > 1 else ""
         local = ", ".join(str(device) for device in by_process[jax.process_index()])
         raise ValueError(
-            f"devices: asked for {asked}, but JAX sees {local_count} {jax.default_backend()} "
+            f"devices: asked for {asked}, but JAX sees {local_count} {jax.devices()[0].platform} "
             f"device(s){where}: {local}"
         )
     return [by_process[process][p] for process in sorted(by_process) for p in positions]

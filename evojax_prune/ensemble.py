@@ -2,7 +2,7 @@
 
 MO-EvoPruneDeepTL (Poyatos et al., arXiv 2302.10253) ends with a front of
 pruned heads; its authors combine front members of similar quality into
-ensembles and report that they beat the best member they contain (PROTOCOL.md,
+ensembles and report that they beat the best member they contain (docs/PROTOCOL.md,
 "Published figures": CATARACT about 0.777 vs 0.752, RPS 0.997 vs 0.981,
 PAINTING 0.951 vs 0.949).
 
@@ -651,7 +651,7 @@ def compare_ensembles(
       ValueError: features that do not match the run, bad bands or options.
       FileNotFoundError: a run directory that is missing or incomplete.
     """
-    from evojax_prune import report
+    from evojax_prune import rundir
     from evojax_prune.data.featureset import FeatureSet
     from evojax_prune.result import SearchResult
 
@@ -659,8 +659,8 @@ def compare_ensembles(
         raise ValueError(f"ood_ranking must be 'auroc' or 'accuracy', got {ood_ranking!r}")
     bands = _checked_bands(bands)
     if isinstance(run, str | os.PathLike):
-        result, recorded = report.load_run(run)
-        features = report.run_features(recorded, features, source=str(run))
+        result, recorded = rundir.read_run(run)
+        features = rundir.read_run_features(recorded, features, source=str(run))
     elif isinstance(run, SearchResult):
         result = run
         if features is None:

@@ -20,7 +20,7 @@ on top of the parameters themselves, P * (D H + H C + C) * 4 bytes, which are
 read in place (never copied or padded). Measured at RPS shapes (N = M = 372,
 D = 2048, H = 512, C = 3): 12 MB per head, so a chunk of 64 uses about 0.8 GB
 and all 1024 heads at once would use about 12 GB next to 4.3 GB of
-parameters. By default the chunk is sized from ``config.train.memory_budget_mb``
+parameters. By default the chunk is sized from ``config.engine.memory_budget_mb``
 (``auto_chunk_size``), the budget the trainer already respects.
 """
 
@@ -260,15 +260,15 @@ def evaluate_population(
       ood_features: (M, D) float OoD features.
       config: uses ``config.odin.temperature`` and ``config.odin.epsilon``
         (feature-space perturbation, 0 = off as in the paper) and
-        ``config.train.memory_budget_mb`` when ``chunk_size`` is None. Only
+        ``config.engine.memory_budget_mb`` when ``chunk_size`` is None. Only
         epsilon (and the chunk size) are compiled in: other config changes,
         the temperature included, do not recompile.
       chunk_size: heads evaluated at once (vmap inside a chunk, sequential over
-        chunks). ``None`` sizes it from ``config.train.memory_budget_mb``
+        chunks). ``None`` sizes it from ``config.engine.memory_budget_mb``
         (``auto_chunk_size``); a value >= P evaluates all heads in one vmap.
         Peak memory grows linearly with it (module docstring); results do not
         depend on it. It is per device: the heads are split over the devices of
-        ``config.train.devices`` (``devices.py``), params and masks on their P
+        ``config.engine.devices`` (``devices.py``), params and masks on their P
         axis, the data replicated; P is padded to a multiple of the device
         count by repeating the last head.
 
@@ -294,9 +294,9 @@ def evaluate_population(
             hidden=params.hidden_kernel.shape[-1],
             num_classes=params.output_bias.shape[-1],
             perturb=epsilon > 0,
-            memory_budget_mb=config.train.memory_budget_mb,
+            memory_budget_mb=config.engine.memory_budget_mb,
         )
-    mesh = devices.mesh_for(config.train.devices)
+    mesh = devices.mesh_for(config.engine.devices)
     # Evened out over the devices by repeating the last head (a copy of the parameters,
     # which the search avoids by training multiples of the device count), sliced off below.
     (params, masks), _ = devices.pad_population((params, masks), mesh.size)

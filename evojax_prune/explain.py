@@ -31,15 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from evojax_prune import atomic, rundir
+from evojax_prune import report, rundir
 
 DEFAULT_MEMBERS = "best-accuracy,smallest-mem,best-auroc"
 MEMBER_NAMES = ("best-accuracy", "smallest-mem", "best-auroc")
 SPLIT_ROLES = {"test": "test", "val": "val", "validation": "val", "train": "train"}
 IMAGES_PER_GRID = 8
 EXPLAIN_DIR = "explain"
-SECTION_START = "<!-- evojax-prune explain: start -->"
-SECTION_END = "<!-- evojax-prune explain: end -->"
 
 
 # --------------------------------------------------------------------------- choosing what to explain
@@ -304,7 +302,7 @@ def features_markdown(heads: list[dict[str, Any]], context: dict[str, Any]) -> s
 def report_section(grids: list[str], context: dict[str, Any]) -> str:
     """The report.md section linking the explain files (between markers, so it can be replaced)."""
     lines = [
-        SECTION_START,
+        report.EXPLAIN_START,
         "## Grad-CAM",
         "",
         f"Where each head looks: Grad-CAM of the {context['target']} class on {context['images']} "
@@ -315,20 +313,8 @@ def report_section(grids: list[str], context: dict[str, Any]) -> str:
         "",
     ]
     lines += [f"![Grad-CAM {name}]({EXPLAIN_DIR}/{name})" for name in grids]
-    lines += ["", SECTION_END, ""]
+    lines += ["", report.EXPLAIN_END, ""]
     return "\n".join(lines)
-
-
-def link_from_report(report: Path, section: str) -> bool:
-    """Appends ``section`` to ``report`` (replacing an earlier one); False when there is no report."""
-    if not report.is_file():
-        return False
-    text = report.read_text()
-    start, end = text.find(SECTION_START), text.find(SECTION_END)
-    if start != -1 and end > start:
-        text = text[:start].rstrip("\n") + "\n\n" + text[end + len(SECTION_END):].lstrip("\n")
-    atomic.write_text(report, text.rstrip("\n") + "\n\n" + section)
-    return True
 
 
 def replace_directory(staged: Path, target: Path) -> None:
@@ -366,7 +352,7 @@ def explain_run(run_dir: str | os.PathLike, *, members: str = DEFAULT_MEMBERS, n
     Returns:
       The explain directory.
     """
-    from evojax_prune import gradcam, report
+    from evojax_prune import gradcam
     from evojax_prune.data import backbone
 
     say = on_message or (lambda text: None)
@@ -377,7 +363,7 @@ def explain_run(run_dir: str | os.PathLike, *, members: str = DEFAULT_MEMBERS, n
     if target not in gradcam.TARGET_MODES:
         raise ValueError(f"--target must be one of {gradcam.TARGET_MODES}, got {target!r}")
     path = Path(run_dir)
-    result, recorded = report.load_run(path)
+    result, recorded = rundir.read_run(path)
     rundir.require_writable(path, "write the heat maps")
     metadata = recorded.get("features") or {}
     num_features = result.masks.shape[1]
@@ -457,7 +443,7 @@ def explain_run(run_dir: str | os.PathLike, *, members: str = DEFAULT_MEMBERS, n
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    link_from_report(path / "report.md", report_section(grids, context))
+    report.link_explain_section(path / "report.md", report_section(grids, context))
     return path / EXPLAIN_DIR
 
 

@@ -83,10 +83,6 @@ def supported(tile_rows: int, batch_size: int, hidden: int) -> str | None:
     return None
 
 
-def _interpret() -> bool:
-    return jax.default_backend() != "gpu"
-
-
 def sgd_update(
     param: jax.Array, grad: jax.Array, trace: jax.Array | None, *, learning_rate: float, decay: float,
     nesterov: bool,
@@ -128,7 +124,7 @@ def sgd_step(
     learning_rate: float,
     decay: float,
     nesterov: bool,
-    interpret: bool | None = None,
+    interpret: bool,
     block: int | None = None,
     num_warps: int = NUM_WARPS,
     num_stages: int = NUM_STAGES,
@@ -147,7 +143,7 @@ def sgd_step(
       training: (T,) bool, whether each tile trains; the others are left as
         they are and their forward product is zero.
       learning_rate, decay, nesterov: ``optax.sgd(learning_rate, decay or None, nesterov)``.
-      interpret: run Pallas' interpreter (default: unless on a GPU).
+      interpret: run Pallas' interpreter (off a GPU; ``TrainingPlan.interpret_kernels``).
       block, num_warps, num_stages: hidden units per program (default
         ``block_hidden(H)``; a power of two dividing H) and Triton's warps and
         pipeline stages per program.
@@ -164,7 +160,6 @@ def sgd_step(
     if hidden % block:
         raise ValueError(f"fused_sgd.sgd_step: block {block} does not divide the {hidden} hidden units")
     with_momentum = momentum is not None
-    interpret = _interpret() if interpret is None else interpret
     hyper = dict(learning_rate=learning_rate, decay=decay, nesterov=nesterov)
 
     def body(training_ref, kernel_ref, *refs):

@@ -1,7 +1,7 @@
 """The pruned head: masked D -> H ReLU units (no bias) -> C logits (with bias).
 
 A mask bit of 0 removes every connection from that input feature into the hidden
-layer (the bit is repeated across the H units, PROTOCOL.md "Network"). Applying
+layer (the bit is repeated across the H units, docs/PROTOCOL.md "Network"). Applying
 the mask to the input is the same thing and costs one multiply per feature: the
 pruned rows of the first kernel then receive no gradient and never matter.
 

@@ -1,6 +1,6 @@
 """NSGA-II over binary feature masks, with evosax's interface.
 
-The search of MO-EvoPruneDeepTL (Poyatos et al., arXiv 2302.10253; PROTOCOL.md
+The search of MO-EvoPruneDeepTL (Poyatos et al., arXiv 2302.10253; docs/PROTOCOL.md
 "NSGA-II"): non-dominated sorting and crowding distance (Deb, Pratap, Agarwal and
 Meyarivan, "A fast and elitist multiobjective genetic algorithm: NSGA-II", IEEE
 TEC 6(2), 2002), binary tournament on (rank, crowding), uniform crossover,
@@ -424,7 +424,7 @@ def init_masks(
     """The authors' initialisation: each mask keeps a random fraction of features.
 
     Each individual draws p ~ U(0, 1) and gets exactly round(p * D) ones at
-    uniformly random positions (PROTOCOL.md; round half to even). With
+    uniformly random positions (docs/PROTOCOL.md; round half to even). With
     ``min_active`` > 0, masks below it are then repaired (``repair_min_active``).
 
     The draws: ``fraction_key, position_key, repair_key = jax.random.split(key, 3)``,

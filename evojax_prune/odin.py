@@ -4,7 +4,7 @@ ODIN (Liang, Li & Srikant, "Enhancing the reliability of out-of-distribution
 image detection in neural networks", ICLR 2018, arXiv 1706.02690) scores an
 input by the largest softmax probability of its logits divided by a
 temperature T; in-distribution (InD) inputs score higher. MO-EvoPruneDeepTL
-uses T = 1000 and no input perturbation (PROTOCOL.md, "Robustness objective").
+uses T = 1000 and no input perturbation (docs/PROTOCOL.md, "Robustness objective").
 
 Numerics. At T = 1000 every probability sits within about |l| / T of 1 / C,
 so a float32 softmax keeps only the last few bits for what separates inputs:

@@ -38,65 +38,12 @@ FIGURES = ("front_3d", "front_pairs", "history", "ensembles", "features")
 # The authors' bands, then the upper half and the whole front: a small front
 # (a single run's) puts one or two members in each of the authors' bands.
 REPORT_BANDS = (*ensemble.AUTHORS_BANDS, (50, 100), ensemble.WHOLE_FRONT)
+# The Grad-CAM section ``explain`` adds to report.md lies between these.
+EXPLAIN_START = "<!-- evojax-prune explain: start -->"
+EXPLAIN_END = "<!-- evojax-prune explain: end -->"
 
 
 # --------------------------------------------------------------------------- reading a run
-
-
-def load_run(run_dir: str | os.PathLike):
-    """A finished run directory as a ``SearchResult`` and config.json's dict (``rundir.read_run``).
-
-    Raises:
-      FileNotFoundError: no such directory.
-      rundir.RunDirectoryError (a ValueError): not a finished run, or a damaged
-        file (named, with what to do).
-    """
-    return rundir.read_run(run_dir)
-
-
-def run_features(recorded: dict[str, Any], features: Any = None, *, source: str = "the run"):
-    """The FeatureSet a run was started with.
-
-    Args:
-      recorded: config.json's dict (``load_run``).
-      features: a FeatureSet, a path to one, or ``None``: the embedded digits
-        are rebuilt from the recorded split settings; any other data set must
-        be given.
-      source: names the run in error messages.
-
-    Returns:
-      FeatureSet, checked against the run's name, D and C.
-    """
-    from evojax_prune.data import embedded
-    from evojax_prune.data.featureset import FeatureSet
-
-    metadata = recorded.get("features") or {}
-    name = metadata.get("name", "unnamed")
-    if features is None:
-        if name != "digits":
-            raise ValueError(
-                f"{source}: the run used the features {name!r}, which cannot be rebuilt; "
-                "pass --features FILE, the FeatureSet .npz the run was started with"
-            )
-        splits = metadata.get("splits", {})
-        features = embedded.digits(
-            seed=int(splits.get("seed", 0)),
-            val_fraction=float(splits.get("val_fraction", 0.2)),
-            test_fraction=float(splits.get("test_fraction", 0.2)),
-        )
-    elif not isinstance(features, FeatureSet):
-        features = FeatureSet.load(features)
-    if features.name != name:
-        raise ValueError(
-            f"{source}: the run used the features {name!r}, the FeatureSet given is {features.name!r}"
-        )
-    for what, expected, found in (("D", recorded.get("num_features"), features.num_features),
-                                  ("C", recorded.get("num_classes"), features.num_classes)):
-        if expected is not None and expected != found:
-            raise ValueError(
-                f"{source}: the run used {name!r} with {what} = {expected}, the FeatureSet given has {found}"
-            )
-    return features
 
 
 # --------------------------------------------------------------------------- figures
@@ -326,9 +273,9 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
     except ImportError:
         raise ValueError("the report needs matplotlib: pip install matplotlib") from None
     path = Path(run_dir)
-    result, recorded = load_run(path)
+    result, recorded = rundir.read_run(path)
     rundir.require_writable(path, "write the report")
-    featureset = run_features(recorded, features, source=str(path))
+    featureset = rundir.read_run_features(recorded, features, source=str(path))
     comparison = ensemble.compare_ensembles(result, featureset, bands=bands, tpr=tpr)
     metadata = recorded.get("features") or {}
     image_size = metadata.get("image_size")
@@ -355,13 +302,27 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
 
 
 def _explain_section(report: Path) -> str:
-    from evojax_prune.explain import SECTION_END, SECTION_START
-
     if not report.is_file():
         return ""
     text = report.read_text()
-    start, end = text.find(SECTION_START), text.find(SECTION_END)
-    return text[start:end + len(SECTION_END)] + "\n" if start != -1 and end > start else ""
+    start, end = text.find(EXPLAIN_START), text.find(EXPLAIN_END)
+    return text[start:end + len(EXPLAIN_END)] + "\n" if start != -1 and end > start else ""
+
+
+def link_explain_section(report: Path, section: str) -> bool:
+    """Appends the explain ``section`` to ``report`` (replacing an earlier one); False without a report.
+
+    ``section`` starts with ``EXPLAIN_START`` and ends with ``EXPLAIN_END``, so
+    that a later ``write_report`` keeps it and a later ``explain`` replaces it.
+    """
+    if not report.is_file():
+        return False
+    text = report.read_text()
+    start, end = text.find(EXPLAIN_START), text.find(EXPLAIN_END)
+    if start != -1 and end > start:
+        text = text[:start].rstrip("\n") + "\n\n" + text[end + len(EXPLAIN_END):].lstrip("\n")
+    atomic.write_text(report, text.rstrip("\n") + "\n\n" + section)
+    return True
 
 
 def _picks(result) -> list[tuple[str, int]]:

@@ -1,8 +1,9 @@
 """The run directory: its format, written atomically and read back validated.
 
 Layout (format ``FORMAT``):
-  config.json              the resolved configuration, seed, data set, package versions, JAX devices
-  history.jsonl            one JSON line per generation
+  config.json              the resolved configuration, seed, data set, package versions, JAX devices,
+                           and ``training_plan``: how the largest bucket trains (``plan.TrainingPlan``)
+  history.jsonl            one JSON line per generation (``train_calls``: [padded, trained] per call)
   checkpoint.npz           everything needed to resume after the last finished generation
   checkpoint.previous.npz  the generation before it, kept in case the newest is damaged
   pareto.csv               the final front, one row per member (validation and test metrics)
@@ -162,7 +163,7 @@ def environment() -> dict[str, Any]:
         "packages": versions,
         "devices": [str(device) for device in jax.devices()],
         "processes": jax.process_count(),
-        "backend": jax.default_backend(),
+        "backend": jax.devices()[0].platform,
     }
 
 
@@ -547,3 +548,48 @@ def _check_csv(file: Path, masks: np.ndarray, remedy: str) -> None:
         raise RunFileError(file, f"active_features is not a count ({error})", remedy) from None
     if active != masks.sum(axis=1).tolist():
         raise RunFileError(file, "its active_features disagree with pareto.npz's masks", remedy)
+
+
+def read_run_features(recorded: dict[str, Any], features: Any = None, *, source: str = "the run"):
+    """The FeatureSet a run was started with.
+
+    Args:
+      recorded: config.json's dict (``read_run``).
+      features: a FeatureSet, a path to one, or ``None``: the embedded digits
+        are rebuilt from the recorded split settings; any other data set must
+        be given.
+      source: names the run in error messages.
+
+    Returns:
+      FeatureSet, checked against the run's name, D and C.
+    """
+    from evojax_prune.data import embedded
+    from evojax_prune.data.featureset import FeatureSet
+
+    metadata = recorded.get("features") or {}
+    name = metadata.get("name", "unnamed")
+    if features is None:
+        if name != "digits":
+            raise ValueError(
+                f"{source}: the run used the features {name!r}, which cannot be rebuilt; "
+                "pass --features FILE, the FeatureSet .npz the run was started with"
+            )
+        splits = metadata.get("splits", {})
+        features = embedded.digits(
+            seed=int(splits.get("seed", 0)),
+            val_fraction=float(splits.get("val_fraction", 0.2)),
+            test_fraction=float(splits.get("test_fraction", 0.2)),
+        )
+    elif not isinstance(features, FeatureSet):
+        features = FeatureSet.load(features)
+    if features.name != name:
+        raise ValueError(
+            f"{source}: the run used the features {name!r}, the FeatureSet given is {features.name!r}"
+        )
+    for what, expected, found in (("D", recorded.get("num_features"), features.num_features),
+                                  ("C", recorded.get("num_classes"), features.num_classes)):
+        if expected is not None and expected != found:
+            raise ValueError(
+                f"{source}: the run used {name!r} with {what} = {expected}, the FeatureSet given has {found}"
+            )
+    return features

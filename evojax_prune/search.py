@@ -78,7 +78,7 @@ class MaskEvaluator:
         self.train_key = train_key
         self.max_batch = max_batch
         self.num_classes = features.num_classes
-        self.mesh = devices.mesh_for(config.train.devices)
+        self.mesh = devices.mesh_for(config.engine.devices)
         everywhere = devices.replicated(self.mesh)
         self.x_train, self.y_train = devices.put((features.x_train, features.y_train), everywhere)
         self.x_val, self.y_val = devices.put((features.x_val, features.y_val), everywhere)
@@ -90,9 +90,10 @@ class MaskEvaluator:
         # generation: the population's heads and the generation's); a larger population has its
         # front trained again at the end instead, as the heads' memory would bound P.
         head_bytes = head.param_bytes(features.num_features, features.num_classes, config.head.hidden)
-        self.keep_heads = max_batch * head_bytes <= config.train.memory_budget_mb * 2**20
+        self.keep_heads = max_batch * head_bytes <= config.engine.memory_budget_mb * 2**20
         self.seconds = {"train": 0.0, "score": 0.0}
         self.trained_masks = 0
+        self.train_calls: list[list[int]] = []  # [padded, trained] per call since the last history record
         self.diverged = 0  # of the heads trained since the last history record
         self.warned_divergence = False
 
@@ -121,6 +122,12 @@ class MaskEvaluator:
         bucket = devices.padded_size(max(bucket_size(count, self.max_batch), at_least), self.mesh.size)
         return np.concatenate([masks, np.repeat(masks[:1], bucket - count, axis=0)])
 
+    def training_plan(self) -> dict[str, Any]:
+        """How the generations' largest bucket trains (``trainer.training_plan``), for config.json."""
+        local = devices.padded_size(self.max_batch, self.mesh.size) // self.mesh.size
+        plan = trainer.training_plan(self.config, local, self.cache.num_features, self.num_classes, self.mesh)
+        return {"population": local, **plan.to_dict()}
+
     def train(self, masks: np.ndarray) -> trainer.TrainedPopulation:
         """Trains (K, D) masks in a padded bucket; returns the K trained heads (device arrays)."""
         trained = self._train_padded(self._padded(masks), len(masks))
@@ -128,6 +135,7 @@ class MaskEvaluator:
 
     def _train_padded(self, padded: np.ndarray, count: int) -> trainer.TrainedPopulation:
         """Trains the first ``count`` masks of a padded bucket (the rest keep the shape only)."""
+        self.train_calls.append([len(padded), count])
         return trainer.train_population(
             self.train_key, padded, self.x_train, self.y_train, self.config,
             num_classes=self.num_classes, num_trained=count,
@@ -186,7 +194,7 @@ def run_search(
       features: the data (train / validation / test and OoD features).
       config: the run configuration (e.g. ``preset("quick")``).
       seed: the run's seed; the same seed on the same device gives the same front
-        (on CPU also on any number of devices, ``config.train.devices``).
+        (on CPU also on any number of devices, ``config.engine.devices``).
       out_dir: run directory to write (config, history, checkpoint, front, summary);
         ``None`` keeps everything in memory. On several processes
         (``devices.initialize_distributed``) every process runs the same search
@@ -237,7 +245,7 @@ def run_search(
         started -= elapsed
     else:
         if write_path is not None:
-            rundir.write_config(write_path, settings)
+            rundir.write_config(write_path, {**settings, "training_plan": evaluator.training_plan()})
         population = evolver.initial_population(init_key)
         if evaluator.keep_heads:  # the baseline trains with the initial population
             evaluator.baseline = np.ones(num_features, bool)
@@ -282,6 +290,7 @@ def _record(history, state, evolver, evaluator, started, generation, on_generati
         "evaluations": len(evaluator.cache),
         "trained": evaluator.trained_masks,
         "diverged": evaluator.diverged,
+        "train_calls": evaluator.train_calls,
         "front_size": len(front),
         "hypervolume": hypervolume(objectives, REFERENCE_POINT),
         "best_accuracy": float(values["accuracy"].max()),
@@ -301,6 +310,7 @@ def _record(history, state, evolver, evaluator, started, generation, on_generati
         )
     evaluator.seconds = {"train": 0.0, "score": 0.0}
     evaluator.diverged = 0
+    evaluator.train_calls = []
     history.append(record)
     if on_generation is not None:
         on_generation(record)
@@ -324,8 +334,8 @@ def _restore(run_path, settings, evolver, evaluator, init_key):
     for name in rundir.CONFIG_KEYS:
         ours, theirs = json.loads(json.dumps(settings[name])), recorded[name]
         if name == "config" and isinstance(theirs, dict):
-            # Where heads train is not what they learn: a run may resume on other devices.
-            ours, theirs = _without_devices(ours), _without_devices(theirs)
+            # How heads train is not what they learn: a run may resume with another engine.
+            ours, theirs = _without_engine(ours), _without_engine(theirs)
         if theirs != ours:
             raise rundir.RunDirectoryError(
                 f"{run_path}: cannot resume, the run was started with a different {name}"
@@ -350,9 +360,10 @@ def _restore(run_path, settings, evolver, evaluator, init_key):
     return state, history[: checkpoint.generation + 1], checkpoint.elapsed
 
 
-def _without_devices(config: dict[str, Any]) -> dict[str, Any]:
-    train = {name: value for name, value in config.get("train", {}).items() if name != "devices"}
-    return {**config, "train": train}
+def _without_engine(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict in today's form (older ones held engine fields in ``train``), its engine dropped."""
+    config = RunConfig.from_dict(config).to_dict()
+    return {name: value for name, value in config.items() if name != "engine"}
 
 
 def _final_front(features, config, seed, state, evolver, evaluator, history, started) -> SearchResult:

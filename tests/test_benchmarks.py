@@ -6,16 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+# The benchmark scripts import each other as top-level modules: pyproject.toml puts benchmarks/
+# on pytest's pythonpath, as running a script puts its own folder on sys.path.
+import common
+import cpu_step_layouts
 import numpy as np
 import pytest
+import run_all
+import step_profile
+import trainer_throughput
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import cpu_step_layouts  # noqa: E402
-import run_all  # noqa: E402
-import step_profile  # noqa: E402
-import trainer_throughput  # noqa: E402
+ENGINE = '{"tile_sum": "gather"}'
 
 
 def test_roofline_counts_the_weight_traffic_of_every_step():
@@ -41,22 +43,28 @@ def test_readme_shows_the_committed_results():
 
 
 def test_smoke_suite_runs_checks_and_renders(tmp_path):
-    # As gpu.sh runs it: with the trainer settings of the fastest step variant.
-    settings = '{"TILE_SUM": "gather"}'
+    # As gpu.sh runs it: with the engine settings of the fastest step variant.
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / "run_all.py"), "--size", "smoke", "--out-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
-        env={**os.environ, "EVOJAX_PRUNE_BENCH_TRAINER": settings},
+        env={**os.environ, common.ENGINE_VARIABLE: ENGINE},
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = {path.stem: json.loads(path.read_text()) for path in tmp_path.glob("*.json")}
     assert sorted(results) == sorted(f"{name}_smoke" for name in run_all.SIZES["smoke"])
     for name, result in results.items():
         assert result.get("device_kind") or result.get("device"), name
-        assert result["trainer_settings"]["TILE_SUM"] == "gather", name
+        assert result["engine"] == {"tile_sum": "gather"}, name
+        assert "trainer_settings" not in result, name
 
     trainer = results["trainer_throughput_smoke"]
     row = trainer["rows"][0]
+    # The settings reached the trainer: on a CPU the tile sum's auto is the scatter.
+    for plan in (row["plan"], row["one_at_a_time"]["plan"]):
+        assert plan["platform"] == "cpu" and plan["tile_sum"] == "gather", plan
+    assert row["plan"]["population"] == 2 and row["chunk_size"] == row["plan"]["chunk_size"] == 1
+    assert row["plan"]["kernel_transposed"]  # chunks of one head on a CPU: (H, c)
+    assert row["one_at_a_time"]["plan"]["population"] == 1
     assert trainer["memory_bandwidth_gbs"] > 0 and trainer["matmul_peak_gflops"] > 0
     assert 0 < row["population_trainer"]["roofline"]["fraction_of_roofline"]
     assert row["one_at_a_time"]["heads"] == 1 and row["ratio_a_over_b"] > 0
@@ -70,6 +78,8 @@ def test_smoke_suite_runs_checks_and_renders(tmp_path):
 
     profile = results["generation_profile_smoke"]["rows"][0]
     assert profile["population"] == 4 and profile["seconds"]["training"] > 0
+    assert profile["plan"]["tile_sum"] == "gather" and profile["plan"]["population"] == 4
+    assert profile["train_chunk_size"] == profile["plan"]["chunk_size"] == 1
     assert profile["memory"]["host_rss_growth_bytes"] >= 0
     capacity = results["generation_profile_smoke"]["capacity"]
     # A CPU reports no device memory limit: the host's available memory bounds P there.
@@ -79,7 +89,7 @@ def test_smoke_suite_runs_checks_and_renders(tmp_path):
     table = (tmp_path / "README.md").read_text()
     for heading in ("Population trainer", "ODIN + AUROC", "NSGA-II survival step", "One generation"):
         assert heading in table
-    assert "`TILE_SUM = 'gather'`" in table
+    assert "Engine: `tile_sum = 'gather'`." in table and "Trainer settings" not in table
     assert "Largest population that fits" in table and "host memory available" in table
 
 
@@ -135,19 +145,26 @@ def test_step_profile_traces_every_variant_and_they_agree(tmp_path):
     result = run_benchmark("step_profile.py", tmp_path / "step.json",
                            "--population", "4", "--epochs", "1", "--chunk-size", "4")
     names = [layout["layout"] for layout in result["layouts"]]
-    assert names == ["packed, fused SGD kernel", "packed, XLA's SGD", "padded, XLA's SGD",
+    assert names == ["packed, fused SGD kernel", "packed, XLA's SGD",
                      "packed, fused SGD kernel, command buffers on",
                      "packed, fused SGD kernel, tiles summed by XLA's scatter",
                      "packed, fused SGD kernel, tiles summed by gathering"]
-    def column(name):
-        return [layout[name] for layout in result["layouts"]]
+    assert names == list(step_profile.VARIANTS)
+    assert result["engine"] == {} and result["chunk_size"] == 4
 
-    assert column("tile_sum") == ["scatter"] * 5 + ["gather"]
+    def plans(name):
+        return [layout["plan"][name] for layout in result["layouts"]]
+
+    assert plans("tile_sum") == ["scatter"] * 4 + ["gather"]
+    assert plans("command_buffers") == [False, False, True, False, False]
+    assert plans("step") == ["xla"] * 5  # the fused kernel is for GPUs unless asked for
+    assert plans("chunk_size") == [4] * 5 and plans("platform") == ["cpu"] * 5
     for layout in result["layouts"]:
         assert "error" not in layout, layout.get("error")
-        assert not layout["fused_update"]  # the kernel is for GPUs unless asked for
+        assert layout["engine"] == step_profile.VARIANTS[layout["layout"]]
+        assert not layout["plan"]["layouts"][0]["per_head"]  # packed tiles
         assert layout.get("largest_loss_difference_from_first", 0.0) < 1e-5
-        assert layout["chunk_size"] == 4 and layout["microseconds_per_step"] > 0
+        assert layout["microseconds_per_step"] > 0
         operations = layout["trace"]["operations"]
         assert operations and all(row["total_us"] >= 0 for row in operations)
         assert not any(row["name"].startswith("$") for row in operations)  # XLA's work, not Python frames
@@ -175,6 +192,14 @@ def test_cpu_step_layouts_times_the_trainer_both_ways(tmp_path):
                            "--repeats", "1", "--trainer-populations", "1", "--trainer-epochs", "1")
     [row] = result["trainer"]
     assert row["population"] == 1 and set(row["seconds"]) == set(cpu_step_layouts.TRAINER_WAYS)
+    assert row["engine"] == cpu_step_layouts.TRAINER_WAYS
+    plans = row["plans"]
+    assert plans["as the trainer"]["kernel_transposed"] and len(plans["as the trainer"]["layouts"]) == 16
+    assert not plans["kernel (c, H)"]["kernel_transposed"] and len(plans["kernel (c, H)"]["layouts"]) == 16
+    assert plans["8 capacity levels for one head"]["kernel_transposed"]
+    assert len(plans["8 capacity levels for one head"]["layouts"]) == 8
+    before = plans["both: the trainer before"]
+    assert not before["kernel_transposed"] and len(before["layouts"]) == 8
     assert row["speedup_of_the_trainer"]["as the trainer"] == 1.0
     assert all(seconds > 0 for seconds in row["seconds"].values()), row
     assert all(difference < 1e-5 for difference in row["max_abs_kernel_difference"].values()), row
@@ -197,57 +222,66 @@ def test_cpu_step_layouts_update_is_optax_sgd_with_nesterov():
         np.testing.assert_allclose(new_momentum, expected_momentum, rtol=1e-6, atol=1e-7)
 
 
-def test_padded_layouts_of_one_head_are_the_trainers_while_profiled(monkeypatch):
-    # profile_layout puts a variant's layouts in trainer.chunk_layouts while it traces.
-    monkeypatch.setattr(step_profile.trainer, "chunk_layouts", step_profile.padded_layouts)
-    one_head = step_profile.padded_layouts(2048, 1, True)
-    assert one_head == step_profile.TRAINER_CHUNK_LAYOUTS(2048, 1, True) and len(one_head) == 16
-    four_heads = step_profile.padded_layouts(2048, 4, True)
-    assert [layout.tile_rows for layout in four_heads] == list(range(256, 2049, 256))
+def test_engine_variants_lower_to_their_own_programs():
+    """Two engine variants are two plans, two static arguments: two programs, no tricks needed.
 
-
-def test_step_profile_programs_are_traced_anew(monkeypatch):
-    """A variant that changes what is traced (``trainer.TILE_SUM``) gets its own trace.
-
-    JAX caches a function's trace by the function, whatever jit wraps it: a second
-    ``jax.jit`` of the same function would silently measure the first program again.
+    The gather sums a packed chunk's tiles without XLA's scatter; the scatter with it.
     """
     import jax
 
-    from evojax_prune import devices, trainer
-    from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
+    from evojax_prune import devices, plan, trainer
+    from evojax_prune.config import EngineConfig, TrainConfig
 
-    config = RunConfig(head=HeadConfig(hidden=8), train=TrainConfig(batch_size=8, max_epochs=1, chunk_size=4))
+    train_config = TrainConfig(batch_size=8, max_epochs=1)
     init, orders = trainer._initial_weights_and_orders(
         jax.random.key(0), num_features=64, num_classes=3, hidden=8, num_epochs=1, num_samples=16)
     masks = np.random.default_rng(0).random((4, 64)) < 0.5
 
     def scatters(tile_sum):
-        monkeypatch.setattr(trainer, "TILE_SUM", tile_sum)
-        traced = step_profile.trainer_program().trace(
+        training = plan.make_plan(EngineConfig(chunk_size=4, tile_sum=tile_sum), train_config, population=4,
+                                  num_features=64, num_classes=3, hidden=8, platform="cpu")
+        assert training.packed and training.tile_sum == tile_sum
+        traced = trainer._PROGRAMS[False].trace(
             init, orders, masks, np.int32(4), np.zeros((16, 64), np.float32), np.zeros(16, np.int32),
-            train_config=config.train, chunk_size=4, layouts=trainer.chunk_layouts(64, 4, True),
-            mesh=devices.mesh_for(None))
+            train_config=train_config, plan=training, mesh=devices.mesh_for(None))
         return traced.lower().as_text().count("stablehlo.scatter")
 
     assert scatters("gather") < scatters("scatter")
 
 
-def test_trainer_settings_from_the_environment(monkeypatch):
-    """gpu.sh hands the fastest step variant's trainer settings to the suite through the environment."""
-    import common
+def test_engine_settings_from_the_environment(monkeypatch):
+    """gpu.sh hands the fastest step variant's engine settings to the suite through the environment."""
+    from evojax_prune import config as cfg
 
-    from evojax_prune import trainer
+    monkeypatch.delenv(common.ENGINE_VARIABLE, raising=False)
+    assert common.engine_settings() == {} and common.environment()["engine"] == {}
+    monkeypatch.setenv(common.ENGINE_VARIABLE, '{"tile_sum": "gather", "devices": [0]}')
+    settings = common.engine_settings()
+    assert settings == {"tile_sum": "gather", "devices": [0]} and common.environment()["engine"] == settings
+    config = common.with_engine(cfg.preset("quick"), {"chunk_size": 2})
+    assert (config.engine.tile_sum, config.engine.devices, config.engine.chunk_size) == ("gather", (0,), 2)
+    # The benchmark's own settings win over the environment's.
+    assert common.with_engine(cfg.preset("quick"), {"tile_sum": "scatter"}).engine.tile_sum == "scatter"
+    record = common.plan_record(config, 4, 64, 3)
+    assert record["population"] == 4 and record["devices"] == 1 and record["tile_sum"] == "gather"
+    assert record["chunk_size"] == 2 and record["platform"] == "cpu"
+    for bad, why in (('{"tile_sum": ', "not valid JSON"), ('["heads"]', "must be a JSON object"),
+                     ('{"TILE_SUM": "gather"}', r"unknown EngineConfig field\(s\) \['TILE_SUM'\]"),
+                     ('{"tile_sum": "sorted"}', "EngineConfig.tile_sum must be")):
+        monkeypatch.setenv(common.ENGINE_VARIABLE, bad)
+        with pytest.raises(ValueError, match=rf"\$EVOJAX_PRUNE_BENCH_ENGINE.*{why}"):
+            common.engine_settings()
+    assert common.engine_settings("") == {}
 
-    for name in common.TRAINER_SETTINGS:
-        monkeypatch.setattr(trainer, name, getattr(trainer, name))  # restored after the test
-    assert common.apply_trainer_settings(None) == {"TILE_SUM": None}
-    settings = common.apply_trainer_settings('{"TILE_SUM": "gather"}')
-    assert settings["TILE_SUM"] == trainer.TILE_SUM == "gather"
-    assert common.environment()["trainer_settings"] == settings
-    for bad in ('{"BLOCK": 64}', '["heads"]'):
-        with pytest.raises(ValueError, match="EVOJAX_PRUNE_BENCH_TRAINER must be a JSON object"):
-            common.apply_trainer_settings(bad)
+
+def test_benchmarks_use_the_public_configuration():
+    """Variants are engine settings: no benchmark sets attributes of the package or edits sys.path."""
+    for script in sorted(BENCHMARKS.glob("*.py")):
+        text = script.read_text()
+        for banned in ("setattr(", "sys.path.insert", "default_backend", "trainer_settings", "TILE_SUM"):
+            if script.name == "run_all.py" and banned == "trainer_settings":
+                continue  # renders the committed results recorded before the engine section
+            assert banned not in text, (script.name, banned)
 
 
 def test_fastest_step_variant_must_agree_with_the_first():
@@ -261,7 +295,7 @@ def test_fastest_step_variant_must_agree_with_the_first():
     rows[2]["largest_loss_difference_from_first"] = 1e-5
     assert step_profile.fastest_settings(rows) == {
         "variant": "packed, fused SGD kernel, tiles summed by gathering",
-        "settings": {"TILE_SUM": "gather"}, "microseconds_per_step": 150.0}
+        "settings": {"tile_sum": "gather"}, "microseconds_per_step": 150.0}
     rows[2]["error"] = "Triton failed"
     assert step_profile.fastest_settings(rows)["variant"] == "packed, fused SGD kernel"
     assert step_profile.fastest_settings(rows[1:2]) is None
@@ -273,6 +307,7 @@ def test_gpu_script_names_only_existing_variants():
     import shlex
 
     script = (BENCHMARKS / "gpu.sh").read_text().replace("\\\n", " ")
+    assert "EVOJAX_PRUNE_BENCH_ENGINE" in script and "EVOJAX_PRUNE_BENCH_TRAINER" not in script
     profiles = [line for line in script.splitlines() if "step_profile.py" in line and "--variants" in line]
     assert len(profiles) == 2
     for line in profiles:

@@ -15,7 +15,7 @@ def test_version_and_help():
     assert result.returncode == 0 and __version__ in result.stdout
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("run", "extract", "report", "bench", "inspect"):
+    for command in ("run", "extract", "report", "explain", "inspect"):
         assert command in result.stdout
 
 
@@ -39,20 +39,11 @@ def test_inspect_missing_file_is_an_input_error(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_internal_errors_exit_1(monkeypatch, capsys):
+def test_internal_errors_exit_1(capsys):
     def broken(args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "_inspect", broken)
-    assert cli.main(["inspect"]) == 1
-    assert "internal error" in capsys.readouterr().err
-
-
-def test_commands_not_built_yet_say_so(monkeypatch, capsys):
-    import importlib.util
-
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name: None if name == "evojax_prune.bench" else real_find_spec(name))
-    assert cli.main(["bench"]) == 2
-    assert "not available" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["inspect"])
+    args.handler = broken
+    assert cli.dispatch(args) == 1
+    assert "internal error: RuntimeError: boom" in capsys.readouterr().err

@@ -32,7 +32,7 @@ def problem():
 def _config(temperature=1000.0, epsilon=0.0, auroc="exact", memory_budget_mb=2048.0):
     return cfg.preset("quick").replace(
         odin={"temperature": temperature, "epsilon": epsilon, "auroc": auroc},
-        train={"memory_budget_mb": memory_budget_mb},
+        engine={"memory_budget_mb": memory_budget_mb},
     )
 
 

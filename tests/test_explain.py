@@ -11,6 +11,7 @@ from image_folders import write_random_folder
 from PIL import Image
 
 from evojax_prune import cli, explain
+from evojax_prune import report as report_module
 
 SIZE = 64  # 2x2 feature maps
 
@@ -96,7 +97,7 @@ def test_command_writes_grids_features_and_report_link(finished_run, shared_mode
     # A second call replaces the folder and the section, it does not append another.
     assert cli.main(["explain", str(run), "--images", "2", "--members", "0", "--weights", "none"]) == 0
     report = (run / "report.md").read_text()
-    assert report.count(explain.SECTION_START) == 1 and report.count("## Grad-CAM") == 1
+    assert report.count(report_module.EXPLAIN_START) == 1 and report.count("## Grad-CAM") == 1
     assert len(json.loads((out / "features.json").read_text())["images_shown"]) == 2
     assert not [p for p in run.iterdir() if p.name.startswith(".explain")]  # no staging left behind
     assert all(call == (SIZE, None) for call in shared_model)  # weights as recorded: random
@@ -157,7 +158,8 @@ def test_member_choice_and_spread():
 
 
 def test_report_keeps_the_grad_cam_section(tmp_path):
-    from evojax_prune.explain import SECTION_END, SECTION_START
+    from evojax_prune.report import EXPLAIN_END as SECTION_END
+    from evojax_prune.report import EXPLAIN_START as SECTION_START
     from evojax_prune.report import _explain_section
 
     report = tmp_path / "report.md"

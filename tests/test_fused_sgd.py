@@ -1,5 +1,6 @@
 """The fused SGD kernels (Pallas, interpreted on the CPU) against optax.sgd and plain products."""
 
+
 import functools
 
 import jax
@@ -50,7 +51,8 @@ def test_fused_step_equals_optax_sgd(decay, nesterov):
     operands = random_step(0, with_momentum=decay > 0)
     hyper = dict(learning_rate=1e-2, decay=decay, nesterov=nesterov)
     kernel, momentum, product = fused_sgd.sgd_step(**{k: jnp.asarray(v) if v is not None else None
-                                                      for k, v in operands.items()}, **hyper)
+                                                      for k, v in operands.items()}, **hyper,
+                                                   interpret=True)
     want_kernel, want_momentum, want_product = optax_step(**operands, **hyper)
     np.testing.assert_allclose(kernel, want_kernel, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(product, want_product, rtol=1e-5, atol=1e-5)
@@ -82,7 +84,7 @@ def test_fused_step_jits_and_runs_in_a_loop():
     def reference(*args, **kwargs):
         return tuple(jnp.asarray(a) for a in optax_step(*[np.asarray(a) for a in args], **kwargs))
 
-    got = run(fused_sgd.sgd_step)
+    got = run(functools.partial(fused_sgd.sgd_step, interpret=True))
     want = (operands["kernel"], operands["momentum"], None)
     for _ in range(3):
         want = reference(want[0], want[1], operands["inputs_transposed"], operands["d_pre_activation"],
@@ -114,52 +116,53 @@ def test_supported_shapes_name_the_problem():
     assert "hidden units 96" in fused_sgd.supported(128, 32, 96)
 
 
-def test_trainer_lowers_for_a_gpu_with_the_fused_kernel(monkeypatch):
-    """The whole training program as a GPU gets it (Triton kernels, tiles summed by gathering)."""
-    from evojax_prune import devices, trainer
-    from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
+def test_trainer_lowers_for_a_gpu_with_the_fused_kernel():
+    """The whole training program as a GPU gets it (Triton kernels, tiles summed by gathering).
+
+    The plan is made for a GPU (``plan.make_plan(platform="gpu")``), which is
+    everything the traced program asks about the hardware.
+    """
+    from evojax_prune import devices, plan, trainer
+    from evojax_prune.config import EngineConfig, TrainConfig
 
     num_features, hidden, heads, samples = 256, 64, 4, 40
-    monkeypatch.setattr(fused_sgd, "_interpret", lambda: False)
-    monkeypatch.setattr(trainer, "TILE_SUM", "gather")
-    # The trainer asks the backend whether it is a GPU; this CPU answers "gpu" for the trace.
-    monkeypatch.setattr(trainer.jax, "default_backend", lambda: "gpu")
-    config = RunConfig(head=HeadConfig(hidden=hidden),
-                       train=TrainConfig(batch_size=16, max_epochs=2, chunk_size=heads, fused_update=True))
-    layouts = trainer.chunk_layouts(num_features, heads, gather=True)
-    assert fused_sgd.supported(layouts[0].tile_rows, 16, hidden) is None
+    train = TrainConfig(batch_size=16, max_epochs=2)
+    gpu_plan = plan.make_plan(EngineConfig(chunk_size=heads), train, population=heads,
+                              num_features=num_features, num_classes=3, hidden=hidden, platform="gpu")
+    assert gpu_plan.step == "fused_sgd" and gpu_plan.tile_sum == "gather" and not gpu_plan.interpret_kernels
     init, orders = trainer._initial_weights_and_orders(
         jax.random.key(0), num_features=num_features, num_classes=3, hidden=hidden, num_epochs=2,
         num_samples=samples)
     masks = np.random.default_rng(0).random((heads, num_features)) < 0.5
-    program = jax.jit(functools.partial(trainer._train_population), static_argnames=trainer._STATIC_ARGUMENTS)
-    lowered = program.trace(
+    lowered = trainer._PROGRAMS[gpu_plan.command_buffers].trace(
         init, orders, masks, np.int32(heads), np.zeros((samples, num_features), np.float32),
-        np.zeros(samples, np.int32), train_config=config.train, chunk_size=heads, layouts=layouts,
-        mesh=devices.mesh_for(None),
+        np.zeros(samples, np.int32), train_config=train, plan=gpu_plan, mesh=devices.mesh_for(None),
     ).lower(lowering_platforms=("cuda",))
     text = lowered.as_text()
-    assert text.count("xla.gpu.triton") == len(layouts)  # one kernel in each layout's branch
+    assert text.count("xla.gpu.triton") == len(gpu_plan.layouts)  # one kernel in each layout's branch
     assert "fused_sgd_step" in text
 
 
 def test_where_the_trainer_uses_the_kernel():
-    from evojax_prune import trainer
-    from evojax_prune.config import TrainConfig
+    from evojax_prune import plan
+    from evojax_prune.config import EngineConfig, TrainConfig
 
-    packed = trainer.chunk_layouts(2048, 32, gather=True)[0]
-    one_head = trainer.chunk_layouts(2048, 1, gather=True)[0]
-    applies = trainer.fused_update_applies
-    assert applies(TrainConfig(), packed, 512, platform="gpu")  # the authors' protocol on a GPU
-    assert not applies(TrainConfig(), packed, 512, platform="cpu")  # not unless asked for
-    assert applies(TrainConfig(fused_update=True), packed, 512, platform="cpu")  # interpreted
-    assert not applies(TrainConfig(fused_update=False), packed, 512, platform="gpu")
-    assert not applies(TrainConfig(), one_head, 512, platform="gpu")  # chunks of one head: XLA
-    assert not applies(TrainConfig(optimizer="adam"), packed, 512, platform="gpu")
-    assert not applies(TrainConfig(optimizer_options=(("accumulator_dtype", None),)), packed, 512, "gpu")
+    def step(platform, engine=None, chunk_size=32, **train):
+        engine = EngineConfig(**{"chunk_size": chunk_size, **(engine or {})})
+        return plan.make_plan(engine, TrainConfig(**train), population=32, num_features=2048, num_classes=3,
+                              hidden=512, platform=platform).step
+
+    assert step("gpu") == "fused_sgd"  # the authors' protocol on a GPU
+    assert step("cpu") == "xla"  # not unless asked for
+    assert step("cpu", {"step": "fused_sgd"}) == "fused_sgd"  # interpreted
+    assert step("gpu", {"step": "xla"}) == "xla"
+    assert step("gpu", chunk_size=1) == "xla"  # chunks of one head: XLA
+    assert step("gpu", {"step": "fused_sgd"}, chunk_size=1) == "xla"
+    assert step("gpu", optimizer="adam") == "xla"
+    assert step("gpu", optimizer_options=(("accumulator_dtype", None),)) == "xla"
     # Shapes Triton cannot compile: XLA's step by default, an error when the kernel was asked for.
-    assert not applies(TrainConfig(batch_size=30), packed, 512, platform="gpu")
+    assert step("gpu", batch_size=30) == "xla"
     with pytest.raises(ValueError, match="batch size 30 is not a power of two"):
-        applies(TrainConfig(batch_size=30, fused_update=True), packed, 512, platform="gpu")
-    with pytest.raises(ValueError, match="fused_update must be true, false or null"):
-        TrainConfig(fused_update=1)
+        step("gpu", {"step": "fused_sgd"}, batch_size=30)
+    with pytest.raises(ValueError, match=r"EngineConfig\.step must be 'auto' or one of"):
+        EngineConfig(step=True)

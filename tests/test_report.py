@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pymoo.indicators.hv import HV
 
-from evojax_prune import cli, config, ensemble, report
+from evojax_prune import cli, config, ensemble, report, rundir
 from evojax_prune.data import embedded
 from evojax_prune.search import run_search
 
@@ -105,7 +105,7 @@ def test_ensembles_json_agrees_with_the_run(finished, reported):
 
 def test_load_run_round_trips_the_search_result(finished):
     result, out = finished
-    loaded, recorded = report.load_run(out)
+    loaded, recorded = rundir.read_run(out)
     np.testing.assert_array_equal(loaded.masks, result.masks)
     for name in result.validation:
         np.testing.assert_allclose(loaded.validation[name], result.validation[name])
@@ -224,7 +224,8 @@ def test_ensemble_plot_skips_empty_bands(finished, digits):
 
 
 def test_report_again_keeps_the_grad_cam_section_once(finished, digits, tmp_path):
-    from evojax_prune.explain import SECTION_END, SECTION_START
+    from evojax_prune.report import EXPLAIN_END as SECTION_END
+    from evojax_prune.report import EXPLAIN_START as SECTION_START
     from evojax_prune.report import write_report
 
     run = copy_run(finished, tmp_path)

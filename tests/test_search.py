@@ -145,16 +145,7 @@ def test_existing_run_directory_is_refused_unless_asked(digits, finished, capsys
     assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
 
 
-def test_paper_preset_runs_end_to_end_on_small_synthetic_features(monkeypatch):
-    from evojax_prune import trainer
-
-    shapes, train_population = [], trainer.train_population  # (padded heads, heads trained) per call
-
-    def recording(key, masks, *args, num_trained=None, **kwargs):
-        shapes.append((masks.shape[0], num_trained))
-        return train_population(key, masks, *args, num_trained=num_trained, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_population", recording)
+def test_paper_preset_runs_end_to_end_on_small_synthetic_features():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 40)) * 2
 
@@ -178,6 +169,7 @@ def test_paper_preset_runs_end_to_end_on_small_synthetic_features(monkeypatch):
     assert set(result.test) >= {"accuracy", "auroc", "auroc_paper", "fpr95"}
     # The initial 30 and the baseline in one bucket, then the steady state's pairs; nothing is
     # trained after the last generation (the front keeps its heads).
+    shapes = [tuple(call) for record in result.history for call in record["train_calls"]]
     assert shapes[0] == (31, 31) and {padded for padded, _ in shapes[1:]} <= {1, 2}
     assert len(shapes) <= 1 + 5
 
@@ -243,22 +235,15 @@ def test_an_evosax_algorithm_runs_a_single_objective_search(digits):
         run_search(digits, tiny_config(), algorithm=SimpleGA(population_size=8, solution=jnp.zeros(5)))
 
 
-def test_front_keeps_the_heads_the_search_trained(digits, monkeypatch):
+def test_front_keeps_the_heads_the_search_trained(digits):
     from evojax_prune import trainer
 
-    calls, train_population = [], trainer.train_population
-
-    def recording(key, masks, *args, num_trained=None, **kwargs):
-        calls.append(np.asarray(masks)[:num_trained])
-        return train_population(key, masks, *args, num_trained=num_trained, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_population", recording)
     # An initial population of 6 in buckets of 8: the baseline trains in the first call.
     small = tiny_config(generations=2).replace(search={"population_size": 6, "offspring_size": 8})
     result = run_search(digits, small, seed=1)
-    assert len(calls) == 3  # the initial population and two generations; nothing at the end
-    assert calls[0].shape == (7, 64) and calls[0][-1].all()
-    monkeypatch.undo()
+    calls = [record["train_calls"] for record in result.history]
+    assert calls[0] == [[8, 7]] and all(len(generation) == 1 for generation in calls)
+    assert result.history[0]["trained"] == 6  # the baseline rode in the padding row
     # The heads a plain call trains from the front's masks (and the baseline's) are the same.
     everything = np.concatenate([result.masks, np.ones((1, 64), bool)])
     again = trainer.train_population(
@@ -270,11 +255,9 @@ def test_front_keeps_the_heads_the_search_trained(digits, monkeypatch):
     np.testing.assert_array_equal(np.asarray(again.params.output_bias[-1]), baseline)
     np.testing.assert_array_equal(np.asarray(again.epochs[:-1]), result.validation["epochs"])
     # Heads beyond the memory budget are not kept: the front is trained again at the end, alike.
-    calls.clear()
-    monkeypatch.setattr(trainer, "train_population", recording)
-    tight = small.replace(train={"memory_budget_mb": 0.01})
+    tight = small.replace(engine={"memory_budget_mb": 0.01})
     retrained = run_search(digits, tight, seed=1)
-    assert len(calls) == 4 and calls[0].shape == (6, 64) and len(calls[-1]) == len(result.masks) + 1
+    assert retrained.history[0]["train_calls"] == [[8, 6]]  # no room kept for the baseline
     np.testing.assert_array_equal(retrained.masks, result.masks)
     np.testing.assert_array_equal(retrained.params.hidden_kernel, result.params.hidden_kernel)
     for name in result.test:

@@ -72,7 +72,7 @@ SCRIPT = textwrap.dedent("""
     if len(sys.argv) == 3:
         arrays.update(population_run(None))
         arrays.update(population_run((1, 3), prefix="subset_"))
-        arrays.update(population_run(None, prefix="fused_", train=FUSED))
+        arrays.update(population_run(None, prefix="fused_", engine=FUSED))
     arrays.update(package=evojax_prune.__file__, device_count=jax.device_count(),
                   process_count=jax.process_count(), writes=len(writes))
     np.savez(out / f"{name}.npz", **arrays)
@@ -80,14 +80,15 @@ SCRIPT = textwrap.dedent("""
 
 
 # Packed chunks of 2 heads trained by the fused SGD kernel (Pallas' interpreter on a CPU).
-FUSED = {"chunk_size": 2, "fused_update": True}
+FUSED = {"chunk_size": 2, "step": "fused_sgd"}
 
 
-def tiny_config(devices_spec=None, **train):
+def tiny_config(devices_spec=None, **engine):
     return config.preset("quick").replace(
         head={"hidden": 16},
-        train={"max_epochs": 6, "patience": 3, "devices": devices_spec, **train},
+        train={"max_epochs": 6, "patience": 3},
         search={"population_size": 6, "generations": 2},
+        engine={"devices": devices_spec, **engine},
     )
 
 
@@ -101,10 +102,10 @@ def search_run(out_dir=None, devices_spec=None) -> dict:
     return arrays
 
 
-def population_run(devices_spec, prefix="", train=None):
+def population_run(devices_spec, prefix="", engine=None):
     digits = embedded.digits()
     masks = np.random.default_rng(0).random((6, digits.num_features)) < 0.4
-    run_config = tiny_config(devices_spec, **(train or {}))
+    run_config = tiny_config(devices_spec, **(engine or {}))
     trained = trainer.train_population(jax.random.key(1), masks, digits.x_train, digits.y_train, run_config)
     placement = sorted(device.id for device in trained.params.hidden_kernel.sharding.device_set)
     scores = evaluate.evaluate_population(
@@ -147,7 +148,7 @@ def runs(tmp_path_factory):
     }
     baseline = search_run(devices_spec=1)
     baseline.update(population_run(1))
-    baseline.update(population_run(1, prefix="fused_", train=FUSED))
+    baseline.update(population_run(1, prefix="fused_", engine=FUSED))
     results = {}
     for name, process in processes.items():
         try:
@@ -238,7 +239,7 @@ def test_two_processes_find_the_front_of_one_and_process_0_alone_writes(runs):
 )
 def test_device_specs_have_one_canonical_form(spec, canonical):
     assert devices.parse_spec(spec) == canonical
-    assert config.TrainConfig(devices=spec).devices == canonical
+    assert config.EngineConfig(devices=spec).devices == canonical
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -248,8 +249,8 @@ def test_device_specs_have_one_canonical_form(spec, canonical):
 def test_bad_device_specs_are_refused(spec, message):
     with pytest.raises(ValueError, match=message):
         devices.parse_spec(spec)
-    with pytest.raises(ValueError, match=r"TrainConfig\.devices"):
-        config.TrainConfig(devices=spec)
+    with pytest.raises(ValueError, match=r"EngineConfig\.devices"):
+        config.EngineConfig(devices=spec)
 
 
 def test_asking_for_devices_that_do_not_exist_names_what_exists():
@@ -265,7 +266,7 @@ def test_asking_for_devices_that_do_not_exist_names_what_exists():
 def test_devices_round_trip_through_config_json():
     run = tiny_config((0, 2))
     assert config.RunConfig.from_json(run.to_json()) == run
-    assert config.RunConfig.from_json(run.to_json()).train.devices == (0, 2)
+    assert config.RunConfig.from_json(run.to_json()).engine.devices == (0, 2)
     hash(run)
 
 
@@ -311,9 +312,15 @@ def test_cli_device_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsy
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_may_resume_on_other_devices():
-    from evojax_prune.search import _without_devices
+def test_a_run_may_resume_on_other_devices_and_with_another_engine():
+    from evojax_prune.search import _without_engine
 
-    one, four = tiny_config(1).to_dict(), tiny_config(4).to_dict()
-    assert one != four and _without_devices(one) == _without_devices(four)
-    assert _without_devices(one) != _without_devices(tiny_config().replace(head={"hidden": 8}).to_dict())
+    one, four = tiny_config(1).to_dict(), tiny_config(4, chunk_size=3, step="xla").to_dict()
+    assert one != four and _without_engine(one) == _without_engine(four)
+    assert _without_engine(one) != _without_engine(tiny_config().replace(head={"hidden": 8}).to_dict())
+    # A config.json written before the engine section: its engine fields sat in "train".
+    older = tiny_config().to_dict()
+    del older["engine"]
+    older["train"].update(chunk_size=None, memory_budget_mb=2048.0, devices=None, fused_update=None)
+    assert _without_engine(older) == _without_engine(one)
+    assert config.RunConfig.from_dict(older) == tiny_config()

@@ -10,8 +10,8 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from evojax_prune import head, trainer
-from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
+from evojax_prune import head, optimizer, packing, plan, trainer, xla_step
+from evojax_prune.config import EngineConfig, HeadConfig, RunConfig, TrainConfig
 
 D, H, C, N = 64, 8, 3, 50  # N = 6 full batches of 8 + a partial batch of 2; D gives 2 capacities
 RTOL, ATOL = 2e-4, 2e-5
@@ -130,18 +130,19 @@ def reference_train(key, masks, x, y, config, num_classes):
 
 @pytest.mark.parametrize("kernel_transposed", [True, False], ids=["kernel-(H,c)", "kernel-(c,H)"])
 @pytest.mark.parametrize(
-    ("gather_features", "restore_best"), [(None, True), (False, False)], ids=["gathered-best", "dense-last"]
+    ("gather_features", "restore_best"), [("auto", True), (False, False)], ids=["gathered-best", "dense-last"]
 )
-def test_matches_sequential_reference(monkeypatch, gather_features, restore_best, kernel_transposed):
-    if not kernel_transposed:  # the layout a GPU trains chunks of one head in; a CPU's is (H, c)
-        _retrace_with(monkeypatch, stores_kernel_transposed=lambda *args, **kwargs: False)
+def test_matches_sequential_reference(gather_features, restore_best, kernel_transposed):
+    # (c, H): the layout a GPU trains chunks of one head in; a CPU's is (H, c).
+    layout = "hidden_by_kept" if kernel_transposed else "kept_by_hidden"
     x, y = _data()
     masks = _author_masks(1, 5)
     masks[0] = True  # one full head
     masks[1] = False  # one empty head
-    config = _SHARED_CONFIG.replace(train={"restore_best": restore_best})
+    config = _SHARED_CONFIG.replace(train={"restore_best": restore_best},
+                                    engine={"gather_features": gather_features, "kernel_layout": layout})
     key = jax.random.key(3)
-    trained = trainer.train_population(key, masks, x, y, config, gather_features=gather_features)
+    trained = trainer.train_population(key, masks, x, y, config)
     expected = reference_train(key, masks, x, y, config, C)
     assert trained.epochs.dtype == jnp.int32 and trained.final_loss.dtype == jnp.float32
     epochs = [r["epochs"] for r in expected]
@@ -166,7 +167,7 @@ def test_invariant_to_population_position_and_chunking():
     accuracy_alone = _accuracy(alone.params, masks, x, y)
     assert accuracy_alone.max() > 0.8  # the heads learned something
     for chunk_size in (1, 7, 64):
-        chunked = config.replace(train={"chunk_size": chunk_size})
+        chunked = config.replace(engine={"chunk_size": chunk_size})
         together = trainer.train_population(key, masks, x, y, chunked)
         assert together.epochs.shape == (64,)
         _assert_params_close(together.params, alone.params)
@@ -240,7 +241,8 @@ def test_digits_full_mask_reaches_high_test_accuracy():
         train=TrainConfig(learning_rate=0.05, batch_size=32, max_epochs=25, patience=3),
     )
     key = jax.random.key(0)
-    trained = trainer.train_population(key, masks, x_train, y_train, config, gather_features=False)
+    dense = config.replace(engine={"gather_features": False})
+    trained = trainer.train_population(key, masks, x_train, y_train, dense)
     accuracy = _accuracy(trained.params, masks, x_test, y_test)
     assert accuracy[0] > 0.9, accuracy
     assert accuracy[1] > 0.5, accuracy
@@ -269,8 +271,8 @@ def test_non_separable_optimizer_trains_the_dense_kernel():
     expected = reference_train(key, masks, x, y, config, C)
     for i, reference in enumerate(expected):
         _assert_params_close(_head(trained.params, i), reference["params"])
-    with pytest.raises(ValueError, match="gather_features"):
-        trainer.train_population(key, masks, x, y, config, gather_features=True)
+    with pytest.raises(ValueError, match=r"EngineConfig\.gather_features needs an optimizer from"):
+        trainer.train_population(key, masks, x, y, config.replace(engine={"gather_features": True}))
 
 
 def test_population_gradients_equal_autodiff():
@@ -291,23 +293,49 @@ def test_population_gradients_equal_autodiff():
 
     expected_loss, expected_grads = jax.jit(jax.vmap(jax.value_and_grad(autodiff_loss)))(params, masks)
     inputs = x[None] * masks[:, None, :]
-    loss, grads = jax.jit(trainer.population_loss_and_grads)(params, inputs, labels, weights)
+    loss, grads = jax.jit(xla_step.population_loss_and_grads)(params, inputs, labels, weights)
     np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
     _assert_params_close(grads, expected_grads, rtol=1e-5, atol=1e-7)
     # The kernel stored (K, H, D): its gradient comes back the same way.
     swapped = params.replace(hidden_kernel=jnp.swapaxes(params.hidden_kernel, 1, 2))
-    loss, grads = jax.jit(trainer.population_loss_and_grads, static_argnames="kernel_transposed")(
+    loss, grads = jax.jit(xla_step.population_loss_and_grads, static_argnames="kernel_transposed")(
         swapped, inputs, labels, weights, kernel_transposed=True)
     np.testing.assert_allclose(loss, expected_loss, rtol=1e-6)
     grads = grads.replace(hidden_kernel=jnp.swapaxes(grads.hidden_kernel, 1, 2))
     _assert_params_close(grads, expected_grads, rtol=1e-5, atol=1e-7)
 
 
-def test_where_the_kernel_is_stored_transposed():
-    per_head, packed = trainer.ChunkLayout(64, 4, True), trainer.ChunkLayout(16, 40, False)
-    assert trainer.stores_kernel_transposed(per_head, platform="cpu")
-    assert not trainer.stores_kernel_transposed(per_head, platform="gpu")
-    assert not trainer.stores_kernel_transposed(packed, platform="cpu")
+def _plan(engine=None, train=None, population=4, platform="cpu", num_features=2048, hidden=512):
+    return plan.make_plan(EngineConfig(**(engine or {})), TrainConfig(**(train or {})), population=population,
+                          num_features=num_features, num_classes=3, hidden=hidden, platform=platform)
+
+
+def test_what_auto_resolves_to_on_each_platform():
+    cpu, gpu = _plan(), _plan(platform="gpu")
+    assert cpu.chunk_size == 1 and len(cpu.layouts) == 16 and cpu.kernel_transposed  # (H, c) on a CPU
+    assert cpu.step == "xla" and cpu.tile_sum == "scatter" and cpu.command_buffers
+    assert gpu.chunk_size == 4 and gpu.packed and len(gpu.layouts) == 8 and not gpu.kernel_transposed
+    assert gpu.step == "fused_sgd" and gpu.tile_sum == "gather" and not gpu.command_buffers
+    assert not _plan({"chunk_size": 1}, platform="gpu").kernel_transposed  # (c, H) off a CPU
+    assert _plan({"chunk_size": 1}, platform="gpu").command_buffers  # one-head chunks keep them
+    assert _plan({"kernel_layout": "kept_by_hidden"}).kernel_transposed is False
+    assert _plan({"capacity_levels": 8}).layouts == plan.chunk_layouts(2048, 1, True, 8)
+    assert _plan({"tile_sum": "scatter"}, platform="gpu").tile_sum == "scatter"
+    assert _plan({"command_buffers": True}, platform="gpu").command_buffers
+    assert _plan({"gather_features": False}).layouts == (plan.ChunkLayout(2048, 1, per_head=True),)
+    assert _plan(train={"optimizer": "adamw"}).layouts == (plan.ChunkLayout(2048, 1, per_head=True),)
+    # Explicit settings that cannot apply name the field.
+    with pytest.raises(ValueError, match="kernel_layout 'hidden_by_kept' is for chunks of one head"):
+        _plan({"chunk_size": 4, "kernel_layout": "hidden_by_kept"})
+    with pytest.raises(ValueError, match=r"step 'fused_sgd' needs TrainConfig\.optimizer 'sgd'"):
+        _plan({"chunk_size": 4, "step": "fused_sgd"}, {"optimizer": "adam"})
+    with pytest.raises(ValueError, match=r"chunk_size must be 'auto' or an integer >= 1, got 0$"):
+        EngineConfig(chunk_size=0)
+    with pytest.raises(ValueError, match=r"EngineConfig\.tile_sum must be 'auto' or one of"):
+        EngineConfig(tile_sum="atomic")
+    # The plan is hashable (a static argument) and JSON-ready.
+    assert hash(cpu) != hash(gpu) and _plan() == cpu
+    assert cpu.to_dict()["layouts"][0] == {"tile_rows": 128, "num_tiles": 1, "per_head": True}
 
 
 def test_epoch_orders_and_batches_cover_every_sample_once_and_pad_the_last_batch():
@@ -324,72 +352,66 @@ def test_epoch_orders_and_batches_cover_every_sample_once_and_pad_the_last_batch
 
 
 def test_chunk_size_and_capacities():
-    config = TrainConfig(memory_budget_mb=100.0)
-    per_head = trainer.bytes_per_head(2048, 3, 512, config)
+    config, train = EngineConfig(memory_budget_mb=100.0), TrainConfig()
+    per_head = plan.bytes_per_head(2048, 3, 512, train)
     assert 20 * 2**20 < per_head < 30 * 2**20  # about 5 parameter copies + momentum
     fits = int(100 * 2**20 // per_head)
-    chunk = trainer.choose_chunk_size(100, 2048, 3, 512, config, platform="gpu")
+
+    def choose(population, engine, platform):
+        return plan.choose_chunk_size(population, 2048, 3, 512, train, engine, platform)
+
+    chunk = choose(100, config, "gpu")
     assert chunk <= fits and -(-100 // chunk) == -(-100 // fits)  # balanced, no extra chunk
-    assert trainer.choose_chunk_size(3, 2048, 3, 512, config, platform="gpu") == 3
-    roomy = TrainConfig(memory_budget_mb=10_000.0)
-    assert trainer.choose_chunk_size(100, 2048, 3, 512, roomy, platform="gpu") == 25  # 4 balanced chunks
-    cap = trainer.MAX_HEADS_PER_CHUNK
+    assert choose(3, config, "gpu") == 3
+    roomy = EngineConfig(memory_budget_mb=10_000.0)
+    assert choose(100, roomy, "gpu") == 25  # 4 balanced chunks
+    cap = roomy.max_heads_per_chunk
     # The authors' generations of 34 offspring: one chunk, not two of 17; beyond a quarter above
     # the cap, balanced chunks under it; a tight memory budget still splits.
-    assert trainer.choose_chunk_size(34, 2048, 3, 512, roomy, platform="gpu") == 34
-    assert trainer.choose_chunk_size(cap + cap // 4, 2048, 3, 512, roomy, platform="gpu") == cap + cap // 4
-    assert trainer.choose_chunk_size(cap + cap // 4 + 1, 2048, 3, 512, roomy, platform="gpu") <= cap
-    assert trainer.choose_chunk_size(256, 2048, 3, 512, roomy, platform="gpu") == cap
-    assert trainer.choose_chunk_size(34, 2048, 3, 512, config, platform="gpu") <= fits
-    assert trainer.choose_chunk_size(100, 2048, 3, 512, config, platform="cpu") == 1
-    assert trainer.choose_chunk_size(100, 2048, 3, 512, TrainConfig(chunk_size=7)) == 7
-    assert trainer.choose_chunk_size(5, 2048, 3, 512, TrainConfig(chunk_size=64)) == 5
-    assert trainer.capacity_levels(2048) == (256, 512, 768, 1024, 1280, 1536, 1792, 2048)
-    assert trainer.capacity_levels(64) == (32, 64)
-    assert trainer.capacity_levels(16) == (16,)
-    assert trainer.capacity_levels(20)[-1] == 20
+    assert choose(34, roomy, "gpu") == 34
+    assert choose(cap + cap // 4, roomy, "gpu") == cap + cap // 4
+    assert choose(cap + cap // 4 + 1, roomy, "gpu") <= cap
+    assert choose(256, roomy, "gpu") == cap
+    assert choose(34, config, "gpu") <= fits
+    assert choose(100, config, "cpu") == 1
+    assert choose(100, EngineConfig(chunk_size=7), "gpu") == 7
+    assert choose(5, EngineConfig(chunk_size=64), "cpu") == 5
+    assert choose(256, EngineConfig(memory_budget_mb=10_000.0, max_heads_per_chunk=64), "gpu") == 64
+    assert plan.capacity_levels(2048) == (256, 512, 768, 1024, 1280, 1536, 1792, 2048)
+    assert plan.capacity_levels(64) == (32, 64)
+    assert plan.capacity_levels(16) == (16,)
+    assert plan.capacity_levels(20)[-1] == 20
 
 
 def test_chunk_layouts_and_the_level_a_chunk_needs():
-    layouts = trainer.chunk_layouts(2048, 1, gather=True)
+    layouts = plan.chunk_layouts(2048, 1, gather=True)
     # A chunk of one head: 16 levels of 128 rows (packed chunks below: tiles from the 8 levels).
     assert [layout.tile_rows for layout in layouts] == list(range(128, 2049, 128))
-    assert trainer.capacity_levels(2048, 16) == tuple(range(128, 2049, 128))
+    assert plan.capacity_levels(2048, 16) == tuple(range(128, 2049, 128))
     assert all(layout.per_head and layout.num_tiles == 1 for layout in layouts)
-    assert trainer.chunk_layouts(2048, 32, gather=False) == (trainer.ChunkLayout(2048, 32, per_head=True),)
-    packed = trainer.chunk_layouts(2048, 32, gather=True)
+    assert plan.chunk_layouts(2048, 32, gather=False) == (plan.ChunkLayout(2048, 32, per_head=True),)
+    packed = plan.chunk_layouts(2048, 32, gather=True)
     assert {layout.tile_rows for layout in packed} == {128} and not packed[0].per_head
     assert [layout.num_tiles for layout in packed] == [64 * level for level in range(1, 9)]
     # 3 heads of 1, 128 and 129 features need 1 + 1 + 2 tiles; padding heads (-1) none.
     counts = jnp.asarray([1, 128, 129, -1])
-    assert int(trainer.layout_level(packed, counts)) == 0
-    assert int(trainer.layout_level(packed, jnp.full(32, 2048))) == 7
-    assert int(trainer.layout_level(packed, jnp.asarray([2048] * 8 + [0] * 24))) == 1  # 128 tiles
-    assert int(trainer.layout_level(layouts, counts)) == 1  # one head per chunk: the widest, 129
-    assert int(trainer.layout_level(layouts, jnp.asarray([128]))) == 0
-    assert int(trainer.layout_level(layouts, jnp.asarray([257]))) == 2  # 384 rows
+    assert int(packing.layout_level(packed, counts)) == 0
+    assert int(packing.layout_level(packed, jnp.full(32, 2048))) == 7
+    assert int(packing.layout_level(packed, jnp.asarray([2048] * 8 + [0] * 24))) == 1  # 128 tiles
+    assert int(packing.layout_level(layouts, counts)) == 1  # one head per chunk: the widest, 129
+    assert int(packing.layout_level(layouts, jnp.asarray([128]))) == 0
+    assert int(packing.layout_level(layouts, jnp.asarray([257]))) == 2  # 384 rows
 
 
-def _retrace_with(monkeypatch, **settings):
-    """Sets ``trainer.<name> = value`` (read when a program is traced) and gives the trainer fresh programs.
-
-    A new function for each: JAX reuses a function's trace whatever jit wraps it.
-    """
-    for name, value in settings.items():
-        monkeypatch.setattr(trainer, name, value)
-    for program in ("_train_chunks_jit", "_train_one_head_per_chunk_jit"):
-        monkeypatch.setattr(trainer, program, jax.jit(
-            functools.partial(trainer._train_population), static_argnames=trainer._STATIC_ARGUMENTS))
-
-
-_FUSED = {"fused_update": True}
-_FUSED_PLAIN_SGD = {"fused_update": True, "momentum": 0.0, "nesterov": False}
+_FUSED = {"step": "fused_sgd"}
+_PLAIN_SGD = {"momentum": 0.0, "nesterov": False}
 
 
 @pytest.mark.parametrize(
-    "train", [{}, _FUSED, _FUSED_PLAIN_SGD], ids=["xla", "fused", "fused-plain-sgd"],
+    ("engine", "train"), [({}, {}), (_FUSED, {}), (_FUSED, _PLAIN_SGD)],
+    ids=["xla", "fused", "fused-plain-sgd"],
 )
-def test_packed_chunk_of_mixed_heads_equals_each_head_alone(train):
+def test_packed_chunk_of_mixed_heads_equals_each_head_alone(engine, train):
     """One chunk holding an empty head, tiny and full heads: packed tiles (16 rows at D = 64).
 
     Also with the fused kernel of the first layer's SGD step (``fused_sgd``,
@@ -406,14 +428,13 @@ def test_packed_chunk_of_mixed_heads_equals_each_head_alone(train):
     masks[3, :17] = True  # 17: a full tile and a tile of one row
     config = _SHARED_CONFIG.replace(train=train)
     key = jax.random.key(5)
-    one_chunk = config.replace(train={"chunk_size": 6})
+    one_chunk = config.replace(engine={"chunk_size": 6, **engine})
     # The reference first: each head alone, by XLA's ordinary step.
     alone = [trainer.train_population(key, masks[i : i + 1], x, y, config) for i in range(6)]
     alone = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *alone)
-    assert not trainer.chunk_layouts(D, 6, gather=True)[0].per_head
     together = trainer.train_population(key, masks, x, y, one_chunk)
-    layout = trainer.chunk_layouts(D, 6, gather=True)[0]
-    assert trainer.fused_update_applies(one_chunk.train, layout, H) == bool(train.get("fused_update"))
+    chunk_plan = trainer.training_plan(one_chunk, 6, D, C)
+    assert chunk_plan.packed and chunk_plan.step == engine.get("step", "xla")
     np.testing.assert_array_equal(together.epochs, alone.epochs)
     assert together.epochs.min() < config.train.max_epochs  # heads stopped while others trained
     np.testing.assert_array_equal(together.best_epoch, alone.best_epoch)
@@ -424,32 +445,31 @@ def test_packed_chunk_of_mixed_heads_equals_each_head_alone(train):
                                   np.asarray(initial)[~masks[1]])
 
 
-@pytest.mark.parametrize("fused_update", [False, True], ids=["xla", "fused"])
-def test_tiles_summed_by_gathering_equal_the_segment_sum(monkeypatch, fused_update):
-    """``trainer.TILE_SUM = "gather"`` (a GPU's default): the same heads as the scatter (a CPU's)."""
+@pytest.mark.parametrize("step", ["xla", "fused_sgd"])
+def test_tiles_summed_by_gathering_equal_the_segment_sum(step):
+    """``EngineConfig.tile_sum`` "gather" (a GPU's default): the same heads as the scatter (a CPU's)."""
     x, y = _data(seed=4)
     masks = _author_masks(9, 6)
     masks[0] = False
     masks[2] = True
-    config = _SHARED_CONFIG.replace(train={"chunk_size": 6, "fused_update": fused_update})
+    config = _SHARED_CONFIG.replace(engine={"chunk_size": 6, "step": step})
     key = jax.random.key(5)
-    assert trainer.tile_sum_method("gpu") == "gather" and trainer.tile_sum_method("cpu") == "scatter"
+    assert trainer.training_plan(config, 6, D, C).tile_sum == "scatter"
     scattered = trainer.train_population(key, masks, x, y, config)
-    _retrace_with(monkeypatch, TILE_SUM="gather")
-    gathered = trainer.train_population(key, masks, x, y, config)
+    gathered = trainer.train_population(key, masks, x, y, config.replace(engine={"tile_sum": "gather"}))
     np.testing.assert_array_equal(gathered.epochs, scattered.epochs)
     _assert_params_close(gathered.params, scattered.params)
 
 
 @pytest.mark.parametrize(
-    "train", [{"chunk_size": None}, {"chunk_size": 5}, {"chunk_size": 5, **_FUSED}],
+    "engine", [{}, {"chunk_size": 5}, {"chunk_size": 5, **_FUSED}],
     ids=["alone", "packed", "packed-fused"],
 )
-def test_placeholder_heads_never_train(train):
+def test_placeholder_heads_never_train(engine):
     """``num_trained``: the first heads train as they would alone; the rest keep their initial weights."""
     x, y = _data(seed=6)
     masks = _author_masks(11, 5)
-    config = _SHARED_CONFIG.replace(train=train)
+    config = _SHARED_CONFIG.replace(engine=engine)
     key = jax.random.key(8)
     trained = trainer.train_population(key, masks, x, y, config, num_trained=3)
     alone = trainer.train_population(key, masks[:3], x, y, _SHARED_CONFIG)
@@ -463,8 +483,8 @@ def test_placeholder_heads_never_train(train):
 
 
 def test_make_optimizer():
-    sgd = trainer.make_optimizer(TrainConfig())
-    adam = trainer.make_optimizer(TrainConfig(optimizer="adam", optimizer_options=(("b1", 0.8),)))
+    sgd = optimizer.make_optimizer(TrainConfig())
+    adam = optimizer.make_optimizer(TrainConfig(optimizer="adam", optimizer_options=(("b1", 0.8),)))
     params = {"w": jnp.ones(3)}
     grads = {"w": jnp.full(3, 2.0)}
     updates, _ = sgd.update(grads, sgd.init(params), params)

@@ -35,7 +35,7 @@ import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # what TFDS' ImageFolder reads
 RESIZE_METHOD = "Pillow bilinear resize to S x S (aspect ratio not kept), RGB"
-# The image sizes the authors used (PROTOCOL.md, Datasets); others default to 224.
+# The image sizes the authors used (docs/PROTOCOL.md, Datasets); others default to 224.
 KNOWN_IMAGE_SIZES = {"rock_paper_scissors": 300, "citrus_leaves": 256}
 DEFAULT_IMAGE_SIZE = 224
 TFDS_PREFIX = "tfds:"
