@@ -9,16 +9,15 @@ import os
 import platform
 import resource
 import threading
-from importlib import metadata
 
 import jax
 import numpy as np
 
-from evojax_prune import atomic, devices, trainer
+from evojax_prune import devices
 from evojax_prune.config import EngineConfig, RunConfig
 from evojax_prune.data.featureset import FeatureSet
-
-CORE_PACKAGES = ("evojax-prune", "jax", "jaxlib", "flax", "optax", "evosax", "numpy")
+from evojax_prune.run import atomic, rundir
+from evojax_prune.train import trainer
 
 # How the benchmarks train (``EngineConfig`` fields): gpu.sh sets $EVOJAX_PRUNE_BENCH_ENGINE to
 # the fastest variant's of step_profile.py (a JSON object, e.g. {"tile_sum": "gather"}), so that
@@ -79,24 +78,17 @@ def plan_record(config: RunConfig, population: int, num_features: int, num_class
 
 
 def environment(extra_packages: tuple[str, ...] = ()) -> dict:
-    """Date, device, machine, load and package versions (the core ones and ``extra_packages``)."""
-    versions = {"python": platform.python_version()}
-    for package in CORE_PACKAGES + extra_packages:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
+    """The run directory's ``rundir.environment`` with the date, device, machine load and engine settings."""
     device = jax.devices()[0]
     return {
+        **rundir.environment(extra_packages),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": str(device),
         "device_kind": device.device_kind,
         "num_devices": jax.device_count(),
-        "platform": platform.platform(),
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()),
-        "versions": versions,
         "engine": engine_settings(),
     }
 

@@ -139,7 +139,7 @@ def bench_trainer(population: int, epochs: int, repeats: int) -> dict:
     from trainer_throughput import NUM_CLASSES, NUM_FEATURES, author_masks, synthetic_features
 
     from evojax_prune import config as cfg
-    from evojax_prune import trainer
+    from evojax_prune.train import trainer
 
     x, y = synthetic_features(0)
     masks = author_masks(np.random.default_rng(0), population)

@@ -37,7 +37,7 @@ import optax
 from common import environment, save
 from trainer_throughput import memory_bandwidth_gbs
 
-from evojax_prune import fused_sgd
+from evojax_prune.train import fused_sgd
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "fused_sgd_step.json"
 LEARNING_RATE, DECAY = 1e-3, 0.9

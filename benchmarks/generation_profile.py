@@ -69,10 +69,13 @@ from common import (
     with_engine,
 )
 
-from evojax_prune import atomic, evaluate, head, plan, trainer
 from evojax_prune import config as cfg
-from evojax_prune.search import MaskEvaluator
-from evojax_prune.strategy import MultiObjective
+from evojax_prune import head
+from evojax_prune.run import atomic
+from evojax_prune.score import evaluate
+from evojax_prune.search.loop import MaskEvaluator
+from evojax_prune.search.strategy import MultiObjective
+from evojax_prune.train import plan, trainer
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "generation_profile_cpu.json"
 AUTHORS_RPS_SECONDS = 19_851.0
@@ -239,7 +242,7 @@ def paper_search(features, repeats: int = 2, save=None) -> dict:
     called after every run, so that a time limit during a repeat keeps the
     first.
     """
-    from evojax_prune.search import run_search
+    from evojax_prune.search.loop import run_search
 
     config = with_engine(cfg.preset("paper").replace(search={"offspring_size": 34, "generations": 5}))
     search = config.search

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from common import environment, save
 
-from evojax_prune import nsga2
+from evojax_prune.search import nsga2
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "nsga2_selection_cpu.json"
 

@@ -42,7 +42,8 @@ import numpy as np
 from common import environment, save, with_engine
 
 from evojax_prune import config as cfg
-from evojax_prune import evaluate, head, metrics, odin
+from evojax_prune import head
+from evojax_prune.score import evaluate, metrics, odin
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "odin_metrics_cpu.json"
 TEMPERATURE = 1000.0

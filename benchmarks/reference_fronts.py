@@ -27,8 +27,8 @@ import sys
 import numpy as np
 
 import evojax_prune as ep
-from evojax_prune import atomic
 from evojax_prune.data import embedded
+from evojax_prune.run import atomic
 
 RUNS = {
     "embedded-default": (0, {}),
@@ -82,7 +82,7 @@ def differences(expected: dict, found: dict, prefix: str = "") -> list[str]:
 
 
 def main(argv=None) -> int:
-    from evojax_prune import rundir
+    from evojax_prune.run import rundir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     where = parser.add_mutually_exclusive_group(required=True)

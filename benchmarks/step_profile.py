@@ -59,9 +59,10 @@ import jax
 import numpy as np
 from common import environment, plan_record, rps_shaped_features, with_engine
 
-from evojax_prune import atomic, trainer
 from evojax_prune import config as cfg
-from evojax_prune.strategy import MultiObjective
+from evojax_prune.run import atomic
+from evojax_prune.search.strategy import MultiObjective
+from evojax_prune.train import trainer
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "step_profile.json"
 

@@ -69,8 +69,9 @@ import jax.numpy as jnp
 import numpy as np
 from common import PeakMemory, environment, plan_record, with_engine
 
-from evojax_prune import atomic, trainer
 from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
+from evojax_prune.run import atomic
+from evojax_prune.train import trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NUM_SAMPLES, NUM_FEATURES, HIDDEN, NUM_CLASSES = 2520, 2048, 512, 3

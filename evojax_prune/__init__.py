@@ -5,7 +5,7 @@ The public API, re-exported; see the README for a tour.
 
 __version__ = "0.1.0"
 
-from evojax_prune import config, data, head, metrics, nsga2, odin
+from evojax_prune import config, data, head
 from evojax_prune.config import (
     HeadConfig,
     OdinConfig,
@@ -15,12 +15,14 @@ from evojax_prune.config import (
     preset,
 )
 from evojax_prune.data.featureset import FeatureSet, FeatureSetError
-from evojax_prune.evaluate import PopulationMetrics, evaluate_population
-from evojax_prune.hypervolume import hypervolume
-from evojax_prune.nsga2 import NSGA2
-from evojax_prune.result import SearchResult
-from evojax_prune.search import run_search
-from evojax_prune.trainer import TrainedPopulation, train_population
+from evojax_prune.score import metrics, odin
+from evojax_prune.score.evaluate import PopulationMetrics, evaluate_population
+from evojax_prune.search import nsga2
+from evojax_prune.search.hypervolume import hypervolume
+from evojax_prune.search.loop import run_search
+from evojax_prune.search.nsga2 import NSGA2
+from evojax_prune.search.result import SearchResult
+from evojax_prune.train.trainer import TrainedPopulation, train_population
 
 __all__ = [
     "NSGA2",

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from evojax_prune import compile_cache
+from evojax_prune.run import compile_cache
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -59,14 +59,14 @@ def test_features_do_not_depend_on_the_batch_size_and_are_keras_predict_on_prepr
     assert by_4.shape == (9, backbone.FEATURE_DIM) and by_4.dtype == np.float32
     assert np.all(np.isfinite(by_4)) and np.std(by_4) > 0
     # Up to float32 reassociation: 53 convolutions at another batch size (features up to ~10;
-    # one of 18,432 once differed by 1.2e-5 with the machine loaded).
+    # with the packages of 2026-12-03 one of 18,432 differs by 1.2e-5, the same one every run).
     np.testing.assert_allclose(by_4, by_9, rtol=1e-5, atol=5e-5)
 
     # Keras' own path, with Keras' own preprocessing: the same features.
     reference = model.predict(
         keras.applications.resnet.preprocess_input(images.astype(np.float32)), batch_size=9, verbose=0
     )
-    np.testing.assert_allclose(by_4, reference, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(by_4, reference, rtol=1e-5, atol=5e-5)
     # ... and not those of the raw pixels: the preprocessing is really applied.
     raw = model.predict(images.astype(np.float32), batch_size=9, verbose=0)
     assert np.max(np.abs(raw - by_4)) > 1e-2

@@ -229,8 +229,9 @@ def test_engine_variants_lower_to_their_own_programs():
     """
     import jax
 
-    from evojax_prune import devices, plan, trainer
+    from evojax_prune import devices
     from evojax_prune.config import EngineConfig, TrainConfig
+    from evojax_prune.train import plan, trainer
 
     train_config = TrainConfig(batch_size=8, max_epochs=1)
     init, orders = trainer._initial_weights_and_orders(

@@ -1,7 +1,8 @@
 import subprocess
 import sys
 
-from evojax_prune import __version__, cli
+from evojax_prune import __version__
+from evojax_prune.cli import main as cli
 
 
 def run_cli(*args):

@@ -5,7 +5,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from evojax_prune import config as cfg
-from evojax_prune import evaluate, head, metrics, odin
+from evojax_prune import head
+from evojax_prune.score import evaluate, metrics, odin
 
 POPULATION, FEATURES, HIDDEN, CLASSES, NUM_IND, NUM_OOD = 5, 16, 8, 3, 50, 40
 FIELDS = ("accuracy", "mem", "auroc", "auroc_paper", "fpr95", "aupr_in", "aupr_out")

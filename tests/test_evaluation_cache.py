@@ -1,7 +1,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from evojax_prune.evaluation_cache import METRIC_NAMES, MaskCache, TrainedHeads, pack_masks
+from evojax_prune.search.evaluation_cache import METRIC_NAMES, MaskCache, TrainedHeads, pack_masks
 
 
 def test_pack_masks_distinguishes_every_bit():

@@ -10,8 +10,9 @@ import pytest
 from image_folders import write_random_folder
 from PIL import Image
 
-from evojax_prune import cli, explain
-from evojax_prune import report as report_module
+from evojax_prune.analysis import explain
+from evojax_prune.analysis import report as report_module
+from evojax_prune.cli import main as cli
 
 SIZE = 64  # 2x2 feature maps
 
@@ -48,7 +49,7 @@ def shared_model():
 def finished_run(tmp_path_factory, shared_model):
     from evojax_prune.config import preset
     from evojax_prune.data.extract import extract_featureset
-    from evojax_prune.search import run_search
+    from evojax_prune.search.loop import run_search
 
     base = tmp_path_factory.mktemp("explain")
     ind = write_folder(base / "ind", {"train": {"cat": 8, "dog": 8}, "test": {"cat": 3, "dog": 3}}, seed=0)
@@ -158,9 +159,9 @@ def test_member_choice_and_spread():
 
 
 def test_report_keeps_the_grad_cam_section(tmp_path):
-    from evojax_prune.report import EXPLAIN_END as SECTION_END
-    from evojax_prune.report import EXPLAIN_START as SECTION_START
-    from evojax_prune.report import _explain_section
+    from evojax_prune.analysis.report import EXPLAIN_END as SECTION_END
+    from evojax_prune.analysis.report import EXPLAIN_START as SECTION_START
+    from evojax_prune.analysis.report import _explain_section
 
     report = tmp_path / "report.md"
     assert _explain_section(report) == ""

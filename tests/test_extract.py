@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from image_folders import write_random_folder
 
-from evojax_prune import cli
+from evojax_prune.cli import main as cli
 from evojax_prune.data import extract, images
 from evojax_prune.data.featureset import FeatureSet
 
@@ -230,7 +230,7 @@ def test_core_package_and_register_work_without_keras_or_tensorflow(tmp_path, fo
 
         sys.meta_path.insert(0, Blocked())
         import evojax_prune
-        from evojax_prune import cli
+        from evojax_prune.cli import main as cli
         from evojax_prune.data import extract, images
 
         args = cli.build_parser().parse_args(

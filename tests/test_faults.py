@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evojax_prune import cli, config, rundir
+from evojax_prune import config
+from evojax_prune.cli import main as cli
+from evojax_prune.cli.progress import generation_line
 from evojax_prune.data import embedded
-from evojax_prune.progress import generation_line
-from evojax_prune.result import objectives
-from evojax_prune.search import run_search
+from evojax_prune.run import rundir
+from evojax_prune.search.loop import run_search
+from evojax_prune.search.result import objectives
 
 FLAGS = ["--population", "4", "--generations", "3", "--seed", "0", "--quiet"]
 
@@ -215,7 +217,7 @@ def test_sigkill_at_a_random_moment_then_resume_gives_the_same_front(base, tmp_p
 DYING_CHILD = textwrap.dedent("""
     import io, os, signal, sys
     import numpy as np
-    from evojax_prune import cli
+    from evojax_prune.cli import main as cli
 
     moment, real_savez, real_replace, calls = sys.argv[1], np.savez, os.replace, []
 
@@ -305,7 +307,7 @@ def interpreter(environment: dict[str, str], user: dict[str, int], cwd: Path) ->
     for candidate in candidates:
         extra = {} if candidate[0] == sys.executable else {"PYTHONPATH": os.pathsep.join(paths)}
         try:
-            probe = subprocess.run([*candidate, "-c", "import evojax_prune.cli"], capture_output=True,
+            probe = subprocess.run([*candidate, "-c", "import evojax_prune.cli.main"], capture_output=True,
                                    env={**environment, **extra}, cwd=cwd, timeout=120, **user)
         except OSError:
             continue
@@ -377,7 +379,7 @@ def test_diverged_heads_are_counted_warned_about_and_ranked_last(tmp_path):
 
 def test_a_diverged_head_ranks_behind_every_head_that_learned():
     """objectives(): (1, 1, 1) for a diverged head whatever its chance-level metrics."""
-    from evojax_prune.nsga2 import non_dominated_rank
+    from evojax_prune.search.nsga2 import non_dominated_rank
 
     values = {"accuracy": np.array([0.9, 0.1, 0.5]), "mem": np.array([0.5, 0.01, 0.9]),
               "auroc": np.array([0.8, 0.5, 0.6]), "auroc_paper": np.zeros(3),

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from evojax_prune import fused_sgd
+from evojax_prune.train import fused_sgd
 
 
 def optax_step(kernel, momentum, inputs_transposed, d_pre_activation, next_inputs, training, *,
@@ -122,8 +122,9 @@ def test_trainer_lowers_for_a_gpu_with_the_fused_kernel():
     The plan is made for a GPU (``plan.make_plan(platform="gpu")``), which is
     everything the traced program asks about the hardware.
     """
-    from evojax_prune import devices, plan, trainer
+    from evojax_prune import devices
     from evojax_prune.config import EngineConfig, TrainConfig
+    from evojax_prune.train import plan, trainer
 
     num_features, hidden, heads, samples = 256, 64, 4, 40
     train = TrainConfig(batch_size=16, max_epochs=2)
@@ -144,8 +145,8 @@ def test_trainer_lowers_for_a_gpu_with_the_fused_kernel():
 
 
 def test_where_the_trainer_uses_the_kernel():
-    from evojax_prune import plan
     from evojax_prune.config import EngineConfig, TrainConfig
+    from evojax_prune.train import plan
 
     def step(platform, engine=None, chunk_size=32, **train):
         engine = EngineConfig(**{"chunk_size": chunk_size, **(engine or {})})

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evojax_prune import gradcam, head
+from evojax_prune import head
+from evojax_prune.analysis import gradcam
 
 SIZE = 64  # a 2x2 feature map
 NUM_CLASSES = 3

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from pymoo.indicators.hv import HV
 
-from evojax_prune.hypervolume import hypervolume
+from evojax_prune.search.hypervolume import hypervolume
 
 
 def test_known_fronts():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from evojax_prune import metrics
+from evojax_prune.score import metrics
 
 # Compilation, not arithmetic, is what these tests spend time on: every metric
 # is compiled once per (n, m) shape, so the tests share a few shapes.

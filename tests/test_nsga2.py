@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evojax_prune import nsga2
 from evojax_prune.config import SearchConfig
+from evojax_prune.search import nsga2
 
 pymoo_nds = pytest.importorskip("pymoo.util.nds.non_dominated_sorting")
 pymoo_metrics = pytest.importorskip("pymoo.operators.survival.rank_and_crowding.metrics")

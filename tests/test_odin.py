@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from evojax_prune import head, odin
+from evojax_prune import head
+from evojax_prune.score import odin
 
 # float32 carries about 7 significant digits: two scores closer than this
 # (relative) cannot be ordered reliably by any float32 computation.

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from pymoo.indicators.hv import HV
 
-from evojax_prune import cli, config, ensemble, report, rundir
+from evojax_prune import config
+from evojax_prune.analysis import ensemble, report
+from evojax_prune.cli import main as cli
 from evojax_prune.data import embedded
-from evojax_prune.search import run_search
+from evojax_prune.run import rundir
+from evojax_prune.search.loop import run_search
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -224,9 +227,9 @@ def test_ensemble_plot_skips_empty_bands(finished, digits):
 
 
 def test_report_again_keeps_the_grad_cam_section_once(finished, digits, tmp_path):
-    from evojax_prune.report import EXPLAIN_END as SECTION_END
-    from evojax_prune.report import EXPLAIN_START as SECTION_START
-    from evojax_prune.report import write_report
+    from evojax_prune.analysis.report import EXPLAIN_END as SECTION_END
+    from evojax_prune.analysis.report import EXPLAIN_START as SECTION_START
+    from evojax_prune.analysis.report import write_report
 
     run = copy_run(finished, tmp_path)
     report = write_report(run, digits)

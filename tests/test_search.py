@@ -11,10 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from evojax_prune import cli, config
+from evojax_prune import config
+from evojax_prune.cli import main as cli
 from evojax_prune.data import embedded
 from evojax_prune.data.featureset import FeatureSet
-from evojax_prune.search import run_search
+from evojax_prune.search.loop import run_search
 
 
 def tiny_config(generations=3):
@@ -111,7 +112,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(digits, finished, tmp_
         import os, signal
         from evojax_prune import config
         from evojax_prune.data import embedded
-        from evojax_prune.search import run_search
+        from evojax_prune.search.loop import run_search
         cfg = config.preset("quick").replace(head={{"hidden": 16}}, train={{"max_epochs": 6, "patience": 3}},
                                              search={{"population_size": 8, "generations": 3}})
         def die(record):
@@ -236,7 +237,7 @@ def test_an_evosax_algorithm_runs_a_single_objective_search(digits):
 
 
 def test_front_keeps_the_heads_the_search_trained(digits):
-    from evojax_prune import trainer
+    from evojax_prune.train import trainer
 
     # An initial population of 6 in buckets of 8: the baseline trains in the first call.
     small = tiny_config(generations=2).replace(search={"population_size": 6, "offspring_size": 8})
@@ -265,7 +266,7 @@ def test_front_keeps_the_heads_the_search_trained(digits):
 
 
 def test_bucket_sizes_keep_the_compiled_shapes_few():
-    from evojax_prune.search import bucket_size
+    from evojax_prune.search.loop import bucket_size
 
     # The authors' budget run generationally: 30 masks, then generations of 34 (fewer after
     # duplicates): one shape.

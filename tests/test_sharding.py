@@ -24,9 +24,12 @@ import jax
 import numpy as np
 import pytest
 
-from evojax_prune import cli, config, devices, evaluate, trainer
+from evojax_prune import config, devices
+from evojax_prune.cli import main as cli
 from evojax_prune.data import embedded
-from evojax_prune.search import run_search
+from evojax_prune.score import evaluate
+from evojax_prune.search.loop import run_search
+from evojax_prune.train import trainer
 
 REPO = Path(__file__).resolve().parents[1]
 ULP_METRICS = ("aupr_in", "aupr_out")
@@ -313,7 +316,7 @@ def test_cli_device_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsy
 
 
 def test_a_run_may_resume_on_other_devices_and_with_another_engine():
-    from evojax_prune.search import _without_engine
+    from evojax_prune.search.loop import _without_engine
 
     one, four = tiny_config(1).to_dict(), tiny_config(4, chunk_size=3, step="xla").to_dict()
     assert one != four and _without_engine(one) == _without_engine(four)

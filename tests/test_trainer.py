@@ -10,8 +10,9 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from evojax_prune import head, optimizer, packing, plan, trainer, xla_step
+from evojax_prune import head
 from evojax_prune.config import EngineConfig, HeadConfig, RunConfig, TrainConfig
+from evojax_prune.train import optimizer, packing, plan, trainer, xla_step
 
 D, H, C, N = 64, 8, 3, 50  # N = 6 full batches of 8 + a partial batch of 2; D gives 2 capacities
 RTOL, ATOL = 2e-4, 2e-5

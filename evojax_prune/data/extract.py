@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from evojax_prune.atomic import write_atomically
 from evojax_prune.data import backbone, images
 from evojax_prune.data.featureset import FeatureSet
+from evojax_prune.run.atomic import write_atomically
 
 CACHE_VERSION = 1
 FEATURE_EXTRACTOR = (

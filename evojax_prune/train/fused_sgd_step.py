@@ -17,12 +17,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from evojax_prune import fused_sgd, head
+from evojax_prune import head
 from evojax_prune.config import TrainConfig
-from evojax_prune.optimizer import make_optimizer
-from evojax_prune.packing import Chunk
-from evojax_prune.plan import TrainingPlan
-from evojax_prune.xla_step import loss_and_backward, masked
+from evojax_prune.train import fused_sgd
+from evojax_prune.train.optimizer import make_optimizer
+from evojax_prune.train.packing import Chunk
+from evojax_prune.train.plan import TrainingPlan
+from evojax_prune.train.xla_step import loss_and_backward, masked
 
 
 def init(params: head.HeadParams, chunk: Chunk, train_config: TrainConfig, plan: TrainingPlan) -> Any:

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from evojax_prune import report, rundir
+from evojax_prune.analysis import report
+from evojax_prune.run import rundir
 
 DEFAULT_MEMBERS = "best-accuracy,smallest-mem,best-auroc"
 MEMBER_NAMES = ("best-accuracy", "smallest-mem", "best-auroc")
@@ -244,7 +245,7 @@ def draw_grid(pictures: np.ndarray, maps: np.ndarray, predictions: np.ndarray, p
       labels: (B,) true classes; class_names: C names.
       column_titles: M head names; row_names: B image names.
     """
-    from evojax_prune import gradcam
+    from evojax_prune.analysis import gradcam
 
     heads, count = maps.shape[:2]
     figure = _figure(2.0 * (heads + 1), 2.1 * count + 0.4)
@@ -352,7 +353,7 @@ def explain_run(run_dir: str | os.PathLike, *, members: str = DEFAULT_MEMBERS, n
     Returns:
       The explain directory.
     """
-    from evojax_prune import gradcam
+    from evojax_prune.analysis import gradcam
     from evojax_prune.data import backbone
 
     say = on_message or (lambda text: None)

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from evojax_prune import atomic
 from evojax_prune.config import RunConfig
-from evojax_prune.evaluation_cache import METRIC_NAMES
 from evojax_prune.head import HeadParams
-from evojax_prune.result import REFERENCE_POINT, SearchResult
+from evojax_prune.run import atomic
+from evojax_prune.search.evaluation_cache import METRIC_NAMES
+from evojax_prune.search.result import REFERENCE_POINT, SearchResult
 
 FORMAT = 1
 CHECKPOINT = "checkpoint.npz"
@@ -147,12 +147,18 @@ def _writable(directory: Path) -> bool:
     return os.access(directory, os.W_OK | os.X_OK)
 
 
-def environment() -> dict[str, Any]:
-    """Package versions and devices, recorded beside the configuration."""
+PACKAGES = ("evojax-prune", "jax", "jaxlib", "flax", "optax", "evosax", "numpy", "moocore")
+
+
+def environment(extra_packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Python, package versions (``PACKAGES`` and ``extra_packages``) and devices.
+
+    Recorded beside a run's configuration, and by every benchmark.
+    """
     import jax
 
     versions = {}
-    for package in ("evojax-prune", "jax", "jaxlib", "flax", "optax", "evosax", "numpy", "moocore"):
+    for package in PACKAGES + tuple(extra_packages):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

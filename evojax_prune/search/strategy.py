@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evojax_prune import nsga2
 from evojax_prune.config import SearchConfig
+from evojax_prune.search import nsga2
 
 
 class MultiObjective:

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from evojax_prune import atomic, ensemble, rundir
+from evojax_prune.analysis import ensemble
+from evojax_prune.run import atomic, rundir
 
 FIGURES = ("front_3d", "front_pairs", "history", "ensembles", "features")
 # The authors' bands, then the upper half and the whole front: a small front

@@ -79,9 +79,10 @@ import numpy as np
 from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
-from evojax_prune import devices, fused_sgd_step, head, packing, xla_step
+from evojax_prune import devices, head
 from evojax_prune.config import RunConfig, TrainConfig
-from evojax_prune.plan import ChunkLayout, TrainingPlan, make_plan
+from evojax_prune.train import fused_sgd_step, packing, xla_step
+from evojax_prune.train.plan import ChunkLayout, TrainingPlan, make_plan
 
 # A head whose lowest epoch loss is above this many times log(C), the loss of a uniform
 # guess, diverged (as one whose loss is not finite at some epoch): its right class gets a

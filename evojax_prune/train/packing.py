@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from evojax_prune import head
-from evojax_prune.plan import ChunkLayout
+from evojax_prune.train.plan import ChunkLayout
 
 
 def _repeat(array: jax.Array, times: int) -> jax.Array:

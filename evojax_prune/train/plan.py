@@ -41,9 +41,10 @@ from typing import Any
 
 import jax
 
-from evojax_prune import fused_sgd, head
+from evojax_prune import head
 from evojax_prune.config import AUTO, EngineConfig, TrainConfig
-from evojax_prune.optimizer import ROW_SEPARABLE_OPTIMIZERS, make_optimizer
+from evojax_prune.train import fused_sgd
+from evojax_prune.train.optimizer import ROW_SEPARABLE_OPTIMIZERS, make_optimizer
 
 _FLOAT_BYTES = 4
 

@@ -83,8 +83,8 @@ def _run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from evojax_prune.progress import SearchProgress, front_table
-    from evojax_prune.search import run_search
+    from evojax_prune.cli.progress import SearchProgress, front_table
+    from evojax_prune.search.loop import run_search
 
     console = Console(stderr=True, quiet=args.quiet or not main_process)  # one voice: process 0
     console.print(
@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     # heavy libraries inside the handler).
     for name, summary, module in (
         ("extract", "compute a FeatureSet from images", "evojax_prune.data.extract"),
-        ("report", "plots and a report for a finished run", "evojax_prune.report"),
-        ("explain", "Grad-CAM heat maps of front members", "evojax_prune.explain"),
+        ("report", "plots and a report for a finished run", "evojax_prune.analysis.report"),
+        ("explain", "Grad-CAM heat maps of front members", "evojax_prune.analysis.explain"),
     ):
         importlib.import_module(module).register(commands.add_parser(name, help=summary))
     return parser
@@ -171,7 +171,7 @@ def dispatch(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             if args.command in COMPILING_COMMANDS:
-                from evojax_prune import compile_cache
+                from evojax_prune.run import compile_cache
 
                 compile_cache.enable()
             return int(args.handler(args) or 0)

@@ -34,8 +34,9 @@ import numpy as np
 from flax import struct
 from jax.sharding import PartitionSpec
 
-from evojax_prune import devices, head, metrics, odin
+from evojax_prune import devices, head
 from evojax_prune.config import AUROC_KINDS, RunConfig
+from evojax_prune.score import metrics, odin
 
 
 @struct.dataclass

@@ -32,13 +32,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evojax_prune import devices, evaluate, head, rundir, strategy, trainer
+from evojax_prune import devices, head
 from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
-from evojax_prune.evaluation_cache import METRIC_NAMES, MaskCache, TrainedHeads
-from evojax_prune.hypervolume import hypervolume
-from evojax_prune.result import REFERENCE_POINT, SearchResult
-from evojax_prune.result import objectives as to_objectives
+from evojax_prune.run import rundir
+from evojax_prune.score import evaluate
+from evojax_prune.search import strategy
+from evojax_prune.search.evaluation_cache import METRIC_NAMES, MaskCache, TrainedHeads
+from evojax_prune.search.hypervolume import hypervolume
+from evojax_prune.search.result import REFERENCE_POINT, SearchResult
+from evojax_prune.search.result import objectives as to_objectives
+from evojax_prune.train import trainer
 
 __all__ = ["REFERENCE_POINT", "SearchResult", "run_search"]
 

@@ -60,7 +60,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from evojax_prune import head, metrics, odin
+from evojax_prune import head
+from evojax_prune.score import metrics, odin
 
 AUTHORS_BANDS: tuple[tuple[float, float], ...] = (
     (50, 60), (55, 65), (60, 70), (65, 75), (70, 80), (75, 85), (80, 90), (85, 95),
@@ -651,9 +652,9 @@ def compare_ensembles(
       ValueError: features that do not match the run, bad bands or options.
       FileNotFoundError: a run directory that is missing or incomplete.
     """
-    from evojax_prune import rundir
     from evojax_prune.data.featureset import FeatureSet
-    from evojax_prune.result import SearchResult
+    from evojax_prune.run import rundir
+    from evojax_prune.search.result import SearchResult
 
     if ood_ranking not in ("auroc", "accuracy"):
         raise ValueError(f"ood_ranking must be 'auroc' or 'accuracy', got {ood_ranking!r}")

@@ -17,9 +17,9 @@ import optax
 
 from evojax_prune import head
 from evojax_prune.config import TrainConfig
-from evojax_prune.optimizer import make_optimizer
-from evojax_prune.packing import Chunk
-from evojax_prune.plan import TrainingPlan
+from evojax_prune.train.optimizer import make_optimizer
+from evojax_prune.train.packing import Chunk
+from evojax_prune.train.plan import TrainingPlan
 
 
 def population_loss_and_grads(

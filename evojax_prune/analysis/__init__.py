@@ -1,0 +1,1 @@
+"""After a search: ensembles of the front, the report, Grad-CAM explanations."""

@@ -1,0 +1,1 @@
+"""The run directory: its format (rundir), atomic writes, the compilation cache."""

@@ -1,0 +1,1 @@
+"""Scoring trained heads: accuracy, MEM and the ODIN robustness objective."""
