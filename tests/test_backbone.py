@@ -137,7 +137,7 @@ def test_unreadable_weights_file_is_named(tmp_path):
 def test_imagenet_weights_without_internet_or_cache_say_what_to_do(tmp_path, monkeypatch):
     # Port 9 on loopback refuses at once: a download that cannot happen, even where internet exists.
     unreachable = "http://127.0.0.1:9/" + backbone.IMAGENET_WEIGHTS_FILE
-    monkeypatch.setattr(backbone, "IMAGENET_WEIGHTS_URL", unreachable)
+    monkeypatch.setenv(backbone.WEIGHTS_URL_ENV, unreachable)
     with pytest.raises(backbone.WeightsUnavailableError) as error:
         backbone.build_resnet50(SIZE, weights="imagenet", keras_cache_dir=tmp_path)
     message = str(error.value)

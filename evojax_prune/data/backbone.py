@@ -38,6 +38,8 @@ IMAGENET_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_WEIGHTS_FILE
 )
+# A mirror of that file (checked against the same MD5), for machines that cannot reach Google's.
+WEIGHTS_URL_ENV = "EVOJAX_PRUNE_WEIGHTS_URL"
 IMAGENET_WEIGHTS_MD5 = "4d473c1dd8becc155b73f8504c6f6626"  # keras.applications.resnet.WEIGHTS_HASHES
 CAFFE_BGR_MEANS = (103.939, 116.779, 123.68)  # what preprocess_input subtracts, in BGR order
 RANDOM_WEIGHTS_SEED = 0
@@ -118,16 +120,19 @@ def imagenet_weights_file(keras_cache_dir: str | os.PathLike | None = None) -> P
 
     Args:
       keras_cache_dir: Keras' cache directory (default: Keras' own, ``~/.keras``
-        or ``$KERAS_HOME``); the file lives in its ``models`` folder.
+        or ``$KERAS_HOME``); the file lives in its ``models`` folder. It is
+        downloaded from ``$EVOJAX_PRUNE_WEIGHTS_URL`` if set (a mirror), else
+        from ``IMAGENET_WEIGHTS_URL``, and checked against its MD5.
 
     Raises:
       WeightsUnavailableError: the file is not cached and cannot be downloaded.
     """
     keras = import_keras()
+    url = os.environ.get(WEIGHTS_URL_ENV) or IMAGENET_WEIGHTS_URL
     try:
         path = keras.utils.get_file(
             IMAGENET_WEIGHTS_FILE,
-            IMAGENET_WEIGHTS_URL,
+            url,
             cache_subdir="models",
             file_hash=IMAGENET_WEIGHTS_MD5,
             cache_dir=None if keras_cache_dir is None else str(keras_cache_dir),
@@ -135,7 +140,7 @@ def imagenet_weights_file(keras_cache_dir: str | os.PathLike | None = None) -> P
     except Exception as error:  # Keras raises a bare Exception on a failed download
         raise WeightsUnavailableError(
             f"cannot get the ImageNet weights of ResNet-50 ({' '.join(str(error).split())[:200]}): "
-            f"on a machine with internet, download {IMAGENET_WEIGHTS_URL} and either put it in "
+            f"on a machine with internet, download {url} and either put it in "
             f"Keras' cache (~/.keras/models/{IMAGENET_WEIGHTS_FILE}) or pass its path "
             "(--weights PATH, or weights=PATH)"
         ) from None
