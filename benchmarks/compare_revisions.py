@@ -9,9 +9,9 @@ temporary ``git worktree`` and put first on ``PYTHONPATH``.
 
     python benchmarks/compare_revisions.py --against 77a46ef --out /tmp/compare.json
 
-Reports per revision the median wall time of a compiled call and of the first
-call (compile included), and the ratio new / old; checks that both trained the
-same weights (the largest difference of the first kernels).
+Reports per revision the median over processes of the fastest of ``--calls``
+compiled calls, and of the first call (compile included), and the ratio new /
+old; checks that both trained the same weights (the first kernels' sums).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ TIMING = r"""
 import json, sys, time
 import jax, numpy as np
 import evojax_prune as ep
-population, epochs = int(sys.argv[1]), int(sys.argv[2])
+population, epochs, calls = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 rng = np.random.default_rng(0)
 num_samples, num_features, num_classes = 2520, 2048, 3
 x = rng.normal(size=(num_samples, num_features)).astype(np.float32)
@@ -47,17 +47,22 @@ key = jax.random.key(0)
 def train():
     return jax.block_until_ready(ep.train_population(key, masks, x, y, config, num_classes=num_classes))
 started = time.perf_counter(); train(); first = time.perf_counter() - started
-started = time.perf_counter(); trained = train(); seconds = time.perf_counter() - started
+seconds = []
+for _ in range(calls):
+    started = time.perf_counter(); trained = train(); seconds.append(time.perf_counter() - started)
 kernel = np.asarray(trained.params.hidden_kernel)
-print(json.dumps({"package": ep.__file__, "first_call_seconds": first, "seconds": seconds,
+print(json.dumps({"package": ep.__file__, "first_call_seconds": first, "seconds": min(seconds),
+                  "calls_seconds": seconds,
                   "kernel_sum": float(np.abs(kernel).sum()), "kernel_head0_row0": kernel[0, 0, :4].tolist(),
                   "epochs": np.asarray(trained.epochs).tolist()}))
 """
 
 
-def _time(root: Path, population: int, epochs: int) -> dict:
+def _time(root: Path, population: int, epochs: int, calls: int) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    completed = subprocess.run([sys.executable, "-c", TIMING, str(population), str(epochs)], env=env,
+    # In the revision's root: ``python -c`` puts the working directory first on sys.path.
+    arguments = [str(population), str(epochs), str(calls)]
+    completed = subprocess.run([sys.executable, "-c", TIMING, *arguments], env=env, cwd=root,
                                capture_output=True, text=True, check=False)
     if completed.returncode:
         raise RuntimeError(f"the timing process for {root} failed:\n{completed.stderr[-3000:]}")
@@ -72,7 +77,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--against", required=True, help="the git revision to compare with")
     parser.add_argument("--population", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4, help="processes per revision, alternating")
+    parser.add_argument("--calls", type=int, default=3,
+                        help="compiled calls per process (the fastest counts)")
     parser.add_argument("--out", type=Path,
                         default=REPO / "benchmarks" / "results" / "compare_revisions.json")
     args = parser.parse_args(argv)
@@ -87,8 +94,9 @@ def main(argv=None) -> dict:
                        capture_output=True, check=True)
         try:
             for repeat in range(args.repeats):
-                for name, root in (("old", worktree), ("new", REPO)):
-                    runs[name].append(_time(root, args.population, args.epochs))
+                order = (("old", worktree), ("new", REPO))
+                for name, root in order if repeat % 2 == 0 else order[::-1]:  # each goes first as often
+                    runs[name].append(_time(root, args.population, args.epochs, args.calls))
                     print(f"repeat {repeat + 1}: {name} {runs[name][-1]['seconds']:.2f} s "
                           f"(first call {runs[name][-1]['first_call_seconds']:.2f} s)", flush=True)
         finally:
@@ -104,7 +112,8 @@ def main(argv=None) -> dict:
         "new_revision": head, "new_has_uncommitted_changes": bool(subprocess.run(
             ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
             text=True, check=True).stdout.strip()),
-        "population": args.population, "epochs": args.epochs, "repeats": args.repeats, **summary,
+        "population": args.population, "epochs": args.epochs, "repeats": args.repeats, "calls": args.calls,
+        **summary,
         "ratio_new_over_old": summary["new"]["median_seconds"] / summary["old"]["median_seconds"],
         "same_epochs": old["epochs"] == new["epochs"],
         "kernel_sum_relative_difference": abs(old["kernel_sum"] - new["kernel_sum"]) / old["kernel_sum"],
