@@ -36,31 +36,27 @@ def folders(tmp_path_factory):
     }
 
 
-@pytest.fixture(scope="module")
-def shared_extractor():
-    if importlib.util.find_spec("keras") is None:
-        pytest.skip("the features extra is not installed")
-    from evojax_prune.data import backbone
+class Counts:
+    """What an extraction computed, from its callbacks: backbone builds asked for and images run."""
 
-    return backbone.load_backbone(SIZE, None, batch_size=4)
+    def __init__(self):
+        self.builds = self.images = 0
+
+    def on_progress(self, what, done, total):
+        if done == 0:  # once per split, with the number of images not in the cache
+            self.images += total
+
+    def on_message(self, text):
+        self.builds += text.startswith("building ResNet-50")
 
 
-@pytest.fixture
-def counting_backbone(monkeypatch, shared_extractor):
-    """Replaces load_backbone by one that returns the shared (already compiled) extractor and counts."""
-    calls = {"builds": 0, "images": 0}
-
-    def counted(images_, on_batch=None):
-        calls["images"] += len(images_)
-        return shared_extractor(images_, on_batch=on_batch)
-
-    def load_backbone(image_size, weights, *, batch_size, keras_cache_dir=None):
-        assert image_size == SIZE and weights is None and batch_size == 4
-        calls["builds"] += 1
-        return counted
-
-    monkeypatch.setattr(extract.backbone, "load_backbone", load_backbone)
-    return calls
+def extract_counted(folders, cache, counts, source=None, ood=("o1", "o2"), **options):
+    """``extract_featureset`` as ``extract_args`` runs it, counted."""
+    return extract.extract_featureset(
+        source or folders["ind"], [folders[name] for name in ood], image_size=SIZE, weights=None,
+        batch_size=4, cache_dir=cache, on_progress=counts.on_progress, on_message=counts.on_message,
+        **options,
+    )
 
 
 def extract_args(folders, out, cache, *extra):
@@ -70,11 +66,12 @@ def extract_args(folders, out, cache, *extra):
 
 
 @needs_keras
-def test_extract_end_to_end_then_from_the_cache(folders, tmp_path, counting_backbone, shared_extractor):
-    out, cache = tmp_path / "features.npz", tmp_path / "cache"
-    assert cli.main(extract_args(folders, out, cache)) == 0
-    assert counting_backbone["builds"] == 1
-    features = FeatureSet.load(out)
+def test_extract_end_to_end_then_from_the_cache(folders, tmp_path):
+    from evojax_prune.data import backbone
+
+    out, cache, counts = tmp_path / "features.npz", tmp_path / "cache", Counts()
+    features = extract_counted(folders, cache, counts)
+    assert counts.builds == 1
 
     # 12 train images: 3 held out for validation (stratified), 5 test, 5 + 5 OoD.
     assert features.x_train.shape == (9, 2048) and features.x_val.shape == (3, 2048)
@@ -83,11 +80,11 @@ def test_extract_end_to_end_then_from_the_cache(folders, tmp_path, counting_back
     assert features.class_names == ("a", "b")
     assert sorted(np.bincount(features.y_train).tolist()) == [4, 5]
     # Every image computed once: 12 train + 5 test + 10 OoD.
-    assert counting_backbone["images"] == 27
+    assert counts.images == 27
 
     # The rows are the features of the right images.
     dataset = images.load_folder(folders["ind"])
-    direct_test = shared_extractor(dataset.splits["test"].images(SIZE))
+    direct_test = backbone.load_backbone(SIZE, None, batch_size=4)(dataset.splits["test"].images(SIZE))
     np.testing.assert_allclose(features.x_test, direct_test, rtol=1e-6, atol=1e-6)
     assert len({row.tobytes() for row in np.concatenate([features.x_train, features.x_val])}) == 12
 
@@ -99,47 +96,42 @@ def test_extract_end_to_end_then_from_the_cache(folders, tmp_path, counting_back
     assert meta["ood"]["per_split"] == 5 and [s["per_split"] for s in meta["ood"]["sources"]] == [3, 2]
     json.dumps(meta)
 
-    # Again: everything from the cache, the backbone is not even built, the same file.
-    counting_backbone.update(builds=0, images=0)
-    again = tmp_path / "again.npz"
-    assert cli.main(extract_args(folders, again, cache)) == 0
-    assert counting_backbone == {"builds": 0, "images": 0}
-    second = FeatureSet.load(again)
-    for name, array in features.arrays().items():
-        np.testing.assert_array_equal(getattr(second, name), array)
+    # Again: everything from the cache, the backbone is not even asked for, the same features;
+    # the command writes the same file.
+    again = Counts()
+    second = extract_counted(folders, cache, again)
+    assert (again.builds, again.images) == (0, 0)
+    assert cli.main(extract_args(folders, out, cache)) == 0
+    for loaded in (second, FeatureSet.load(out)):
+        for name, array in features.arrays().items():
+            np.testing.assert_array_equal(getattr(loaded, name), array)
 
     # Another seed: only the OoD images not seen yet are computed.
-    assert cli.main(extract_args(folders, tmp_path / "seed1.npz", cache, "--seed", "1")) == 0
-    assert 0 < counting_backbone["images"] <= 10 and counting_backbone["builds"] == 1
-
-
-def extract_one(folders, cache, **options):
-    return extract.extract_featureset(
-        folders["ind"], [folders["o1"]], image_size=SIZE, weights=None, batch_size=4, cache_dir=cache,
-        **options,
-    )
+    seed1 = Counts()
+    extract_counted(folders, cache, seed1, seed=1)
+    assert 0 < seed1.images <= 10 and seed1.builds == 1
 
 
 @needs_keras
-def test_damaged_cache_file_is_recomputed(folders, tmp_path, counting_backbone):
+def test_damaged_cache_file_is_recomputed(folders, tmp_path):
     cache = tmp_path / "cache"
-    extract_one(folders, cache)
+    extract_counted(folders, cache, Counts(), ood=("o1",))
     files = sorted(cache.glob("*.npz"))
     assert [f.name.split("-")[:3] for f in files] == [
         ["ind", "test", "32px"], ["ind", "train", "32px"], ["o1", "train", "32px"]
     ]
     files[0].write_bytes(b"damaged")
-    counting_backbone.update(images=0)
+    counts = Counts()
     with pytest.warns(UserWarning, match="unreadable feature cache file"):
-        extract_one(folders, cache)
-    assert counting_backbone["images"] == 5  # the test split again, nothing else
-    counting_backbone.update(images=0)
-    extract_one(folders, cache, use_cache=False)
-    assert counting_backbone["images"] == 12 + 5 + 10
+        extract_counted(folders, cache, counts, ood=("o1",))
+    assert counts.images == 5  # the test split again, nothing else
+    counts = Counts()
+    extract_counted(folders, cache, counts, ood=("o1",), use_cache=False)
+    assert counts.images == 12 + 5 + 10
 
 
 @needs_keras
-def test_an_unreadable_image_is_named(tmp_path, folders, counting_backbone, capsys):
+def test_an_unreadable_image_is_named(tmp_path, folders, capsys):
     ind = write_folder(tmp_path / "bad", {"train": {"a": 3, "b": 3}, "test": {"a": 1, "b": 1}}, seed=3)
     (ind / "train" / "b" / "img01.png").write_bytes(b"not a png")
     args = extract_args(folders, tmp_path / "out.npz", tmp_path / "cache")
@@ -153,15 +145,19 @@ def test_an_unreadable_image_is_named(tmp_path, folders, counting_backbone, caps
 
 @needs_keras
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is None, reason="no tensorflow-datasets")
-def test_extract_from_tfds_with_mock_data(tmp_path, folders, counting_backbone):
+def test_extract_from_tfds_with_mock_data(tmp_path, folders):
     tfds = images.import_tfds()
     big_ood = write_folder(tmp_path / "big", {"train": {"u": 30, "v": 30}}, seed=4)
     out = tmp_path / "rps.npz"
     args = extract_args(folders, out, tmp_path / "cache")
     args[args.index("--folder"):args.index("--folder") + 2] = ["--tfds", "rock_paper_scissors"]
     args[args.index("--ood") + 1:args.index("--ood") + 3] = [str(big_ood)]
+    counts = Counts()
     with tfds.testing.mock_data(num_examples=20):
         assert cli.main(args) == 0
+        extract_counted({"big": big_ood}, tmp_path / "cache", counts, source=images.TFDS_PREFIX
+                        + "rock_paper_scissors", ood=("big",))
+    assert counts.images == 0  # the command computed and cached every image once
     features = FeatureSet.load(out)
     assert features.class_names == ("rock", "paper", "scissors")
     assert features.x_train.shape[0] + features.x_val.shape[0] == 20 and features.x_test.shape[0] == 20
@@ -171,7 +167,11 @@ def test_extract_from_tfds_with_mock_data(tmp_path, folders, counting_backbone):
     assert meta["ood"]["sources"] == [
         {"source": f"folder:{big_ood.resolve()}", "per_split": 20, "per_class": {"u": 10, "v": 10}}
     ]
-    assert counting_backbone["images"] == 20 + 20 + 40
+    uncached = Counts()
+    with tfds.testing.mock_data(num_examples=20):
+        extract_counted({"big": big_ood}, tmp_path / "cache", uncached, source=images.TFDS_PREFIX
+                        + "rock_paper_scissors", ood=("big",), use_cache=False)
+    assert uncached.images == 20 + 20 + 40
 
 
 def test_existing_output_is_refused_without_overwrite(folders, tmp_path, capsys):
