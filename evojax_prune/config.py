@@ -1,7 +1,7 @@
 """Run configuration: one frozen object, validated on construction, JSON round trip.
 
 The configuration is split the way the method is: the head (the network being
-pruned), its training, the search (NSGA-II), the robustness objective (ODIN),
+pruned), its training, the search (NSGA-II), the robustness objective (an OoD score),
 and apart from them the engine: how the heads are trained on the hardware,
 which changes no result. Every dataclass is frozen and hashable, so a config
 can be a static argument of a jitted function.
@@ -31,6 +31,8 @@ OPTIMIZERS = (
     "adan", "rprop",
 )
 AUROC_KINDS = ("exact", "paper")
+# OoD scores of ``OdinConfig.score`` (score/ood_scores.py); the first is the default.
+OOD_SCORES = ("odin", "msp", "maxlogit", "energy", "mahalanobis")
 STRATEGIES = ("nsga2",)
 
 
@@ -249,12 +251,25 @@ class EngineConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OdinConfig:
-    """The robustness objective: ODIN scores and the AUROC that ranks them.
+    """The robustness objective: an OoD score (ODIN by default) and the AUROC that ranks it.
+
+    The section keeps its name for the config.json of earlier runs, which have
+    no ``score`` and load as ODIN.
 
     Attributes:
-      temperature: softmax temperature T (the authors: 1000).
-      epsilon: input-perturbation step in feature space; 0 (off) as in the
-        paper. A variant: the original ODIN perturbs pixels.
+      score: the OoD score whose AUROC is the objective (``OOD_SCORES``,
+        ``score/ood_scores.py``): ``"odin"`` (max softmax of logits / T),
+        ``"msp"`` (max softmax, T = 1), ``"maxlogit"``, ``"energy"``
+        (T log sum exp(logits / T) at ``energy_temperature``) or
+        ``"mahalanobis"`` (on the head's last hidden layer, fitted on the
+        training split).
+      temperature: ODIN's softmax temperature T (the authors: 1000); used by
+        ``"odin"`` only.
+      energy_temperature: the energy score's temperature (Liu et al.: 1);
+        used by ``"energy"`` only.
+      epsilon: ODIN's input-perturbation step in feature space; 0 (off) as in
+        the paper. A variant: the original ODIN perturbs pixels. Only with
+        ``score="odin"``.
       auroc: ``"exact"`` (Mann-Whitney, ties half) or ``"paper"`` (the
         authors' 100-threshold trapezoid) as the optimised objective.
     """
@@ -262,10 +277,23 @@ class OdinConfig:
     temperature: float = 1000.0
     epsilon: float = 0.0
     auroc: str = "exact"
+    score: str = "odin"
+    energy_temperature: float = 1.0
 
     def __post_init__(self):
+        _check(
+            self.score in OOD_SCORES,
+            f"OdinConfig.score: unknown OoD score {self.score!r}; expected one of {', '.join(OOD_SCORES)}",
+        )
         _positive_float("OdinConfig", "temperature", self.temperature)
+        _positive_float("OdinConfig", "energy_temperature", self.energy_temperature)
         _positive_float("OdinConfig", "epsilon", self.epsilon, allow_zero=True)
+        # ODIN's perturbation ascends ODIN's own score; no other score defines it here.
+        _check(
+            self.epsilon == 0 or self.score == "odin",
+            f"OdinConfig.epsilon = {self.epsilon!r} (ODIN's input perturbation) needs score 'odin', "
+            f"got score {self.score!r}",
+        )
         _check(
             self.auroc in AUROC_KINDS,
             f"OdinConfig.auroc must be one of {AUROC_KINDS}, got {self.auroc!r}",

@@ -46,8 +46,31 @@ def init(key: jax.Array, num_features: int, num_classes: int, hidden: int = 512)
     )
 
 
+def last_hidden(params: HeadParams, mask: jax.Array, x: jax.Array) -> jax.Array:
+    """Post-ReLU activations of one head's last hidden layer (the only one today).
+
+    The seam between the hidden layers and the output layer: ``apply`` is
+    ``output`` on it, and the Mahalanobis OoD score (score/mahalanobis.py)
+    reads it. A deeper head changes this function alone.
+
+    Args:
+      params: one head's parameters.
+      mask: (D,) bool, the features this head keeps.
+      x: (N, D) float features.
+
+    Returns:
+      (N, H) float32 activations, >= 0.
+    """
+    return jax.nn.relu((x * mask.astype(x.dtype)) @ params.hidden_kernel)
+
+
+def output(params: HeadParams, hidden: jax.Array) -> jax.Array:
+    """The output layer: (N, H) last hidden activations -> (N, C) float32 logits."""
+    return hidden @ params.output_kernel + params.output_bias
+
+
 def apply(params: HeadParams, mask: jax.Array, x: jax.Array) -> jax.Array:
-    """Logits of one head.
+    """Logits of one head: ``output(params, last_hidden(params, mask, x))``.
 
     Args:
       params: one head's parameters.
@@ -58,8 +81,7 @@ def apply(params: HeadParams, mask: jax.Array, x: jax.Array) -> jax.Array:
     Returns:
       (N, C) float32 logits.
     """
-    hidden = jax.nn.relu((x * mask.astype(x.dtype)) @ params.hidden_kernel)
-    return hidden @ params.output_kernel + params.output_bias
+    return output(params, last_hidden(params, mask, x))
 
 
 def apply_population(params: HeadParams, masks: jax.Array, x: jax.Array) -> jax.Array:

@@ -1,8 +1,9 @@
 """Evaluate a population of trained heads: accuracy, MEM and OoD robustness, in one jitted call.
 
 For each head p with mask p: logits on the in-distribution (InD) validation
-features and on the OoD features, ODIN scores of both (``odin.odin_score``),
-and the metrics of ``metrics.py``. The search minimises the objective vector
+features and on the OoD features, the configured OoD score of both
+(``config.odin.score``, ``ood_scores.py``; ODIN by default), and the metrics
+of ``metrics.py``. The search minimises the objective vector
 ``(1 - accuracy, MEM, 1 - AUROC)`` (MO-EvoPruneDeepTL, arXiv 2302.10253;
 PROTOCOL.md, "Robustness objective" and "Objectives and splits").
 
@@ -16,7 +17,9 @@ about
 
     chunk * (N + M) * (2 D + H + C) * 4 bytes   (x2 with epsilon > 0),
 
-on top of the parameters themselves, P * (D H + H C + C) * 4 bytes, which are
+plus, for the Mahalanobis score, each head's training activations, its
+covariance and the whitened differences to the class means
+(``bytes_per_head``), on top of the parameters themselves, P * (D H + H C + C) * 4 bytes, which are
 read in place (never copied or padded). Measured at RPS shapes (N = M = 372,
 D = 2048, H = 512, C = 3): 12 MB per head, so a chunk of 64 uses about 0.8 GB
 and all 1024 heads at once would use about 12 GB next to 4.3 GB of
@@ -36,7 +39,7 @@ from jax.sharding import PartitionSpec
 
 from evojax_prune import devices, head
 from evojax_prune.config import AUROC_KINDS, RunConfig
-from evojax_prune.score import metrics, odin
+from evojax_prune.score import metrics, odin, ood_scores
 
 
 @struct.dataclass
@@ -46,7 +49,8 @@ class PopulationMetrics:
     Attributes:
       accuracy: fraction of InD samples classified correctly.
       mem: fraction of the D mask bits set (the MEM objective, minimised).
-      auroc: exact AUROC of ODIN scores, InD vs OoD (Mann-Whitney, ties half).
+      auroc: exact AUROC of the OoD scores (``config.odin.score``), InD vs OoD
+        (Mann-Whitney, ties half).
       auroc_paper: the authors' 100-threshold AUROC (``metrics.auroc_paper``).
       fpr95: FPR at 95% TPR with InD as positive (ODIN paper's convention).
       aupr_in: average precision with InD as positive.
@@ -93,6 +97,8 @@ def evaluate_head(
     ood_features: jax.Array,
     temperature: float = odin.DEFAULT_TEMPERATURE,
     epsilon: float = 0.0,
+    score: str = "odin",
+    train: tuple[jax.Array, jax.Array] | tuple[()] = (),
 ) -> PopulationMetrics:
     """Metrics of one head, as () float32 fields.
 
@@ -101,23 +107,22 @@ def evaluate_head(
       mask: (D,) bool features kept.
       features: (N, D) float InD features; labels: (N,) int classes.
       ood_features: (M, D) float OoD features.
-      temperature: ODIN temperature T (may be traced).
+      temperature: the score's temperature (``ood_scores.score_temperature``; may be traced).
       epsilon: ODIN perturbation step in feature space (a Python float; 0 = off).
         The accuracy is always measured on the unperturbed features.
+      score: the OoD score, a name of ``ood_scores.SCORES`` (static).
+      train: (x_train (N_t, D), y_train (N_t,)) where the score is fitted on
+        the training split (``ood_scores.FITTED_SCORES``), else ``()``.
 
     Returns:
       PopulationMetrics of scalars.
     """
     num_ind = features.shape[0]
-    logit_fn = functools.partial(head.apply, params, mask)
     # One matrix product for InD and OoD together; rows do not interact.
     all_features = jnp.concatenate([features, ood_features], axis=0)
-    all_logits = logit_fn(all_features)
-    if epsilon > 0:
-        score_logits = logit_fn(odin.odin_perturb(logit_fn, all_features, epsilon, temperature))
-    else:
-        score_logits = all_logits
-    scores = odin.odin_score(score_logits, temperature)
+    all_logits, scores = ood_scores.head_scores(
+        params, mask, all_features, score=score, temperature=temperature, epsilon=epsilon, train=train
+    )
     return PopulationMetrics(
         accuracy=metrics.accuracy(all_logits[:num_ind], labels),
         mem=metrics.fraction(jnp.sum(mask), mask.shape[-1]),
@@ -149,12 +154,13 @@ def _stitch_chunks(per_chunk: jax.Array, starts: np.ndarray, chunk_size: int, po
     return per_chunk.reshape((-1, *per_chunk.shape[2:]))[flat_index]
 
 
-def _evaluate_local(params, masks, features, labels, ood_features, temperature, *, epsilon, chunk_size):
+def _evaluate_local(params, masks, features, labels, ood_features, temperature, train, *, epsilon, score,
+                    chunk_size):
     """One device's block of heads: vmap inside a chunk, sequential over chunks."""
     def evaluate_many(some_params, some_masks):
         evaluate_one = functools.partial(
             evaluate_head, features=features, labels=labels, ood_features=ood_features,
-            temperature=temperature, epsilon=epsilon,
+            temperature=temperature, epsilon=epsilon, score=score, train=train,
         )
         return jax.vmap(evaluate_one)(some_params, some_masks)
 
@@ -173,28 +179,29 @@ def _evaluate_local(params, masks, features, labels, ood_features, temperature, 
 
 
 # Temperature is traced (a sweep over T compiles once); epsilon is static because
-# epsilon = 0 skips the gradient altogether.
-@functools.partial(jax.jit, static_argnames=("epsilon", "chunk_size", "mesh"))
+# epsilon = 0 skips the gradient altogether, and the score because it picks the program.
+@functools.partial(jax.jit, static_argnames=("epsilon", "score", "chunk_size", "mesh"))
 def _evaluate_population(params, masks, features, labels, ood_features, *, temperature, epsilon, chunk_size,
-                         mesh=None):
+                         mesh=None, score="odin", train=()):
     """Each device of ``mesh`` scores its block of heads (params and masks split on
-    axis 0, data replicated); the (P,) metrics come back replicated, so that every
+    axis 0, data and ``train`` replicated); the (P,) metrics come back replicated, so that every
     process of a multi-host run can read all of them. P must be a multiple of the mesh size.
     ``mesh`` None is every device (benchmarks/odin_metrics.py lowers this function directly)."""
     mesh = devices.mesh_for(None) if mesh is None else mesh
     population, replicated = PartitionSpec(devices.POPULATION_AXIS), PartitionSpec()
-    evaluate_local = functools.partial(_evaluate_local, epsilon=epsilon, chunk_size=chunk_size)
+    evaluate_local = functools.partial(_evaluate_local, epsilon=epsilon, score=score, chunk_size=chunk_size)
     scores = jax.shard_map(
         evaluate_local,
         mesh=mesh,
-        in_specs=(population, population, replicated, replicated, replicated, replicated),
+        in_specs=(population, population, replicated, replicated, replicated, replicated, replicated),
         out_specs=population,
         check_vma=False,  # no collectives inside; the check would only ask for annotations
-    )(params, masks, features, labels, ood_features, temperature)
+    )(params, masks, features, labels, ood_features, temperature, tuple(train))
     return jax.lax.with_sharding_constraint(scores, devices.replicated(mesh))
 
 
-def bytes_per_head(num_rows: int, num_features: int, hidden: int, num_classes: int, perturb: bool) -> int:
+def bytes_per_head(num_rows: int, num_features: int, hidden: int, num_classes: int, perturb: bool,
+                   num_train_rows: int = 0) -> int:
     """Estimated temporary memory of one head inside a chunk, in bytes.
 
     Dominated by the masked input ``head.apply`` builds, (rows, D) float32,
@@ -202,19 +209,29 @@ def bytes_per_head(num_rows: int, num_features: int, hidden: int, num_classes: i
     perturbation's gradient and perturbed features double it. Measured with
     XLA's memory analysis on CPU at RPS shapes (744 rows, D = 2048, H = 512,
     C = 3): 12 MB (26 MB perturbed) per head; this estimate gives 14 (27) MB.
+
+    A score fitted on the training split (``num_train_rows`` > 0: Mahalanobis)
+    adds the training rows' masked input (twice) and activations (and their
+    centred copy), (N_t, 2 D + 2 H), the covariance, its eigenvectors and the
+    whitening, 3 H^2, and the whitened differences to the C class means,
+    (rows, C, H), all float32.
     """
     per_head = num_rows * (2 * num_features + hidden + num_classes) * 4
-    return per_head * (2 if perturb else 1)
+    per_head *= 2 if perturb else 1
+    if num_train_rows:
+        per_head += 4 * (num_train_rows * (2 * num_features + 2 * hidden) + 3 * hidden * hidden
+                         + num_rows * num_classes * hidden)
+    return per_head
 
 
 def auto_chunk_size(num_rows: int, num_features: int, hidden: int, num_classes: int,
-                    perturb: bool, memory_budget_mb: float) -> int:
+                    perturb: bool, memory_budget_mb: float, num_train_rows: int = 0) -> int:
     """Most heads whose temporaries fit in ``memory_budget_mb`` (at least 1)."""
-    per_head = bytes_per_head(num_rows, num_features, hidden, num_classes, perturb)
+    per_head = bytes_per_head(num_rows, num_features, hidden, num_classes, perturb, num_train_rows)
     return max(1, int(memory_budget_mb * 2**20 // per_head))
 
 
-def _check_shapes(params: head.HeadParams, masks, features, labels, ood_features) -> None:
+def _check_shapes(params: head.HeadParams, masks, features, labels, ood_features, train) -> None:
     def fail(message: str) -> None:
         raise ValueError(f"evaluate_population: {message}")
 
@@ -239,6 +256,25 @@ def _check_shapes(params: head.HeadParams, masks, features, labels, ood_features
             fail(f"{name} has no rows")
     if labels.shape != (features.shape[0],):
         fail(f"labels must be (N,) = ({features.shape[0]},) to match features, found shape {labels.shape}")
+    if train:
+        x_train, y_train = train
+        if x_train.ndim != 2 or x_train.shape[1] != num_features or x_train.shape[0] == 0:
+            fail(f"train[0] (x_train) must be (N_t >= 1, D = {num_features}), found shape {x_train.shape}")
+        if y_train.shape != (x_train.shape[0],):
+            fail(f"train[1] (y_train) must be (N_t,) = ({x_train.shape[0]},) to match x_train, "
+                 f"found shape {y_train.shape}")
+
+
+def _training_split(train, score: str):
+    """``train`` as (x_train, y_train) arrays where the score is fitted on it, else ``()``."""
+    if not ood_scores.needs_training_split(score):
+        return ()
+    if train is None or len(train) != 2:
+        raise ValueError(
+            f"evaluate_population: the {score!r} OoD score is fitted on the training split; pass "
+            f"train=(x_train, y_train), got {'nothing' if train is None else f'{len(train)} arrays'}"
+        )
+    return tuple(train)
 
 
 def evaluate_population(
@@ -249,6 +285,7 @@ def evaluate_population(
     ood_features: jax.Array,
     config: RunConfig,
     chunk_size: int | None = None,
+    train: tuple[jax.Array, jax.Array] | None = None,
 ) -> PopulationMetrics:
     """Accuracy, MEM and OoD metrics of P heads in one jitted call.
 
@@ -259,11 +296,12 @@ def evaluate_population(
       features: (N, D) float InD features (the validation split in a search).
       labels: (N,) int classes of ``features``.
       ood_features: (M, D) float OoD features.
-      config: uses ``config.odin.temperature`` and ``config.odin.epsilon``
-        (feature-space perturbation, 0 = off as in the paper) and
-        ``config.engine.memory_budget_mb`` when ``chunk_size`` is None. Only
-        epsilon (and the chunk size) are compiled in: other config changes,
-        the temperature included, do not recompile.
+      config: uses ``config.odin.score`` (the OoD score), its temperature
+        (``temperature`` for ODIN, ``energy_temperature`` for the energy),
+        ``config.odin.epsilon`` (feature-space perturbation, 0 = off as in the
+        paper) and ``config.engine.memory_budget_mb`` when ``chunk_size`` is
+        None. Only the score, epsilon (and the chunk size) are compiled in:
+        other config changes, the temperatures included, do not recompile.
       chunk_size: heads evaluated at once (vmap inside a chunk, sequential over
         chunks). ``None`` sizes it from ``config.engine.memory_budget_mb``
         (``auto_chunk_size``); a value >= P evaluates all heads in one vmap.
@@ -272,6 +310,10 @@ def evaluate_population(
         ``config.engine.devices`` (``devices.py``), params and masks on their P
         axis, the data replicated; P is padded to a multiple of the device
         count by repeating the last head.
+      train: (x_train (N_t, D), y_train (N_t,)), the training split; required
+        (a ValueError otherwise) when ``config.odin.score`` is fitted on it
+        (``"mahalanobis"``: class means and covariance per head), ignored
+        otherwise.
 
     Returns:
       PopulationMetrics of (P,) float32 arrays. ``.objectives(config.odin.auroc)``
@@ -285,7 +327,9 @@ def evaluate_population(
     # Host data stays on the host until it is placed on the mesh (no detour via device 0).
     as_array = lambda array: array if isinstance(array, jax.Array) else np.asarray(array)
     masks, features, labels, ood_features = map(as_array, (masks, features, labels, ood_features))
-    _check_shapes(params, masks, features, labels, ood_features)
+    score = config.odin.score
+    train = tuple(map(as_array, _training_split(train, score)))
+    _check_shapes(params, masks, features, labels, ood_features, train)
     population = masks.shape[0]
     epsilon = float(config.odin.epsilon)
     if chunk_size is None:
@@ -296,6 +340,7 @@ def evaluate_population(
             num_classes=params.output_bias.shape[-1],
             perturb=epsilon > 0,
             memory_budget_mb=config.engine.memory_budget_mb,
+            num_train_rows=train[0].shape[0] if train else 0,
         )
     mesh = devices.mesh_for(config.engine.devices)
     # Evened out over the devices by repeating the last head (a copy of the parameters,
@@ -307,7 +352,8 @@ def evaluate_population(
     scores = _evaluate_population(
         devices.put(params, split), devices.put(masks, split), devices.put(features, everywhere),
         devices.put(labels, everywhere), devices.put(ood_features, everywhere),
-        temperature=jnp.float32(config.odin.temperature), epsilon=epsilon, chunk_size=chunk_size, mesh=mesh,
+        temperature=jnp.float32(ood_scores.score_temperature(config.odin)), epsilon=epsilon,
+        chunk_size=chunk_size, mesh=mesh, score=score, train=devices.put(train, everywhere),
     )
     if masks.shape[0] != population:
         scores = jax.tree.map(lambda leaf: leaf[:population], scores)

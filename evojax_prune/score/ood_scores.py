@@ -1,0 +1,160 @@
+"""Out-of-distribution scores of a head, by name: higher means more in-distribution.
+
+``OdinConfig.score`` names one; its AUROC (InD vs OoD) is the robustness
+objective. Scores of the logits (``LOGIT_SCORES``, each
+``(logits (..., C), temperature) -> (...,) float32``):
+
+  * ``odin``: ODIN's temperature-scaled maximum softmax (Liang et al. 2018,
+    arXiv 1706.02690; ``odin.odin_score``, T = ``OdinConfig.temperature``).
+  * ``msp``: the maximum softmax probability (Hendrycks & Gimpel 2017,
+    arXiv 1610.02136), i.e. ODIN at T = 1.
+  * ``maxlogit``: the largest logit (Hendrycks et al., "Scaling
+    out-of-distribution detection for real-world settings", arXiv 1911.11132).
+  * ``energy``: the negative free energy ``T log sum_j exp(l_j / T)`` (Liu,
+    Wang, Owens & Li 2020, arXiv 2010.03759, Eq. (5): the score is -E(x; f);
+    T = ``OdinConfig.energy_temperature``, the paper's 1 by default).
+
+And a score fitted on the training split (``FITTED_SCORES``):
+
+  * ``mahalanobis``: Lee et al. 2018 (arXiv 1807.03888) on the head's last
+    hidden layer, ``score/mahalanobis.py``.
+
+Every score is computed per head inside the caller's vmap (``head_scores``);
+the name is static (jit's cache key), the temperature traced.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from evojax_prune import head
+from evojax_prune.config import OdinConfig
+from evojax_prune.score import mahalanobis, odin
+
+
+def msp_score(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """Maximum softmax probability as ``log(C * max_j softmax(logits)_j)``; the temperature is ignored.
+
+    A strictly increasing function of the MSP (Hendrycks & Gimpel 2017,
+    arXiv 1610.02136), so every ranking metric is the MSP's. Taken in log
+    space (``odin.odin_score`` at T = 1) because a confident head's MSP is
+    1 - 1e-9 and rounds to 1.0 in float32, tying the samples the AUROC has
+    to rank; ``log1p`` of the other classes' mass keeps them apart.
+
+    Args:
+      logits: (..., C) float logits.
+      temperature: unused (MSP is T = 1); there so that every logit score has one signature.
+
+    Returns:
+      (...,) float32 in [0, log C]; the MSP is ``exp(score) / C``.
+    """
+    del temperature
+    return odin.odin_score(logits, 1.0)
+
+
+def max_logit_score(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """The largest logit (Hendrycks et al., arXiv 1911.11132): (..., C) -> (...,) float32; T is ignored."""
+    del temperature
+    return jnp.max(jnp.asarray(logits, jnp.float32), axis=-1)
+
+
+def energy_score(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """The negative free energy ``T log sum_j exp(l_j / T)`` (Liu et al. 2020, arXiv 2010.03759).
+
+    Computed as ``l_max + T log sum_j exp((l_j - l_max) / T)``: every exponent
+    is <= 0 and the sum lies in [1, C], so nothing overflows and the log is
+    well conditioned; the result is accurate to a few ulps of ``|l_max|``.
+
+    Args:
+      logits: (..., C) float logits; cast to float32.
+      temperature: T > 0 (the paper: 1).
+
+    Returns:
+      (...,) float32, higher = more in-distribution.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    top = jnp.max(logits, axis=-1)
+    return top + temperature * jnp.log(jnp.sum(jnp.exp((logits - top[..., None]) / temperature), axis=-1))
+
+
+LOGIT_SCORES: dict[str, Callable[[jax.Array, float], jax.Array]] = {
+    "odin": odin.odin_score,
+    "msp": msp_score,
+    "maxlogit": max_logit_score,
+    "energy": energy_score,
+}
+# Scores whose statistics are fitted per head on the training split (``head_scores``' ``train``).
+FITTED_SCORES = ("mahalanobis",)
+SCORES = (*LOGIT_SCORES, *FITTED_SCORES)  # config.OOD_SCORES, in the same order (a test checks)
+LABELS = {
+    "odin": "ODIN", "msp": "MSP", "maxlogit": "MaxLogit", "energy": "energy", "mahalanobis": "Mahalanobis",
+}
+
+
+def needs_training_split(score: str) -> bool:
+    """Whether the score is fitted on the training split (``head_scores``' ``train`` is required)."""
+    return score in FITTED_SCORES
+
+
+def score_temperature(config: OdinConfig) -> float:
+    """The temperature the configured score uses: ODIN's, the energy's, or 1 (unused)."""
+    return {"odin": config.temperature, "energy": config.energy_temperature}.get(config.score, 1.0)
+
+
+def describe(config: OdinConfig) -> str:
+    """The configured score in words, for reports: e.g. ``"ODIN (max softmax of logits / T, T = 1000)"``."""
+    return {
+        "odin": f"ODIN (max softmax of logits / T, T = {config.temperature:g})",
+        "msp": "MSP (max softmax probability, T = 1)",
+        "maxlogit": "MaxLogit (the largest logit)",
+        "energy": f"energy (T logsumexp(logits / T), T = {config.energy_temperature:g})",
+        "mahalanobis": "Mahalanobis (class means and tied covariance of the last hidden layer, "
+                       "fitted on the training split)",
+    }[config.score]
+
+
+def head_scores(
+    params: head.HeadParams,
+    mask: jax.Array,
+    rows: jax.Array,
+    *,
+    score: str,
+    temperature: float | jax.Array,
+    epsilon: float = 0.0,
+    train: tuple[jax.Array, jax.Array] | tuple[()] = (),
+) -> tuple[jax.Array, jax.Array]:
+    """One head's logits and OoD scores of ``rows``.
+
+    Args:
+      params: one head's parameters; mask: (D,) bool.
+      rows: (R, D) float features to score.
+      score: a name of ``SCORES`` (static).
+      temperature: the score's temperature (``score_temperature``; may be traced).
+      epsilon: ODIN's feature-space perturbation (a Python float, ``odin`` only;
+        0 = off). The logits returned are always the unperturbed ones.
+      train: (x_train (N, D), y_train (N,)) for a fitted score, else ``()``.
+
+    Returns:
+      logits (R, C) float32 and scores (R,) float32, higher = more in-distribution.
+    """
+    if score in FITTED_SCORES:
+        if len(train) != 2:
+            raise ValueError(f"head_scores: the {score!r} score needs train=(x_train, y_train)")
+        x_train, y_train = train
+        hidden = head.last_hidden(params, mask, rows)
+        gaussians = mahalanobis.fit(
+            head.last_hidden(params, mask, x_train), y_train, params.output_bias.shape[-1]
+        )
+        return head.output(params, hidden), mahalanobis.mahalanobis_score(gaussians, hidden)
+    if score not in LOGIT_SCORES:
+        raise ValueError(f"head_scores: unknown OoD score {score!r}; expected one of {', '.join(SCORES)}")
+    logit_fn = functools.partial(head.apply, params, mask)
+    logits = logit_fn(rows)
+    score_logits = logits
+    if epsilon > 0:
+        score_logits = logit_fn(odin.odin_perturb(logit_fn, rows, epsilon, temperature))
+    return logits, LOGIT_SCORES[score](score_logits, temperature)
