@@ -37,7 +37,9 @@ What this module does differently, and why:
     data (``tpr_threshold``, InD positive, as ``metrics.fpr_at_tpr``), the
     ensemble calls InD by majority (``threshold_vote``), with its accuracy,
     TPR and FPR and the AUROC of the vote count; and the soft counterpart,
-    the mean ODIN score over members (``mean_score``).
+    the mean OoD score over members (``mean_score``).
+  * The members' OoD score is the run's (``config.odin.score``: ODIN, the
+    authors', by default).
 
 The vote functions are pure and jit-compatible and take a ``members (K,) bool``
 selection instead of a subset, so one compiled program serves every band (and
@@ -61,7 +63,7 @@ import numpy as np
 from flax import struct
 
 from evojax_prune import head
-from evojax_prune.score import metrics, odin
+from evojax_prune.score import metrics, odin, ood_scores
 
 AUTHORS_BANDS: tuple[tuple[float, float], ...] = (
     (50, 60), (55, 65), (60, 70), (65, 75), (70, 80), (75, 85), (80, 90), (85, 95),
@@ -337,9 +339,9 @@ class MemberOutputs:
 
     Attributes:
       logits: (K, N, C) float32 on the InD evaluation features (test split).
-      ind_scores: (K, N) float32 ODIN scores of the InD evaluation features.
-      ood_scores: (K, M) float32 ODIN scores of the OoD evaluation features.
-      reference_scores: (K, V) float32 ODIN scores of the InD reference
+      ind_scores: (K, N) float32 OoD scores (ODIN by default) of the InD evaluation features.
+      ood_scores: (K, M) float32 OoD scores of the OoD evaluation features.
+      reference_scores: (K, V) float32 OoD scores of the InD reference
         features (validation split), where vote thresholds are set.
     """
 
@@ -349,7 +351,7 @@ class MemberOutputs:
     reference_scores: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames="epsilon")
+@functools.partial(jax.jit, static_argnames=("epsilon", "score"))
 def member_outputs(
     params: head.HeadParams,
     masks: jax.Array,
@@ -358,8 +360,10 @@ def member_outputs(
     reference_features: jax.Array,
     temperature: float | jax.Array = odin.DEFAULT_TEMPERATURE,
     epsilon: float = 0.0,
+    score: str = "odin",
+    train: tuple[jax.Array, jax.Array] | tuple[()] = (),
 ) -> MemberOutputs:
-    """Logits and ODIN scores of K heads, one head at a time.
+    """Logits and OoD scores (ODIN by default) of K heads, one head at a time.
 
     Heads run sequentially (``lax.map``) so that memory holds one head's
     masked inputs, (N + M + V, D), whatever K is: ensembles are built once
@@ -371,8 +375,10 @@ def member_outputs(
       features: (N, D) float InD evaluation features (the test split).
       ood_features: (M, D) float OoD evaluation features.
       reference_features: (V, D) float InD features for thresholds (validation).
-      temperature: ODIN temperature T (traced).
+      temperature: the score's temperature (``ood_scores.score_temperature``; traced).
       epsilon: ODIN feature-space perturbation step, a Python float (0 = off, the paper).
+      score: the OoD score, a name of ``ood_scores.SCORES`` (static).
+      train: (x_train, y_train) for a score fitted on the training split (Mahalanobis), else ``()``.
 
     Returns:
       MemberOutputs.
@@ -382,13 +388,10 @@ def member_outputs(
 
     def one_head(member):
         member_params, mask = member
-        logit_fn = functools.partial(head.apply, member_params, mask)
-        logits = logit_fn(rows)
         # The accuracy always uses the unperturbed logits; only the scores see the ODIN step.
-        score_logits = logits
-        if epsilon > 0:
-            score_logits = logit_fn(odin.odin_perturb(logit_fn, rows, epsilon, temperature))
-        scores = odin.odin_score(score_logits, temperature)
+        logits, scores = ood_scores.head_scores(
+            member_params, mask, rows, score=score, temperature=temperature, epsilon=epsilon, train=train
+        )
         ood_end = num_ind + num_ood
         return logits[:num_ind], scores[:num_ind], scores[num_ind:ood_end], scores[ood_end:]
 
@@ -493,7 +496,7 @@ class BandEnsemble:
       chosen_member_accuracy: test accuracy of the member with the highest
         validation accuracy in the band (what one would deploy without the ensemble).
       ood_members: front members in the band of the OoD ranking metric.
-      mean_score_auroc: AUROC of the mean ODIN score.
+      mean_score_auroc: AUROC of the mean OoD score.
       vote_accuracy, vote_tpr, vote_fpr, vote_auroc: the majority vote of
         members' InD/OoD calls at 95% (``tpr``) validation TPR.
       paper_vote_auroc: the authors' swept vote (``paper_vote_auroc``).
@@ -678,7 +681,8 @@ def compare_ensembles(
     outputs = member_outputs(
         jax.tree.map(jnp.asarray, result.params), jnp.asarray(result.masks),
         jnp.asarray(features.x_test), jnp.asarray(features.ood_test), jnp.asarray(features.x_val),
-        temperature=jnp.float32(config.odin.temperature), epsilon=float(config.odin.epsilon),
+        temperature=jnp.float32(ood_scores.score_temperature(config.odin)),
+        epsilon=float(config.odin.epsilon), score=config.odin.score, train=_training_split(features, config),
     )
     labels = jnp.asarray(features.y_test)
     member_accuracy, member_auroc, member_auroc_paper = (
@@ -758,6 +762,13 @@ def _check_features_fit(result, features) -> None:
             f"features {features.name!r} have C = {features.num_classes} classes, "
             f"the run's heads {num_classes}"
         )
+
+
+def _training_split(features, config) -> tuple[jax.Array, jax.Array] | tuple[()]:
+    """(x_train, y_train) where the run's OoD score is fitted on them (Mahalanobis), else ``()``."""
+    if not ood_scores.needs_training_split(config.odin.score):
+        return ()
+    return jnp.asarray(features.x_train), jnp.asarray(features.y_train)
 
 
 def _check_reproduction(result, member_accuracy, member_auroc, num_test) -> None:

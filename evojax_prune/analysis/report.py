@@ -34,6 +34,7 @@ import numpy as np
 
 from evojax_prune.analysis import ensemble
 from evojax_prune.run import atomic, rundir
+from evojax_prune.score import ood_scores
 
 FIGURES = ("front_3d", "front_pairs", "history", "ensembles", "features")
 # The authors' bands, then the upper half and the whole front: a small front
@@ -57,6 +58,11 @@ def _figure(width: float, height: float):
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
+
+
+def _score_label(result) -> str:
+    """The OoD score the run's AUROC is of, e.g. "ODIN" (runs from before the choice: ODIN)."""
+    return ood_scores.LABELS[result.config.odin.score]
 
 
 def _robustness(values: dict[str, np.ndarray], auroc_kind: str) -> np.ndarray:
@@ -85,7 +91,7 @@ def plot_front_3d(result):
     axes.scatter([baseline[1]], [baseline[2]], [baseline[0]], marker="*", s=220, color="crimson",
                  edgecolors="k", depthshade=False, label="baseline (all features)")
     axes.set_xlabel("MEM (fraction of features kept)")
-    axes.set_ylabel(f"AUROC ({result.config.odin.auroc})")
+    axes.set_ylabel(f"{_score_label(result)} AUROC ({result.config.odin.auroc})")
     axes.set_zlabel("accuracy")
     axes.view_init(elev=22, azim=-58)
     axes.set_title(f"Pareto front, validation ({len(mem)} members)")
@@ -110,7 +116,7 @@ def plot_front_pairs(result):
     of objectives (the two-objective front of the projection).
     """
     accuracy, mem, auroc, baseline = _front_points(result)
-    auroc_label = f"AUROC ({result.config.odin.auroc})"
+    auroc_label = f"{_score_label(result)} AUROC ({result.config.odin.auroc})"
     # name -> (values, larger is better, axis label, index into ``baseline``)
     objectives = {
         "accuracy": (accuracy, True, "accuracy", 0),
@@ -163,8 +169,11 @@ def plot_history(history: list[dict[str, Any]]):
     return figure
 
 
-def plot_ensembles(comparison: ensemble.EnsembleComparison):
-    """Bars per band: ensembles vs the band's best member, test accuracy (left) and test AUROC (right)."""
+def plot_ensembles(comparison: ensemble.EnsembleComparison, score_label: str = "ODIN"):
+    """Bars per band: ensembles vs the band's best member, test accuracy (left) and test AUROC (right).
+
+    ``score_label`` names the members' OoD score (``ood_scores.LABELS``).
+    """
     figure = _figure(13, 5)
     left, right = figure.subplots(1, 2)
     panels = (
@@ -173,7 +182,8 @@ def plot_ensembles(comparison: ensemble.EnsembleComparison):
           ("best_member_accuracy", "best member in band")),
          comparison.baseline_accuracy),
         (right, "AUROC", "ood_members",
-         (("mean_score_auroc", "mean ODIN score"), ("vote_auroc", f"vote at {comparison.tpr:.0%} TPR"),
+         (("mean_score_auroc", f"mean {score_label} score"),
+          ("vote_auroc", f"vote at {comparison.tpr:.0%} TPR"),
           ("best_member_auroc", "best member in band")),
          comparison.baseline_auroc),
     )
@@ -288,7 +298,7 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
         "front_3d": plot_front_3d(result),
         "front_pairs": plot_front_pairs(result),
         "history": plot_history(result.history),
-        "ensembles": plot_ensembles(comparison),
+        "ensembles": plot_ensembles(comparison, _score_label(result)),
         "features": plot_feature_frequency(result.masks, image_size if pixels else None),
     }
     for name, figure in figures.items():
@@ -341,6 +351,7 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
     num_features = result.masks.shape[1]
     history = result.history
     base_val, base_test = result.baseline_validation, result.baseline_test
+    score = _score_label(result)
     lines = [
         f"# Run report: {metadata.get('name', 'unnamed')}, preset {result.config.preset}, seed {result.seed}",
         "",
@@ -355,9 +366,9 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
         f"{int(result.masks.sum(axis=1).max())} of {num_features} features.",
         f"- Hypervolume (validation objectives error, MEM, 1 - AUROC; reference (1, 1, 1)): "
         f"**{result.hypervolume:.4f}** (generation 0: {history[0]['hypervolume']:.4f}).",
-        f"- Best member on test: accuracy **{comparison.best_accuracy:.4f}**, AUROC "
+        f"- Best member on test: accuracy **{comparison.best_accuracy:.4f}**, {score} AUROC "
         f"**{comparison.best_auroc:.4f}**; baseline (all features): accuracy {base_test['accuracy']:.4f}, "
-        f"AUROC {base_test['auroc']:.4f}.",
+        f"{score} AUROC {base_test['auroc']:.4f}.",
     ]
     # A one-member band is that member, not an ensemble.
     ensembles = [band for band in comparison.bands if len(band.class_members) >= 2]
@@ -372,7 +383,8 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
         lines.append("- Ensembles: no band holds two or more members (the front is too small).")
     lines += [
         "",
-        "| head | features | MEM | val accuracy | test accuracy | val AUROC | test AUROC | test FPR95 |",
+        f"| head | features | MEM | val accuracy | test accuracy | val {score} AUROC | test {score} AUROC "
+        "| test FPR95 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         f"| baseline (all features) | {num_features} | 1.000 | {base_val['accuracy']:.4f} "
         f"| {base_test['accuracy']:.4f} | {base_val['auroc']:.4f} | {base_test['auroc']:.4f} "
@@ -387,8 +399,8 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
         )
     lines += [
         "",
-        "AUROC is the exact one (Mann-Whitney, ties counted half) of ODIN scores (T = "
-        f"{result.config.odin.temperature:g}); FPR95 takes in-distribution as positive (ODIN paper). "
+        "AUROC is the exact one (Mann-Whitney, ties counted half) of the OoD score "
+        f"{ood_scores.describe(result.config.odin)}; FPR95 takes in-distribution as positive (ODIN paper). "
         f"The search optimised the {result.config.odin.auroc} AUROC. Every member is in `pareto.csv`.",
         "",
     ]
@@ -422,7 +434,7 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
         f"{'AUROC' if comparison.ood_ranking == 'auroc' else 'accuracy'} (OoD), as the authors grouped "
         "them; every number is on the test split and the OoD test data. *majority*: majority vote of "
         "predicted classes (ties to the lowest class); *soft*: mean probabilities; *mean-score AUROC*: "
-        f"AUROC of the mean ODIN score; *vote*: each member thresholds its score at {comparison.tpr:.0%} "
+        f"AUROC of the mean {score} score; *vote*: each member thresholds its score at {comparison.tpr:.0%} "
         "TPR on the validation data, the ensemble calls in-distribution by majority (AUROC of the vote "
         "count, TPR / FPR of the call; a tie is out-of-distribution); *authors' vote*: their sweep over "
         "100 thresholds, to compare with the members' AUROC as the authors computed it. *best member*: "

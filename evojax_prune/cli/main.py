@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 import traceback
@@ -15,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 
 from evojax_prune import __version__
+from evojax_prune.config import OOD_SCORES
 
 PROG = "evojax-prune"
 # Commands that compile XLA programs, and so keep them on disk between runs (compile_cache.py).
@@ -77,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.generations is not None:
         search["generations"] = args.generations
     config = config.replace(search=search, engine={"devices": devices_spec}, preset=config.preset)
+    config = config.replace(odin=_ood_settings(args, config.odin.score), preset=config.preset)
     out = Path(args.out) if args.out else Path("runs") / (
         f"{features.name}-{preset_name}-seed{args.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     )
@@ -101,6 +104,24 @@ def _run(args: argparse.Namespace) -> int:
     console.print(front_table(result))
     console.print(f"{result}\nresults in {out}", highlight=False)
     return 0
+
+
+# The config field each score's temperature is, for --ood-temperature; the other scores have none.
+OOD_TEMPERATURE_FIELDS = {"odin": "temperature", "energy": "energy_temperature"}
+
+
+def _ood_settings(args: argparse.Namespace, preset_score: str) -> dict:
+    """The odin section's fields --ood-score and --ood-temperature ask for (UsageError if they clash)."""
+    score = args.ood_score or preset_score
+    fields = {"score": score}
+    if args.ood_temperature is not None:
+        if not math.isfinite(args.ood_temperature) or args.ood_temperature <= 0:
+            raise UsageError(f"--ood-temperature must be a number > 0, got {args.ood_temperature:g}")
+        if score not in OOD_TEMPERATURE_FIELDS:
+            raise UsageError(f"--ood-temperature: the {score!r} score has no temperature (only "
+                             f"{' and '.join(OOD_TEMPERATURE_FIELDS)} have one)")
+        fields[OOD_TEMPERATURE_FIELDS[score]] = args.ood_temperature
+    return fields
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    ood = run.add_argument_group(
+        "robustness objective", "the AUROC of an OoD score, InD vs OoD (README: 'OoD scores')"
+    )
+    ood.add_argument("--ood-score", choices=OOD_SCORES,
+                     help="the OoD score: odin (default; max softmax of logits / T), msp, maxlogit, energy, "
+                          "mahalanobis (last hidden layer, fitted on the training split)")
+    ood.add_argument("--ood-temperature", type=float, metavar="T",
+                     help="the score's temperature: ODIN's T (preset: 1000) or the energy's (default 1)")
     several = run.add_argument_group(
         "devices and hosts",
         "the population is split over every device JAX sees; several hosts run one process each "

@@ -6,7 +6,8 @@ Layout (format ``FORMAT``):
   history.jsonl            one JSON line per generation (``train_calls``: [padded, trained] per call)
   checkpoint.npz           everything needed to resume after the last finished generation
   checkpoint.previous.npz  the generation before it, kept in case the newest is damaged
-  pareto.csv               the final front, one row per member (validation and test metrics)
+  pareto.csv               the final front, one row per member (validation and test metrics;
+                           ``ood_score``: the OoD score the AUROC columns are of)
   pareto.npz               the front's masks and trained head parameters, and the baseline's
   summary.json             baseline, front, hypervolume, wall time
 
@@ -36,6 +37,7 @@ import numpy as np
 from evojax_prune.config import RunConfig
 from evojax_prune.head import HeadParams
 from evojax_prune.run import atomic
+from evojax_prune.score import ood_scores
 from evojax_prune.search.evaluation_cache import METRIC_NAMES
 from evojax_prune.search.result import REFERENCE_POINT, SearchResult
 
@@ -54,7 +56,9 @@ PARAM_NAMES = ("hidden_kernel", "output_kernel", "output_bias")
 CSV_METRICS = ("accuracy", "auroc", "auroc_paper", "fpr95", "aupr_in", "aupr_out")
 CSV_COLUMNS = ("member", "active_features", "mem",
                *(f"{split}_{name}" for name in CSV_METRICS for split in ("val", "test")),
-               "epochs", "diverged")
+               "epochs", "diverged", "ood_score")
+# The columns of earlier versions: before "ood_score" (their OoD score is ODIN), before "diverged".
+OLDER_CSV_COLUMNS = (CSV_COLUMNS[:-1], CSV_COLUMNS[:-2])
 
 
 class RunDirectoryError(ValueError):
@@ -211,7 +215,7 @@ def write_results(path: Path, result: SearchResult) -> None:
         row = [member, int(mask.sum()), float(result.validation["mem"][member])]
         for name in CSV_METRICS:
             row += [float(result.validation[name][member]), float(result.test[name][member])]
-        row += [int(result.validation["epochs"][member]), int(diverged[member])]
+        row += [int(result.validation["epochs"][member]), int(diverged[member]), result.config.odin.score]
         writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in row])
     atomic.write_text(path / "pareto.csv", table.getvalue())
 
@@ -233,6 +237,8 @@ def write_results(path: Path, result: SearchResult) -> None:
         "hypervolume": result.hypervolume,
         "hypervolume_reference": list(REFERENCE_POINT),
         "auroc_objective": result.config.odin.auroc,
+        "ood_score": result.config.odin.score,
+        "ood_score_description": ood_scores.describe(result.config.odin),
         "fpr95_convention": "in-distribution as positive (ODIN paper)",
         "baseline": {"validation": result.baseline_validation, "test": result.baseline_test,
                      "active_features": int(result.masks.shape[1])},
@@ -478,7 +484,7 @@ def read_run(path: str | os.PathLike) -> tuple[SearchResult, dict[str, Any]]:
     masks, params, baseline_params = _front_arrays(path / "pareto.npz", arrays, dims, remedy)
     summary = _read_json(path / "summary.json", remedy)
     validation, test, baseline = _summary_metrics(path / "summary.json", summary, len(masks), remedy)
-    _check_csv(path / "pareto.csv", masks, remedy)
+    _check_csv(path / "pareto.csv", masks, config.odin.score, remedy)
     result = SearchResult(
         masks=masks, validation=validation, test=test, params=params,
         baseline_validation=baseline["validation"], baseline_test=baseline["test"],
@@ -533,7 +539,7 @@ def _summary_metrics(file: Path, summary: dict[str, Any], size: int, remedy: str
     return splits["validation"], splits["test"], baseline
 
 
-def _check_csv(file: Path, masks: np.ndarray, remedy: str) -> None:
+def _check_csv(file: Path, masks: np.ndarray, ood_score: str, remedy: str) -> None:
     try:
         rows = list(csv.reader(io.StringIO(file.read_bytes().decode("utf-8"))))
     except (UnicodeDecodeError, csv.Error) as error:  # not _read_text: "not a CSV table" says more
@@ -541,7 +547,7 @@ def _check_csv(file: Path, masks: np.ndarray, remedy: str) -> None:
     if not rows:
         raise RunFileError(file, "empty", remedy)
     header = tuple(rows[0])
-    if header not in (CSV_COLUMNS, CSV_COLUMNS[:-1]):  # without "diverged": written before it
+    if header not in (CSV_COLUMNS, *OLDER_CSV_COLUMNS):
         raise RunFileError(file, f"columns {list(header)[:4]}... are not a front's "
                                  f"(expected {list(CSV_COLUMNS)[:4]}...)", remedy)
     body = rows[1:]
@@ -554,6 +560,10 @@ def _check_csv(file: Path, masks: np.ndarray, remedy: str) -> None:
         raise RunFileError(file, f"active_features is not a count ({error})", remedy) from None
     if active != masks.sum(axis=1).tolist():
         raise RunFileError(file, "its active_features disagree with pareto.npz's masks", remedy)
+    recorded_scores = {row[-1] for row in body} if header == CSV_COLUMNS else set()
+    if recorded_scores - {ood_score}:
+        raise RunFileError(file, f"its ood_score column says {sorted(recorded_scores)}, config.json's "
+                                 f"odin.score is {ood_score!r}", remedy)
 
 
 def read_run_features(recorded: dict[str, Any], features: Any = None, *, source: str = "the run"):

@@ -157,7 +157,8 @@ class MaskEvaluator:
             self.heads.add(padded[:count], trained)
         scored_at = time.perf_counter()
         scores = evaluate.evaluate_population(
-            trained.params, padded, self.x_val, self.y_val, self.ood_val, self.config
+            trained.params, padded, self.x_val, self.y_val, self.ood_val, self.config,
+            train=(self.x_train, self.y_train),
         )
         values = _metric_rows(scores, trained)
         self.seconds["train"] += scored_at - started
@@ -387,7 +388,8 @@ def _final_front(features, config, seed, state, evolver, evaluator, history, sta
         "validation": (features.x_val, features.y_val, features.ood_val),
         "test": (features.x_test, features.y_test, features.ood_test),
     }.items():
-        scored = evaluate.evaluate_population(trained.params, padded, x, y, ood, config)
+        scored = evaluate.evaluate_population(trained.params, padded, x, y, ood, config,
+                                              train=(evaluator.x_train, evaluator.y_train))
         rows = _metric_rows(scored, trained)[: len(everything)]
         scores[split] = dict(zip(METRIC_NAMES, rows.T, strict=True))
     order = np.argsort(-scores["validation"]["accuracy"][:-1], kind="stable")
