@@ -7,7 +7,7 @@ objective. Scores of the logits (``LOGIT_SCORES``, each
   * ``odin``: ODIN's temperature-scaled maximum softmax (Liang et al. 2018,
     arXiv 1706.02690; ``odin.odin_score``, T = ``OdinConfig.temperature``).
   * ``msp``: the maximum softmax probability (Hendrycks & Gimpel 2017,
-    arXiv 1610.02136), i.e. ODIN at T = 1.
+    arXiv 1610.02136), i.e. ODIN at T = 1, in log space (``msp_score``).
   * ``maxlogit``: the largest logit (Hendrycks et al., "Scaling
     out-of-distribution detection for real-world settings", arXiv 1911.11132).
   * ``energy``: the negative free energy ``T log sum_j exp(l_j / T)`` (Liu,
@@ -37,23 +37,28 @@ from evojax_prune.score import mahalanobis, odin
 
 
 def msp_score(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """Maximum softmax probability as ``log(C * max_j softmax(logits)_j)``; the temperature is ignored.
+    """Maximum softmax probability in log space, ``log max_j softmax(logits)_j``; the temperature is ignored.
 
     A strictly increasing function of the MSP (Hendrycks & Gimpel 2017,
-    arXiv 1610.02136), so every ranking metric is the MSP's. Taken in log
-    space (``odin.odin_score`` at T = 1) because a confident head's MSP is
-    1 - 1e-9 and rounds to 1.0 in float32, tying the samples the AUROC has
-    to rank; ``log1p`` of the other classes' mass keeps them apart.
+    arXiv 1610.02136), so every ranking metric is the MSP's. Taken as
+    ``-log1p(sum_{j != top} exp(l_j - l_max))`` because a confident head's MSP
+    is 1 - 1e-9 and rounds to 1.0 in float32 (and ``odin.odin_score`` at T = 1,
+    which adds log C, rounds it to log C), tying the samples the AUROC has to
+    rank; the other classes' mass keeps its full relative precision here.
 
     Args:
-      logits: (..., C) float logits.
+      logits: (..., C) float logits; cast to float32.
       temperature: unused (MSP is T = 1); there so that every logit score has one signature.
 
     Returns:
-      (...,) float32 in [0, log C]; the MSP is ``exp(score) / C``.
+      (...,) float32 in [-log C, 0]; the MSP is ``exp(score)``.
     """
     del temperature
-    return odin.odin_score(logits, 1.0)
+    logits = jnp.asarray(logits, jnp.float32)
+    gaps = logits - jnp.max(logits, axis=-1, keepdims=True)
+    # The first maximum only, so that a tie for the top still counts the other one.
+    is_top = jax.nn.one_hot(jnp.argmax(gaps, axis=-1), gaps.shape[-1], dtype=bool)
+    return -jnp.log1p(jnp.sum(jnp.where(is_top, 0.0, jnp.exp(gaps)), axis=-1))
 
 
 def max_logit_score(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
