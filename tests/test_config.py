@@ -63,6 +63,10 @@ def test_configs_are_hashable_so_they_can_be_static_jit_arguments():
         (lambda: cfg.HeadConfig(hidden=0), "hidden"),
         (lambda: cfg.OdinConfig(temperature=0.0), "temperature"),
         (lambda: cfg.OdinConfig(auroc="fuzzy"), "auroc"),
+        (lambda: cfg.OdinConfig(score="gram"),
+         r"unknown OoD score 'gram'; expected one of odin, msp, maxlogit, energy, mahalanobis"),
+        (lambda: cfg.OdinConfig(score="energy", energy_temperature=0.0), "energy_temperature"),
+        (lambda: cfg.OdinConfig(score="msp", epsilon=0.01), r"epsilon .* needs score 'odin'"),
         (lambda: cfg.preset("tiny"), "unknown preset 'tiny'"),
     ],
 )
@@ -94,3 +98,15 @@ def test_replace_changes_one_field_and_validates():
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.preset("quick").search.population_size = 3
+
+
+def test_ood_score_settings_round_trip_and_old_configs_load_as_odin():
+    run = cfg.preset("quick").replace(odin={"score": "energy", "energy_temperature": 2.5})
+    assert cfg.RunConfig.from_json(run.to_json()) == run
+    assert hash(run) != hash(cfg.preset("quick"))
+    # config.json of a run from before the choice: no score, no energy temperature.
+    old = cfg.preset("paper").to_dict()
+    old["odin"] = {"temperature": 1000.0, "epsilon": 0.0, "auroc": "paper"}
+    loaded = cfg.RunConfig.from_dict(old)
+    assert (loaded.odin.score, loaded.odin.energy_temperature) == ("odin", 1.0)
+    assert loaded == cfg.preset("paper")

@@ -79,3 +79,13 @@ def test_param_bytes_counts_the_arrays_init_makes():
         params = head.init(jax.random.key(0), features, classes, hidden)
         made = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
         assert head.param_bytes(features, classes, hidden) == made
+
+
+def test_apply_is_the_output_layer_on_the_last_hidden_layer():
+    params, x = _params_and_x(3)
+    mask = jnp.arange(D) % 3 != 0
+    hidden = head.last_hidden(params, mask, x)
+    assert hidden.shape == (N, H) and float(jnp.min(hidden)) >= 0.0
+    expected = np.maximum((np.asarray(x) * np.asarray(mask)) @ np.asarray(params.hidden_kernel), 0)
+    np.testing.assert_allclose(hidden, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(head.apply(params, mask, x), head.output(params, hidden))

@@ -239,3 +239,53 @@ def test_report_again_keeps_the_grad_cam_section_once(finished, digits, tmp_path
     text = report.read_text()
     assert text.count(SECTION_START) == 1 and "explain/gradcam_00.png" in text
     assert text.index("## Grad-CAM") > text.index("figures/front_pairs.png")
+
+
+@pytest.fixture(scope="module")
+def mahalanobis_run(digits, tmp_path_factory):
+    """A finished run whose robustness objective is the Mahalanobis score's AUROC."""
+    out = tmp_path_factory.mktemp("runs") / "mahalanobis"
+    run_search(digits, tiny_config().replace(odin={"score": "mahalanobis"}), seed=0, out_dir=out)
+    return out
+
+
+def test_a_run_names_its_ood_score_in_pareto_csv_summary_and_report(mahalanobis_run):
+    with open(mahalanobis_run / "pareto.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert rows and {row["ood_score"] for row in rows} == {"mahalanobis"}
+    summary = json.loads((mahalanobis_run / "summary.json").read_text())
+    assert summary["ood_score"] == "mahalanobis" and "Mahalanobis" in summary["ood_score_description"]
+    # The ensembles recompute every member's Mahalanobis AUROC and check it against the run's.
+    assert cli.main(["report", str(mahalanobis_run)]) == 0
+    text = (mahalanobis_run / "report.md").read_text()
+    assert "| val Mahalanobis AUROC | test Mahalanobis AUROC |" in text
+    assert "of the OoD score Mahalanobis (class means and tied covariance" in text
+    assert "AUROC of the mean Mahalanobis score" in text and "ODIN score" not in text
+
+
+def test_a_run_from_before_the_ood_score_choice_still_reads_and_reports_odin(finished, tmp_path):
+    old = copy_run(finished, tmp_path, "old")
+    # What an earlier version wrote: no ood_score column, summary field or config field.
+    with open(old / "pareto.csv") as stream:
+        rows = list(csv.reader(stream))
+    assert rows[0][-1] == "ood_score"
+    (old / "pareto.csv").write_text("".join(",".join(row[:-1]) + "\n" for row in rows))
+    summary = json.loads((old / "summary.json").read_text())
+    del summary["ood_score"], summary["ood_score_description"]
+    (old / "summary.json").write_text(json.dumps(summary))
+    recorded = json.loads((old / "config.json").read_text())
+    for name in ("score", "energy_temperature"):
+        del recorded["config"]["odin"][name]
+    (old / "config.json").write_text(json.dumps(recorded))
+    loaded, _ = rundir.read_run(old)
+    assert loaded.config.odin.score == "odin"
+    report.write_report(old)
+    assert "| val ODIN AUROC | test ODIN AUROC |" in (old / "report.md").read_text()
+
+
+def test_an_ood_score_column_that_contradicts_the_config_is_damage(finished, tmp_path):
+    copy = copy_run(finished, tmp_path)
+    table = (copy / "pareto.csv").read_text()
+    (copy / "pareto.csv").write_text(table.replace(",odin\n", ",energy\n"))
+    with pytest.raises(rundir.RunFileError, match=r"pareto.csv: its ood_score column says \['energy'\]"):
+        rundir.read_run(copy)

@@ -63,7 +63,10 @@ import numpy as np
 from flax import struct
 
 from evojax_prune import head
-from evojax_prune.score import metrics, odin, ood_scores
+from evojax_prune.score import metrics, odin
+
+# By name: ``ood_scores`` is what this module calls the OoD samples' scores.
+from evojax_prune.score.ood_scores import head_scores, needs_training_split, score_temperature
 
 AUTHORS_BANDS: tuple[tuple[float, float], ...] = (
     (50, 60), (55, 65), (60, 70), (65, 75), (70, 80), (75, 85), (80, 90), (85, 95),
@@ -375,9 +378,9 @@ def member_outputs(
       features: (N, D) float InD evaluation features (the test split).
       ood_features: (M, D) float OoD evaluation features.
       reference_features: (V, D) float InD features for thresholds (validation).
-      temperature: the score's temperature (``ood_scores.score_temperature``; traced).
+      temperature: the score's temperature (``score_temperature``; traced).
       epsilon: ODIN feature-space perturbation step, a Python float (0 = off, the paper).
-      score: the OoD score, a name of ``ood_scores.SCORES`` (static).
+      score: the OoD score, a name of ``score.ood_scores.SCORES`` (static).
       train: (x_train, y_train) for a score fitted on the training split (Mahalanobis), else ``()``.
 
     Returns:
@@ -389,7 +392,7 @@ def member_outputs(
     def one_head(member):
         member_params, mask = member
         # The accuracy always uses the unperturbed logits; only the scores see the ODIN step.
-        logits, scores = ood_scores.head_scores(
+        logits, scores = head_scores(
             member_params, mask, rows, score=score, temperature=temperature, epsilon=epsilon, train=train
         )
         ood_end = num_ind + num_ood
@@ -681,7 +684,7 @@ def compare_ensembles(
     outputs = member_outputs(
         jax.tree.map(jnp.asarray, result.params), jnp.asarray(result.masks),
         jnp.asarray(features.x_test), jnp.asarray(features.ood_test), jnp.asarray(features.x_val),
-        temperature=jnp.float32(ood_scores.score_temperature(config.odin)),
+        temperature=jnp.float32(score_temperature(config.odin)),
         epsilon=float(config.odin.epsilon), score=config.odin.score, train=_training_split(features, config),
     )
     labels = jnp.asarray(features.y_test)
@@ -766,7 +769,7 @@ def _check_features_fit(result, features) -> None:
 
 def _training_split(features, config) -> tuple[jax.Array, jax.Array] | tuple[()]:
     """(x_train, y_train) where the run's OoD score is fitted on them (Mahalanobis), else ``()``."""
-    if not ood_scores.needs_training_split(config.odin.score):
+    if not needs_training_split(config.odin.score):
         return ()
     return jnp.asarray(features.x_train), jnp.asarray(features.y_train)
 
