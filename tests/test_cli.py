@@ -1,8 +1,13 @@
+import csv
+import json
 import subprocess
 import sys
 
+import pytest
+
 from evojax_prune import __version__
 from evojax_prune.cli import main as cli
+from evojax_prune.config import OOD_SCORES
 
 
 def run_cli(*args):
@@ -48,3 +53,45 @@ def test_internal_errors_exit_1(capsys):
     args.handler = broken
     assert cli.dispatch(args) == 1
     assert "internal error: RuntimeError: boom" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("score", OOD_SCORES)
+def test_the_embedded_run_trains_and_scores_with_every_ood_score(tmp_path, score):
+    """`evojax-prune run --ood-score S` on the digits, the quick preset, as small as the CLI allows."""
+    out = tmp_path / "run"
+    argv = ["run", "--population", "2", "--generations", "1", "--ood-score", score, "--out", str(out),
+            "--quiet"]
+    if score == "energy":
+        argv += ["--ood-temperature", "2"]
+    assert cli.main(argv) == 0
+    recorded = json.loads((out / "config.json").read_text())["config"]["odin"]
+    assert recorded["score"] == score
+    assert recorded["energy_temperature"] == (2.0 if score == "energy" else 1.0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ood_score"] == score
+    aurocs = summary["front"]["validation"]["auroc"] + [summary["baseline"]["validation"]["auroc"]]
+    # The digits against their OoD data are separable by every score.
+    assert all(0.0 <= value <= 1.0 for value in aurocs) and max(aurocs) > 0.6
+    with open(out / "pareto.csv") as stream:
+        assert {row["ood_score"] for row in csv.DictReader(stream)} == {score}
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--ood-score", "gram"], "argument --ood-score: invalid choice: 'gram'"),
+        (["--ood-temperature", "0"], "--ood-temperature must be a number > 0, got 0"),
+        (["--ood-temperature", "nan"], "--ood-temperature must be a number > 0"),
+        (["--ood-score", "msp", "--ood-temperature", "2"], "the 'msp' score has no temperature"),
+    ],
+)
+def test_bad_ood_score_flags_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, arguments, message):
+    out = tmp_path / "run"
+    try:
+        status = cli.main(["run", *arguments, "--out", str(out), "--quiet"])
+    except SystemExit as exit:  # argparse's own usage errors
+        status = exit.code
+    assert status == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
