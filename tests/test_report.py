@@ -268,8 +268,8 @@ def test_a_run_from_before_the_ood_score_choice_still_reads_and_reports_odin(fin
     # What an earlier version wrote: no ood_score column, summary field or config field.
     with open(old / "pareto.csv") as stream:
         rows = list(csv.reader(stream))
-    assert rows[0][-1] == "ood_score"
-    (old / "pareto.csv").write_text("".join(",".join(row[:-1]) + "\n" for row in rows))
+    column = rows[0].index("ood_score")
+    (old / "pareto.csv").write_text("".join(",".join(row[:column] + row[column + 1:]) + "\n" for row in rows))
     summary = json.loads((old / "summary.json").read_text())
     del summary["ood_score"], summary["ood_score_description"]
     (old / "summary.json").write_text(json.dumps(summary))
@@ -286,6 +286,6 @@ def test_a_run_from_before_the_ood_score_choice_still_reads_and_reports_odin(fin
 def test_an_ood_score_column_that_contradicts_the_config_is_damage(finished, tmp_path):
     copy = copy_run(finished, tmp_path)
     table = (copy / "pareto.csv").read_text()
-    (copy / "pareto.csv").write_text(table.replace(",odin\n", ",energy\n"))
+    (copy / "pareto.csv").write_text(table.replace(",odin,", ",energy,"))
     with pytest.raises(rundir.RunFileError, match=r"pareto.csv: its ood_score column says \['energy'\]"):
         rundir.read_run(copy)

@@ -56,9 +56,9 @@ PARAM_NAMES = ("hidden_kernel", "output_kernel", "output_bias")
 CSV_METRICS = ("accuracy", "auroc", "auroc_paper", "fpr95", "aupr_in", "aupr_out")
 CSV_COLUMNS = ("member", "active_features", "mem",
                *(f"{split}_{name}" for name in CSV_METRICS for split in ("val", "test")),
-               "epochs", "diverged", "ood_score")
-# The columns of earlier versions: before "ood_score" (their OoD score is ODIN), before "diverged".
-OLDER_CSV_COLUMNS = (CSV_COLUMNS[:-1], CSV_COLUMNS[:-2])
+               "epochs", "ood_score", "diverged")
+# The columns of earlier versions: before "ood_score" (their OoD score is ODIN), and before "diverged".
+OLDER_CSV_COLUMNS = ((*CSV_COLUMNS[:-2], "diverged"), CSV_COLUMNS[:-2])
 
 
 class RunDirectoryError(ValueError):
@@ -215,7 +215,7 @@ def write_results(path: Path, result: SearchResult) -> None:
         row = [member, int(mask.sum()), float(result.validation["mem"][member])]
         for name in CSV_METRICS:
             row += [float(result.validation[name][member]), float(result.test[name][member])]
-        row += [int(result.validation["epochs"][member]), int(diverged[member]), result.config.odin.score]
+        row += [int(result.validation["epochs"][member]), result.config.odin.score, int(diverged[member])]
         writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in row])
     atomic.write_text(path / "pareto.csv", table.getvalue())
 
@@ -560,7 +560,8 @@ def _check_csv(file: Path, masks: np.ndarray, ood_score: str, remedy: str) -> No
         raise RunFileError(file, f"active_features is not a count ({error})", remedy) from None
     if active != masks.sum(axis=1).tolist():
         raise RunFileError(file, "its active_features disagree with pareto.npz's masks", remedy)
-    recorded_scores = {row[-1] for row in body} if header == CSV_COLUMNS else set()
+    column = header.index("ood_score") if "ood_score" in header else None
+    recorded_scores = set() if column is None else {row[column] for row in body}
     if recorded_scores - {ood_score}:
         raise RunFileError(file, f"its ood_score column says {sorted(recorded_scores)}, config.json's "
                                  f"odin.score is {ood_score!r}", remedy)
