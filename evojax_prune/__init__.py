@@ -15,7 +15,7 @@ from evojax_prune.config import (
     preset,
 )
 from evojax_prune.data.featureset import FeatureSet, FeatureSetError
-from evojax_prune.score import metrics, odin
+from evojax_prune.score import mahalanobis, metrics, odin, ood_scores
 from evojax_prune.score.evaluate import PopulationMetrics, evaluate_population
 from evojax_prune.search import nsga2
 from evojax_prune.search.hypervolume import hypervolume
@@ -42,9 +42,11 @@ __all__ = [
     "evaluate_population",
     "head",
     "hypervolume",
+    "mahalanobis",
     "metrics",
     "nsga2",
     "odin",
+    "ood_scores",
     "preset",
     "run_search",
     "train_population",

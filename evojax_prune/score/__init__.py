@@ -1,1 +1,1 @@
-"""Scoring trained heads: accuracy, MEM and the ODIN robustness objective."""
+"""Scoring trained heads: accuracy, MEM and the robustness objective (an OoD score, ODIN by default)."""
