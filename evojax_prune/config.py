@@ -94,14 +94,45 @@ def canonical_devices(spec: Any) -> int | tuple[int, ...] | None:
     return positions
 
 
+PRUNE_TARGETS = ("features", "hidden1", "hidden2", "both")
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
-    """The pruned head: masked D -> ``hidden`` ReLU (no bias) -> C logits (bias)."""
+    """The pruned head and what its chromosome prunes (``head.py``).
+
+    The head is D features -> ``hidden_layers`` dense ReLU layers of
+    ``hidden`` units (no bias) -> C logits (bias): the authors' 2048 -> 512 ->
+    C (MO-EvoPruneDeepTL) or 2048 -> 512 -> 512 -> C (EvoPruneDeepTL).
+
+    Attributes:
+      hidden: units per hidden layer.
+      hidden_layers: 1 or 2.
+      prune: what one bit of the chromosome keeps or removes, with every
+        connection of its unit: ``"features"`` (D bits, the input features:
+        MO-EvoPruneDeepTL's feature selection), ``"hidden1"`` or ``"hidden2"``
+        (``hidden`` bits, the neurons of the first or second hidden layer:
+        EvoPruneDeepTL's FC1 / FC2 pruning), ``"both"`` (2 * ``hidden`` bits,
+        the neurons of both hidden layers, first layer's first). MEM is the
+        fraction of the chromosome kept.
+    """
 
     hidden: int = 512
+    hidden_layers: int = 1
+    prune: str = "features"
 
     def __post_init__(self):
         _positive_int("HeadConfig", "hidden", self.hidden)
+        _check(self.hidden_layers in (1, 2) and not isinstance(self.hidden_layers, bool),
+               f"HeadConfig.hidden_layers must be 1 or 2, got {self.hidden_layers!r}")
+        _check(self.prune in PRUNE_TARGETS,
+               f"HeadConfig.prune must be one of {PRUNE_TARGETS}, got {self.prune!r}")
+        _check(self.prune in ("features", "hidden1") or self.hidden_layers == 2,
+               f"HeadConfig.prune {self.prune!r} needs hidden_layers = 2, got {self.hidden_layers}")
+
+    def chromosome_length(self, num_features: int) -> int:
+        """Bits of a mask: D for features, ``hidden`` per pruned hidden layer."""
+        return {"features": num_features, "both": 2 * self.hidden}.get(self.prune, self.hidden)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -349,7 +349,7 @@ class MemberOutputs:
     reference_scores: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames="epsilon")
+@functools.partial(jax.jit, static_argnames=("epsilon", "prune"))
 def member_outputs(
     params: head.HeadParams,
     masks: jax.Array,
@@ -358,6 +358,7 @@ def member_outputs(
     reference_features: jax.Array,
     temperature: float | jax.Array = odin.DEFAULT_TEMPERATURE,
     epsilon: float = 0.0,
+    prune: str = head.FEATURES,
 ) -> MemberOutputs:
     """Logits and ODIN scores of K heads, one head at a time.
 
@@ -367,12 +368,13 @@ def member_outputs(
 
     Args:
       params: HeadParams stacked on a leading K axis.
-      masks: (K, D) bool.
+      masks: (K, L) bool chromosomes (``HeadConfig.prune``).
       features: (N, D) float InD evaluation features (the test split).
       ood_features: (M, D) float OoD evaluation features.
       reference_features: (V, D) float InD features for thresholds (validation).
       temperature: ODIN temperature T (traced).
       epsilon: ODIN feature-space perturbation step, a Python float (0 = off, the paper).
+      prune: what the masks prune (``HeadConfig.prune``), static.
 
     Returns:
       MemberOutputs.
@@ -382,7 +384,7 @@ def member_outputs(
 
     def one_head(member):
         member_params, mask = member
-        logit_fn = functools.partial(head.apply, member_params, mask)
+        logit_fn = functools.partial(head.apply, member_params, mask, prune=prune)
         logits = logit_fn(rows)
         # The accuracy always uses the unperturbed logits; only the scores see the ODIN step.
         score_logits = logits
@@ -679,6 +681,7 @@ def compare_ensembles(
         jax.tree.map(jnp.asarray, result.params), jnp.asarray(result.masks),
         jnp.asarray(features.x_test), jnp.asarray(features.ood_test), jnp.asarray(features.x_val),
         temperature=jnp.float32(config.odin.temperature), epsilon=float(config.odin.epsilon),
+        prune=config.head.prune,
     )
     labels = jnp.asarray(features.y_test)
     member_accuracy, member_auroc, member_auroc_paper = (
@@ -747,10 +750,10 @@ def _chosen(values: np.ndarray, ranking: np.ndarray, selected: np.ndarray) -> fl
 
 
 def _check_features_fit(result, features) -> None:
-    num_features = result.masks.shape[1]
+    num_features = np.asarray(result.params.hidden_kernel).shape[-2]
     if features.num_features != num_features:
         raise ValueError(
-            f"features {features.name!r} have D = {features.num_features}, the run's masks D = {num_features}"
+            f"features {features.name!r} have D = {features.num_features}, the run's heads D = {num_features}"
         )
     num_classes = np.asarray(result.params.output_bias).shape[-1]
     if features.num_classes != num_classes:

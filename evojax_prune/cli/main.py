@@ -76,7 +76,9 @@ def _run(args: argparse.Namespace) -> int:
         search["population_size"] = args.population
     if args.generations is not None:
         search["generations"] = args.generations
-    config = config.replace(search=search, engine={"devices": devices_spec}, preset=config.preset)
+    head = {name: value for name, value in (("hidden_layers", args.hidden_layers), ("prune", args.prune))
+            if value is not None}
+    config = config.replace(head=head, search=search, engine={"devices": devices_spec}, preset=config.preset)
     out = Path(args.out) if args.out else Path("runs") / (
         f"{features.name}-{preset_name}-seed{args.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     )
@@ -90,7 +92,9 @@ def _run(args: argparse.Namespace) -> int:
     console.print(
         f"evojax-prune run: {features}\npreset {preset_name}: population {config.search.population_size}, "
         f"{config.search.generations} generations of {config.search.num_offspring} offspring "
-        f"(up to {config.search.max_evaluations} evaluations), seed {args.seed}, output {out}",
+        f"(up to {config.search.max_evaluations} evaluations), seed {args.seed}, output {out}\n"
+        f"head: {config.head.hidden_layers} hidden layer(s) of {config.head.hidden}, pruning "
+        f"{config.head.prune}",
         highlight=False,
     )
     with SearchProgress(config.search.generations, console) as progress:
@@ -129,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    pruned = run.add_argument_group("the head and what it prunes (README: 'Pruning targets')")
+    pruned.add_argument("--hidden-layers", type=int, choices=[1, 2],
+                        help="hidden layers of the head: 1 (D -> 512 -> C, the default) or 2 "
+                             "(D -> 512 -> 512 -> C)")
+    pruned.add_argument("--prune", choices=["features", "hidden1", "hidden2", "both"],
+                        help="what a chromosome bit removes: an input feature (default), a neuron of the "
+                             "first or second hidden layer, or of both (hidden2 and both need "
+                             "--hidden-layers 2)")
     several = run.add_argument_group(
         "devices and hosts",
         "the population is split over every device JAX sees; several hosts run one process each "

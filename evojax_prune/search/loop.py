@@ -87,13 +87,15 @@ class MaskEvaluator:
         self.x_train, self.y_train = devices.put((features.x_train, features.y_train), everywhere)
         self.x_val, self.y_val = devices.put((features.x_val, features.y_val), everywhere)
         self.ood_val = devices.put(features.ood_val, everywhere)
-        self.cache = MaskCache(features.num_features)
+        self.num_features = features.num_features
+        self.cache = MaskCache(config.head.chromosome_length(features.num_features))
         self.heads = TrainedHeads()  # the trained heads of the masks the search still holds
         self.baseline: np.ndarray | None = None  # trained beside the next call's masks if room is left
         # Kept while the population's heads fit the memory budget (twice it at the peak of a
         # generation: the population's heads and the generation's); a larger population has its
         # front trained again at the end instead, as the heads' memory would bound P.
-        head_bytes = head.param_bytes(features.num_features, features.num_classes, config.head.hidden)
+        head_bytes = head.param_bytes(features.num_features, features.num_classes, config.head.hidden,
+                                      config.head.hidden_layers)
         self.keep_heads = max_batch * head_bytes <= config.engine.memory_budget_mb * 2**20
         self.seconds = {"train": 0.0, "score": 0.0}
         self.trained_masks = 0
@@ -129,7 +131,7 @@ class MaskEvaluator:
     def training_plan(self) -> dict[str, Any]:
         """How the generations' largest bucket trains (``trainer.training_plan``), for config.json."""
         local = devices.padded_size(self.max_batch, self.mesh.size) // self.mesh.size
-        plan = trainer.training_plan(self.config, local, self.cache.num_features, self.num_classes, self.mesh)
+        plan = trainer.training_plan(self.config, local, self.num_features, self.num_classes, self.mesh)
         return {"population": local, **plan.to_dict()}
 
     def train(self, masks: np.ndarray) -> trainer.TrainedPopulation:
@@ -223,10 +225,11 @@ def run_search(
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
     started = time.perf_counter()
     search = config.search
-    num_features = features.num_features
-    if search.min_active > num_features:
-        raise ValueError(f"search.min_active = {search.min_active} exceeds the {num_features} features")
-    evolver = strategy.build(search, num_features, algorithm)
+    length = config.head.chromosome_length(features.num_features)  # D, or neurons (HeadConfig.prune)
+    if search.min_active > length:
+        raise ValueError(f"search.min_active = {search.min_active} exceeds the chromosome's {length} bits "
+                         f"(HeadConfig.prune {config.head.prune!r})")
+    evolver = strategy.build(search, length, algorithm)
     # Process 0 writes; the others only read, and only to resume.
     main = devices.is_main_process()
     run_path = None
@@ -241,7 +244,7 @@ def run_search(
         features, config, train_key, max_batch=max(evolver.population_size + 1, evolver.num_offspring)
     )
     settings = {"config": config.to_dict(), "seed": seed, "features": features.metadata,
-                "num_features": num_features, "num_classes": features.num_classes,
+                "num_features": features.num_features, "num_classes": features.num_classes,
                 "strategy": evolver.kind if algorithm is None else type(algorithm).__name__}
 
     if resume:
@@ -252,7 +255,7 @@ def run_search(
             rundir.write_config(write_path, {**settings, "training_plan": evaluator.training_plan()})
         population = evolver.initial_population(init_key)
         if evaluator.keep_heads:  # the baseline trains with the initial population
-            evaluator.baseline = np.ones(num_features, bool)
+            evaluator.baseline = np.ones(length, bool)
         state = evolver.init(init_key, population, evaluator.objectives(evolver.masks(population)))
         evaluator.retain_heads(evolver.masks(state.population))
         history = []
@@ -372,7 +375,7 @@ def _without_engine(config: dict[str, Any]) -> dict[str, Any]:
 
 def _final_front(features, config, seed, state, evolver, evaluator, history, started) -> SearchResult:
     front = _front_masks(state, evolver, evaluator)
-    everything = np.concatenate([front, np.ones((1, features.num_features), bool)])
+    everything = np.concatenate([front, np.ones((1, front.shape[1]), bool)])
     # Padded to the generations' largest bucket, so that scoring (and training, for heads
     # missing after a resume) reuses the generations' compiled programs (the authors' budget
     # at 1 epoch on a 2-core CPU: 27.2 s against 31.2 s when the front was retrained).

@@ -80,7 +80,7 @@ from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
 from evojax_prune import devices, head
-from evojax_prune.config import RunConfig, TrainConfig
+from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
 from evojax_prune.train import fused_sgd_step, packing, xla_step
 from evojax_prune.train.plan import ChunkLayout, TrainingPlan, make_plan
 
@@ -103,7 +103,8 @@ class TrainedPopulation:
 
     Attributes:
       params: ``HeadParams`` stacked on a leading P axis: hidden_kernel
-        (P, D, H), output_kernel (P, H, C), output_bias (P, C), float32. With
+        (P, D, H), output_kernel (P, H, C), output_bias (P, C), second_kernel
+        (P, H, H) or None (``HeadConfig.hidden_layers``), float32. With
         ``restore_best`` the weights from the end of each head's best epoch,
         else its last weights. Rows of pruned features keep their initial
         values (they never influence the logits).
@@ -217,19 +218,25 @@ def _train_chunk(
     y: jax.Array,
     orders: jax.Array,
     *,
+    head_config: HeadConfig,
     train_config: TrainConfig,
     plan: TrainingPlan,
     layout: ChunkLayout,
 ) -> TrainedPopulation:
     """Train K heads together, epoch by epoch until all have stopped (see ``train_population``).
 
-    ``masks`` (K, D) bool, ``valid`` (K,) bool marks real heads (padding heads
-    never run), ``x`` (N, D + 1) float32 with a trailing zero column that padded
-    feature indices point at, ``y`` (N,) int32, ``orders`` (max_epochs, N) the
-    epochs' sample orders. The heads are stored as ``layout`` says
-    (``packing.pack``; the masks must fit it) and trained by ``plan.step``.
+    ``masks`` (K, L) bool chromosomes (``head.unit_masks``), ``valid`` (K,)
+    bool marks real heads (padding heads never run), ``x`` (N, D + 1) float32
+    with a trailing zero column that padded feature indices point at, ``y``
+    (N,) int32, ``orders`` (max_epochs, N) the epochs' sample orders. The heads
+    are stored as ``layout`` says (``packing.pack``; the masks must fit it)
+    and trained by ``plan.step``.
     """
-    chunk = packing.pack(masks, valid, x, y, layout, plan.tile_sum)
+    features_kept, *neurons_kept = head.unit_masks(masks, head_config.prune, head_config.hidden)
+    if features_kept is None:  # the chromosome prunes neurons: every feature is kept
+        features_kept = jnp.ones((masks.shape[0], x.shape[1] - 1), bool)
+    chunk = packing.pack(features_kept, valid, x, y, layout, plan.tile_sum, tuple(neurons_kept),
+                         head_config.hidden_layers)
     step = STEPS[plan.step]
     params = chunk.training_params(init_params, plan.kernel_transposed)
 
@@ -275,10 +282,12 @@ def _train_chunk(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("num_features", "num_classes", "hidden", "num_epochs", "num_samples")
+    jax.jit,
+    static_argnames=("num_features", "num_classes", "hidden", "hidden_layers", "num_epochs", "num_samples"),
 )
 def _initial_weights_and_orders(
-    key: jax.Array, *, num_features: int, num_classes: int, hidden: int, num_epochs: int, num_samples: int
+    key: jax.Array, *, num_features: int, num_classes: int, hidden: int, hidden_layers: int, num_epochs: int,
+    num_samples: int,
 ) -> tuple[head.HeadParams, jax.Array]:
     """The shared initial weights and every epoch's sample order, from ``split(key)``.
 
@@ -286,7 +295,7 @@ def _initial_weights_and_orders(
     compile) is compiled once per shape, not into every training program.
     """
     init_key, order_key = jax.random.split(key)
-    init_params = head.init(init_key, num_features, num_classes, hidden)
+    init_params = head.init(init_key, num_features, num_classes, hidden, hidden_layers)
     return init_params, epoch_orders(order_key, num_epochs, num_samples)
 
 
@@ -298,12 +307,13 @@ def _train_local(
     x: jax.Array,
     y: jax.Array,
     *,
+    head_config: HeadConfig,
     train_config: TrainConfig,
     plan: TrainingPlan,
 ) -> TrainedPopulation:
     """One device's share of the population: all its training, chunk by chunk.
 
-    ``masks`` (P_local, D) bool, this device's block of the population;
+    ``masks`` (P_local, L) bool, this device's block of the population;
     ``num_valid`` () int32, the heads of the whole population before it was
     evened out over the devices: heads past it are padding and never run.
     The local population is padded to a multiple of ``plan.chunk_size`` with
@@ -325,8 +335,8 @@ def _train_local(
     counts = jnp.where(valid, jnp.sum(masks, axis=1), -1)
     order = jnp.argsort(-counts, stable=True) if len(layouts) > 1 else jnp.arange(padded_population)
     heads_by_chunk = order.reshape(num_chunks, chunk_size)  # (chunks, K) indices into the padded population
-    branches = [functools.partial(_train_chunk, train_config=train_config, plan=plan, layout=layout)
-                for layout in layouts]
+    branches = [functools.partial(_train_chunk, head_config=head_config, train_config=train_config,
+                                  plan=plan, layout=layout) for layout in layouts]
 
     def train_chunk(heads):
         operands = (init_params, masks[heads], valid[heads], x, y, orders)
@@ -354,6 +364,7 @@ def _train_population(
     x: jax.Array,
     y: jax.Array,
     *,
+    head_config: HeadConfig,
     train_config: TrainConfig,
     plan: TrainingPlan,
     mesh: Mesh,
@@ -366,7 +377,8 @@ def _train_population(
     program, on fewer heads. P must be a multiple of the mesh size.
     """
     population, replicated = PartitionSpec(devices.POPULATION_AXIS), PartitionSpec()
-    train_local = functools.partial(_train_local, train_config=train_config, plan=plan)
+    train_local = functools.partial(_train_local, head_config=head_config, train_config=train_config,
+                                    plan=plan)
     # check_vma off: the per-device program has no collectives, and its loop carries
     # mix replicated and per-device values, which the check would make us annotate.
     return jax.shard_map(
@@ -378,7 +390,7 @@ def _train_population(
     )(init_params, orders, masks, num_valid, x, y)
 
 
-_STATIC_ARGUMENTS = ("train_config", "plan", "mesh")
+_STATIC_ARGUMENTS = ("head_config", "train_config", "plan", "mesh")
 # XLA on GPU may run loop bodies as CUDA graphs ("command buffers"); ``TrainingPlan.command_buffers``
 # says whether (see ``plan``). Other backends ignore the option.
 _PROGRAMS = {
@@ -403,11 +415,12 @@ def train_population(
     Args:
       key: PRNG key. Split into the initial-weights key (``head.init``, the same
         weights for every head) and the minibatch-order key.
-      masks: (P, D) bool, the features each head keeps; an all-zero mask is
-        allowed.
+      masks: (P, L) bool, each head's chromosome: the features it keeps (L =
+        D), or the neurons (``HeadConfig.prune``, ``head.unit_masks``); an
+        all-zero mask is allowed.
       x: (N, D) float features (cast to float32).
       y: (N,) int class labels in [0, num_classes).
-      config: uses ``config.head.hidden``, ``config.train`` (what is
+      config: uses ``config.head`` (the head and what it prunes), ``config.train`` (what is
         learnt) and ``config.engine`` (how: resolved by ``training_plan``).
       num_classes: C; defaults to ``int(y.max()) + 1`` (computed on the host).
       num_trained: train only ``masks[:num_trained]`` (default: all). The
@@ -457,9 +470,14 @@ def train_population(
     y_host = np.asarray(y)
     if masks.ndim != 2:
         raise ValueError(f"train_population: masks must be (P, D), got shape {masks.shape}")
-    if x.ndim != 2 or x.shape[1] != masks.shape[1]:
+    if x.ndim != 2:
+        raise ValueError(f"train_population: x must be (N, D), got shape {x.shape}")
+    length = config.head.chromosome_length(x.shape[1])
+    if masks.shape[1] != length:
         raise ValueError(
-            f"train_population: x must be (N, D) with D = {masks.shape[1]} (from masks), got shape {x.shape}"
+            f"train_population: masks must be (P, {length}), a bit for each of the {length} "
+            f"{head.UNIT_NAMES[config.head.prune]} (HeadConfig.prune {config.head.prune!r}, x of "
+            f"D = {x.shape[1]}), got shape {masks.shape}"
         )
     if y_host.shape != (x.shape[0],):
         raise ValueError(f"train_population: y must be ({x.shape[0]},) to match x, got shape {y_host.shape}")
@@ -478,7 +496,7 @@ def train_population(
         )
     train_config = config.train
     mesh = devices.mesh_for(config.engine.devices)
-    population, num_features = masks.shape
+    population, num_features = masks.shape[0], x.shape[1]
     num_trained = population if num_trained is None else int(num_trained)
     if not 0 <= num_trained <= population:
         raise ValueError(f"train_population: num_trained must lie in [0, {population}], got {num_trained}")
@@ -490,6 +508,7 @@ def train_population(
         num_features=num_features,
         num_classes=int(num_classes),
         hidden=config.head.hidden,
+        hidden_layers=config.head.hidden_layers,
         num_epochs=train_config.max_epochs,
         num_samples=x.shape[0],
     )
@@ -501,6 +520,7 @@ def train_population(
         np.int32(num_trained),
         devices.put(x, everywhere),
         devices.put(y if isinstance(y, jax.Array) else y_host, everywhere),
+        head_config=config.head,
         train_config=train_config,
         plan=plan,
         mesh=mesh,
@@ -521,4 +541,6 @@ def training_plan(config: RunConfig, population: int, num_features: int, num_cla
     return make_plan(
         config.engine, config.train, population=population, num_features=num_features,
         num_classes=num_classes, hidden=config.head.hidden, platform=mesh.devices.flat[0].platform,
+        prune=config.head.prune, hidden_layers=config.head.hidden_layers,
     )
+
