@@ -211,6 +211,24 @@ def test_head_shapes_and_pruning_targets_match_sequential_reference(hidden_layer
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("engine", [{}, {"chunk_size": 3}], ids=["one-head-chunks", "packed-chunks-of-3"])
+def test_heads_of_several_runs_train_as_in_their_run_alone(engine):
+    x, y = _data(seed=7)
+    masks = _author_masks(8, 7)
+    runs = np.array([2, 0, 2, 2, 0, 2, 2])  # run 1 has no head; run 2's five heads span two chunks of 3
+    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in (20, 21, 22)])
+    config = _SHARED_CONFIG.replace(engine=engine)
+    together = trainer.train_population(keys, masks, x, y, config, runs=runs)
+    for run in (0, 2):
+        alone = trainer.train_population(keys[run], masks[runs == run], x, y, config)
+        for got, expected in zip(jax.tree.leaves(together), jax.tree.leaves(alone), strict=True):
+            np.testing.assert_array_equal(np.asarray(got)[runs == run], np.asarray(expected))
+    with pytest.raises(ValueError, match=r"runs must lie in \[0, 3\)"):
+        trainer.train_population(keys, masks, x, y, config, runs=np.full(7, 3))
+    with pytest.raises(ValueError, match=r"runs must be \(7,\) integers"):
+        trainer.train_population(keys, masks, x, y, config, runs=np.zeros(6, int))
+
+
 def test_invariant_to_population_position_and_chunking():
     x, y = _data(seed=1)
     masks = _author_masks(2, 64)
