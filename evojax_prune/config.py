@@ -103,7 +103,9 @@ class HeadConfig:
 
     The head is D features -> ``hidden_layers`` dense ReLU layers of
     ``hidden`` units (no bias) -> C logits (bias): the authors' 2048 -> 512 ->
-    C (MO-EvoPruneDeepTL) or 2048 -> 512 -> 512 -> C (EvoPruneDeepTL).
+    C (MO-EvoPruneDeepTL) or 2048 -> 512 -> 512 -> C (EvoPruneDeepTL). The
+    predecessor's first dense layer had a bias (Keras' default); here no hidden
+    layer has one, so that pruning a neuron removes all of its connections.
 
     Attributes:
       hidden: units per hidden layer.
