@@ -299,6 +299,10 @@ def run_search(
         _record(history, state, evolver, evaluator, started, generation, on_generation)
         _checkpoint(write_path, state, evaluator, history, started)
 
+    if resume and write_path is not None:
+        # A resumed run that ran no generation (stopped at once, or already finished) still holds
+        # the history line a kill may have left past its checkpoint.
+        rundir.write_history(write_path, history)
     ended = stopping.summary(stopped, controls, history, search.generations, time.perf_counter() - started)
     result = _final_front(features, config, seed, state, evolver, evaluator, history, started)
     result = dataclasses.replace(result, stopping=ended)
