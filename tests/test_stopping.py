@@ -17,7 +17,7 @@ from evojax_prune import config
 from evojax_prune.cli import main as cli
 from evojax_prune.data import embedded
 from evojax_prune.run import rundir
-from evojax_prune.search import nsga2, stopping, warm_start
+from evojax_prune.search import nsga2, stopping, strategy, warm_start
 from evojax_prune.search.loop import run_search
 
 FLAGS = ["--population", "4", "--generations", "2", "--seed", "0", "--quiet"]
@@ -192,10 +192,10 @@ def test_initial_masks_from_a_npy_and_from_an_earlier_front_seed_the_first_popul
         recorded = config_of(run)["initial_masks"]
         assert recorded == {"source": str(source), "count": len(expected),
                             "sha256": warm_start.digest(expected)}
-    # The rest of the population is drawn as without seeds.
-    unseeded = tmp_path / "unseeded"
-    assert cli.main(run_command(unseeded, "--time-budget", str(TINY))) == 0
-    np.testing.assert_array_equal(initial_population(tmp_path / "npy")[2:], initial_population(unseeded)[2:])
+    # The rest of the population is drawn as without seeds (run_search's init key for seed 0).
+    search = config.preset("quick").replace(search={"population_size": 4}).search
+    unseeded = strategy.build(search, 64).initial_population(jax.random.split(jax.random.PRNGKey(0), 3)[1])
+    np.testing.assert_array_equal(initial_population(tmp_path / "npy")[2:], np.asarray(unseeded)[2:])
     # A resume with other seeds is refused; with none it continues from the checkpoint.
     assert cli.main(run_command(tmp_path / "npy", "--resume", "--initial-masks", str(planned))) == 2
     assert "different initial masks" in capsys.readouterr().err
@@ -203,8 +203,8 @@ def test_initial_masks_from_a_npy_and_from_an_earlier_front_seed_the_first_popul
 
 def test_more_initial_masks_than_the_population_seed_the_first_p(tmp_path):
     digits = embedded.digits()
-    cfg = config.preset("quick").replace(head={"hidden": 8}, train={"max_epochs": 2, "patience": 1},
-                                         search={"population_size": 4, "generations": 1})
+    # The command line's configuration (FLAGS), so that its compiled programs serve here too.
+    cfg = config.preset("quick").replace(search={"population_size": 4, "generations": 2})
     masks = np.eye(64, dtype=bool)[:6]
     with pytest.warns(RuntimeWarning, match="6 masks for a population of 4; the first 4"):
         result = run_search(digits, cfg, seed=0, initial_masks=masks, time_budget=TINY)
