@@ -77,10 +77,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.generations is not None:
         search["generations"] = args.generations
     config = config.replace(search=search, engine={"devices": devices_spec}, preset=config.preset)
-    config = _stopping_and_warm_start(args, config, features.num_features)
     out = Path(args.out) if args.out else Path("runs") / (
         f"{features.name}-{preset_name}-seed{args.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     )
+    config = _stopping_and_warm_start(args, config, features.num_features)
 
     from rich.console import Console
 

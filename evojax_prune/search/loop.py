@@ -247,10 +247,10 @@ def run_search(
     if search.min_active > num_features:
         raise ValueError(f"search.min_active = {search.min_active} exceeds the {num_features} features")
     evolver = strategy.build(search, num_features, algorithm)
-    controls = stopping.Stopping(time_budget, hv_patience)  # checked before anything is written
-    seeds, seeds_record = _initial_masks(initial_masks, num_features, evolver.population_size)
     # Process 0 writes; the others only read, and only to resume.
     main = devices.is_main_process()
+    controls = stopping.Stopping(time_budget, hv_patience)  # checked before anything is written
+    seeds, seeds_record = _initial_masks(initial_masks, evolver.num_dims, evolver.population_size)
     run_path = None
     if out_dir is not None and (main or resume):
         run_path = rundir.prepare(out_dir, resume=resume, overwrite=overwrite)
@@ -313,16 +313,17 @@ def run_search(
     return result
 
 
-def _initial_masks(initial_masks, num_features: int, population_size: int):
-    """The warm start's (K, D) bool seeds (K <= P) and config.json's record of them, or (None, None)."""
+def _initial_masks(initial_masks, num_dims: int, population_size: int):
+    """The warm start's (K, D) bool seeds (K <= P; D the strategy's mask length) and config.json's
+    record of them, or (None, None)."""
     if initial_masks is None:
         return None, None
     if isinstance(initial_masks, (str, os.PathLike)):
         source = str(initial_masks)
-        masks = warm_start.read_initial_masks(initial_masks, num_features)
+        masks = warm_start.read_initial_masks(initial_masks, num_dims)
     else:
         source = None
-        masks = warm_start.check_initial_masks(initial_masks, num_features)
+        masks = warm_start.check_initial_masks(initial_masks, num_dims)
     masks = warm_start.for_population(masks, population_size, source=source or "initial_masks", stacklevel=4)
     return masks, warm_start.record(masks, source)
 

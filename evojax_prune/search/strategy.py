@@ -5,7 +5,8 @@
   genomes, thresholded into masks, minimising the validation error alone (the
   predecessor, EvoPruneDeepTL, arXiv 2202.03844).
 
-Both expose the same small surface: ``initial_population``, ``init``, ``ask``,
+Both expose the same small surface: ``population_size``, ``num_offspring``,
+``num_dims`` (the mask length), ``initial_population``, ``init``, ``ask``,
 ``tell`` (evosax's signatures, taking the (K, 3) objective matrix), ``masks``
 (genomes -> (K, D) bool) and ``front`` (which members to report).
 """
@@ -32,6 +33,7 @@ class MultiObjective:
         self.params = nsga2.params_from_config(search, num_features)
         self.population_size = self.algorithm.population_size
         self.num_offspring = self.algorithm.num_offspring
+        self.num_dims = num_features  # the mask length
 
     def initial_population(self, key: jax.Array, seeds: np.ndarray | None = None) -> jax.Array:
         """(P, D) bool; ``seeds`` (K, D) take the first K places (a warm start)."""
@@ -78,6 +80,7 @@ class SingleObjective:
         self.params = algorithm.default_params
         self.population_size = self.num_offspring = algorithm.population_size
         self.num_features, self.min_active, self.threshold = num_features, min_active, threshold
+        self.num_dims = num_features  # the mask length
 
     def initial_population(self, key: jax.Array, seeds: np.ndarray | None = None) -> jax.Array:
         """(P, D) float32 genomes 0.0 / 1.0; ``seeds`` (K, D) take the first K places."""
