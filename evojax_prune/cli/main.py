@@ -102,6 +102,11 @@ def _run(args: argparse.Namespace) -> int:
         )
     console.print(front_table(result))
     console.print(f"{result}\nresults in {out}", highlight=False)
+    ended = result.stopping or {}
+    if ended.get("reason", "generations") != "generations":
+        console.print(f"stopped after generation {ended['generation']} of {ended['planned_generations']} "
+                      f"({ended['reason'].replace('_', ' ')}); --resume continues it",
+                      highlight=False)
     return 0
 
 
