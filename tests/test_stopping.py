@@ -201,6 +201,18 @@ def test_initial_masks_from_a_npy_and_from_an_earlier_front_seed_the_first_popul
     assert "different initial masks" in capsys.readouterr().err
 
 
+def test_an_evosax_algorithm_is_seeded_too_and_refuses_max_features():
+    from evosax.algorithms import SimpleGA
+
+    simple_ga = SimpleGA(population_size=4, solution=jnp.zeros(64))
+    seeds = np.eye(64, dtype=bool)[:2]
+    evolver = strategy.build(config.SearchConfig(population_size=4), 64, simple_ga)
+    genomes = np.asarray(evolver.initial_population(jax.random.PRNGKey(0), seeds))
+    np.testing.assert_array_equal(evolver.masks(genomes)[:2], seeds)
+    with pytest.raises(ValueError, match="max_features applies to NSGA-II's masks"):
+        strategy.build(config.SearchConfig(population_size=4, max_features=8), 64, simple_ga)
+
+
 def test_more_initial_masks_than_the_population_seed_the_first_p(tmp_path):
     digits = embedded.digits()
     # The command line's configuration (FLAGS), so that its compiled programs serve here too.
