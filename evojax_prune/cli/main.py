@@ -41,6 +41,29 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stopping_and_warm_start(args: argparse.Namespace, config, num_features: int):
+    """Checks --time-budget, --hv-patience, --max-features and --initial-masks before any work;
+    the config with ``search.max_features`` (what is searched; the budget and patience are run
+    controls, passed to ``run_search`` apart)."""
+    import math
+
+    from evojax_prune.search import warm_start
+
+    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
+        raise UsageError(f"--time-budget must be a number of seconds > 0, got {args.time_budget}")
+    if args.hv_patience is not None and args.hv_patience < 1:
+        raise UsageError(f"--hv-patience must be at least 1 (generations), got {args.hv_patience}")
+    if args.max_features is not None:
+        low = config.search.min_active
+        if not low <= args.max_features <= num_features:
+            raise UsageError(f"--max-features must lie in [min_active = {low}, D = {num_features}], "
+                             f"got {args.max_features}")
+        config = config.replace(search={"max_features": args.max_features}, preset=config.preset)
+    if args.initial_masks is not None:
+        warm_start.read_initial_masks(args.initial_masks, num_features)  # InitialMasksError: exit 2
+    return config
+
+
 def _run(args: argparse.Namespace) -> int:
     from datetime import datetime
     from pathlib import Path
@@ -108,29 +131,6 @@ def _run(args: argparse.Namespace) -> int:
                       f"({ended['reason'].replace('_', ' ')}); --resume continues it",
                       highlight=False)
     return 0
-
-
-def _stopping_and_warm_start(args: argparse.Namespace, config, num_features: int):
-    """Checks --time-budget, --hv-patience, --max-features and --initial-masks before any work;
-    the config with ``search.max_features`` (what is searched; the budget and patience are run
-    controls, passed to ``run_search`` apart)."""
-    import math
-
-    from evojax_prune.search import warm_start
-
-    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
-        raise UsageError(f"--time-budget must be a number of seconds > 0, got {args.time_budget}")
-    if args.hv_patience is not None and args.hv_patience < 1:
-        raise UsageError(f"--hv-patience must be at least 1 (generations), got {args.hv_patience}")
-    if args.max_features is not None:
-        low = config.search.min_active
-        if not low <= args.max_features <= num_features:
-            raise UsageError(f"--max-features must lie in [min_active = {low}, D = {num_features}], "
-                             f"got {args.max_features}")
-        config = config.replace(search={"max_features": args.max_features}, preset=config.preset)
-    if args.initial_masks is not None:
-        warm_start.read_initial_masks(args.initial_masks, num_features)  # InitialMasksError: exit 2
-    return config
 
 
 def build_parser() -> argparse.ArgumentParser:
