@@ -319,7 +319,16 @@ class SearchConfig:
       swap_rate: per-gene swap probability inside uniform crossover.
       mutation_rate: per-bit flip probability; ``None`` means 1 / D.
       min_active: fewest features a mask may keep (0 allows the empty mask).
+      max_features: most features a mask may keep (None: no limit); masks
+        above are repaired inside the jitted ask and initial population
+        (``nsga2.repair_max_active``). It changes which masks are searched,
+        so it is configuration: resume compares it. Between ``min_active`` and
+        D (D is checked by ``run_search``).
       strategy: the search algorithm.
+
+    How long a search runs (a time budget, a hypervolume patience) is not
+    here but ``search.stopping.Stopping``: it does not change what a
+    generation computes, so a run may be resumed with another.
     """
 
     population_size: int = 30
@@ -330,6 +339,7 @@ class SearchConfig:
     mutation_rate: float | None = None
     min_active: int = 1
     strategy: str = "nsga2"
+    max_features: int | None = None
 
     def __post_init__(self):
         _positive_int("SearchConfig", "population_size", self.population_size)
@@ -345,6 +355,13 @@ class SearchConfig:
         if self.mutation_rate is not None:
             _probability("SearchConfig", "mutation_rate", self.mutation_rate)
         _positive_int("SearchConfig", "min_active", self.min_active, allow_zero=True)
+        if self.max_features is not None:
+            _positive_int("SearchConfig", "max_features", self.max_features)
+            _check(
+                self.max_features >= self.min_active,
+                f"SearchConfig.max_features = {self.max_features} is below min_active = {self.min_active}: "
+                f"a mask must keep between min_active and max_features features",
+            )
         _check(
             self.strategy in STRATEGIES,
             f"SearchConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}",

@@ -41,6 +41,29 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stopping_and_warm_start(args: argparse.Namespace, config, num_features: int):
+    """Checks --time-budget, --hv-patience, --max-features and --initial-masks before any work;
+    the config with ``search.max_features`` (what is searched; the budget and patience are run
+    controls, passed to ``run_search`` apart)."""
+    import math
+
+    from evojax_prune.search import warm_start
+
+    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
+        raise UsageError(f"--time-budget must be a number of seconds > 0, got {args.time_budget}")
+    if args.hv_patience is not None and args.hv_patience < 1:
+        raise UsageError(f"--hv-patience must be at least 1 (generations), got {args.hv_patience}")
+    if args.max_features is not None:
+        low = config.search.min_active
+        if not low <= args.max_features <= num_features:
+            raise UsageError(f"--max-features must lie in [min_active = {low}, D = {num_features}], "
+                             f"got {args.max_features}")
+        config = config.replace(search={"max_features": args.max_features}, preset=config.preset)
+    if args.initial_masks is not None:
+        warm_start.read_initial_masks(args.initial_masks, num_features)  # InitialMasksError: exit 2
+    return config
+
+
 def _run(args: argparse.Namespace) -> int:
     from datetime import datetime
     from pathlib import Path
@@ -82,6 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / (
         f"{features.name}-{preset_name}-seed{args.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     )
+    config = _stopping_and_warm_start(args, config, features.num_features)
 
     from rich.console import Console
 
@@ -100,10 +124,16 @@ def _run(args: argparse.Namespace) -> int:
     with SearchProgress(config.search.generations, console) as progress:
         result = run_search(
             features, config, seed=args.seed, out_dir=out, resume=args.resume, overwrite=args.overwrite,
-            on_generation=progress.update,
+            on_generation=progress.update, time_budget=args.time_budget, hv_patience=args.hv_patience,
+            initial_masks=args.initial_masks,
         )
     console.print(front_table(result))
     console.print(f"{result}\nresults in {out}", highlight=False)
+    ended = result.stopping or {}
+    if ended.get("reason", "generations") != "generations":
+        console.print(f"stopped after generation {ended['generation']} of {ended['planned_generations']} "
+                      f"({ended['reason'].replace('_', ' ')}); --resume continues it",
+                      highlight=False)
     return 0
 
 
@@ -158,6 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
                          help="processes in the run (or EVOJAX_PRUNE_NUM_PROCESSES)")
     several.add_argument("--process-id", type=int, metavar="I",
                          help="this process, 0 .. N-1 (or EVOJAX_PRUNE_PROCESS_ID)")
+    stop = run.add_argument_group(
+        "stopping and warm starts",
+        "stop before the planned generations (a stopped run is resumable: --resume with a larger "
+        "budget or none continues it), bound the masks, seed the first population (README: "
+        "'Stopping early, bounding the masks, warm starts')",
+    )
+    stop.add_argument("--time-budget", type=float, metavar="SECONDS",
+                      help="stop after the first generation that ends past SECONDS of run time "
+                           "(a resumed run counts its earlier time)")
+    stop.add_argument("--hv-patience", type=int, metavar="G",
+                      help="stop when the front's hypervolume has not improved for G generations")
+    stop.add_argument("--max-features", type=int, metavar="K",
+                      help="a mask keeps at most K features (masks above are repaired at random); "
+                           "part of the configuration")
+    stop.add_argument("--initial-masks", metavar="FILE",
+                      help="seed the first population: a .npy (K, D) bool/0-1 array, an earlier run's "
+                           "pareto.npz or its run directory (the first population-size masks)")
     run.set_defaults(handler=_run)
 
     # Commands whose arguments live beside their code: the module's

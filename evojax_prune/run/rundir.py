@@ -2,13 +2,17 @@
 
 Layout (format ``FORMAT``):
   config.json              the resolved configuration, seed, data set, package versions, JAX devices,
-                           and ``training_plan``: how the largest bucket trains (``plan.TrainingPlan``)
+                           and ``training_plan``: how the largest bucket trains (``plan.TrainingPlan``);
+                           ``stopping``: the run controls of the latest session (time budget, hv
+                           patience; not compared on resume); ``initial_masks``: the warm start's
+                           source, count and SHA-256, or null
   history.jsonl            one JSON line per generation (``train_calls``: [padded, trained] per call)
   checkpoint.npz           everything needed to resume after the last finished generation
   checkpoint.previous.npz  the generation before it, kept in case the newest is damaged
   pareto.csv               the final front, one row per member (validation and test metrics)
   pareto.npz               the front's masks and trained head parameters, and the baseline's
-  summary.json             baseline, front, hypervolume, wall time
+  summary.json             baseline, front, hypervolume, wall time, ``stopping``: why the search stopped
+                           (generations, time_budget or hv_patience) and after which generation
 
 Every file is replaced atomically (``atomic.write_atomically``), so a run killed
 at any moment leaves complete files from the last finished generation. Every
@@ -182,6 +186,15 @@ def write_config(path: Path, settings: dict[str, Any]) -> None:
     atomic.write_json(path / "config.json", {**settings, "format": FORMAT, "environment": environment()})
 
 
+def write_config_fields(path: Path, recorded: dict[str, Any], **fields: Any) -> None:
+    """config.json as ``recorded`` (``read_config``) with ``fields`` replaced, e.g. a resumed run's
+    ``stopping``; never a field resume compares (``CONFIG_KEYS``)."""
+    changed = sorted(set(fields) & set(CONFIG_KEYS))
+    if changed:
+        raise ValueError(f"config.json: {changed} are what a run is, they cannot change")
+    atomic.write_json(path / "config.json", {**recorded, **fields})
+
+
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     atomic.write_text(path / "history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
@@ -239,6 +252,8 @@ def write_results(path: Path, result: SearchResult) -> None:
                      "active_features": int(result.masks.shape[1])},
         "front": {"size": len(result.masks), "active_features": result.masks.sum(axis=1).tolist(),
                   "validation": as_lists(result.validation), "test": as_lists(result.test)},
+        # why the search stopped (search.stopping.summary); None for a result built without a loop
+        "stopping": result.stopping,
     })
 
 
@@ -486,6 +501,7 @@ def read_run(path: str | os.PathLike) -> tuple[SearchResult, dict[str, Any]]:
         baseline_params=baseline_params, history=history,
         hypervolume=float(summary["hypervolume"]), evaluations=int(summary["evaluations"]),
         wall_time=float(summary["wall_seconds"]), config=config, seed=int(recorded["seed"]),
+        stopping=summary.get("stopping"),
     )
     return result, recorded
 

@@ -21,7 +21,9 @@ generations, mostly training its front of 30 again for 600 epochs.)
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -37,7 +39,7 @@ from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.run import rundir
 from evojax_prune.score import evaluate
-from evojax_prune.search import strategy
+from evojax_prune.search import stopping, strategy, warm_start
 from evojax_prune.search.evaluation_cache import METRIC_NAMES, MaskCache, TrainedHeads
 from evojax_prune.search.hypervolume import hypervolume
 from evojax_prune.search.result import REFERENCE_POINT, SearchResult
@@ -193,6 +195,9 @@ def run_search(
     overwrite: bool = False,
     on_generation: Callable[[dict[str, Any]], None] | None = None,
     algorithm: Any = None,
+    time_budget: float | None = None,
+    hv_patience: int | None = None,
+    initial_masks: Any = None,
 ) -> SearchResult:
     """Runs MO-EvoPruneDeepTL on a FeatureSet.
 
@@ -215,9 +220,24 @@ def run_search(
         runs a single-objective search on the validation error instead, as
         EvoPruneDeepTL did, its genomes thresholded at 0.5 into masks; the
         reported front is then the lowest-error members.
+      time_budget: seconds; stop after the first generation that ends past it
+        (``stopping.Stopping``; a resumed run counts its earlier time). The
+        run is checkpointed and its front written as a finished run's, and
+        ``resume=True`` with a larger budget or none continues it to
+        ``config.search.generations``.
+      hv_patience: stop once the front's hypervolume has not improved for
+        this many generations. Budget and patience are run controls, not
+        configuration: a run may be resumed with others.
+      initial_masks: a warm start (``warm_start``): (K, D) bool / 0-1 masks,
+        or the path of a ``.npy`` of them, of an earlier run's ``pareto.npz``
+        or of its run directory; they take the first K places of the initial
+        population (the first P if more). Checked before anything is written;
+        ignored on resume (the checkpoint holds the population) unless they
+        differ from those the run started with, which is refused.
 
     Returns:
-      SearchResult.
+      SearchResult; its ``stopping`` says why the search stopped and after
+      which generation.
     """
     if not isinstance(features, FeatureSet):
         raise TypeError(f"features must be a FeatureSet, got {type(features).__name__}")
@@ -232,6 +252,8 @@ def run_search(
     evolver = strategy.build(search, length, algorithm)
     # Process 0 writes; the others only read, and only to resume.
     main = devices.is_main_process()
+    controls = stopping.Stopping(time_budget, hv_patience)  # checked before anything is written
+    seeds, seeds_record = _initial_masks(initial_masks, evolver.num_dims, evolver.population_size)
     run_path = None
     if out_dir is not None and (main or resume):
         run_path = rundir.prepare(out_dir, resume=resume, overwrite=overwrite)
@@ -249,11 +271,13 @@ def run_search(
 
     if resume:
         state, history, elapsed = _restore(run_path, settings, evolver, evaluator, init_key)
+        _resume_controls(run_path, write_path, controls, seeds_record)
         started -= elapsed
     else:
         if write_path is not None:
-            rundir.write_config(write_path, {**settings, "training_plan": evaluator.training_plan()})
-        population = evolver.initial_population(init_key)
+            rundir.write_config(write_path, {**settings, "training_plan": evaluator.training_plan(),
+                                             "stopping": controls.to_dict(), "initial_masks": seeds_record})
+        population = evolver.initial_population(init_key, seeds)
         if evaluator.keep_heads:  # the baseline trains with the initial population
             evaluator.baseline = np.ones(length, bool)
         state = evolver.init(init_key, population, evaluator.objectives(evolver.masks(population)))
@@ -262,7 +286,12 @@ def run_search(
         _record(history, state, evolver, evaluator, started, 0, on_generation)
         _checkpoint(write_path, state, evaluator, history, started)
 
+    stopped = None
     for generation in range(len(history), search.generations + 1):
+        # After the last generation's record and checkpoint: a stopped run is a resumable one.
+        stopped = controls.reason(history, time.perf_counter() - started)
+        if stopped is not None:
+            break
         ask_key, tell_key = jax.random.split(jax.random.fold_in(evolve_key, generation))
         offspring, state = evolver.ask(ask_key, state)
         objectives = evaluator.objectives(evolver.masks(offspring))
@@ -273,12 +302,51 @@ def run_search(
         _record(history, state, evolver, evaluator, started, generation, on_generation)
         _checkpoint(write_path, state, evaluator, history, started)
 
+    if resume and write_path is not None:
+        # A resumed run that ran no generation (stopped at once, or already finished) still holds
+        # the history line a kill may have left past its checkpoint.
+        rundir.write_history(write_path, history)
+    ended = stopping.summary(stopped, controls, history, search.generations, time.perf_counter() - started)
     result = _final_front(features, config, seed, state, evolver, evaluator, history, started)
+    result = dataclasses.replace(result, stopping=ended)
     # Every process ran the same selection on the same gathered objectives.
     devices.assert_same_on_every_process((result.masks, result.objectives), "the final fronts")
     if write_path is not None:
         rundir.write_results(write_path, result)
     return result
+
+
+def _initial_masks(initial_masks, num_dims: int, population_size: int):
+    """The warm start's (K, D) bool seeds (K <= P; D the strategy's mask length) and config.json's
+    record of them, or (None, None)."""
+    if initial_masks is None:
+        return None, None
+    if isinstance(initial_masks, (str, os.PathLike)):
+        source = str(initial_masks)
+        masks = warm_start.read_initial_masks(initial_masks, num_dims)
+    else:
+        source = None
+        masks = warm_start.check_initial_masks(initial_masks, num_dims)
+    masks = warm_start.for_population(masks, population_size, source=source or "initial_masks", stacklevel=4)
+    return masks, warm_start.record(masks, source)
+
+
+def _resume_controls(run_path, write_path, controls, seeds_record) -> None:
+    """A resumed run: its warm start must be the one it started with; its controls are recorded.
+
+    The time budget and the patience may change (they are not what is searched);
+    config.json's ``stopping`` then records those of the latest session.
+    """
+    recorded = rundir.read_config(run_path)
+    started_with = recorded.get("initial_masks")
+    if seeds_record is not None and (started_with or {}).get("sha256") != seeds_record["sha256"]:
+        raise rundir.RunDirectoryError(
+            f"{run_path}: cannot resume, the run was started with different initial masks "
+            f"({'none' if started_with is None else started_with.get('source') or 'an array'}); "
+            "resume without --initial-masks"
+        )
+    if write_path is not None and recorded.get("stopping") != controls.to_dict():
+        rundir.write_config_fields(write_path, recorded, stopping=controls.to_dict())
 
 
 def _front_masks(state, evolver, evaluator) -> np.ndarray:
