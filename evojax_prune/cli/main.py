@@ -41,10 +41,11 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stopping_and_warm_start(args: argparse.Namespace, config, num_features: int):
+def _stopping_and_warm_start(args: argparse.Namespace, config, length: int):
     """Checks --time-budget, --hv-patience, --max-features and --initial-masks before any work;
     the config with ``search.max_features`` (what is searched; the budget and patience are run
-    controls, passed to ``run_search`` apart)."""
+    controls, passed to ``run_search`` apart). ``length``: the chromosome's bits (D, or the
+    neurons ``config.head.prune`` prunes)."""
     import math
 
     from evojax_prune.search import warm_start
@@ -55,12 +56,12 @@ def _stopping_and_warm_start(args: argparse.Namespace, config, num_features: int
         raise UsageError(f"--hv-patience must be at least 1 (generations), got {args.hv_patience}")
     if args.max_features is not None:
         low = config.search.min_active
-        if not low <= args.max_features <= num_features:
-            raise UsageError(f"--max-features must lie in [min_active = {low}, D = {num_features}], "
-                             f"got {args.max_features}")
+        if not low <= args.max_features <= length:
+            raise UsageError(f"--max-features must lie in [min_active = {low}, {length} (the chromosome's "
+                             f"bits)], got {args.max_features}")
         config = config.replace(search={"max_features": args.max_features}, preset=config.preset)
     if args.initial_masks is not None:
-        warm_start.read_initial_masks(args.initial_masks, num_features)  # InitialMasksError: exit 2
+        warm_start.read_initial_masks(args.initial_masks, length)  # InitialMasksError: exit 2
     return config
 
 
@@ -105,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / (
         f"{features.name}-{preset_name}-seed{args.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     )
-    config = _stopping_and_warm_start(args, config, features.num_features)
+    config = _stopping_and_warm_start(args, config, config.head.chromosome_length(features.num_features))
 
     from rich.console import Console
 
