@@ -22,10 +22,13 @@ from evojax_prune.search.hypervolume import hypervolume
 from evojax_prune.search.loop import run_search
 from evojax_prune.search.nsga2 import NSGA2
 from evojax_prune.search.result import SearchResult
+from evojax_prune.search.stopping import Stopping
+from evojax_prune.selector import FeatureSelector
 from evojax_prune.train.trainer import TrainedPopulation, train_population
 
 __all__ = [
     "NSGA2",
+    "FeatureSelector",
     "FeatureSet",
     "FeatureSetError",
     "HeadConfig",
@@ -34,6 +37,7 @@ __all__ = [
     "RunConfig",
     "SearchConfig",
     "SearchResult",
+    "Stopping",
     "TrainConfig",
     "TrainedPopulation",
     "__version__",

@@ -96,14 +96,47 @@ def canonical_devices(spec: Any) -> int | tuple[int, ...] | None:
     return positions
 
 
+PRUNE_TARGETS = ("features", "hidden1", "hidden2", "both")
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
-    """The pruned head: masked D -> ``hidden`` ReLU (no bias) -> C logits (bias)."""
+    """The pruned head and what its chromosome prunes (``head.py``).
+
+    The head is D features -> ``hidden_layers`` dense ReLU layers of
+    ``hidden`` units (no bias) -> C logits (bias): the authors' 2048 -> 512 ->
+    C (MO-EvoPruneDeepTL) or 2048 -> 512 -> 512 -> C (EvoPruneDeepTL). The
+    predecessor's first dense layer had a bias (Keras' default); here no hidden
+    layer has one, so that pruning a neuron removes all of its connections.
+
+    Attributes:
+      hidden: units per hidden layer.
+      hidden_layers: 1 or 2.
+      prune: what one bit of the chromosome keeps or removes, with every
+        connection of its unit: ``"features"`` (D bits, the input features:
+        MO-EvoPruneDeepTL's feature selection), ``"hidden1"`` or ``"hidden2"``
+        (``hidden`` bits, the neurons of the first or second hidden layer:
+        EvoPruneDeepTL's FC1 / FC2 pruning), ``"both"`` (2 * ``hidden`` bits,
+        the neurons of both hidden layers, first layer's first). MEM is the
+        fraction of the chromosome kept.
+    """
 
     hidden: int = 512
+    hidden_layers: int = 1
+    prune: str = "features"
 
     def __post_init__(self):
         _positive_int("HeadConfig", "hidden", self.hidden)
+        _check(self.hidden_layers in (1, 2) and not isinstance(self.hidden_layers, bool),
+               f"HeadConfig.hidden_layers must be 1 or 2, got {self.hidden_layers!r}")
+        _check(self.prune in PRUNE_TARGETS,
+               f"HeadConfig.prune must be one of {PRUNE_TARGETS}, got {self.prune!r}")
+        _check(self.prune in ("features", "hidden1") or self.hidden_layers == 2,
+               f"HeadConfig.prune {self.prune!r} needs hidden_layers = 2, got {self.hidden_layers}")
+
+    def chromosome_length(self, num_features: int) -> int:
+        """Bits of a mask: D for features, ``hidden`` per pruned hidden layer."""
+        return {"features": num_features, "both": 2 * self.hidden}.get(self.prune, self.hidden)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,7 +347,16 @@ class SearchConfig:
       swap_rate: per-gene swap probability inside uniform crossover.
       mutation_rate: per-bit flip probability; ``None`` means 1 / D.
       min_active: fewest features a mask may keep (0 allows the empty mask).
+      max_features: most features a mask may keep (None: no limit); masks
+        above are repaired inside the jitted ask and initial population
+        (``nsga2.repair_max_active``). It changes which masks are searched,
+        so it is configuration: resume compares it. Between ``min_active`` and
+        D (D is checked by ``run_search``).
       strategy: the search algorithm.
+
+    How long a search runs (a time budget, a hypervolume patience) is not
+    here but ``search.stopping.Stopping``: it does not change what a
+    generation computes, so a run may be resumed with another.
     """
 
     population_size: int = 30
@@ -325,6 +367,7 @@ class SearchConfig:
     mutation_rate: float | None = None
     min_active: int = 1
     strategy: str = "nsga2"
+    max_features: int | None = None
 
     def __post_init__(self):
         _positive_int("SearchConfig", "population_size", self.population_size)
@@ -340,6 +383,13 @@ class SearchConfig:
         if self.mutation_rate is not None:
             _probability("SearchConfig", "mutation_rate", self.mutation_rate)
         _positive_int("SearchConfig", "min_active", self.min_active, allow_zero=True)
+        if self.max_features is not None:
+            _positive_int("SearchConfig", "max_features", self.max_features)
+            _check(
+                self.max_features >= self.min_active,
+                f"SearchConfig.max_features = {self.max_features} is below min_active = {self.min_active}: "
+                f"a mask must keep between min_active and max_features features",
+            )
         _check(
             self.strategy in STRATEGIES,
             f"SearchConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}",

@@ -1,11 +1,17 @@
-"""The pruned head: masked D -> H ReLU units (no bias) -> C logits (with bias).
+"""The pruned head: D features -> one or two dense ReLU layers (no bias) -> C logits (with bias).
 
-A mask bit of 0 removes every connection from that input feature into the hidden
-layer (the bit is repeated across the H units, docs/PROTOCOL.md "Network"). Applying
-the mask to the input is the same thing and costs one multiply per feature: the
-pruned rows of the first kernel then receive no gradient and never matter.
+The chromosome is a binary mask over the units one pruning target holds
+(``HeadConfig.prune``): the D input features (MO-EvoPruneDeepTL), the neurons
+of the first or the second hidden layer, or of both (EvoPruneDeepTL's FC1 /
+FC2 pruning). A 0 removes the unit with every connection it has: for a
+feature, its row of the first kernel (the bit is repeated across the H units,
+docs/PROTOCOL.md "Network"); for a neuron, its incoming column and its outgoing
+row. Masking the unit's value (the input feature, or the neuron's activation)
+is the same thing and costs one multiply per unit: the removed weights then
+receive no gradient and never matter.
 
-Reference: Poyatos et al., MO-EvoPruneDeepTL, arXiv 2302.10253.
+Reference: Poyatos et al., MO-EvoPruneDeepTL, arXiv 2302.10253; EvoPruneDeepTL,
+arXiv 2202.03844.
 """
 
 from __future__ import annotations
@@ -14,76 +20,114 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+FEATURES = "features"
+# What the bits of a chromosome stand for, by ``HeadConfig.prune`` (for messages and reports).
+UNIT_NAMES = {FEATURES: "features", "hidden1": "first-layer neurons", "hidden2": "second-layer neurons",
+              "both": "hidden neurons"}
+
 
 @struct.dataclass
 class HeadParams:
     """Parameters of one head, or of P heads stacked on a leading axis.
 
     Attributes:
-      hidden_kernel: (D, H) float32, or (P, D, H).
+      hidden_kernel: (D, H) float32, or (P, D, H): the first hidden layer.
       output_kernel: (H, C) float32, or (P, H, C).
       output_bias: (C,) float32, or (P, C).
+      second_kernel: (H, H) float32, or (P, H, H): the second hidden layer;
+        None for a head of one hidden layer.
     """
 
     hidden_kernel: jax.Array
     output_kernel: jax.Array
     output_bias: jax.Array
+    second_kernel: jax.Array | None = None
 
 
-def param_bytes(num_features: int, num_classes: int, hidden: int = 512) -> int:
-    """Bytes of one head's float32 parameters: D*H + H*C + C floats."""
-    return 4 * (num_features * hidden + hidden * num_classes + num_classes)
+
+def param_bytes(num_features: int, num_classes: int, hidden: int = 512, hidden_layers: int = 1) -> int:
+    """Bytes of one head's float32 parameters: D*H + (layers - 1)*H*H + H*C + C floats."""
+    return 4 * (num_features * hidden + (hidden_layers - 1) * hidden * hidden + hidden * num_classes
+                + num_classes)
 
 
-def init(key: jax.Array, num_features: int, num_classes: int, hidden: int = 512) -> HeadParams:
-    """Keras' defaults for ``Dense``: Glorot-uniform kernels, zero bias."""
+def init(key: jax.Array, num_features: int, num_classes: int, hidden: int = 512,
+         hidden_layers: int = 1) -> HeadParams:
+    """Keras' defaults for ``Dense``: Glorot-uniform kernels, zero bias.
+
+    The second layer's key is drawn apart, so that a head of one hidden layer
+    starts from the same weights whatever ``hidden_layers`` code exists.
+    """
     hidden_key, output_key = jax.random.split(key)
     glorot = jax.nn.initializers.glorot_uniform()
+    second = None
+    if hidden_layers == 2:
+        second = glorot(jax.random.fold_in(key, 2), (hidden, hidden), jnp.float32)
     return HeadParams(
         hidden_kernel=glorot(hidden_key, (num_features, hidden), jnp.float32),
         output_kernel=glorot(output_key, (hidden, num_classes), jnp.float32),
         output_bias=jnp.zeros((num_classes,), jnp.float32),
+        second_kernel=second,
     )
 
 
-def last_hidden(params: HeadParams, mask: jax.Array, x: jax.Array) -> jax.Array:
-    """Post-ReLU activations of one head's last hidden layer (the only one today).
+def unit_masks(mask: jax.Array, prune: str, hidden: int
+               ) -> tuple[jax.Array | None, jax.Array | None, jax.Array | None]:
+    """A chromosome split by the units it prunes: (features, first layer, second layer).
 
-    The seam between the hidden layers and the output layer: ``apply`` is
-    ``output`` on it, and the Mahalanobis OoD score (score/mahalanobis.py)
-    reads it. A deeper head changes this function alone.
+    Args:
+      mask: (..., L) chromosome; L = D for ``"features"``, H for
+        ``"hidden1"`` / ``"hidden2"``, 2H for ``"both"`` (first layer first).
+      prune: ``HeadConfig.prune``.
+      hidden: H.
+
+    Returns:
+      Three masks, (..., D), (..., H), (..., H), None where ``prune`` keeps
+      every unit of that place.
+    """
+    if prune == FEATURES:
+        return mask, None, None
+    if prune == "hidden1":
+        return None, mask, None
+    if prune == "hidden2":
+        return None, None, mask
+    return None, mask[..., :hidden], mask[..., hidden:]
+
+
+def _masked(values: jax.Array, mask: jax.Array | None) -> jax.Array:
+    return values if mask is None else values * mask.astype(values.dtype)
+
+
+def last_hidden(params: HeadParams, mask: jax.Array, x: jax.Array, prune: str = FEATURES) -> jax.Array:
+    """Activations of the head's last hidden layer, pruned units at 0.
 
     Args:
       params: one head's parameters.
-      mask: (D,) bool, the features this head keeps.
+      mask: (L,) bool chromosome (``unit_masks``). All zeros is allowed: the
+        head then predicts from its output bias alone.
       x: (N, D) float features.
+      prune: what the chromosome prunes (``HeadConfig.prune``), static.
 
     Returns:
-      (N, H) float32 activations, >= 0.
+      (N, H) float32.
     """
-    return jax.nn.relu((x * mask.astype(x.dtype)) @ params.hidden_kernel)
+    features_kept, first_kept, second_kept = unit_masks(mask, prune, params.output_kernel.shape[0])
+    hidden = _masked(jax.nn.relu(_masked(x, features_kept) @ params.hidden_kernel), first_kept)
+    if params.second_kernel is not None:
+        hidden = _masked(jax.nn.relu(hidden @ params.second_kernel), second_kept)
+    return hidden
 
 
 def output(params: HeadParams, hidden: jax.Array) -> jax.Array:
-    """The output layer: (N, H) last hidden activations -> (N, C) float32 logits."""
+    """The output layer: (N, H) last hidden activations (``last_hidden``) -> (N, C) float32 logits."""
     return hidden @ params.output_kernel + params.output_bias
 
 
-def apply(params: HeadParams, mask: jax.Array, x: jax.Array) -> jax.Array:
-    """Logits of one head: ``output(params, last_hidden(params, mask, x))``.
-
-    Args:
-      params: one head's parameters.
-      mask: (D,) bool, the features this head keeps. All zeros is allowed: the
-        head then sees no features and predicts from its output bias alone.
-      x: (N, D) float features.
-
-    Returns:
-      (N, C) float32 logits.
-    """
-    return output(params, last_hidden(params, mask, x))
+def apply(params: HeadParams, mask: jax.Array, x: jax.Array, prune: str = FEATURES) -> jax.Array:
+    """Logits of one head: (N, D) features -> (N, C) float32, ``output`` on ``last_hidden``."""
+    return output(params, last_hidden(params, mask, x, prune))
 
 
-def apply_population(params: HeadParams, masks: jax.Array, x: jax.Array) -> jax.Array:
-    """Logits of P heads on shared inputs: params stacked (P, ...), masks (P, D), x (N, D) -> (P, N, C)."""
-    return jax.vmap(apply, in_axes=(0, 0, None))(params, masks, x)
+def apply_population(params: HeadParams, masks: jax.Array, x: jax.Array, prune: str = FEATURES) -> jax.Array:
+    """Logits of P heads on shared inputs: params stacked (P, ...), masks (P, L), x (N, D) -> (P, N, C)."""
+    return jax.vmap(lambda p, m: apply(p, m, x, prune))(params, masks)

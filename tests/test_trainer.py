@@ -63,8 +63,38 @@ def _assert_params_close(actual, expected, rtol=RTOL, atol=ATOL):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
 
 
+_DEFAULT_HEAD = HeadConfig(hidden=H)
+
+
+def _reference_logits(params, chromosome, x, head_config):
+    """A head's logits with its pruned connections removed from the kernels.
+
+    Written from the method, not from ``head.apply`` (which masks values): a
+    pruned feature loses its row of the first kernel, a pruned neuron its
+    incoming column and its outgoing row.
+    """
+    hidden = head_config.hidden
+    ones = jnp.ones((hidden,))
+    features, first, second = jnp.ones((x.shape[1],)), ones, ones
+    if head_config.prune == "features":
+        features = chromosome
+    elif head_config.prune == "hidden1":
+        first = chromosome
+    elif head_config.prune == "hidden2":
+        second = chromosome
+    else:
+        first, second = chromosome[:hidden], chromosome[hidden:]
+    features, first, second = (m.astype(jnp.float32) for m in (features, first, second))
+    activations = jax.nn.relu(x @ (params.hidden_kernel * features[:, None] * first[None, :]))
+    last_kept = first
+    if head_config.hidden_layers == 2:
+        activations = jax.nn.relu(activations @ (params.second_kernel * first[:, None] * second[None, :]))
+        last_kept = second
+    return activations @ (params.output_kernel * last_kept[:, None]) + params.output_bias
+
+
 @functools.cache
-def _reference_step(train):
+def _reference_step(train, head_config=_DEFAULT_HEAD):
     """The optimizer and a jitted plain training step for one head, cached per TrainConfig."""
     if train.optimizer == "sgd":
         optimizer = optax.sgd(train.learning_rate, momentum=train.momentum, nesterov=train.nesterov)
@@ -74,7 +104,7 @@ def _reference_step(train):
     @jax.jit
     def step(params, opt_state, mask, xb, yb):
         def loss_fn(p):
-            logits = head.apply(p, mask, xb)
+            logits = _reference_logits(p, mask, xb, head_config)
             return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -96,8 +126,8 @@ def reference_train(key, masks, x, y, config, num_classes):
     """
     train = config.train
     init_key, order_key = jax.random.split(key)
-    init_params = head.init(init_key, x.shape[1], num_classes, config.head.hidden)
-    optimizer, step = _reference_step(train)
+    init_params = head.init(init_key, x.shape[1], num_classes, config.head.hidden, config.head.hidden_layers)
+    optimizer, step = _reference_step(train, config.head)
     results = []
     for mask in jnp.asarray(masks):
         params, opt_state = init_params, optimizer.init(init_params)
@@ -153,6 +183,50 @@ def test_matches_sequential_reference(gather_features, restore_best, kernel_tran
     np.testing.assert_allclose(trained.final_loss, [r["final_loss"] for r in expected], rtol=1e-5)
     for i, reference in enumerate(expected):
         _assert_params_close(_head(trained.params, i), reference["params"])
+
+
+@pytest.mark.parametrize(
+    ("hidden_layers", "prune"), [(1, "hidden1"), (2, "features"), (2, "hidden1"), (2, "hidden2"), (2, "both")]
+)
+def test_head_shapes_and_pruning_targets_match_sequential_reference(hidden_layers, prune):
+    x, y = _data(seed=4)
+    head_config = HeadConfig(hidden=H, hidden_layers=hidden_layers, prune=prune)
+    length = head_config.chromosome_length(D)
+    masks = _author_masks(5, 4, num_features=length)
+    masks[0] = True
+    masks[1] = False
+    config = _SHARED_CONFIG.replace(head={"hidden_layers": hidden_layers, "prune": prune})
+    key = jax.random.key(6)
+    trained = trainer.train_population(key, masks, x, y, config)
+    expected = reference_train(key, masks, x, y, config, C)
+    np.testing.assert_array_equal(trained.epochs, [r["epochs"] for r in expected])
+    np.testing.assert_allclose(trained.final_loss, [r["final_loss"] for r in expected], rtol=1e-5)
+    assert (trained.params.second_kernel is None) == (hidden_layers == 1)
+    for i, reference in enumerate(expected):
+        _assert_params_close(_head(trained.params, i), reference["params"])
+    # The head's own forward pass (values masked) gives the reference's logits.
+    for i in range(len(masks)):
+        np.testing.assert_allclose(head.apply(_head(trained.params, i), masks[i], x, prune),
+                                   _reference_logits(_head(trained.params, i), masks[i], x, head_config),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", [{}, {"chunk_size": 3}], ids=["one-head-chunks", "packed-chunks-of-3"])
+def test_heads_of_several_runs_train_as_in_their_run_alone(engine):
+    x, y = _data(seed=7)
+    masks = _author_masks(8, 7)
+    runs = np.array([2, 0, 2, 2, 0, 2, 2])  # run 1 has no head; run 2's five heads span two chunks of 3
+    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in (20, 21, 22)])
+    config = _SHARED_CONFIG.replace(engine=engine)
+    together = trainer.train_population(keys, masks, x, y, config, runs=runs)
+    for run in (0, 2):
+        alone = trainer.train_population(keys[run], masks[runs == run], x, y, config)
+        for got, expected in zip(jax.tree.leaves(together), jax.tree.leaves(alone), strict=True):
+            np.testing.assert_array_equal(np.asarray(got)[runs == run], np.asarray(expected))
+    with pytest.raises(ValueError, match=r"runs must lie in \[0, 3\)"):
+        trainer.train_population(keys, masks, x, y, config, runs=np.full(7, 3))
+    with pytest.raises(ValueError, match=r"runs must be \(7,\) integers"):
+        trainer.train_population(keys, masks, x, y, config, runs=np.zeros(6, int))
 
 
 def test_invariant_to_population_position_and_chunking():

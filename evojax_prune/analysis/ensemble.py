@@ -354,7 +354,7 @@ class MemberOutputs:
     reference_scores: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("epsilon", "score"))
+@functools.partial(jax.jit, static_argnames=("epsilon", "prune", "score"))
 def member_outputs(
     params: head.HeadParams,
     masks: jax.Array,
@@ -363,6 +363,7 @@ def member_outputs(
     reference_features: jax.Array,
     temperature: float | jax.Array = odin.DEFAULT_TEMPERATURE,
     epsilon: float = 0.0,
+    prune: str = head.FEATURES,
     score: str = "odin",
     train: tuple[jax.Array, jax.Array] | tuple[()] = (),
 ) -> MemberOutputs:
@@ -374,12 +375,13 @@ def member_outputs(
 
     Args:
       params: HeadParams stacked on a leading K axis.
-      masks: (K, D) bool.
+      masks: (K, L) bool chromosomes (``HeadConfig.prune``).
       features: (N, D) float InD evaluation features (the test split).
       ood_features: (M, D) float OoD evaluation features.
       reference_features: (V, D) float InD features for thresholds (validation).
       temperature: the score's temperature (``score_temperature``; traced).
       epsilon: ODIN feature-space perturbation step, a Python float (0 = off, the paper).
+      prune: what the masks prune (``HeadConfig.prune``), static.
       score: the OoD score, a name of ``score.ood_scores.SCORES`` (static).
       train: (x_train, y_train) for a score fitted on the training split (Mahalanobis), else ``()``.
 
@@ -393,7 +395,8 @@ def member_outputs(
         member_params, mask = member
         # The accuracy always uses the unperturbed logits; only the scores see the ODIN step.
         logits, scores = head_scores(
-            member_params, mask, rows, score=score, temperature=temperature, epsilon=epsilon, train=train
+            member_params, mask, rows, score=score, temperature=temperature, epsilon=epsilon, train=train,
+            prune=prune,
         )
         ood_end = num_ind + num_ood
         return logits[:num_ind], scores[:num_ind], scores[num_ind:ood_end], scores[ood_end:]
@@ -684,8 +687,8 @@ def compare_ensembles(
     outputs = member_outputs(
         jax.tree.map(jnp.asarray, result.params), jnp.asarray(result.masks),
         jnp.asarray(features.x_test), jnp.asarray(features.ood_test), jnp.asarray(features.x_val),
-        temperature=jnp.float32(score_temperature(config.odin)),
-        epsilon=float(config.odin.epsilon), score=config.odin.score, train=_training_split(features, config),
+        temperature=jnp.float32(score_temperature(config.odin)), epsilon=float(config.odin.epsilon),
+        prune=config.head.prune, score=config.odin.score, train=_training_split(features, config),
     )
     labels = jnp.asarray(features.y_test)
     member_accuracy, member_auroc, member_auroc_paper = (
@@ -754,10 +757,10 @@ def _chosen(values: np.ndarray, ranking: np.ndarray, selected: np.ndarray) -> fl
 
 
 def _check_features_fit(result, features) -> None:
-    num_features = result.masks.shape[1]
+    num_features = np.asarray(result.params.hidden_kernel).shape[-2]
     if features.num_features != num_features:
         raise ValueError(
-            f"features {features.name!r} have D = {features.num_features}, the run's masks D = {num_features}"
+            f"features {features.name!r} have D = {features.num_features}, the run's heads D = {num_features}"
         )
     num_classes = np.asarray(result.params.output_bias).shape[-1]
     if features.num_classes != num_classes:

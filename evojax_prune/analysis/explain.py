@@ -367,6 +367,12 @@ def explain_run(run_dir: str | os.PathLike, *, members: str = DEFAULT_MEMBERS, n
     result, recorded = rundir.read_run(path)
     rundir.require_writable(path, "write the heat maps")
     metadata = recorded.get("features") or {}
+    if result.config.head.prune != "features":
+        raise ValueError(
+            f"{path}: the run's chromosomes prune neurons (HeadConfig.prune {result.config.head.prune!r}); "
+            "explain shows what the features a head keeps look at, which a neuron mask does not choose: "
+            "explain a run that prunes features (evojax-prune run --prune features)"
+        )
     num_features = result.masks.shape[1]
     if num_features != backbone.FEATURE_DIM:
         raise ValueError(

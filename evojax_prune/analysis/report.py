@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from evojax_prune import head
 from evojax_prune.analysis import ensemble
 from evojax_prune.run import atomic, rundir
 from evojax_prune.score import ood_scores
@@ -216,13 +217,14 @@ def plot_ensembles(comparison: ensemble.EnsembleComparison, score_label: str = "
     return figure
 
 
-def plot_feature_frequency(masks: np.ndarray, image_side: int | None = None):
-    """How often each feature is kept across the front.
+def plot_feature_frequency(masks: np.ndarray, image_side: int | None = None, units: str = "features"):
+    """How often each feature (or neuron) is kept across the front.
 
     Args:
-      masks: (K, D) bool, the front.
+      masks: (K, L) bool, the front.
       image_side: when the features are the pixels of a square image
         (D = side**2, e.g. the 8x8 digits), also draw the frequencies as that image.
+      units: what the bits stand for (``head.UNIT_NAMES``), for the labels.
     """
     masks = np.asarray(masks, bool)
     frequency = masks.mean(axis=0)
@@ -246,10 +248,10 @@ def plot_feature_frequency(masks: np.ndarray, image_side: int | None = None):
         axes.plot(ranks, frequency[order], drawstyle="steps-mid", color="C0")
     axes.set_xlim(0.5, num_features + 0.5)
     axes.set_ylim(0, 1.02)
-    axes.set_xlabel("features, most often kept first")
+    axes.set_xlabel(f"{units}, most often kept first")
     axes.set_ylabel("fraction of front members keeping it")
     always, never = int(np.sum(frequency == 1)), int(np.sum(frequency == 0))
-    axes.set_title(f"{always} of {num_features} features kept by every member, {never} by none")
+    axes.set_title(f"{always} of {num_features} {units} kept by every member, {never} by none")
     axes.grid(axis="y", alpha=0.3)
     return figure
 
@@ -290,7 +292,9 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
     comparison = ensemble.compare_ensembles(result, featureset, bands=bands, tpr=tpr)
     metadata = recorded.get("features") or {}
     image_size = metadata.get("image_size")
-    pixels = isinstance(image_size, int) and image_size * image_size == result.masks.shape[1]
+    prunes_features = result.config.head.prune == head.FEATURES
+    pixels = (prunes_features and isinstance(image_size, int)
+              and image_size * image_size == result.masks.shape[1])
 
     figures_dir = path / "figures"
     figures_dir.mkdir(exist_ok=True)
@@ -299,7 +303,8 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
         "front_pairs": plot_front_pairs(result),
         "history": plot_history(result.history),
         "ensembles": plot_ensembles(comparison, _score_label(result)),
-        "features": plot_feature_frequency(result.masks, image_size if pixels else None),
+        "features": plot_feature_frequency(result.masks, image_size if pixels else None,
+                                           head.UNIT_NAMES[result.config.head.prune]),
     }
     for name, figure in figures.items():
         _save_png(figure, figures_dir / f"{name}.png")
@@ -348,7 +353,9 @@ def _picks(result) -> list[tuple[str, int]]:
 def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.EnsembleComparison) -> str:
     """report.md's text: key numbers, the figures (relative links) and the ensemble table."""
     metadata = recorded.get("features") or {}
-    num_features = result.masks.shape[1]
+    num_features = np.asarray(result.params.hidden_kernel).shape[-2]
+    length, units = result.masks.shape[1], head.UNIT_NAMES[result.config.head.prune]
+    head_config = result.config.head
     history = result.history
     base_val, base_test = result.baseline_validation, result.baseline_test
     score = _score_label(result)
@@ -356,6 +363,8 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
         f"# Run report: {metadata.get('name', 'unnamed')}, preset {result.config.preset}, seed {result.seed}",
         "",
         f"D = {num_features} features, C = {recorded.get('num_classes', '?')} classes; "
+        f"head D -> {' -> '.join([str(head_config.hidden)] * head_config.hidden_layers)} -> C, "
+        f"pruning {units}; "
         f"population {result.config.search.population_size}, {len(history) - 1} generations, "
         f"{result.evaluations} masks evaluated in {result.wall_time:.0f} s. "
         f"The front was selected on the validation split; test numbers are reported beside it.",
@@ -363,11 +372,11 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
         "## Key numbers",
         "",
         f"- Front: **{len(result.masks)} members**, keeping {int(result.masks.sum(axis=1).min())} to "
-        f"{int(result.masks.sum(axis=1).max())} of {num_features} features.",
+        f"{int(result.masks.sum(axis=1).max())} of {length} {units}.",
         f"- Hypervolume (validation objectives error, MEM, 1 - AUROC; reference (1, 1, 1)): "
         f"**{result.hypervolume:.4f}** (generation 0: {history[0]['hypervolume']:.4f}).",
         f"- Best member on test: accuracy **{comparison.best_accuracy:.4f}**, {score} AUROC "
-        f"**{comparison.best_auroc:.4f}**; baseline (all features): accuracy {base_test['accuracy']:.4f}, "
+        f"**{comparison.best_auroc:.4f}**; baseline (all {units}): accuracy {base_test['accuracy']:.4f}, "
         f"{score} AUROC {base_test['auroc']:.4f}.",
     ]
     # A one-member band is that member, not an ensemble.
@@ -383,10 +392,10 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
         lines.append("- Ensembles: no band holds two or more members (the front is too small).")
     lines += [
         "",
-        f"| head | features | MEM | val accuracy | test accuracy | val {score} AUROC | test {score} AUROC "
+        f"| head | {units} | MEM | val accuracy | test accuracy | val {score} AUROC | test {score} AUROC "
         "| test FPR95 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| baseline (all features) | {num_features} | 1.000 | {base_val['accuracy']:.4f} "
+        f"| baseline (all {units}) | {length} | 1.000 | {base_val['accuracy']:.4f} "
         f"| {base_test['accuracy']:.4f} | {base_val['auroc']:.4f} | {base_test['auroc']:.4f} "
         f"| {base_test['fpr95']:.4f} |",
     ]

@@ -43,6 +43,30 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stopping_and_warm_start(args: argparse.Namespace, config, length: int):
+    """Checks --time-budget, --hv-patience, --max-features and --initial-masks before any work;
+    the config with ``search.max_features`` (what is searched; the budget and patience are run
+    controls, passed to ``run_search`` apart). ``length``: the chromosome's bits (D, or the
+    neurons ``config.head.prune`` prunes)."""
+    import math
+
+    from evojax_prune.search import warm_start
+
+    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
+        raise UsageError(f"--time-budget must be a number of seconds > 0, got {args.time_budget}")
+    if args.hv_patience is not None and args.hv_patience < 1:
+        raise UsageError(f"--hv-patience must be at least 1 (generations), got {args.hv_patience}")
+    if args.max_features is not None:
+        low = config.search.min_active
+        if not low <= args.max_features <= length:
+            raise UsageError(f"--max-features must lie in [min_active = {low}, {length} (the chromosome's "
+                             f"bits)], got {args.max_features}")
+        config = config.replace(search={"max_features": args.max_features}, preset=config.preset)
+    if args.initial_masks is not None:
+        warm_start.read_initial_masks(args.initial_masks, length)  # InitialMasksError: exit 2
+    return config
+
+
 def _run(args: argparse.Namespace) -> int:
     from datetime import datetime
     from pathlib import Path
@@ -78,11 +102,14 @@ def _run(args: argparse.Namespace) -> int:
         search["population_size"] = args.population
     if args.generations is not None:
         search["generations"] = args.generations
-    config = config.replace(search=search, engine={"devices": devices_spec}, preset=config.preset)
+    head = {name: value for name, value in (("hidden_layers", args.hidden_layers), ("prune", args.prune))
+            if value is not None}
+    config = config.replace(head=head, search=search, engine={"devices": devices_spec}, preset=config.preset)
     config = config.replace(odin=_ood_settings(args, config.odin.score), preset=config.preset)
     out = Path(args.out) if args.out else Path("runs") / (
         f"{features.name}-{preset_name}-seed{args.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     )
+    config = _stopping_and_warm_start(args, config, config.head.chromosome_length(features.num_features))
 
     from rich.console import Console
 
@@ -93,16 +120,24 @@ def _run(args: argparse.Namespace) -> int:
     console.print(
         f"evojax-prune run: {features}\npreset {preset_name}: population {config.search.population_size}, "
         f"{config.search.generations} generations of {config.search.num_offspring} offspring "
-        f"(up to {config.search.max_evaluations} evaluations), seed {args.seed}, output {out}",
+        f"(up to {config.search.max_evaluations} evaluations), seed {args.seed}, output {out}\n"
+        f"head: {config.head.hidden_layers} hidden layer(s) of {config.head.hidden}, pruning "
+        f"{config.head.prune}",
         highlight=False,
     )
     with SearchProgress(config.search.generations, console) as progress:
         result = run_search(
             features, config, seed=args.seed, out_dir=out, resume=args.resume, overwrite=args.overwrite,
-            on_generation=progress.update,
+            on_generation=progress.update, time_budget=args.time_budget, hv_patience=args.hv_patience,
+            initial_masks=args.initial_masks,
         )
     console.print(front_table(result))
     console.print(f"{result}\nresults in {out}", highlight=False)
+    ended = result.stopping or {}
+    if ended.get("reason", "generations") != "generations":
+        console.print(f"stopped after generation {ended['generation']} of {ended['planned_generations']} "
+                      f"({ended['reason'].replace('_', ' ')}); --resume continues it",
+                      highlight=False)
     return 0
 
 
@@ -150,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    pruned = run.add_argument_group("the head and what it prunes (README: 'Pruning targets')")
+    pruned.add_argument("--hidden-layers", type=int, choices=[1, 2],
+                        help="hidden layers of the head: 1 (D -> 512 -> C, the default) or 2 "
+                             "(D -> 512 -> 512 -> C)")
+    pruned.add_argument("--prune", choices=["features", "hidden1", "hidden2", "both"],
+                        help="what a chromosome bit removes: an input feature (default), a neuron of the "
+                             "first or second hidden layer, or of both (hidden2 and both need "
+                             "--hidden-layers 2)")
     ood = run.add_argument_group(
         "robustness objective", "the AUROC of an OoD score, InD vs OoD (README: 'OoD scores')"
     )
@@ -175,6 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
                          help="processes in the run (or EVOJAX_PRUNE_NUM_PROCESSES)")
     several.add_argument("--process-id", type=int, metavar="I",
                          help="this process, 0 .. N-1 (or EVOJAX_PRUNE_PROCESS_ID)")
+    stop = run.add_argument_group(
+        "stopping and warm starts",
+        "stop before the planned generations (a stopped run is resumable: --resume with a larger "
+        "budget or none continues it), bound the masks, seed the first population (README: "
+        "'Stopping early, bounding the masks, warm starts')",
+    )
+    stop.add_argument("--time-budget", type=float, metavar="SECONDS",
+                      help="stop after the first generation that ends past SECONDS of run time "
+                           "(a resumed run counts its earlier time)")
+    stop.add_argument("--hv-patience", type=int, metavar="G",
+                      help="stop when the front's hypervolume has not improved for G generations")
+    stop.add_argument("--max-features", type=int, metavar="K",
+                      help="a mask keeps at most K features (masks above are repaired at random); "
+                           "part of the configuration")
+    stop.add_argument("--initial-masks", metavar="FILE",
+                      help="seed the first population: a .npy (K, D) bool/0-1 array, an earlier run's "
+                           "pareto.npz or its run directory (the first population-size masks)")
     run.set_defaults(handler=_run)
 
     # Commands whose arguments live beside their code: the module's

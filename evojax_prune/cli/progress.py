@@ -55,7 +55,8 @@ class SearchProgress:
 def front_table(result, limit: int = 15) -> Table:
     """The front (best validation accuracy first) beside the all-ones baseline."""
     table = Table(title=f"Pareto front: {len(result.masks)} members (validation / test)")
-    for column in ("member", "features", "MEM", "acc val", "acc test", "AUROC val", "AUROC test"):
+    kept = "features" if result.config.head.prune == "features" else "neurons"
+    for column in ("member", kept, "MEM", "acc val", "acc test", "AUROC val", "AUROC test"):
         table.add_column(column, justify="right")
     base_val, base_test = result.baseline_validation, result.baseline_test
     table.add_row("baseline", str(result.masks.shape[1]), "1.000", f"{base_val['accuracy']:.4f}",

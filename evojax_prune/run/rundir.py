@@ -2,14 +2,18 @@
 
 Layout (format ``FORMAT``):
   config.json              the resolved configuration, seed, data set, package versions, JAX devices,
-                           and ``training_plan``: how the largest bucket trains (``plan.TrainingPlan``)
+                           and ``training_plan``: how the largest bucket trains (``plan.TrainingPlan``);
+                           ``stopping``: the run controls of the latest session (time budget, hv
+                           patience; not compared on resume); ``initial_masks``: the warm start's
+                           source, count and SHA-256, or null
   history.jsonl            one JSON line per generation (``train_calls``: [padded, trained] per call)
   checkpoint.npz           everything needed to resume after the last finished generation
   checkpoint.previous.npz  the generation before it, kept in case the newest is damaged
   pareto.csv               the final front, one row per member (validation and test metrics;
                            ``ood_score``: the OoD score the AUROC columns are of)
   pareto.npz               the front's masks and trained head parameters, and the baseline's
-  summary.json             baseline, front, hypervolume, wall time
+  summary.json             baseline, front, hypervolume, wall time, ``stopping``: why the search stopped
+                           (generations, time_budget or hv_patience) and after which generation
 
 Every file is replaced atomically (``atomic.write_atomically``), so a run killed
 at any moment leaves complete files from the last finished generation. Every
@@ -53,6 +57,7 @@ RUN_FILES = (
 CONFIG_KEYS = ("config", "seed", "features", "num_features", "num_classes", "strategy")
 HISTORY_KEYS = ("generation", "evaluations", "trained", "front_size", "hypervolume")
 PARAM_NAMES = ("hidden_kernel", "output_kernel", "output_bias")
+SECOND_KERNEL = "second_kernel"  # in pareto.npz for heads of two hidden layers only
 CSV_METRICS = ("accuracy", "auroc", "auroc_paper", "fpr95", "aupr_in", "aupr_out")
 CSV_COLUMNS = ("member", "active_features", "mem",
                *(f"{split}_{name}" for name in CSV_METRICS for split in ("val", "test")),
@@ -185,6 +190,15 @@ def write_config(path: Path, settings: dict[str, Any]) -> None:
     atomic.write_json(path / "config.json", {**settings, "format": FORMAT, "environment": environment()})
 
 
+def write_config_fields(path: Path, recorded: dict[str, Any], **fields: Any) -> None:
+    """config.json as ``recorded`` (``read_config``) with ``fields`` replaced, e.g. a resumed run's
+    ``stopping``; never a field resume compares (``CONFIG_KEYS``)."""
+    changed = sorted(set(fields) & set(CONFIG_KEYS))
+    if changed:
+        raise ValueError(f"config.json: {changed} are what a run is, they cannot change")
+    atomic.write_json(path / "config.json", {**recorded, **fields})
+
+
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     atomic.write_text(path / "history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
@@ -222,7 +236,7 @@ def write_results(path: Path, result: SearchResult) -> None:
     arrays = {"format": np.asarray(FORMAT), "masks": result.masks, "objectives": result.objectives,
               "baseline_mask": np.ones(result.masks.shape[1], bool)}
     for prefix, params in (("", result.params), ("baseline_", result.baseline_params)):
-        for name in PARAM_NAMES:
+        for name in PARAM_NAMES + (SECOND_KERNEL,) * (params.second_kernel is not None):
             arrays[prefix + name] = np.asarray(getattr(params, name))
     atomic.write_atomically(path / "pareto.npz", lambda stream: np.savez_compressed(stream, **arrays))
 
@@ -244,6 +258,8 @@ def write_results(path: Path, result: SearchResult) -> None:
                      "active_features": int(result.masks.shape[1])},
         "front": {"size": len(result.masks), "active_features": result.masks.sum(axis=1).tolist(),
                   "validation": as_lists(result.validation), "test": as_lists(result.test)},
+        # why the search stopped (search.stopping.summary); None for a result built without a loop
+        "stopping": result.stopping,
     })
 
 
@@ -479,9 +495,9 @@ def read_run(path: str | os.PathLike) -> tuple[SearchResult, dict[str, Any]]:
     remedy = results_remedy(path)
     history = read_history(path)
     config = RunConfig.from_dict(recorded["config"])
-    dims = recorded["num_features"], config.head.hidden, recorded["num_classes"]
     arrays = _read_npz(path / "pareto.npz", remedy)
-    masks, params, baseline_params = _front_arrays(path / "pareto.npz", arrays, dims, remedy)
+    masks, params, baseline_params = _front_arrays(path / "pareto.npz", arrays, recorded["num_features"],
+                                                   config.head, recorded["num_classes"], remedy)
     summary = _read_json(path / "summary.json", remedy)
     validation, test, baseline = _summary_metrics(path / "summary.json", summary, len(masks), remedy)
     _check_csv(path / "pareto.csv", masks, config.odin.score, remedy)
@@ -491,30 +507,36 @@ def read_run(path: str | os.PathLike) -> tuple[SearchResult, dict[str, Any]]:
         baseline_params=baseline_params, history=history,
         hypervolume=float(summary["hypervolume"]), evaluations=int(summary["evaluations"]),
         wall_time=float(summary["wall_seconds"]), config=config, seed=int(recorded["seed"]),
+        stopping=summary.get("stopping"),
     )
     return result, recorded
 
 
-def _front_arrays(file: Path, arrays: dict[str, np.ndarray], dims: tuple[int, int, int], remedy: str):
-    num_features, hidden, num_classes = dims
-    names = ("masks", *PARAM_NAMES, *(f"baseline_{name}" for name in PARAM_NAMES))
+def _front_arrays(file: Path, arrays: dict[str, np.ndarray], num_features: int, head_config,
+                  num_classes: int, remedy: str):
+    hidden, two_layers = head_config.hidden, head_config.hidden_layers == 2
+    param_names = PARAM_NAMES + (SECOND_KERNEL,) * two_layers
+    names = ("masks", *param_names, *(f"baseline_{name}" for name in param_names))
     missing = [name for name in names if name not in arrays]
     if missing:
         raise RunFileError(file, f"lacks {', '.join(missing)} (written by another version?)", remedy)
     size = len(arrays["masks"]) if arrays["masks"].ndim == 2 else None
-    shapes = {"masks": ((size, num_features), "b"),
+    shapes = {"masks": ((size, head_config.chromosome_length(num_features)), "b"),
               "hidden_kernel": ((size, num_features, hidden), "f"),
               "output_kernel": ((size, hidden, num_classes), "f"),
               "output_bias": ((size, num_classes), "f"),
               "baseline_hidden_kernel": ((num_features, hidden), "f"),
               "baseline_output_kernel": ((hidden, num_classes), "f"),
               "baseline_output_bias": ((num_classes,), "f")}
+    if two_layers:
+        shapes |= {SECOND_KERNEL: ((size, hidden, hidden), "f"),
+                   f"baseline_{SECOND_KERNEL}": ((hidden, hidden), "f")}
     for name, (shape, kind) in shapes.items():  # size None (masks not 2-D): the masks' problem first
         problem = _shape_problem(name, arrays[name], shape, kind)
         if problem:
             raise RunFileError(file, problem, remedy)
-    params = HeadParams(*(arrays[name] for name in PARAM_NAMES))
-    baseline = HeadParams(*(arrays[f"baseline_{name}"] for name in PARAM_NAMES))
+    params = HeadParams(*(arrays[name] for name in param_names))
+    baseline = HeadParams(*(arrays[f"baseline_{name}"] for name in param_names))
     return arrays["masks"], params, baseline
 
 

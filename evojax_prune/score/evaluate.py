@@ -97,6 +97,7 @@ def evaluate_head(
     ood_features: jax.Array,
     temperature: float = odin.DEFAULT_TEMPERATURE,
     epsilon: float = 0.0,
+    prune: str = head.FEATURES,
     score: str = "odin",
     train: tuple[jax.Array, jax.Array] | tuple[()] = (),
 ) -> PopulationMetrics:
@@ -110,6 +111,8 @@ def evaluate_head(
       temperature: the score's temperature (``ood_scores.score_temperature``; may be traced).
       epsilon: ODIN perturbation step in feature space (a Python float; 0 = off).
         The accuracy is always measured on the unperturbed features.
+      prune: what ``mask`` prunes (``HeadConfig.prune``, static); MEM is
+        the fraction of its bits kept.
       score: the OoD score, a name of ``ood_scores.SCORES`` (static).
       train: (x_train (N_t, D), y_train (N_t,)) where the score is fitted on
         the training split (``ood_scores.FITTED_SCORES``), else ``()``.
@@ -121,7 +124,8 @@ def evaluate_head(
     # One matrix product for InD and OoD together; rows do not interact.
     all_features = jnp.concatenate([features, ood_features], axis=0)
     all_logits, scores = ood_scores.head_scores(
-        params, mask, all_features, score=score, temperature=temperature, epsilon=epsilon, train=train
+        params, mask, all_features, score=score, temperature=temperature, epsilon=epsilon, train=train,
+        prune=prune,
     )
     return PopulationMetrics(
         accuracy=metrics.accuracy(all_logits[:num_ind], labels),
@@ -154,13 +158,13 @@ def _stitch_chunks(per_chunk: jax.Array, starts: np.ndarray, chunk_size: int, po
     return per_chunk.reshape((-1, *per_chunk.shape[2:]))[flat_index]
 
 
-def _evaluate_local(params, masks, features, labels, ood_features, temperature, train, *, epsilon, score,
-                    chunk_size):
+def _evaluate_local(params, masks, features, labels, ood_features, temperature, train, *, epsilon, chunk_size,
+                    prune, score):
     """One device's block of heads: vmap inside a chunk, sequential over chunks."""
     def evaluate_many(some_params, some_masks):
         evaluate_one = functools.partial(
             evaluate_head, features=features, labels=labels, ood_features=ood_features,
-            temperature=temperature, epsilon=epsilon, score=score, train=train,
+            temperature=temperature, epsilon=epsilon, prune=prune, score=score, train=train,
         )
         return jax.vmap(evaluate_one)(some_params, some_masks)
 
@@ -180,16 +184,17 @@ def _evaluate_local(params, masks, features, labels, ood_features, temperature, 
 
 # Temperature is traced (a sweep over T compiles once); epsilon is static because
 # epsilon = 0 skips the gradient altogether, and the score because it picks the program.
-@functools.partial(jax.jit, static_argnames=("epsilon", "score", "chunk_size", "mesh"))
+@functools.partial(jax.jit, static_argnames=("epsilon", "chunk_size", "mesh", "prune", "score"))
 def _evaluate_population(params, masks, features, labels, ood_features, *, temperature, epsilon, chunk_size,
-                         mesh=None, score="odin", train=()):
+                         mesh=None, prune=head.FEATURES, score="odin", train=()):
     """Each device of ``mesh`` scores its block of heads (params and masks split on
     axis 0, data and ``train`` replicated); the (P,) metrics come back replicated, so that every
     process of a multi-host run can read all of them. P must be a multiple of the mesh size.
     ``mesh`` None is every device (benchmarks/odin_metrics.py lowers this function directly)."""
     mesh = devices.mesh_for(None) if mesh is None else mesh
     population, replicated = PartitionSpec(devices.POPULATION_AXIS), PartitionSpec()
-    evaluate_local = functools.partial(_evaluate_local, epsilon=epsilon, score=score, chunk_size=chunk_size)
+    evaluate_local = functools.partial(_evaluate_local, epsilon=epsilon, chunk_size=chunk_size, prune=prune,
+                                       score=score)
     scores = jax.shard_map(
         evaluate_local,
         mesh=mesh,
@@ -233,24 +238,30 @@ def auto_chunk_size(num_rows: int, num_features: int, hidden: int, num_classes: 
     return max(1, int(memory_budget_mb * 2**20 // per_head))
 
 
-def _check_shapes(params: head.HeadParams, masks, features, labels, ood_features, train) -> None:
+def _check_shapes(params: head.HeadParams, masks, features, labels, ood_features, head_config, train) -> None:
     def fail(message: str) -> None:
         raise ValueError(f"evaluate_population: {message}")
 
     if masks.ndim != 2:
-        fail(f"masks must be (P, D), found shape {masks.shape}")
-    population, num_features = masks.shape
+        fail(f"masks must be (P, L), found shape {masks.shape}")
+    population = masks.shape[0]
     hidden_kernel = params.hidden_kernel
-    if hidden_kernel.ndim != 3 or hidden_kernel.shape[:2] != (population, num_features):
-        fail(
-            f"params.hidden_kernel must be (P, D, H) = ({population}, {num_features}, H) "
-            f"to match masks, found shape {hidden_kernel.shape}"
-        )
+    if hidden_kernel.ndim != 3 or hidden_kernel.shape[0] != population:
+        fail(f"params.hidden_kernel must be (P, D, H) with P = {population} to match masks, "
+             f"found shape {hidden_kernel.shape}")
+    num_features = hidden_kernel.shape[1]
+    length = head_config.chromosome_length(num_features)
+    if masks.shape[1] != length:
+        fail(f"masks must be (P, {length}) for HeadConfig.prune {head_config.prune!r} and "
+             f"D = {num_features}, found shape {masks.shape}")
     if params.output_kernel.shape[0] != population or params.output_bias.shape[0] != population:
         fail(
             f"params.output_kernel and params.output_bias must be stacked on P = {population} heads, "
             f"found shapes {params.output_kernel.shape} and {params.output_bias.shape}"
         )
+    if (params.second_kernel is None) != (head_config.hidden_layers == 1):
+        fail(f"params.second_kernel must be {'None' if head_config.hidden_layers == 1 else '(P, H, H)'} for "
+             f"HeadConfig.hidden_layers = {head_config.hidden_layers}")
     for name, array in (("features", features), ("ood_features", ood_features)):
         if array.ndim != 2 or array.shape[1] != num_features:
             fail(f"{name} must be (rows, D = {num_features}), found shape {array.shape}")
@@ -279,6 +290,8 @@ def _training_split(train, score: str):
     return tuple(train)
 
 
+
+
 def evaluate_population(
     params: head.HeadParams,
     masks: jax.Array,
@@ -293,17 +306,20 @@ def evaluate_population(
 
     Args:
       params: HeadParams stacked on a leading P axis: hidden_kernel (P, D, H),
-        output_kernel (P, H, C), output_bias (P, C).
-      masks: (P, D) bool, the features each head keeps.
+        output_kernel (P, H, C), output_bias (P, C), second_kernel (P, H, H)
+        or None (``config.head.hidden_layers``).
+      masks: (P, L) bool chromosomes: the features each head keeps (L = D),
+        or its neurons (``config.head.prune``; ``head.unit_masks``).
       features: (N, D) float InD features (the validation split in a search).
       labels: (N,) int classes of ``features``.
       ood_features: (M, D) float OoD features.
-      config: uses ``config.odin.score`` (the OoD score), its temperature
-        (``temperature`` for ODIN, ``energy_temperature`` for the energy),
-        ``config.odin.epsilon`` (feature-space perturbation, 0 = off as in the
-        paper) and ``config.engine.memory_budget_mb`` when ``chunk_size`` is
-        None. Only the score, epsilon (and the chunk size) are compiled in:
-        other config changes, the temperatures included, do not recompile.
+      config: uses ``config.head``, ``config.odin.score`` (the OoD score), its
+        temperature (``temperature`` for ODIN, ``energy_temperature`` for the
+        energy), ``config.odin.epsilon`` (feature-space perturbation, 0 = off as
+        in the paper) and ``config.engine.memory_budget_mb`` when
+        ``chunk_size`` is None. Only the head's layout, the score, epsilon (and
+        the chunk size) are compiled in: other config changes, the
+        temperatures included, do not recompile.
       chunk_size: heads evaluated at once (vmap inside a chunk, sequential over
         chunks). ``None`` sizes it from ``config.engine.memory_budget_mb``
         (``auto_chunk_size``); a value >= P evaluates all heads in one vmap.
@@ -331,14 +347,14 @@ def evaluate_population(
     masks, features, labels, ood_features = map(as_array, (masks, features, labels, ood_features))
     score = config.odin.score
     train = tuple(map(as_array, _training_split(train, score)))
-    _check_shapes(params, masks, features, labels, ood_features, train)
+    _check_shapes(params, masks, features, labels, ood_features, config.head, train)
     population = masks.shape[0]
     epsilon = float(config.odin.epsilon)
     if chunk_size is None:
         chunk_size = auto_chunk_size(
             num_rows=features.shape[0] + ood_features.shape[0],
-            num_features=masks.shape[1],
-            hidden=params.hidden_kernel.shape[-1],
+            num_features=params.hidden_kernel.shape[1],
+            hidden=params.hidden_kernel.shape[-1] * config.head.hidden_layers,
             num_classes=params.output_bias.shape[-1],
             perturb=epsilon > 0,
             memory_budget_mb=config.engine.memory_budget_mb,
@@ -355,7 +371,8 @@ def evaluate_population(
         devices.put(params, split), devices.put(masks, split), devices.put(features, everywhere),
         devices.put(labels, everywhere), devices.put(ood_features, everywhere),
         temperature=jnp.float32(ood_scores.score_temperature(config.odin)), epsilon=epsilon,
-        chunk_size=chunk_size, mesh=mesh, score=score, train=devices.put(train, everywhere),
+        chunk_size=chunk_size, mesh=mesh, prune=config.head.prune, score=score,
+        train=devices.put(train, everywhere),
     )
     if masks.shape[0] != population:
         scores = jax.tree.map(lambda leaf: leaf[:population], scores)

@@ -131,17 +131,19 @@ def head_scores(
     temperature: float | jax.Array,
     epsilon: float = 0.0,
     train: tuple[jax.Array, jax.Array] | tuple[()] = (),
+    prune: str = head.FEATURES,
 ) -> tuple[jax.Array, jax.Array]:
     """One head's logits and OoD scores of ``rows``.
 
     Args:
-      params: one head's parameters; mask: (D,) bool.
+      params: one head's parameters; mask: (L,) bool chromosome (``head.unit_masks``).
       rows: (R, D) float features to score.
       score: a name of ``SCORES`` (static).
       temperature: the score's temperature (``score_temperature``; may be traced).
       epsilon: ODIN's feature-space perturbation (a Python float, ``odin`` only;
         0 = off). The logits returned are always the unperturbed ones.
       train: (x_train (N, D), y_train (N,)) for a fitted score, else ``()``.
+      prune: what ``mask`` prunes (``HeadConfig.prune``), static.
 
     Returns:
       logits (R, C) float32 and scores (R,) float32, higher = more in-distribution.
@@ -150,14 +152,14 @@ def head_scores(
         if len(train) != 2:
             raise ValueError(f"head_scores: the {score!r} score needs train=(x_train, y_train)")
         x_train, y_train = train
-        hidden = head.last_hidden(params, mask, rows)
+        hidden = head.last_hidden(params, mask, rows, prune)
         gaussians = mahalanobis.fit(
-            head.last_hidden(params, mask, x_train), y_train, params.output_bias.shape[-1]
+            head.last_hidden(params, mask, x_train, prune), y_train, params.output_bias.shape[-1]
         )
         return head.output(params, hidden), mahalanobis.mahalanobis_score(gaussians, hidden)
     if score not in LOGIT_SCORES:
         raise ValueError(f"head_scores: unknown OoD score {score!r}; expected one of {', '.join(SCORES)}")
-    logit_fn = functools.partial(head.apply, params, mask)
+    logit_fn = functools.partial(head.apply, params, mask, prune=prune)
     logits = logit_fn(rows)
     score_logits = logits
     if epsilon > 0:

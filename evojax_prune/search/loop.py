@@ -21,7 +21,9 @@ generations, mostly training its front of 30 again for 600 epochs.)
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -37,7 +39,7 @@ from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.run import rundir
 from evojax_prune.score import evaluate
-from evojax_prune.search import strategy
+from evojax_prune.search import stopping, strategy, warm_start
 from evojax_prune.search.evaluation_cache import METRIC_NAMES, MaskCache, TrainedHeads
 from evojax_prune.search.hypervolume import hypervolume
 from evojax_prune.search.result import REFERENCE_POINT, SearchResult
@@ -87,13 +89,15 @@ class MaskEvaluator:
         self.x_train, self.y_train = devices.put((features.x_train, features.y_train), everywhere)
         self.x_val, self.y_val = devices.put((features.x_val, features.y_val), everywhere)
         self.ood_val = devices.put(features.ood_val, everywhere)
-        self.cache = MaskCache(features.num_features)
+        self.num_features = features.num_features
+        self.cache = MaskCache(config.head.chromosome_length(features.num_features))
         self.heads = TrainedHeads()  # the trained heads of the masks the search still holds
         self.baseline: np.ndarray | None = None  # trained beside the next call's masks if room is left
         # Kept while the population's heads fit the memory budget (twice it at the peak of a
         # generation: the population's heads and the generation's); a larger population has its
         # front trained again at the end instead, as the heads' memory would bound P.
-        head_bytes = head.param_bytes(features.num_features, features.num_classes, config.head.hidden)
+        head_bytes = head.param_bytes(features.num_features, features.num_classes, config.head.hidden,
+                                      config.head.hidden_layers)
         self.keep_heads = max_batch * head_bytes <= config.engine.memory_budget_mb * 2**20
         self.seconds = {"train": 0.0, "score": 0.0}
         self.trained_masks = 0
@@ -129,7 +133,7 @@ class MaskEvaluator:
     def training_plan(self) -> dict[str, Any]:
         """How the generations' largest bucket trains (``trainer.training_plan``), for config.json."""
         local = devices.padded_size(self.max_batch, self.mesh.size) // self.mesh.size
-        plan = trainer.training_plan(self.config, local, self.cache.num_features, self.num_classes, self.mesh)
+        plan = trainer.training_plan(self.config, local, self.num_features, self.num_classes, self.mesh)
         return {"population": local, **plan.to_dict()}
 
     def train(self, masks: np.ndarray) -> trainer.TrainedPopulation:
@@ -192,6 +196,9 @@ def run_search(
     overwrite: bool = False,
     on_generation: Callable[[dict[str, Any]], None] | None = None,
     algorithm: Any = None,
+    time_budget: float | None = None,
+    hv_patience: int | None = None,
+    initial_masks: Any = None,
 ) -> SearchResult:
     """Runs MO-EvoPruneDeepTL on a FeatureSet.
 
@@ -214,9 +221,24 @@ def run_search(
         runs a single-objective search on the validation error instead, as
         EvoPruneDeepTL did, its genomes thresholded at 0.5 into masks; the
         reported front is then the lowest-error members.
+      time_budget: seconds; stop after the first generation that ends past it
+        (``stopping.Stopping``; a resumed run counts its earlier time). The
+        run is checkpointed and its front written as a finished run's, and
+        ``resume=True`` with a larger budget or none continues it to
+        ``config.search.generations``.
+      hv_patience: stop once the front's hypervolume has not improved for
+        this many generations. Budget and patience are run controls, not
+        configuration: a run may be resumed with others.
+      initial_masks: a warm start (``warm_start``): (K, D) bool / 0-1 masks,
+        or the path of a ``.npy`` of them, of an earlier run's ``pareto.npz``
+        or of its run directory; they take the first K places of the initial
+        population (the first P if more). Checked before anything is written;
+        ignored on resume (the checkpoint holds the population) unless they
+        differ from those the run started with, which is refused.
 
     Returns:
-      SearchResult.
+      SearchResult; its ``stopping`` says why the search stopped and after
+      which generation.
     """
     if not isinstance(features, FeatureSet):
         raise TypeError(f"features must be a FeatureSet, got {type(features).__name__}")
@@ -224,12 +246,15 @@ def run_search(
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
     started = time.perf_counter()
     search = config.search
-    num_features = features.num_features
-    if search.min_active > num_features:
-        raise ValueError(f"search.min_active = {search.min_active} exceeds the {num_features} features")
-    evolver = strategy.build(search, num_features, algorithm)
+    length = config.head.chromosome_length(features.num_features)  # D, or neurons (HeadConfig.prune)
+    if search.min_active > length:
+        raise ValueError(f"search.min_active = {search.min_active} exceeds the chromosome's {length} bits "
+                         f"(HeadConfig.prune {config.head.prune!r})")
+    evolver = strategy.build(search, length, algorithm)
     # Process 0 writes; the others only read, and only to resume.
     main = devices.is_main_process()
+    controls = stopping.Stopping(time_budget, hv_patience)  # checked before anything is written
+    seeds, seeds_record = _initial_masks(initial_masks, evolver.num_dims, evolver.population_size)
     run_path = None
     if out_dir is not None and (main or resume):
         run_path = rundir.prepare(out_dir, resume=resume, overwrite=overwrite)
@@ -242,25 +267,32 @@ def run_search(
         features, config, train_key, max_batch=max(evolver.population_size + 1, evolver.num_offspring)
     )
     settings = {"config": config.to_dict(), "seed": seed, "features": features.metadata,
-                "num_features": num_features, "num_classes": features.num_classes,
+                "num_features": features.num_features, "num_classes": features.num_classes,
                 "strategy": evolver.kind if algorithm is None else type(algorithm).__name__}
 
     if resume:
         state, history, elapsed = _restore(run_path, settings, evolver, evaluator, init_key)
+        _resume_controls(run_path, write_path, controls, seeds_record)
         started -= elapsed
     else:
         if write_path is not None:
-            rundir.write_config(write_path, {**settings, "training_plan": evaluator.training_plan()})
-        population = evolver.initial_population(init_key)
+            rundir.write_config(write_path, {**settings, "training_plan": evaluator.training_plan(),
+                                             "stopping": controls.to_dict(), "initial_masks": seeds_record})
+        population = evolver.initial_population(init_key, seeds)
         if evaluator.keep_heads:  # the baseline trains with the initial population
-            evaluator.baseline = np.ones(num_features, bool)
+            evaluator.baseline = np.ones(length, bool)
         state = evolver.init(init_key, population, evaluator.objectives(evolver.masks(population)))
         evaluator.retain_heads(evolver.masks(state.population))
         history = []
         _record(history, state, evolver, evaluator, started, 0, on_generation)
         _checkpoint(write_path, state, evaluator, history, started)
 
+    stopped = None
     for generation in range(len(history), search.generations + 1):
+        # After the last generation's record and checkpoint: a stopped run is a resumable one.
+        stopped = controls.reason(history, time.perf_counter() - started)
+        if stopped is not None:
+            break
         ask_key, tell_key = jax.random.split(jax.random.fold_in(evolve_key, generation))
         offspring, state = evolver.ask(ask_key, state)
         objectives = evaluator.objectives(evolver.masks(offspring))
@@ -271,12 +303,51 @@ def run_search(
         _record(history, state, evolver, evaluator, started, generation, on_generation)
         _checkpoint(write_path, state, evaluator, history, started)
 
+    if resume and write_path is not None:
+        # A resumed run that ran no generation (stopped at once, or already finished) still holds
+        # the history line a kill may have left past its checkpoint.
+        rundir.write_history(write_path, history)
+    ended = stopping.summary(stopped, controls, history, search.generations, time.perf_counter() - started)
     result = _final_front(features, config, seed, state, evolver, evaluator, history, started)
+    result = dataclasses.replace(result, stopping=ended)
     # Every process ran the same selection on the same gathered objectives.
     devices.assert_same_on_every_process((result.masks, result.objectives), "the final fronts")
     if write_path is not None:
         rundir.write_results(write_path, result)
     return result
+
+
+def _initial_masks(initial_masks, num_dims: int, population_size: int):
+    """The warm start's (K, D) bool seeds (K <= P; D the strategy's mask length) and config.json's
+    record of them, or (None, None)."""
+    if initial_masks is None:
+        return None, None
+    if isinstance(initial_masks, (str, os.PathLike)):
+        source = str(initial_masks)
+        masks = warm_start.read_initial_masks(initial_masks, num_dims)
+    else:
+        source = None
+        masks = warm_start.check_initial_masks(initial_masks, num_dims)
+    masks = warm_start.for_population(masks, population_size, source=source or "initial_masks", stacklevel=4)
+    return masks, warm_start.record(masks, source)
+
+
+def _resume_controls(run_path, write_path, controls, seeds_record) -> None:
+    """A resumed run: its warm start must be the one it started with; its controls are recorded.
+
+    The time budget and the patience may change (they are not what is searched);
+    config.json's ``stopping`` then records those of the latest session.
+    """
+    recorded = rundir.read_config(run_path)
+    started_with = recorded.get("initial_masks")
+    if seeds_record is not None and (started_with or {}).get("sha256") != seeds_record["sha256"]:
+        raise rundir.RunDirectoryError(
+            f"{run_path}: cannot resume, the run was started with different initial masks "
+            f"({'none' if started_with is None else started_with.get('source') or 'an array'}); "
+            "resume without --initial-masks"
+        )
+    if write_path is not None and recorded.get("stopping") != controls.to_dict():
+        rundir.write_config_fields(write_path, recorded, stopping=controls.to_dict())
 
 
 def _front_masks(state, evolver, evaluator) -> np.ndarray:
@@ -373,7 +444,7 @@ def _without_engine(config: dict[str, Any]) -> dict[str, Any]:
 
 def _final_front(features, config, seed, state, evolver, evaluator, history, started) -> SearchResult:
     front = _front_masks(state, evolver, evaluator)
-    everything = np.concatenate([front, np.ones((1, features.num_features), bool)])
+    everything = np.concatenate([front, np.ones((1, front.shape[1]), bool)])
     # Padded to the generations' largest bucket, so that scoring (and training, for heads
     # missing after a resume) reuses the generations' compiled programs (the authors' budget
     # at 1 epoch on a 2-core CPU: 27.2 s against 31.2 s when the front was retrained).

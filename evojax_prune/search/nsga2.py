@@ -417,6 +417,59 @@ def repair_min_active(key: jax.Array, masks: jax.Array, min_active: int | jax.Ar
     return masks | (_random_positions(key, ~masks) < missing[:, None])
 
 
+@jax.jit
+def repair_max_active(key: jax.Array, masks: jax.Array, max_active: int | jax.Array | None) -> jax.Array:
+    """Masks with more than ``max_active`` ones lose randomly chosen ones.
+
+    A mask with c > max_active ones gets c - max_active of its ones, chosen
+    uniformly at random, set to zero; its zeros are kept; masks with few enough
+    ones are unchanged. The mirror of ``repair_min_active``, one sort for the
+    whole population (no loop over masks). ``None`` (no limit) returns the
+    masks as they are: a structural choice, so it compiles apart.
+
+    Args:
+      key: PRNG key.
+      masks: (N, D) bool.
+      max_active: int, most ones a mask may keep, or None.
+
+    Returns:
+      (N, D) bool.
+    """
+    masks = jnp.asarray(masks, bool)
+    if max_active is None:
+        return masks
+    excess = jnp.clip(jnp.sum(masks, axis=1) - jnp.maximum(max_active, 0), 0, None)
+    # The ones first, in random order: the first ``excess`` of them are cleared.
+    return masks & ~(_random_positions(key, masks) < excess[:, None])
+
+
+@jax.jit
+def seed_population(
+    key: jax.Array, population: jax.Array, seeds: jax.Array, min_active: int | jax.Array = 0
+) -> jax.Array:
+    """A population whose first K members are ``seeds`` (a warm start), repaired to ``min_active``.
+
+    The other P - K members stay as drawn, so a warm start changes only the
+    rows it names. Seeds below ``min_active`` get random extra ones
+    (``repair_min_active``) as any mask would.
+
+    Args:
+      key: PRNG key (for the repair).
+      population: (P, D) bool, e.g. from ``init_masks``.
+      seeds: (K, D) bool (or 0/1), K <= P.
+      min_active: fewest ones a mask may have.
+
+    Returns:
+      (P, D) bool.
+    """
+    population = jnp.asarray(population, bool)
+    seeds = jnp.asarray(seeds).astype(bool)
+    if seeds.ndim != 2 or seeds.shape[1] != population.shape[1] or seeds.shape[0] > population.shape[0]:
+        raise ValueError(f"seeds must be (K <= {population.shape[0]}, {population.shape[1]}), "
+                         f"got shape {seeds.shape}")
+    return population.at[: seeds.shape[0]].set(repair_min_active(key, seeds, min_active))
+
+
 @partial(jax.jit, static_argnames=("population_size", "num_dims"))
 def init_masks(
     key: jax.Array, population_size: int, num_dims: int, min_active: int | jax.Array = 0
@@ -616,12 +669,17 @@ class Params:
       mutation_rate: per-bit flip probability (paper: 1 / D).
       min_active: fewest ones an offspring mask may have; masks below are
         repaired by ``repair_min_active`` (default 1; 0 allows the empty mask).
+      max_active: most ones a mask may keep (``SearchConfig.max_features``);
+        masks above are repaired by ``repair_max_active``. The one field with a
+        default, None (no limit), so that parameter sets written before it keep
+        their meaning and their compiled programs.
     """
 
     crossover_rate: float
     swap_rate: float
     mutation_rate: float
     min_active: int
+    max_active: int | None = None
 
 
 @struct.dataclass
@@ -657,13 +715,15 @@ class State:
 
 
 def params_from_config(search_config: Any, num_dims: int) -> Params:
-    """``Params`` from a ``config.SearchConfig`` (mutation_rate None means 1 / D)."""
+    """``Params`` from a ``config.SearchConfig`` (mutation_rate None: 1 / D; max_features None: no limit)."""
     mutation_rate = search_config.mutation_rate
+    max_features = getattr(search_config, "max_features", None)
     return Params(
         crossover_rate=float(search_config.crossover_rate),
         swap_rate=float(search_config.swap_rate),
         mutation_rate=float(1.0 / num_dims if mutation_rate is None else mutation_rate),
         min_active=int(search_config.min_active),
+        max_active=None if max_features is None else int(max_features),
     )
 
 
@@ -692,8 +752,9 @@ class NSGA2:
 
     One generation: ``ask`` picks parents by binary tournament on (rank,
     crowding), recombines them by uniform crossover, flips bits, repairs masks
-    below ``min_active`` and records in ``state.duplicate_of`` which offspring
-    repeat a parent or an earlier offspring; ``tell`` replaces the objectives of
+    below ``min_active`` and above ``max_active``, and records in
+    ``state.duplicate_of`` which offspring repeat a parent or an earlier
+    offspring; ``tell`` replaces the objectives of
     those with the recorded ones (a mask has one set of objectives) and keeps
     the best P of parents + offspring (``select_survivors``).
 
@@ -755,9 +816,19 @@ class NSGA2:
         return Params(crossover_rate=1.0, swap_rate=0.5, mutation_rate=1.0 / self.num_dims, min_active=1)
 
     @partial(jax.jit, static_argnames=("self",))
-    def initial_population(self, key: jax.Array, params: Params) -> jax.Array:
-        """(P, D) bool masks from ``init_masks`` with ``params.min_active``."""
-        return init_masks(key, self.population_size, self.num_dims, params.min_active)
+    def initial_population(self, key: jax.Array, params: Params, seeds: jax.Array | None = None) -> jax.Array:
+        """(P, D) bool masks from ``init_masks`` with ``params.min_active``.
+
+        ``seeds`` (K, D), K <= P, a warm start, replace the first K members
+        (``seed_population``). Every member is then held to
+        ``params.max_active`` (``repair_max_active``). Both repairs draw from
+        keys folded out of ``key``, so the members ``init_masks`` draws are
+        those of a run without them.
+        """
+        masks = init_masks(key, self.population_size, self.num_dims, params.min_active)
+        if seeds is not None:
+            masks = seed_population(jax.random.fold_in(key, 2), masks, seeds, params.min_active)
+        return repair_max_active(jax.random.fold_in(key, 1), masks, params.max_active)
 
     def _check_masks(self, masks: jax.Array, rows: int, what: str) -> None:
         if masks.shape != (rows, self.num_dims):
@@ -824,6 +895,8 @@ class NSGA2:
         offspring = jnp.stack([children_a, children_b], axis=1).reshape(2 * num_pairs, self.num_dims)
         offspring = bit_flip_mutation(mutation_key, offspring[: self.num_offspring], params.mutation_rate)
         offspring = repair_min_active(repair_key, offspring, params.min_active)
+        # A key folded out of the repair key: without a limit, the draws are those of before.
+        offspring = repair_max_active(jax.random.fold_in(repair_key, 1), offspring, params.max_active)
         return offspring, state.replace(duplicate_of=find_duplicates(offspring, state.population))
 
     @partial(jax.jit, static_argnames=("self",))

@@ -49,6 +49,9 @@ class SearchResult:
       evaluations: masks evaluated (duplicates counted once).
       wall_time: seconds.
       config, seed: what produced it.
+      stopping: why the search stopped (``search.stopping.summary``: reason
+        ``"generations"``, ``"time_budget"`` or ``"hv_patience"``, the
+        generation it stopped after, the controls); None when unknown.
     """
 
     masks: np.ndarray
@@ -64,6 +67,7 @@ class SearchResult:
     wall_time: float
     config: RunConfig
     seed: int
+    stopping: dict[str, Any] | None = None
 
     @property
     def objectives(self) -> np.ndarray:

@@ -5,7 +5,8 @@
   genomes, thresholded into masks, minimising the validation error alone (the
   predecessor, EvoPruneDeepTL, arXiv 2202.03844).
 
-Both expose the same small surface: ``initial_population``, ``init``, ``ask``,
+Both expose the same small surface: ``population_size``, ``num_offspring``,
+``num_dims`` (the mask length), ``initial_population``, ``init``, ``ask``,
 ``tell`` (evosax's signatures, taking the (K, 3) objective matrix), ``masks``
 (genomes -> (K, D) bool) and ``front`` (which members to report).
 """
@@ -32,9 +33,11 @@ class MultiObjective:
         self.params = nsga2.params_from_config(search, num_features)
         self.population_size = self.algorithm.population_size
         self.num_offspring = self.algorithm.num_offspring
+        self.num_dims = num_features  # the mask length
 
-    def initial_population(self, key: jax.Array) -> jax.Array:
-        return self.algorithm.initial_population(key, self.params)
+    def initial_population(self, key: jax.Array, seeds: np.ndarray | None = None) -> jax.Array:
+        """(P, D) bool; ``seeds`` (K, D) take the first K places (a warm start)."""
+        return self.algorithm.initial_population(key, self.params, seeds)
 
     def init(self, key, population, objectives):
         return self.algorithm.init(key, population, jnp.asarray(objectives), self.params)
@@ -77,9 +80,13 @@ class SingleObjective:
         self.params = algorithm.default_params
         self.population_size = self.num_offspring = algorithm.population_size
         self.num_features, self.min_active, self.threshold = num_features, min_active, threshold
+        self.num_dims = num_features  # the mask length
 
-    def initial_population(self, key: jax.Array) -> jax.Array:
+    def initial_population(self, key: jax.Array, seeds: np.ndarray | None = None) -> jax.Array:
+        """(P, D) float32 genomes 0.0 / 1.0; ``seeds`` (K, D) take the first K places."""
         masks = nsga2.init_masks(key, self.population_size, self.num_features, self.min_active)
+        if seeds is not None:
+            masks = nsga2.seed_population(jax.random.fold_in(key, 2), masks, seeds, self.min_active)
         return masks.astype(jnp.float32)
 
     def init(self, key, population, objectives):
@@ -102,6 +109,14 @@ class SingleObjective:
 
 def build(search: SearchConfig, num_features: int, algorithm: Any = None):
     """The strategy a run uses: NSGA-II from the config, or the evosax ``algorithm`` given."""
+    if search.max_features is not None and search.max_features > num_features:
+        raise ValueError(f"search.max_features = {search.max_features} exceeds the {num_features} features "
+                         f"(it must lie in [min_active = {search.min_active}, {num_features}])")
     if algorithm is None:
         return MultiObjective(search, num_features)
+    if search.max_features is not None:
+        # Its genomes are real vectors the algorithm moves freely: a repaired mask would not be
+        # the genome it is told about.
+        raise ValueError("search.max_features applies to NSGA-II's masks, not to an evosax algorithm's "
+                         "genomes: leave it None with algorithm=")
     return SingleObjective(algorithm, num_features, search.min_active)

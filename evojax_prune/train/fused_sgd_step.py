@@ -4,7 +4,8 @@ A step module of the trainer (``trainer.STEPS``, ``EngineConfig.step``
 ``"fused_sgd"``). Each step runs ``fused_sgd.sgd_step``: the first kernel's
 gradient, its SGD update and the next minibatch's forward product, so the
 kernel is read and written once per step and stopped heads are skipped; optax
-updates the output layer. The scan carries each tile's forward product from
+updates the later layers (the second hidden layer, if any, and the output
+layer). The scan carries each tile's forward product from
 one step to the next. Its reference is ``xla_step`` (tests/test_trainer.py
 checks the two against each other, the kernel in Pallas' interpreter off a GPU).
 """
@@ -27,10 +28,15 @@ from evojax_prune.train.xla_step import loss_and_backward, masked
 
 
 def init(params: head.HeadParams, chunk: Chunk, train_config: TrainConfig, plan: TrainingPlan) -> Any:
-    """The weights, optax's state of the output layer and the first kernel's momentum (None without)."""
+    """The weights, optax's state of the later layers and the first kernel's momentum (None without)."""
     momentum = jnp.zeros_like(params.hidden_kernel) if train_config.momentum else None
-    output_state = make_optimizer(train_config).init((params.output_kernel, params.output_bias))
+    output_state = make_optimizer(train_config).init(_later_layers(params))
     return params, (output_state, momentum)
+
+
+def _later_layers(params: head.HeadParams) -> tuple:
+    """The layers optax updates: every one after the first (the second kernel None in a one-layer head)."""
+    return params.output_kernel, params.output_bias, params.second_kernel
 
 
 def params(state: Any) -> head.HeadParams:
@@ -49,8 +55,8 @@ def epoch(state: Any, indices: jax.Array, weights: jax.Array, running: jax.Array
         params, (output_state, momentum), products = carry
         batch_indices, batch_weights, next_indices = batch
         x_batch = chunk.x[batch_indices]
-        losses, d_pre_activation, output_grads = loss_and_backward(
-            params, chunk.sum_tiles(products), chunk.y[batch_indices], batch_weights
+        losses, d_pre_activation, later_grads = loss_and_backward(
+            params, chunk.sum_tiles(products), chunk.y[batch_indices], batch_weights, chunk.neurons_kept
         )
         hidden_kernel, momentum, products = fused_sgd.sgd_step(
             params.hidden_kernel, momentum, x_batch.T[chunk.index],
@@ -59,11 +65,11 @@ def epoch(state: Any, indices: jax.Array, weights: jax.Array, running: jax.Array
             learning_rate=train_config.learning_rate, decay=train_config.momentum,
             nesterov=train_config.nesterov, interpret=plan.interpret_kernels,
         )
-        output_params = (params.output_kernel, params.output_bias)
-        updates, output_state = update(output_grads, output_state, output_params)
-        updates = masked(updates, (flags.output_kernel, flags.output_bias))
-        output_kernel, output_bias = optax.apply_updates(output_params, updates)
-        params = head.HeadParams(hidden_kernel, output_kernel, output_bias)
+        later = _later_layers(params)
+        updates, output_state = update(_later_layers(later_grads), output_state, later)
+        updates = masked(updates, _later_layers(flags))
+        output_kernel, output_bias, second_kernel = optax.apply_updates(later, updates)
+        params = head.HeadParams(hidden_kernel, output_kernel, output_bias, second_kernel)
         return (params, (output_state, momentum), products), losses
 
     params, step_state = state

@@ -61,6 +61,9 @@ class Chunk:
       tile_head: (T,) int32, sorted, the head each tile belongs to (K: an
         unused tile); None unless packed.
       tile_start: (K,) int32, each head's first tile; None unless packed.
+      neurons_kept: (K, H) float32 0/1 masks of the first and the second
+        hidden layer's neurons, None where the chromosome prunes none there.
+      hidden_layers: 1 or 2.
     """
 
     layout: ChunkLayout
@@ -73,6 +76,8 @@ class Chunk:
     index: jax.Array | None
     tile_head: jax.Array | None
     tile_start: jax.Array | None
+    neurons_kept: tuple[jax.Array | None, jax.Array | None] = (None, None)
+    hidden_layers: int = 1
 
     @property
     def num_heads(self) -> int:
@@ -112,7 +117,8 @@ class Chunk:
 
     def per_leaf(self, flags: jax.Array) -> head.HeadParams:
         """(K,) bool -> ``HeadParams`` of flags, one per leading index of each training leaf."""
-        return head.HeadParams(hidden_kernel=self.per_tile(flags), output_kernel=flags, output_bias=flags)
+        return head.HeadParams(hidden_kernel=self.per_tile(flags), output_kernel=flags, output_bias=flags,
+                               second_kernel=flags if self.hidden_layers == 2 else None)
 
     def training_params(self, init_params: head.HeadParams, kernel_transposed: bool) -> head.HeadParams:
         """The shared initial weights as this chunk trains them: first kernel (T, r, H), or (K, H, c)."""
@@ -128,6 +134,8 @@ class Chunk:
             hidden_kernel=hidden_kernel,
             output_kernel=_repeat(init_params.output_kernel, self.num_heads),
             output_bias=_repeat(init_params.output_bias, self.num_heads),
+            second_kernel=None if init_params.second_kernel is None
+            else _repeat(init_params.second_kernel, self.num_heads),
         )
         if kernel_transposed:
             params = params.replace(hidden_kernel=jnp.swapaxes(params.hidden_kernel, 1, 2))
@@ -152,12 +160,15 @@ class Chunk:
 
 
 def pack(masks: jax.Array, valid: jax.Array, x: jax.Array, y: jax.Array, layout: ChunkLayout,
-         tile_sum: str) -> Chunk:
+         tile_sum: str, neurons_kept: tuple[jax.Array | None, jax.Array | None] = (None, None),
+         hidden_layers: int = 1) -> Chunk:
     """A ``Chunk`` of K heads stored as ``layout`` (the masks must fit it).
 
-    ``masks`` (K, D) bool, ``valid`` (K,) bool, ``x`` (N, D + 1) with the
-    trailing zero column, ``y`` (N,) int32.
+    ``masks`` (K, D) bool, the features each head keeps, ``valid`` (K,) bool,
+    ``x`` (N, D + 1) with the trailing zero column, ``y`` (N,) int32,
+    ``neurons_kept`` (K, H) bool or None each (``Chunk.neurons_kept``).
     """
+    neurons_kept = tuple(None if kept is None else kept.astype(jnp.float32) for kept in neurons_kept)
     num_heads, num_features = masks.shape
     rows, num_tiles = layout.tile_rows, layout.num_tiles
     counts = jnp.where(valid, jnp.sum(masks, axis=1), 0)  # padding heads take no rows
@@ -180,4 +191,5 @@ def pack(masks: jax.Array, valid: jax.Array, x: jax.Array, y: jax.Array, layout:
         kept = jnp.take_along_axis(kept_first[owner], jnp.minimum(position, num_features - 1), axis=1)
         # A tile past the last head's starts beyond that head's count, so it is all padding too.
         index = jnp.where(position < counts[owner][:, None], kept, num_features)
-    return Chunk(layout, tile_sum, masks, valid, counts, x, y, index, tile_head, tile_start)
+    return Chunk(layout, tile_sum, masks, valid, counts, x, y, index, tile_head, tile_start, neurons_kept,
+                 hidden_layers)

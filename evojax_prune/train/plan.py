@@ -163,20 +163,23 @@ def _tree_bytes(tree: Any) -> int:
     return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
-def bytes_per_head(num_features: int, num_classes: int, hidden: int, train_config: TrainConfig) -> int:
+def bytes_per_head(num_features: int, num_classes: int, hidden: int, train_config: TrainConfig,
+                   hidden_layers: int = 1) -> int:
     """Estimated device memory one head needs while it trains (dense upper bound).
 
-    Parameters (D*H + H*C + C floats), the optimizer state (``optax`` tells its
+    Parameters (D*H + (layers - 1)*H*H + H*C + C floats), the optimizer state (``optax`` tells its
     shapes: one more copy of the parameters for SGD with momentum, two for
     Adam), the best-weights copy (with ``restore_best``), the gradient, the
     update and the returned full-width kernel (one copy each) and the
     activations of one minibatch (the masked input B*D, a few B*H hidden
     buffers and B*C logits).
     """
-    params = jax.eval_shape(lambda: head.init(jax.random.key(0), num_features, num_classes, hidden))
+    params = jax.eval_shape(lambda: head.init(jax.random.key(0), num_features, num_classes, hidden,
+                                              hidden_layers))
     opt_state = jax.eval_shape(make_optimizer(train_config).init, params)
     copies = 4 + int(train_config.restore_best)  # params, gradient, update, output, best
-    activations = train_config.batch_size * (num_features + 4 * hidden + 4 * num_classes) * _FLOAT_BYTES
+    activations = train_config.batch_size * (num_features + 4 * hidden * hidden_layers + 4 * num_classes)
+    activations *= _FLOAT_BYTES
     return copies * _tree_bytes(params) + _tree_bytes(opt_state) + activations
 
 
@@ -188,6 +191,7 @@ def choose_chunk_size(
     train_config: TrainConfig,
     engine: EngineConfig,
     platform: str,
+    hidden_layers: int = 1,
 ) -> int:
     """Heads trained at once (batched) inside one chunk, on one device.
 
@@ -204,7 +208,7 @@ def choose_chunk_size(
         return max(1, min(engine.chunk_size, population))
     if platform == "cpu":
         return 1
-    per_head = bytes_per_head(num_features, num_classes, hidden, train_config)
+    per_head = bytes_per_head(num_features, num_classes, hidden, train_config, hidden_layers)
     memory_fits = max(1, int(engine.memory_budget_mb * 2**20 // per_head))
     cap = engine.max_heads_per_chunk
     if population <= min(memory_fits, cap + cap // 4):
@@ -265,8 +269,14 @@ def make_plan(
     num_classes: int,
     hidden: int,
     platform: str,
+    prune: str = "features",
+    hidden_layers: int = 1,
 ) -> TrainingPlan:
     """``engine`` resolved for a population of ``population`` heads per device on ``platform``.
+
+    ``prune`` and ``hidden_layers`` are the head's (``HeadConfig``): a head
+    whose chromosome prunes neurons trains on every feature (the dense first
+    layer, its pruned neurons' activations zeroed).
 
     Raises ValueError, naming the field, where an explicit setting cannot
     apply (``gather_features`` with another optimizer, ``step`` 'fused_sgd'
@@ -274,9 +284,10 @@ def make_plan(
     ``kernel_layout`` 'hidden_by_kept' for packed chunks).
     """
     chunk_size = choose_chunk_size(population, num_features, num_classes, hidden, train_config, engine,
-                                   platform)
+                                   platform, hidden_layers)
     levels = None if engine.capacity_levels == AUTO else engine.capacity_levels
-    layouts = chunk_layouts(num_features, chunk_size, gathers_features(engine, train_config), levels)
+    gather = gathers_features(engine, train_config) and prune == "features"
+    layouts = chunk_layouts(num_features, chunk_size, gather, levels)
     tile_sum = engine.tile_sum if engine.tile_sum != AUTO else ("gather" if platform == "gpu" else "scatter")
     command_buffers = chunk_size == 1 if engine.command_buffers == AUTO else engine.command_buffers
     return TrainingPlan(

@@ -80,7 +80,7 @@ from flax import struct
 from jax.sharding import Mesh, PartitionSpec
 
 from evojax_prune import devices, head
-from evojax_prune.config import RunConfig, TrainConfig
+from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
 from evojax_prune.train import fused_sgd_step, packing, xla_step
 from evojax_prune.train.plan import ChunkLayout, TrainingPlan, make_plan
 
@@ -103,7 +103,8 @@ class TrainedPopulation:
 
     Attributes:
       params: ``HeadParams`` stacked on a leading P axis: hidden_kernel
-        (P, D, H), output_kernel (P, H, C), output_bias (P, C), float32. With
+        (P, D, H), output_kernel (P, H, C), output_bias (P, C), second_kernel
+        (P, H, H) or None (``HeadConfig.hidden_layers``), float32. With
         ``restore_best`` the weights from the end of each head's best epoch,
         else its last weights. Rows of pruned features keep their initial
         values (they never influence the logits).
@@ -217,19 +218,25 @@ def _train_chunk(
     y: jax.Array,
     orders: jax.Array,
     *,
+    head_config: HeadConfig,
     train_config: TrainConfig,
     plan: TrainingPlan,
     layout: ChunkLayout,
 ) -> TrainedPopulation:
     """Train K heads together, epoch by epoch until all have stopped (see ``train_population``).
 
-    ``masks`` (K, D) bool, ``valid`` (K,) bool marks real heads (padding heads
-    never run), ``x`` (N, D + 1) float32 with a trailing zero column that padded
-    feature indices point at, ``y`` (N,) int32, ``orders`` (max_epochs, N) the
-    epochs' sample orders. The heads are stored as ``layout`` says
-    (``packing.pack``; the masks must fit it) and trained by ``plan.step``.
+    ``masks`` (K, L) bool chromosomes (``head.unit_masks``), ``valid`` (K,)
+    bool marks real heads (padding heads never run), ``x`` (N, D + 1) float32
+    with a trailing zero column that padded feature indices point at, ``y``
+    (N,) int32, ``orders`` (max_epochs, N) the epochs' sample orders. The heads
+    are stored as ``layout`` says (``packing.pack``; the masks must fit it)
+    and trained by ``plan.step``.
     """
-    chunk = packing.pack(masks, valid, x, y, layout, plan.tile_sum)
+    features_kept, *neurons_kept = head.unit_masks(masks, head_config.prune, head_config.hidden)
+    if features_kept is None:  # the chromosome prunes neurons: every feature is kept
+        features_kept = jnp.ones((masks.shape[0], x.shape[1] - 1), bool)
+    chunk = packing.pack(features_kept, valid, x, y, layout, plan.tile_sum, tuple(neurons_kept),
+                         head_config.hidden_layers)
     step = STEPS[plan.step]
     params = chunk.training_params(init_params, plan.kernel_transposed)
 
@@ -275,10 +282,12 @@ def _train_chunk(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("num_features", "num_classes", "hidden", "num_epochs", "num_samples")
+    jax.jit,
+    static_argnames=("num_features", "num_classes", "hidden", "hidden_layers", "num_epochs", "num_samples"),
 )
 def _initial_weights_and_orders(
-    key: jax.Array, *, num_features: int, num_classes: int, hidden: int, num_epochs: int, num_samples: int
+    key: jax.Array, *, num_features: int, num_classes: int, hidden: int, hidden_layers: int, num_epochs: int,
+    num_samples: int,
 ) -> tuple[head.HeadParams, jax.Array]:
     """The shared initial weights and every epoch's sample order, from ``split(key)``.
 
@@ -286,7 +295,7 @@ def _initial_weights_and_orders(
     compile) is compiled once per shape, not into every training program.
     """
     init_key, order_key = jax.random.split(key)
-    init_params = head.init(init_key, num_features, num_classes, hidden)
+    init_params = head.init(init_key, num_features, num_classes, hidden, hidden_layers)
     return init_params, epoch_orders(order_key, num_epochs, num_samples)
 
 
@@ -294,66 +303,109 @@ def _train_local(
     init_params: head.HeadParams,
     orders: jax.Array,
     masks: jax.Array,
+    runs: jax.Array | None,
     num_valid: jax.Array,
     x: jax.Array,
     y: jax.Array,
     *,
+    head_config: HeadConfig,
     train_config: TrainConfig,
     plan: TrainingPlan,
 ) -> TrainedPopulation:
     """One device's share of the population: all its training, chunk by chunk.
 
-    ``masks`` (P_local, D) bool, this device's block of the population;
+    ``masks`` (P_local, L) bool, this device's block of the population;
     ``num_valid`` () int32, the heads of the whole population before it was
     evened out over the devices: heads past it are padding and never run.
     The local population is padded to a multiple of ``plan.chunk_size`` with
     more such heads. With several ``plan.layouts``, heads are sorted by feature
     count so that a chunk holds heads of similar size, and each chunk trains in
     the smallest layout that holds its masks (``packing.layout_level``).
+
+    Several runs (``runs`` (P_local,) int32, the run of each head; the initial
+    weights (R, ...) and orders (R, E, N) stacked by run): every chunk holds
+    heads of one run (``_chunks_by_run``) and trains from that run's weights
+    and orders, so that a head trains as it would in its run alone.
     """
     chunk_size, layouts = plan.chunk_size, plan.layouts
     population = masks.shape[0]
-    padded_population = -(-population // chunk_size) * chunk_size
-    num_chunks = padded_population // chunk_size
     first_head = jax.lax.axis_index(devices.POPULATION_AXIS) * population  # in the whole population
     valid = first_head + jnp.arange(population) < num_valid
     # A zero column at index D: padded feature indices of the gathered layer point at it.
     x = jnp.concatenate([x.astype(jnp.float32), jnp.zeros((x.shape[0], 1), jnp.float32)], axis=1)
     y = y.astype(jnp.int32)
+    if runs is None:
+        padded_population = -(-population // chunk_size) * chunk_size
+    else:  # one padding head more: the empty places of each run's last chunk point at it
+        padded_population = population + 1
     masks = jnp.pad(masks.astype(bool), ((0, padded_population - population), (0, 0)))
     valid = jnp.pad(valid, (0, padded_population - population))
     counts = jnp.where(valid, jnp.sum(masks, axis=1), -1)
-    order = jnp.argsort(-counts, stable=True) if len(layouts) > 1 else jnp.arange(padded_population)
-    heads_by_chunk = order.reshape(num_chunks, chunk_size)  # (chunks, K) indices into the padded population
-    branches = [functools.partial(_train_chunk, train_config=train_config, plan=plan, layout=layout)
-                for layout in layouts]
+    if runs is None:
+        order = jnp.argsort(-counts, stable=True) if len(layouts) > 1 else jnp.arange(padded_population)
+        heads_by_chunk = order.reshape(-1, chunk_size)  # (chunks, K) indices into the padded population
+        chunk_runs = None
+    else:
+        heads_by_chunk, chunk_runs = _chunks_by_run(counts[:population], runs, orders.shape[0], chunk_size,
+                                                    sort_by_count=len(layouts) > 1)
+    branches = [functools.partial(_train_chunk, head_config=head_config, train_config=train_config,
+                                  plan=plan, layout=layout) for layout in layouts]
 
-    def train_chunk(heads):
-        operands = (init_params, masks[heads], valid[heads], x, y, orders)
+    def train_chunk(heads, run):
+        start = (init_params, orders) if run is None else jax.tree.map(lambda leaf: leaf[run],
+                                                                        (init_params, orders))
+        operands = (start[0], masks[heads], valid[heads], x, y, start[1])
         if len(branches) == 1:
             return branches[0](*operands)
         return jax.lax.switch(packing.layout_level(layouts, counts[heads]), branches, *operands)
 
     def train_chunk_into(chunk, results):
         heads = heads_by_chunk[chunk]
-        trained = train_chunk(heads)
+        trained = train_chunk(heads, None if chunk_runs is None else chunk_runs[chunk])
         # Written in place at the heads' own positions; padding heads (>= P_local) are dropped.
         return jax.tree.map(lambda out, new: out.at[heads].set(new, mode="drop"), results, trained)
 
     # One (P_local, ...) buffer per result, filled chunk by chunk: no stacked copy to reorder.
-    chunk_shapes = jax.eval_shape(train_chunk, heads_by_chunk[0])
+    chunk_shapes = jax.eval_shape(train_chunk, heads_by_chunk[0], None if runs is None else jnp.int32(0))
     results = jax.tree.map(lambda leaf: jnp.zeros((population, *leaf.shape[1:]), leaf.dtype), chunk_shapes)
-    return jax.lax.fori_loop(0, num_chunks, train_chunk_into, results)
+    return jax.lax.fori_loop(0, heads_by_chunk.shape[0], train_chunk_into, results)
+
+
+def _chunks_by_run(counts: jax.Array, runs: jax.Array, num_runs: int, chunk_size: int,
+                   sort_by_count: bool) -> tuple[jax.Array, jax.Array]:
+    """Chunks that each hold heads of one run: (chunks, K) head indices and each chunk's (chunks,) run.
+
+    ``counts`` (P,) kept features (-1: padding), ``runs`` (P,) int32 in [0,
+    R). Each run's heads fill ceil(n_r / K) chunks of their own (most features
+    first with ``sort_by_count``); a run's last chunk is completed with index
+    P, a padding head. There are ceil(P / K) + R - 1 chunks, enough for any
+    split of the P heads over the runs; the chunks no run needs hold padding
+    only and stop at once.
+    """
+    population = counts.shape[0]
+    num_chunks = -(-population // chunk_size) + num_runs - 1
+    order = jnp.lexsort((-counts, runs)) if sort_by_count else jnp.argsort(runs, stable=True)
+    sorted_runs = runs[order]
+    per_run = jnp.bincount(runs, length=num_runs)
+    chunks_per_run = -(-per_run // chunk_size)
+    first_chunk = jnp.cumsum(chunks_per_run) - chunks_per_run
+    first_position = jnp.cumsum(per_run) - per_run
+    slot = first_chunk[sorted_runs] * chunk_size + jnp.arange(population) - first_position[sorted_runs]
+    heads = jnp.full((num_chunks * chunk_size,), population, jnp.int32).at[slot].set(order.astype(jnp.int32))
+    chunk_runs = jnp.searchsorted(first_chunk, jnp.arange(num_chunks), side="right") - 1
+    return heads.reshape(num_chunks, chunk_size), jnp.clip(chunk_runs, 0, num_runs - 1).astype(jnp.int32)
 
 
 def _train_population(
     init_params: head.HeadParams,
     orders: jax.Array,
     masks: jax.Array,
+    runs: jax.Array | None,
     num_valid: jax.Array,
     x: jax.Array,
     y: jax.Array,
     *,
+    head_config: HeadConfig,
     train_config: TrainConfig,
     plan: TrainingPlan,
     mesh: Mesh,
@@ -363,22 +415,24 @@ def _train_population(
     Every device of ``mesh`` runs ``_train_local`` on its block of the
     population (masks split on axis 0, everything else replicated); no device
     talks to another, so the program each device runs is the one-device
-    program, on fewer heads. P must be a multiple of the mesh size.
+    program, on fewer heads. P must be a multiple of the mesh size. ``runs``
+    (P,) is split as the masks are.
     """
     population, replicated = PartitionSpec(devices.POPULATION_AXIS), PartitionSpec()
-    train_local = functools.partial(_train_local, train_config=train_config, plan=plan)
+    train_local = functools.partial(_train_local, head_config=head_config, train_config=train_config,
+                                    plan=plan)
     # check_vma off: the per-device program has no collectives, and its loop carries
     # mix replicated and per-device values, which the check would make us annotate.
     return jax.shard_map(
         train_local,
         mesh=mesh,
-        in_specs=(replicated, replicated, population, replicated, replicated, replicated),
+        in_specs=(replicated, replicated, population, population, replicated, replicated, replicated),
         out_specs=population,
         check_vma=False,
-    )(init_params, orders, masks, num_valid, x, y)
+    )(init_params, orders, masks, runs, num_valid, x, y)
 
 
-_STATIC_ARGUMENTS = ("train_config", "plan", "mesh")
+_STATIC_ARGUMENTS = ("head_config", "train_config", "plan", "mesh")
 # XLA on GPU may run loop bodies as CUDA graphs ("command buffers"); ``TrainingPlan.command_buffers``
 # says whether (see ``plan``). Other backends ignore the option.
 _PROGRAMS = {
@@ -397,17 +451,20 @@ def train_population(
     *,
     num_classes: int | None = None,
     num_trained: int | None = None,
+    runs: jax.Array | None = None,
 ) -> TrainedPopulation:
     """Train one head per mask on (x, y): all the training in one jitted call.
 
     Args:
       key: PRNG key. Split into the initial-weights key (``head.init``, the same
-        weights for every head) and the minibatch-order key.
-      masks: (P, D) bool, the features each head keeps; an all-zero mask is
-        allowed.
+        weights for every head) and the minibatch-order key. With ``runs``, a
+        stack of R keys, one per run.
+      masks: (P, L) bool, each head's chromosome: the features it keeps (L =
+        D), or the neurons (``HeadConfig.prune``, ``head.unit_masks``); an
+        all-zero mask is allowed.
       x: (N, D) float features (cast to float32).
       y: (N,) int class labels in [0, num_classes).
-      config: uses ``config.head.hidden``, ``config.train`` (what is
+      config: uses ``config.head`` (the head and what it prunes), ``config.train`` (what is
         learnt) and ``config.engine`` (how: resolved by ``training_plan``).
       num_classes: C; defaults to ``int(y.max()) + 1`` (computed on the host).
       num_trained: train only ``masks[:num_trained]`` (default: all). The
@@ -415,6 +472,10 @@ def train_population(
         each generation's new masks to a few bucket sizes): they never run, and
         come back with 0 epochs and their initial weights. A traced value: any
         count reuses the compiled call.
+      runs: (P,) int, the run of each head, for heads of R independent
+        searches trained in one call: head p starts from the weights and sees
+        the minibatch order of ``key[runs[p]]``, as it would trained with that
+        key alone (chunks never mix runs). None: one run, ``key``.
 
     Returns:
       ``TrainedPopulation`` with a leading P axis on every field.
@@ -455,52 +516,37 @@ def train_population(
     masks = masks if isinstance(masks, jax.Array) else np.asarray(masks)
     x = x if isinstance(x, jax.Array) else np.asarray(x)
     y_host = np.asarray(y)
-    if masks.ndim != 2:
-        raise ValueError(f"train_population: masks must be (P, D), got shape {masks.shape}")
-    if x.ndim != 2 or x.shape[1] != masks.shape[1]:
-        raise ValueError(
-            f"train_population: x must be (N, D) with D = {masks.shape[1]} (from masks), got shape {x.shape}"
-        )
-    if y_host.shape != (x.shape[0],):
-        raise ValueError(f"train_population: y must be ({x.shape[0]},) to match x, got shape {y_host.shape}")
-    if not np.issubdtype(y_host.dtype, np.integer):
-        raise ValueError(f"train_population: y must hold integer class labels, got dtype {y_host.dtype}")
-    if x.shape[0] == 0 or masks.shape[0] == 0:
-        raise ValueError(
-            f"train_population: need at least one sample and one mask, got x {x.shape}, masks {masks.shape}"
-        )
-    label_min, label_max = int(y_host.min()), int(y_host.max())
-    if num_classes is None:
-        num_classes = label_max + 1
-    if label_min < 0 or label_max >= num_classes:
-        raise ValueError(
-            f"train_population: labels must lie in [0, {num_classes}), found [{label_min}, {label_max}]"
-        )
+    num_classes = _check_inputs(masks, x, y_host, config, num_classes)
+    keys, runs = _run_keys(key, runs, masks.shape[0])
     train_config = config.train
     mesh = devices.mesh_for(config.engine.devices)
-    population, num_features = masks.shape
+    population, num_features = masks.shape[0], x.shape[1]
     num_trained = population if num_trained is None else int(num_trained)
     if not 0 <= num_trained <= population:
         raise ValueError(f"train_population: num_trained must lie in [0, {population}], got {num_trained}")
     # Evened out over the devices with heads that never run, sliced off below.
-    padded_masks, _ = devices.pad_population(masks, mesh.size)
-    plan = training_plan(config, padded_masks.shape[0] // mesh.size, num_features, int(num_classes), mesh)
-    init_params, orders = _initial_weights_and_orders(
-        key,
+    (padded_masks, runs), _ = devices.pad_population((masks, runs), mesh.size)
+    plan = training_plan(config, padded_masks.shape[0] // mesh.size, num_features, num_classes, mesh)
+    start = functools.partial(
+        _initial_weights_and_orders,
         num_features=num_features,
-        num_classes=int(num_classes),
+        num_classes=num_classes,
         hidden=config.head.hidden,
+        hidden_layers=config.head.hidden_layers,
         num_epochs=train_config.max_epochs,
         num_samples=x.shape[0],
     )
+    init_params, orders = start(key) if runs is None else jax.vmap(start)(keys)
     everywhere, split = devices.replicated(mesh), devices.sharded(mesh)
     trained = _PROGRAMS[plan.command_buffers](
         devices.put(init_params, everywhere),
         devices.put(orders, everywhere),
         devices.put(padded_masks, split),
+        None if runs is None else devices.put(runs, split),
         np.int32(num_trained),
         devices.put(x, everywhere),
         devices.put(y if isinstance(y, jax.Array) else y_host, everywhere),
+        head_config=config.head,
         train_config=train_config,
         plan=plan,
         mesh=mesh,
@@ -508,6 +554,52 @@ def train_population(
     if padded_masks.shape[0] != population:
         trained = jax.tree.map(lambda leaf: leaf[:population], trained)
     return trained
+
+
+def _check_inputs(masks, x, y: np.ndarray, config: RunConfig, num_classes: int | None) -> int:
+    """Raises ValueError naming what does not fit; returns the class count C."""
+    if masks.ndim != 2:
+        raise ValueError(f"train_population: masks must be (P, L), got shape {masks.shape}")
+    if x.ndim != 2:
+        raise ValueError(f"train_population: x must be (N, D), got shape {x.shape}")
+    length = config.head.chromosome_length(x.shape[1])
+    if masks.shape[1] != length:
+        raise ValueError(
+            f"train_population: masks must be (P, {length}), a bit for each of the {length} "
+            f"{head.UNIT_NAMES[config.head.prune]} (HeadConfig.prune {config.head.prune!r}, x of "
+            f"D = {x.shape[1]}), got shape {masks.shape}"
+        )
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"train_population: y must be ({x.shape[0]},) to match x, got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"train_population: y must hold integer class labels, got dtype {y.dtype}")
+    if x.shape[0] == 0 or masks.shape[0] == 0:
+        raise ValueError(
+            f"train_population: need at least one sample and one mask, got x {x.shape}, masks {masks.shape}"
+        )
+    label_min, label_max = int(y.min()), int(y.max())
+    if num_classes is None:
+        num_classes = label_max + 1
+    if label_min < 0 or label_max >= num_classes:
+        raise ValueError(
+            f"train_population: labels must lie in [0, {num_classes}), found [{label_min}, {label_max}]"
+        )
+    return int(num_classes)
+
+
+def _run_keys(key: jax.Array, runs: Any, population: int) -> tuple[jax.Array, np.ndarray | None]:
+    """(keys (R, ...), runs (P,) int32) checked, or (key, None) for one run."""
+    if runs is None:
+        return key, None
+    runs = np.asarray(runs)
+    num_runs = len(key)  # typed keys (R,) or raw ones (R, 2)
+    if runs.shape != (population,) or not np.issubdtype(runs.dtype, np.integer):
+        raise ValueError(f"train_population: runs must be ({population},) integers, one per mask, "
+                         f"got {runs.dtype} of shape {runs.shape}")
+    if runs.min() < 0 or runs.max() >= num_runs:
+        raise ValueError(f"train_population: runs must lie in [0, {num_runs}) (one key per run), found "
+                         f"[{runs.min()}, {runs.max()}]")
+    return key, runs.astype(np.int32)
 
 
 def training_plan(config: RunConfig, population: int, num_features: int, num_classes: int,
@@ -521,4 +613,6 @@ def training_plan(config: RunConfig, population: int, num_features: int, num_cla
     return make_plan(
         config.engine, config.train, population=population, num_features=num_features,
         num_classes=num_classes, hidden=config.head.hidden, platform=mesh.devices.flat[0].platform,
+        prune=config.head.prune, hidden_layers=config.head.hidden_layers,
     )
+

@@ -30,6 +30,7 @@ def population_loss_and_grads(
     tile_head: jax.Array | None = None,
     sum_tiles: Any = None,
     kernel_transposed: bool = False,
+    neurons_kept: tuple[jax.Array | None, jax.Array | None] = (None, None),
 ) -> tuple[jax.Array, head.HeadParams]:
     """Softmax cross-entropy of K heads on one minibatch, and its gradients.
 
@@ -41,8 +42,9 @@ def population_loss_and_grads(
 
     Args:
       params: K heads, hidden_kernel (K, c, H), output_kernel (K, H, C),
-        output_bias (K, C), float32. With ``tile_head``, hidden_kernel is
-        (T, r, H) instead: T tiles of r kept rows, packed across the heads.
+        output_bias (K, C), second_kernel (K, H, H) or None, float32. With
+        ``tile_head``, hidden_kernel is (T, r, H) instead: T tiles of r kept
+        rows, packed across the heads.
       inputs: (K, B, c) float32, each head's first-layer input: the minibatch
         times the mask, or the kept columns of the minibatch; with
         ``tile_head``, (T, B, r), each tile's columns.
@@ -52,6 +54,8 @@ def population_loss_and_grads(
         unused tile). A head's first layer is the sum of its tiles' products.
       sum_tiles: (T, B, H) -> (K, B, H), that sum; given with ``tile_head``.
       kernel_transposed: hidden_kernel is (K, H, c), and so is its gradient.
+      neurons_kept: (K, H) float32 0/1 masks of the first and second hidden
+        layers' neurons, or None where every neuron is kept.
 
     Returns:
       loss: (K,) float32, sum(weights * cross-entropy) / sum(weights) per head.
@@ -61,37 +65,66 @@ def population_loss_and_grads(
     pre_activation = jnp.einsum(first_layer, inputs, params.hidden_kernel)
     if tile_head is not None:  # (T, B, H) partial products -> (K, B, H); unused tiles dropped
         pre_activation = sum_tiles(pre_activation)
-    loss, d_pre_activation, output_grads = loss_and_backward(params, pre_activation, labels, weights)
+    loss, d_pre_activation, later_grads = loss_and_backward(params, pre_activation, labels, weights,
+                                                            neurons_kept)
     if tile_head is not None:  # each tile gets its head's gradient (unused tiles: zero inputs)
         d_pre_activation = jnp.take(d_pre_activation, tile_head, axis=0, mode="clip")
     if kernel_transposed:
         hidden_kernel_grad = jnp.einsum("kbh,kbc->khc", d_pre_activation, inputs)
     else:
         hidden_kernel_grad = jnp.einsum("kbc,kbh->kch", inputs, d_pre_activation)
-    return loss, head.HeadParams(hidden_kernel_grad, *output_grads)
+    return loss, later_grads.replace(hidden_kernel=hidden_kernel_grad)
+
+
+def _keep(values: jax.Array, kept: jax.Array | None) -> jax.Array:
+    """(K, B, H) values with the pruned neurons' (K, H) zeroed."""
+    return values if kept is None else values * kept[:, None, :]
 
 
 def loss_and_backward(
-    params: head.HeadParams, pre_activation: jax.Array, labels: jax.Array, weights: jax.Array
-) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array]]:
+    params: head.HeadParams, pre_activation: jax.Array, labels: jax.Array, weights: jax.Array,
+    neurons_kept: tuple[jax.Array | None, jax.Array | None] = (None, None),
+) -> tuple[jax.Array, jax.Array, head.HeadParams]:
     """The heads' loss from their first layer's (K, B, H) pre-activation, and the backward pass to it.
 
+    ``neurons_kept`` as in ``population_loss_and_grads``: a pruned neuron's
+    activation is zero, so neither its incoming nor its outgoing weights get a
+    gradient.
+
     Returns the (K,) loss, the (K, B, H) gradient with respect to the
-    pre-activation, and the gradients of the output kernel (K, H, C) and
-    bias (K, C).
+    pre-activation, and ``HeadParams`` holding the gradients of every layer
+    after the first (output kernel (K, H, C), bias (K, C), second kernel
+    (K, H, H) or None); its ``hidden_kernel`` is the pre-activation gradient
+    again, a placeholder for the caller's.
     """
-    hidden = jax.nn.relu(pre_activation)
-    logits = jnp.einsum("kbh,khc->kbc", hidden, params.output_kernel) + params.output_bias[:, None, :]
+    first_kept, second_kept = neurons_kept
+    hidden = _keep(jax.nn.relu(pre_activation), first_kept)
+    last = hidden
+    if params.second_kernel is not None:
+        second_pre_activation = jnp.einsum("kbh,khg->kbg", hidden, params.second_kernel)
+        last = _keep(jax.nn.relu(second_pre_activation), second_kept)
+    logits = jnp.einsum("kbh,khc->kbc", last, params.output_kernel) + params.output_bias[:, None, :]
     log_probs = jax.nn.log_softmax(logits)
     one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
     sample_weights = weights / jnp.sum(weights)  # (B,): the mean over real samples
     loss = -jnp.einsum("kbc,bc,b->k", log_probs, one_hot, sample_weights)
 
     d_logits = (jnp.exp(log_probs) - one_hot) * sample_weights[:, None]  # (K, B, C)
-    d_hidden = jnp.einsum("kbc,khc->kbh", d_logits, params.output_kernel)
-    d_pre_activation = jnp.where(pre_activation > 0, d_hidden, 0.0)
-    output_grads = (jnp.einsum("kbh,kbc->khc", hidden, d_logits), jnp.sum(d_logits, axis=1))
-    return loss, d_pre_activation, output_grads
+    d_last = jnp.einsum("kbc,khc->kbh", d_logits, params.output_kernel)
+    second_kernel_grad = None
+    d_hidden = d_last
+    if params.second_kernel is not None:
+        d_second = _keep(jnp.where(second_pre_activation > 0, d_last, 0.0), second_kept)
+        second_kernel_grad = jnp.einsum("kbh,kbg->khg", hidden, d_second)
+        d_hidden = jnp.einsum("kbg,khg->kbh", d_second, params.second_kernel)
+    d_pre_activation = _keep(jnp.where(pre_activation > 0, d_hidden, 0.0), first_kept)
+    grads = head.HeadParams(
+        hidden_kernel=d_pre_activation,
+        output_kernel=jnp.einsum("kbh,kbc->khc", last, d_logits),
+        output_bias=jnp.sum(d_logits, axis=1),
+        second_kernel=second_kernel_grad,
+    )
+    return loss, d_pre_activation, grads
 
 
 def masked(updates: Any, flags: Any) -> Any:
@@ -135,7 +168,7 @@ def epoch(state: Any, indices: jax.Array, weights: jax.Array, running: jax.Array
         inputs = chunk.first_layer_inputs(chunk.x[batch_indices])
         losses, grads = population_loss_and_grads(
             params, inputs, chunk.y[batch_indices], batch_weights, chunk.tile_head,
-            chunk.sum_tiles if chunk.packed else None, plan.kernel_transposed,
+            chunk.sum_tiles if chunk.packed else None, plan.kernel_transposed, chunk.neurons_kept,
         )
         updates, opt_state = update(grads, opt_state, params)
         return (optax.apply_updates(params, masked(updates, flags)), opt_state), losses

@@ -1,0 +1,194 @@
+"""``FeatureSelector``: the search as a scikit-learn feature selector, for scripts that want the mask.
+
+::
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    import evojax_prune as ep
+
+    pipeline = make_pipeline(ep.FeatureSelector(), LogisticRegression(max_iter=1000))
+    pipeline.fit(x_train, y_train, featureselector__ood=x_ood)   # OoD features are required
+    pipeline.score(x_test, y_test)
+
+``fit`` runs ``run_search`` (MO-EvoPruneDeepTL: NSGA-II over masks, each
+mask's head trained and scored on error, MEM and 1 - AUROC) and keeps one
+member of the final front: ``support_`` is its (D,) mask, ``result_`` the
+whole ``SearchResult`` (every member, its heads, the history).
+
+The robustness objective needs out-of-distribution data: it is the AUROC of
+ODIN scores separating the validation samples from OoD samples. ``fit(X, y)``
+therefore refuses to run without ``ood=`` rather than invent OoD data or
+silently drop the objective; ``fit(featureset)`` takes a ``FeatureSet``, which
+carries its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.feature_selection import SelectorMixin
+from sklearn.model_selection import train_test_split
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from evojax_prune.config import RunConfig, preset
+from evojax_prune.data.featureset import FeatureSet
+from evojax_prune.search.loop import run_search
+
+MEMBERS = ("accuracy", "mem", "auroc")
+
+
+class FeatureSelector(SelectorMixin, BaseEstimator):
+    """Selects features by multi-objective evolutionary pruning (sklearn's selector interface).
+
+    Parameters:
+      config: a ``RunConfig``, a preset name (``"quick"``, ``"default"``,
+        ``"paper"``) or None for ``preset("quick")`` (seconds to minutes on a
+        CPU; ``"default"`` is the method as sized for an accelerator).
+      seed: the search's seed (and the validation split's); the same seed
+        gives the same mask.
+      member: which front member's mask ``support_`` is: ``"accuracy"`` (the
+        highest validation accuracy, ties to fewer features), ``"mem"`` (the
+        fewest features, ties to higher accuracy), ``"auroc"`` (the highest
+        validation AUROC of the configured kind, ties to higher accuracy), or
+        an int, a position in ``result_.masks`` (sorted by validation
+        accuracy, best first).
+      max_features: most features a mask may keep (``SearchConfig.max_features``);
+        None keeps the config's.
+      time_budget, hv_patience: stop the search early (``run_search``).
+      validation_fraction: share of ``(X, y)`` held out, stratified, to score
+        the masks when ``fit`` gets no ``X_val``.
+
+    Attributes (after ``fit``):
+      result_: the ``SearchResult``.
+      support_: (D,) bool, the chosen member's mask.
+      member_: its position in ``result_.masks``.
+      classes_: the labels of ``y`` (``fit`` on arrays), in label order.
+      n_features_in_: D (and ``feature_names_in_`` for a DataFrame).
+    """
+
+    def __init__(self, config: RunConfig | str | None = None, seed: int = 0, member: str | int = "accuracy",
+                 max_features: int | None = None, time_budget: float | None = None,
+                 hv_patience: int | None = None, validation_fraction: float = 0.2):
+        self.config = config
+        self.seed = seed
+        self.member = member
+        self.max_features = max_features
+        self.time_budget = time_budget
+        self.hv_patience = hv_patience
+        self.validation_fraction = validation_fraction
+
+    def fit(self, X, y=None, *, ood=None, X_val=None, y_val=None, initial_masks=None) -> FeatureSelector:
+        """Runs the search and keeps one front member's mask.
+
+        Args:
+          X: (N, D) features, or a ``FeatureSet`` (then ``y``, ``ood``, ``X_val`` and
+            ``y_val`` must be None: it holds its splits and OoD data).
+          y: (N,) labels, any values sklearn accepts as classes.
+          ood: (M, D) features of out-of-distribution samples; required with
+            arrays (see the module docstring). They score the front twice, as
+            its validation and its "test" OoD data.
+          X_val, y_val: a validation split to score masks on; None holds out
+            ``validation_fraction`` of (X, y). The front's "test" metrics in
+            ``result_`` are this split again: nothing is held out from the
+            caller, who scores the selected features downstream.
+          initial_masks: a warm start for the first population (``run_search``).
+
+        Returns:
+          self.
+        """
+        features = self._features(X, y, ood, X_val, y_val)
+        config = self._config()
+        result = run_search(features, config, seed=self.seed, time_budget=self.time_budget,
+                            hv_patience=self.hv_patience, initial_masks=initial_masks)
+        self.result_ = result
+        self.member_ = _member(result, self.member)
+        self.support_ = np.array(result.masks[self.member_], bool)
+        return self
+
+    def transform(self, X):
+        """(N, k) ``X[:, support_]``: a copy of the k selected columns (N k values), not a view."""
+        return super().transform(X)
+
+    def _get_support_mask(self) -> np.ndarray:
+        check_is_fitted(self, "support_")
+        return self.support_
+
+    def _config(self) -> RunConfig:
+        config = self.config
+        if config is None:
+            config = preset("quick")
+        elif isinstance(config, str):
+            config = preset(config)
+        elif not isinstance(config, RunConfig):
+            raise TypeError(f"FeatureSelector.config must be a RunConfig, a preset name or None, "
+                            f"got {type(config).__name__}")
+        if self.max_features is not None:
+            config = config.replace(search={"max_features": self.max_features}, preset=config.preset)
+        return config
+
+    def _features(self, X, y, ood, X_val, y_val) -> FeatureSet:
+        if isinstance(X, FeatureSet):
+            given = [name for name, value in (("y", y), ("ood", ood), ("X_val", X_val), ("y_val", y_val))
+                     if value is not None]
+            if given:
+                raise ValueError(f"FeatureSelector.fit: a FeatureSet holds its own splits and OoD data; "
+                                 f"do not pass {', '.join(given)}")
+            self.n_features_in_ = X.num_features
+            self.classes_ = np.arange(X.num_classes)
+            return X
+        if y is None:
+            raise ValueError("FeatureSelector.fit needs labels y (or a FeatureSet as X)")
+        if ood is None:
+            raise ValueError(
+                "FeatureSelector.fit needs ood=, (M, D) features of out-of-distribution samples: the "
+                "robustness objective (1 - AUROC of ODIN scores) ranks heads by how well they tell X's "
+                "samples from them, and cannot be computed without them"
+            )
+        X, y = validate_data(self, X, y, dtype=np.float32)  # sets n_features_in_
+        ood = check_array(ood, dtype=np.float32)
+        if ood.shape[1] != X.shape[1]:
+            raise ValueError(f"FeatureSelector.fit: ood has {ood.shape[1]} features, X has {X.shape[1]}")
+        self.classes_, labels = np.unique(y, return_inverse=True)
+        if X_val is None:
+            x_train, x_val, y_train, y_val_ = train_test_split(
+                X, labels, test_size=self.validation_fraction, stratify=labels, random_state=self.seed)
+        else:
+            if y_val is None:
+                raise ValueError("FeatureSelector.fit: X_val needs y_val")
+            x_val = check_array(X_val, dtype=np.float32)
+            if x_val.shape[1] != X.shape[1]:
+                raise ValueError(f"FeatureSelector.fit: X_val has {x_val.shape[1]} features, X has "
+                                 f"{X.shape[1]}")
+            unknown = np.setdiff1d(np.asarray(y_val), self.classes_)
+            if unknown.size:
+                raise ValueError(f"FeatureSelector.fit: y_val has labels not in y: {unknown[:5].tolist()}")
+            x_train, y_train, y_val_ = X, labels, np.searchsorted(self.classes_, np.asarray(y_val))
+        y_train, y_val_ = y_train.astype(np.int32), y_val_.astype(np.int32)
+        return FeatureSet(
+            x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val_, x_test=x_val, y_test=y_val_,
+            ood_val=ood, ood_test=ood, class_names=tuple(str(label) for label in self.classes_),
+            metadata={"name": "FeatureSelector", "source": "arrays given to FeatureSelector.fit"},
+        )
+
+
+def _member(result, member: Any) -> int:
+    """The position in ``result.masks`` of the member ``member`` names (``FeatureSelector.member``)."""
+    accuracy = result.validation["accuracy"]
+    size = result.masks.sum(axis=1)
+    if isinstance(member, (int, np.integer)) and not isinstance(member, bool):
+        if not -len(result.masks) <= member < len(result.masks):
+            raise ValueError(f"FeatureSelector.member = {member}: the front has {len(result.masks)} members")
+        return int(member) % len(result.masks)
+    if member == "accuracy":
+        keys = (size, -accuracy)  # np.lexsort: the last key first
+    elif member == "mem":
+        keys = (-accuracy, size)
+    elif member == "auroc":
+        auroc = result.validation["auroc" if result.config.odin.auroc == "exact" else "auroc_paper"]
+        keys = (-accuracy, -auroc)
+    else:
+        raise ValueError(f"FeatureSelector.member must be one of {MEMBERS} or a front position, "
+                         f"got {member!r}")
+    return int(np.lexsort(keys)[0])

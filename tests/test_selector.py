@@ -1,0 +1,83 @@
+"""FeatureSelector: the search behind scikit-learn's feature-selector interface."""
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted
+
+import evojax_prune as ep
+from evojax_prune.data import embedded
+
+TINY = ep.preset("quick").replace(head={"hidden": 16}, train={"max_epochs": 3, "patience": 2},
+                                  search={"population_size": 4, "generations": 1})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return embedded.digits()
+
+
+@pytest.fixture(scope="module")
+def pipeline(digits):
+    """A pipeline fitted on arrays; its validation split and OoD data have the FeatureSet's shapes,
+    so that ``fit(FeatureSet)`` below reuses the compiled programs."""
+    steps = Pipeline([("select", ep.FeatureSelector(config=TINY, seed=0)),
+                      ("classify", LogisticRegression(max_iter=500))])
+    with pytest.raises(NotFittedError):
+        check_is_fitted(steps["select"])
+    return steps.fit(digits.x_train, digits.y_train, select__ood=digits.ood_val,
+                     select__X_val=digits.x_val, select__y_val=digits.y_val)
+
+
+def test_pipeline_selects_the_most_accurate_members_mask(digits, pipeline):
+    selector = pipeline["select"]
+    check_is_fitted(selector)
+    result = selector.result_
+    assert isinstance(result, ep.SearchResult) and len(result.history) == 2
+    # "accuracy": the best validation accuracy of the front, ties to fewer features.
+    best = result.validation["accuracy"].max()
+    ties = np.flatnonzero(result.validation["accuracy"] == best)
+    assert selector.member_ in ties
+    assert result.masks[selector.member_].sum() == result.masks[ties].sum(axis=1).min()
+    np.testing.assert_array_equal(selector.support_, result.masks[selector.member_])
+    np.testing.assert_array_equal(selector.get_support(), selector.support_)
+    np.testing.assert_array_equal(selector.get_support(indices=True), np.flatnonzero(selector.support_))
+    reduced = selector.transform(digits.x_test)
+    np.testing.assert_array_equal(reduced, digits.x_test[:, selector.support_])
+    assert not np.shares_memory(reduced, digits.x_test)  # a copy, N x k
+    assert selector.n_features_in_ == 64 and list(selector.classes_) == list(range(10))
+    assert 0.0 <= pipeline.score(digits.x_test, digits.y_test) <= 1.0
+    with pytest.raises(ValueError, match="X has 63 features"):
+        selector.transform(digits.x_test[:, :63])
+
+
+def test_fit_on_a_featureset_and_the_members_it_can_choose(digits, pipeline):
+    selector = ep.FeatureSelector(config=TINY, seed=0, member="mem").fit(digits)
+    result = selector.result_
+    # The same search as the pipeline's (same seed, same splits): the same front.
+    np.testing.assert_array_equal(result.masks, pipeline["select"].result_.masks)
+    assert selector.support_.sum() == result.masks.sum(axis=1).min()
+    auroc = result.validation["auroc"]
+    assert auroc[ep.selector._member(result, "auroc")] == auroc.max()
+    assert ep.selector._member(result, -1) == len(result.masks) - 1
+    with pytest.raises(ValueError, match="member must be one of"):
+        ep.selector._member(result, "smallest")
+
+
+def test_arrays_without_ood_are_refused_and_the_default_split_is_stratified(digits):
+    selector = ep.FeatureSelector(config=TINY)
+    with pytest.raises(ValueError, match=r"needs ood=.*cannot be computed without them"):
+        selector.fit(digits.x_train, digits.y_train)
+    with pytest.raises(ValueError, match="do not pass y"):
+        selector.fit(digits, digits.y_train)
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    split = selector._features(digits.x_train, names[digits.y_train], digits.ood_val, None, None)
+    assert len(split.x_val) == int(np.ceil(0.2 * len(digits.x_train)))
+    assert len(split.x_train) + len(split.x_val) == len(digits.x_train)
+    assert split.class_names == tuple(sorted(names)) and list(selector.classes_) == sorted(names)
+    share = lambda labels: np.bincount(labels, minlength=10) / len(labels)
+    np.testing.assert_allclose(share(split.y_val), share(split.y_train), atol=0.01)
+    assert clone(selector).get_params() == selector.get_params()
