@@ -227,3 +227,37 @@ def test_mahalanobis_chunked_equals_whole_and_the_memory_model_counts_the_traini
     assert evaluate.auto_chunk_size(*shapes, perturb=False, memory_budget_mb=2048, num_train_rows=2520) < (
         evaluate.auto_chunk_size(*shapes, perturb=False, memory_budget_mb=2048)
     )
+
+
+@pytest.mark.parametrize("score", ["maxlogit", "mahalanobis"])
+def test_two_hidden_layers_pruning_neurons_score_the_second_layer(problem, score):
+    """The last hidden layer of 2 layers, neurons of both pruned (HeadConfig.prune "both")."""
+    _, _, features, labels, ood_features, train = problem
+    rng = np.random.default_rng(7)
+    params = head.HeadParams(
+        hidden_kernel=jnp.asarray(rng.normal(size=(POPULATION, FEATURES, HIDDEN)) * 0.4, jnp.float32),
+        output_kernel=jnp.asarray(rng.normal(size=(POPULATION, HIDDEN, CLASSES)) * 3.0, jnp.float32),
+        output_bias=jnp.asarray(rng.normal(size=(POPULATION, CLASSES)), jnp.float32),
+        second_kernel=jnp.asarray(rng.normal(size=(POPULATION, HIDDEN, HIDDEN)) * 0.5, jnp.float32),
+    )
+    masks = rng.random((POPULATION, 2 * HIDDEN)) < 0.7
+    config = cfg.preset("quick").replace(head={"hidden": HIDDEN, "hidden_layers": 2, "prune": "both"},
+                                         odin={"score": score})
+    got = evaluate.evaluate_population(params, masks, features, labels, ood_features, config, train=train)
+
+    def activations(p, x):  # numpy, float64: relu(relu(x W1) * m1 W2) * m2
+        first, second = masks[p, :HIDDEN], masks[p, HIDDEN:]
+        kernel = lambda name: np.asarray(getattr(params, name)[p], np.float64)
+        hidden = np.maximum(np.asarray(x, np.float64) @ kernel("hidden_kernel"), 0) * first
+        return np.maximum(hidden @ kernel("second_kernel"), 0) * second
+
+    rows = np.concatenate([features, ood_features])
+    is_ind = np.r_[np.ones(NUM_IND), np.zeros(NUM_OOD)]
+    for p in range(POPULATION):
+        hidden = activations(p, rows)
+        if score == "maxlogit":
+            reference = (hidden @ np.asarray(params.output_kernel[p], np.float64)
+                         + np.asarray(params.output_bias[p], np.float64)).max(axis=-1)
+        else:
+            reference = _sklearn_mahalanobis(activations(p, train[0]), train[1], hidden, CLASSES)[0]
+        assert float(got.auroc[p]) == pytest.approx(roc_auc_score(is_ind, reference), abs=1e-6), p
