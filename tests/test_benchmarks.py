@@ -187,6 +187,14 @@ def test_runs_lockstep_times_both_sides_and_checks_the_fronts(tmp_path):
     assert result["training_plan"]["population"] == 2 * 5
 
 
+def test_neuron_gathering_trains_both_ways_and_they_agree(tmp_path):
+    result = run_benchmark("neuron_gathering.py", tmp_path / "neurons.json", "--heads", "2", "--epochs", "1",
+                           "--repeats", "1", "--modes", "hidden1")
+    (row,) = result["rows"]
+    assert row["plans"]["narrow"]["neurons"] and not row["plans"]["full_width"]["neurons"]
+    assert row["max_weight_difference"] < 1e-5 and row["ratio"] > 0
+
+
 def test_cpu_step_layouts_compute_the_same_weights(tmp_path):
     result = run_benchmark("cpu_step_layouts.py", tmp_path / "layouts.json",
                            "--rows", "48", "--steps", "5", "--repeats", "1")
