@@ -19,6 +19,7 @@ from evojax_prune.score import mahalanobis, metrics, odin, ood_scores
 from evojax_prune.score.evaluate import PopulationMetrics, evaluate_population
 from evojax_prune.search import nsga2
 from evojax_prune.search.hypervolume import hypervolume
+from evojax_prune.search.lockstep import RunsResult
 from evojax_prune.search.loop import run_search
 from evojax_prune.search.nsga2 import NSGA2
 from evojax_prune.search.result import SearchResult
@@ -35,6 +36,7 @@ __all__ = [
     "OdinConfig",
     "PopulationMetrics",
     "RunConfig",
+    "RunsResult",
     "SearchConfig",
     "SearchResult",
     "Stopping",

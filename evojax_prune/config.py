@@ -228,8 +228,9 @@ class EngineConfig:
       memory_budget_mb: device memory the trainer (and the scoring) may use
         for per-head state, per device.
       max_heads_per_chunk: the most heads an automatically sized chunk holds.
-      gather_features: train each head on its kept features only, not on the
-        masked dense kernel; auto: when the optimizer allows it
+      gather_features: train each head on the units it keeps only (its kept
+        features, or with ``HeadConfig.prune`` its kept neurons), not on the
+        masked full-width layers; auto: when the optimizer allows it
         (``plan.ROW_SEPARABLE_OPTIMIZERS``), True with another optimizer is an
         error.
       step: the training step of packed chunks (several heads per chunk):

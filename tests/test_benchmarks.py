@@ -178,6 +178,23 @@ def test_fused_sgd_step_benchmark_runs_both_variants(tmp_path):
     assert not result["compiled"] and result["fastest"]["variant"] == "fused"
 
 
+def test_runs_lockstep_times_both_sides_and_checks_the_fronts(tmp_path):
+    result = run_benchmark("runs_lockstep.py", tmp_path / "runs.json", "--runs", "2", "--generations", "1",
+                           "--population", "4", "--repeats", "2")
+    assert [repeat["first"] for repeat in result["repeats"]] == ["lockstep", "one_after_another"]
+    assert result["fronts_equal"] and result["seeds"] == [0, 1]
+    assert all(r["lockstep_seconds"] > 0 and r["one_after_another_seconds"] > 0 for r in result["repeats"])
+    assert result["training_plan"]["population"] == 2 * 5
+
+
+def test_neuron_gathering_trains_both_ways_and_they_agree(tmp_path):
+    result = run_benchmark("neuron_gathering.py", tmp_path / "neurons.json", "--heads", "2", "--epochs", "1",
+                           "--repeats", "1", "--modes", "hidden1")
+    (row,) = result["rows"]
+    assert row["plans"]["narrow"]["neurons"] and not row["plans"]["full_width"]["neurons"]
+    assert row["max_weight_difference"] < 1e-5 and row["ratio"] > 0
+
+
 def test_cpu_step_layouts_compute_the_same_weights(tmp_path):
     result = run_benchmark("cpu_step_layouts.py", tmp_path / "layouts.json",
                            "--rows", "48", "--steps", "5", "--repeats", "1")

@@ -266,7 +266,7 @@ def test_front_keeps_the_heads_the_search_trained(digits):
 
 
 def test_bucket_sizes_keep_the_compiled_shapes_few():
-    from evojax_prune.search.loop import bucket_size
+    from evojax_prune.search.evaluator import bucket_size
 
     # The authors' budget run generationally: 30 masks, then generations of 34 (fewer after
     # duplicates): one shape.

@@ -229,6 +229,32 @@ def test_heads_of_several_runs_train_as_in_their_run_alone(engine):
         trainer.train_population(keys, masks, x, y, config, runs=np.zeros(6, int))
 
 
+@pytest.mark.parametrize(("hidden_layers", "prune"), [(1, "hidden1"), (2, "hidden2"), (2, "both")])
+@pytest.mark.parametrize("engine", [{}, {"chunk_size": 3}], ids=["one-head-chunks", "chunks-of-3"])
+def test_heads_trained_on_their_kept_neurons_equal_the_full_width_layers(hidden_layers, prune, engine):
+    hidden = 96  # capacities 32, 64, 96: heads keeping few neurons train narrower layers
+    x, y = _data(seed=9)
+    head_config = HeadConfig(hidden=hidden, hidden_layers=hidden_layers, prune=prune)
+    masks = np.random.default_rng(10).random((5, head_config.chromosome_length(D))) < [[0.2], [0.5], [0.9],
+                                                                                      [0.0], [1.0]]
+    config = _SHARED_CONFIG.replace(head={"hidden": hidden, "hidden_layers": hidden_layers, "prune": prune},
+                                    engine=engine)
+    narrow = trainer.train_population(jax.random.key(11), masks, x, y, config)
+    full_width = trainer.train_population(jax.random.key(11), masks, x, y,
+                                          config.replace(engine={"gather_features": False}))
+    training_plan = trainer.training_plan(config, 5, D, C)
+    assert training_plan.neurons and [layout.tile_rows for layout in training_plan.layouts] == [32, 64, 96]
+    assert not trainer.training_plan(config.replace(engine={"gather_features": False}), 5, D, C).neurons
+    np.testing.assert_array_equal(narrow.epochs, full_width.epochs)
+    _assert_params_close(narrow.params, full_width.params)
+    init = head.init(jax.random.split(jax.random.key(11))[0], D, C, hidden, hidden_layers)
+    first = masks[:, :hidden] if prune in ("hidden1", "both") else np.ones((5, hidden), bool)
+    # A pruned neuron's weights never moved: its incoming column and outgoing row are the initial ones.
+    pruned = ~first
+    np.testing.assert_array_equal(np.asarray(narrow.params.hidden_kernel).transpose(0, 2, 1)[pruned],
+                                  np.broadcast_to(np.asarray(init.hidden_kernel).T, (5, hidden, D))[pruned])
+
+
 def test_invariant_to_population_position_and_chunking():
     x, y = _data(seed=1)
     masks = _author_masks(2, 64)

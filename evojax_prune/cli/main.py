@@ -82,6 +82,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--generations must be at least 1, got {args.generations}")
     if args.resume and not args.out:
         raise UsageError("--resume needs --out DIR, the run directory to continue")
+    if args.runs < 1:
+        raise UsageError(f"--runs must be at least 1, got {args.runs}")
     from evojax_prune.config import canonical_devices
 
     devices_spec = canonical_devices(args.devices) if args.devices is not None else None
@@ -113,24 +115,30 @@ def _run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from evojax_prune.cli.progress import SearchProgress, front_table
+    from evojax_prune.cli.progress import SearchProgress, front_table, runs_table
     from evojax_prune.search.loop import run_search
 
     console = Console(stderr=True, quiet=args.quiet or not main_process)  # one voice: process 0
     console.print(
         f"evojax-prune run: {features}\npreset {preset_name}: population {config.search.population_size}, "
         f"{config.search.generations} generations of {config.search.num_offspring} offspring "
-        f"(up to {config.search.max_evaluations} evaluations), seed {args.seed}, output {out}\n"
+        f"(up to {config.search.max_evaluations} evaluations), "
+        f"{_seeds(args.seed, args.runs)}, output {out}\n"
         f"head: {config.head.hidden_layers} hidden layer(s) of {config.head.hidden}, pruning "
         f"{config.head.prune}",
         highlight=False,
     )
-    with SearchProgress(config.search.generations, console) as progress:
+    with SearchProgress(config.search.generations, console, runs=args.runs) as progress:
         result = run_search(
             features, config, seed=args.seed, out_dir=out, resume=args.resume, overwrite=args.overwrite,
             on_generation=progress.update, time_budget=args.time_budget, hv_patience=args.hv_patience,
-            initial_masks=args.initial_masks,
+            initial_masks=args.initial_masks, runs=args.runs,
         )
+    if args.runs > 1:
+        console.print(runs_table(result))
+        console.print(f"{result}\nresults in {out} (run-0 .. run-{args.runs - 1}, runs.json, "
+                      "merged_pareto.csv)", highlight=False)
+        return 0
     console.print(front_table(result))
     console.print(f"{result}\nresults in {out}", highlight=False)
     ended = result.stopping or {}
@@ -139,6 +147,10 @@ def _run(args: argparse.Namespace) -> int:
                       f"({ended['reason'].replace('_', ' ')}); --resume continues it",
                       highlight=False)
     return 0
+
+
+def _seeds(seed: int, runs: int) -> str:
+    return f"seed {seed}" if runs == 1 else f"{runs} runs, seeds {seed} .. {seed + runs - 1}"
 
 
 # The config field each score's temperature is, for --ood-temperature; the other scores have none.
@@ -181,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--population", type=int, metavar="N", help="population size")
     run.add_argument("--generations", type=int, metavar="G", help="generations after the initial one")
     run.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    run.add_argument("--runs", type=int, default=1, metavar="R",
+                     help="R independent searches, seeds S .. S+R-1, trained together in lockstep; "
+                          "--out holds run-0 .. run-{R-1} and their merged front (default 1)")
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/NAME-PRESET-seedS-TIME)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")

@@ -18,8 +18,9 @@ from rich.table import Table
 
 def generation_line(record: dict[str, Any]) -> str:
     diverged = record.get("diverged", 0)
+    run = f"run {record['run']:>2}  " if "run" in record else ""
     return (
-        f"gen {record['generation']:>4}  evals {record['evaluations']:>6}  "
+        f"{run}gen {record['generation']:>4}  evals {record['evaluations']:>6}  "
         f"front {record['front_size']:>4}  HV {record['hypervolume']:.4f}  "
         f"best acc {record['best_accuracy']:.4f}  min MEM {record['smallest_mem']:.4f}  "
         f"best AUROC {record['best_auroc']:.4f}  "
@@ -29,16 +30,20 @@ def generation_line(record: dict[str, Any]) -> str:
 
 
 class SearchProgress:
-    """A context manager whose ``update(record)`` is ``run_search``'s ``on_generation``."""
+    """A context manager whose ``update(record)`` is ``run_search``'s ``on_generation``.
 
-    def __init__(self, generations: int, console: Console | None = None):
+    With ``runs`` > 1 the bar counts the generations of all runs (records carry their ``run``).
+    """
+
+    def __init__(self, generations: int, console: Console | None = None, runs: int = 1):
         self.console = console or Console(stderr=True)
         self.progress = Progress(
             TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("generations"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=self.console, transient=True,
         )
-        self.task = self.progress.add_task("search", total=generations + 1)
+        self.task = self.progress.add_task("search", total=runs * (generations + 1))
+        self.done: dict[int, int] = {}  # generations recorded, by run
 
     def __enter__(self) -> SearchProgress:
         self.progress.__enter__()
@@ -49,7 +54,22 @@ class SearchProgress:
 
     def update(self, record: dict[str, Any]) -> None:
         self.progress.console.print(generation_line(record), highlight=False)
-        self.progress.update(self.task, completed=record["generation"] + 1)
+        self.done[record.get("run", 0)] = record["generation"] + 1
+        self.progress.update(self.task, completed=sum(self.done.values()))
+
+
+def runs_table(result) -> Table:
+    """Each run's front beside the merged one (``lockstep.RunsResult``)."""
+    table = Table(title=f"{len(result.runs)} runs: fronts merged into {len(result.merged_run)} members")
+    for column in ("run", "seed", "front", "hypervolume", "best acc val", "best acc test"):
+        table.add_column(column, justify="right")
+    for index, run in enumerate(result.runs):
+        table.add_row(str(index), str(run.seed), str(len(run.masks)), f"{run.hypervolume:.4f}",
+                      f"{run.validation['accuracy'].max():.4f}", f"{run.test['accuracy'].max():.4f}")
+    merged_val, merged_test = result.metrics("validation"), result.metrics("test")
+    table.add_row("merged", "", str(len(result.merged_run)), f"{result.hypervolume:.4f}",
+                  f"{merged_val['accuracy'].max():.4f}", f"{merged_test['accuracy'].max():.4f}", style="bold")
+    return table
 
 
 def front_table(result, limit: int = 15) -> Table:

@@ -139,6 +139,79 @@ def prepare(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
     return path
 
 
+GROUP_FILES = ("runs.json", "merged_pareto.csv")  # beside run-0 .. run-{R-1} (``run_search(runs=R)``)
+
+
+def group_members(path: str | Path, runs: int) -> list[Path]:
+    """The run directories of a group of ``runs`` runs: ``path/run-0`` .. ``path/run-{R-1}``."""
+    return [Path(path) / f"run-{index}" for index in range(runs)]
+
+
+def prepare_group(path: str | Path, runs: int, *, resume: bool, overwrite: bool) -> list[Path]:
+    """``prepare`` for a group of runs: the group directory and every member, all checked first.
+
+    A group directory holds only its members (``run-<i>``) and ``GROUP_FILES``.
+    Resuming needs every member to be resumable and no other members; a new
+    group refuses an existing, non-empty directory unless ``overwrite``, which
+    replaces members and group files and nothing else.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirectoryError(f"{path}: exists and is not a directory")
+    existing = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    members = group_members(path, runs)
+    names = {member.name for member in members}
+    others = [name for name in existing if name not in names and name not in GROUP_FILES
+              and not name.startswith(".")]
+    if resume:
+        if others:
+            raise RunDirectoryError(f"{path}: cannot resume {runs} runs, it also holds {others[:5]} "
+                                    "(started with another --runs?)")
+        for member in members:  # every member checked before any is touched
+            if not any((member / name).is_file() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
+                raise RunDirectoryError(f"{member}: nothing to resume (no {CHECKPOINT})")
+    elif existing:
+        if not overwrite:
+            raise RunDirectoryError(f"{path}: directory exists and is not empty; pass --resume to continue "
+                                    "the runs in it or --overwrite to replace them")
+        if others:
+            raise RunDirectoryError(f"{path}: will not overwrite, it holds files that are not its runs': "
+                                    f"{others[:5]}")
+        for member in members:
+            if member.exists():
+                prepare(member, resume=False, overwrite=True)  # refuses foreign files before deleting
+        for name in GROUP_FILES:
+            (path / name).unlink(missing_ok=True)
+    return [prepare(member, resume=resume, overwrite=False) for member in members]
+
+
+def write_merged(path: Path, merged) -> None:
+    """merged_pareto.csv and runs.json of a ``lockstep.RunsResult``, in that order."""
+    validation, test = merged.metrics("validation"), merged.metrics("test")
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    columns = ("run", "member", "active", "mem", *(f"{split}_{name}" for name in CSV_METRICS
+                                                     for split in ("val", "test")))
+    writer.writerow(columns)
+    masks = merged.masks
+    for index, (run, member) in enumerate(zip(merged.merged_run, merged.merged_member, strict=True)):
+        row = [int(run), int(member), int(masks[index].sum()), float(validation["mem"][index])]
+        for name in CSV_METRICS:
+            row += [float(validation[name][index]), float(test[name][index])]
+        writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in row])
+    atomic.write_text(path / "merged_pareto.csv", table.getvalue())
+    atomic.write_json(path / "runs.json", {
+        "format": FORMAT,
+        "runs": [{"directory": f"run-{index}", "seed": result.seed, "hypervolume": result.hypervolume,
+                  "front_size": len(result.masks), "stopping": result.stopping}
+                 for index, result in enumerate(merged.runs)],
+        "merged": {"size": len(merged.merged_run), "hypervolume": merged.hypervolume,
+                   "hypervolume_reference": list(REFERENCE_POINT),
+                   "run": merged.merged_run.tolist(), "member": merged.merged_member.tolist()},
+        "run_hypervolumes": merged.spread(),
+    })
+
+
 def require_writable(path: Path, purpose: str) -> None:
     """Refuses a directory this process cannot write, before any work is done."""
     if not _writable(path):

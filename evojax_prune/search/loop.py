@@ -34,157 +34,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evojax_prune import devices, head
+from evojax_prune import devices
 from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.run import rundir
 from evojax_prune.score import evaluate
-from evojax_prune.search import stopping, strategy, warm_start
-from evojax_prune.search.evaluation_cache import METRIC_NAMES, MaskCache, TrainedHeads
+from evojax_prune.search import lockstep, stopping, strategy, warm_start
+from evojax_prune.search.evaluation_cache import METRIC_NAMES, MaskCache
+from evojax_prune.search.evaluator import MaskEvaluator, metric_rows
 from evojax_prune.search.hypervolume import hypervolume
 from evojax_prune.search.result import REFERENCE_POINT, SearchResult
 from evojax_prune.search.result import objectives as to_objectives
-from evojax_prune.train import trainer
 
 __all__ = ["REFERENCE_POINT", "SearchResult", "run_search"]
-
-def bucket_size(count: int, max_batch: int) -> int:
-    """How many heads a call that trains ``count`` new masks is padded to.
-
-    More than half of ``max_batch``: ``max_batch`` itself, so that a
-    generational search compiles one shape for its initial population and its
-    generations (the authors' budget run generationally trains 30 and then 34
-    masks: one compiled program, not two, and compiling one costs seconds).
-    Fewer: the next power of two, so that a steady-state search (2 offspring at
-    a time) is not padded to the population. More than ``max_batch``:
-    multiples of it.
-    """
-    if count > max_batch:
-        return -(-count // max_batch) * max_batch
-    if 2 * count > max_batch:
-        return max_batch
-    return min(max_batch, 1 << max(count - 1, 0).bit_length())
-
-
-class MaskEvaluator:
-    """Trains and scores masks on the validation data, each distinct mask once.
-
-    Masks not in the cache are trained together in one ``train_population``
-    call, padded to a bucket (``bucket_size``) and then to a multiple of the
-    device count, so that a run compiles a handful of shapes instead of one per
-    count and every device gets as many heads.
-
-    The data is placed on every device of the mesh once, here. On several
-    hosts every process holds the same evaluator: the metrics come back to
-    every process, so the caches stay equal.
-    """
-
-    def __init__(self, features: FeatureSet, config: RunConfig, train_key: jax.Array, max_batch: int):
-        self.config = config
-        self.train_key = train_key
-        self.max_batch = max_batch
-        self.num_classes = features.num_classes
-        self.mesh = devices.mesh_for(config.engine.devices)
-        everywhere = devices.replicated(self.mesh)
-        self.x_train, self.y_train = devices.put((features.x_train, features.y_train), everywhere)
-        self.x_val, self.y_val = devices.put((features.x_val, features.y_val), everywhere)
-        self.ood_val = devices.put(features.ood_val, everywhere)
-        self.num_features = features.num_features
-        self.cache = MaskCache(config.head.chromosome_length(features.num_features))
-        self.heads = TrainedHeads()  # the trained heads of the masks the search still holds
-        self.baseline: np.ndarray | None = None  # trained beside the next call's masks if room is left
-        # Kept while the population's heads fit the memory budget (twice it at the peak of a
-        # generation: the population's heads and the generation's); a larger population has its
-        # front trained again at the end instead, as the heads' memory would bound P.
-        head_bytes = head.param_bytes(features.num_features, features.num_classes, config.head.hidden,
-                                      config.head.hidden_layers)
-        self.keep_heads = max_batch * head_bytes <= config.engine.memory_budget_mb * 2**20
-        self.seconds = {"train": 0.0, "score": 0.0}
-        self.trained_masks = 0
-        self.train_calls: list[list[int]] = []  # [padded, trained] per call since the last history record
-        self.diverged = 0  # of the heads trained since the last history record
-        self.warned_divergence = False
-
-    def metrics(self, masks: np.ndarray) -> np.ndarray:
-        """(K, D) bool -> (K, len(METRIC_NAMES)) float64 validation metrics."""
-        found, values = self.cache.lookup(masks)
-        if not found.all():
-            fresh = np.unique(masks[~found], axis=0)
-            for start in range(0, len(fresh), self.max_batch):  # one call per generation in practice
-                self.cache.insert(fresh[start:start + self.max_batch],
-                                  self._train_and_score(fresh[start:start + self.max_batch]))
-            found, values = self.cache.lookup(masks)
-        return values
-
-    def objectives(self, masks: np.ndarray) -> np.ndarray:
-        values = self.metrics(masks)
-        return to_objectives(dict(zip(METRIC_NAMES, values.T, strict=True)), self.config.odin.auroc)
-
-    def _padded(self, masks: np.ndarray, at_least: int = 0) -> np.ndarray:
-        """(K, D) -> (bucket, D): max(``bucket_size``, ``at_least``), up to a multiple of the devices.
-
-        The padding repeats a real mask and is never trained (``num_trained``):
-        the bucket keeps the compiled shape, not the work.
-        """
-        count = len(masks)
-        bucket = devices.padded_size(max(bucket_size(count, self.max_batch), at_least), self.mesh.size)
-        return np.concatenate([masks, np.repeat(masks[:1], bucket - count, axis=0)])
-
-    def training_plan(self) -> dict[str, Any]:
-        """How the generations' largest bucket trains (``trainer.training_plan``), for config.json."""
-        local = devices.padded_size(self.max_batch, self.mesh.size) // self.mesh.size
-        plan = trainer.training_plan(self.config, local, self.num_features, self.num_classes, self.mesh)
-        return {"population": local, **plan.to_dict()}
-
-    def train(self, masks: np.ndarray) -> trainer.TrainedPopulation:
-        """Trains (K, D) masks in a padded bucket; returns the K trained heads (device arrays)."""
-        trained = self._train_padded(self._padded(masks), len(masks))
-        return jax.tree.map(lambda leaf: leaf[: len(masks)], trained)
-
-    def _train_padded(self, padded: np.ndarray, count: int) -> trainer.TrainedPopulation:
-        """Trains the first ``count`` masks of a padded bucket (the rest keep the shape only)."""
-        self.train_calls.append([len(padded), count])
-        return trainer.train_population(
-            self.train_key, padded, self.x_train, self.y_train, self.config,
-            num_classes=self.num_classes, num_trained=count,
-        )
-
-    def _train_and_score(self, masks: np.ndarray) -> np.ndarray:
-        padded = self._padded(masks)
-        count = len(masks)
-        if self.baseline is not None and count < len(padded):  # a padding row trains it for free
-            padded[count] = self.baseline
-            count, self.baseline = count + 1, None
-        started = time.perf_counter()
-        trained = jax.block_until_ready(self._train_padded(padded, count))
-        if self.keep_heads:
-            self.heads.add(padded[:count], trained)
-        scored_at = time.perf_counter()
-        scores = evaluate.evaluate_population(
-            trained.params, padded, self.x_val, self.y_val, self.ood_val, self.config,
-            train=(self.x_train, self.y_train),
-        )
-        values = _metric_rows(scores, trained)
-        self.seconds["train"] += scored_at - started
-        self.seconds["score"] += time.perf_counter() - scored_at
-        self.trained_masks += len(masks)
-        self.diverged += int(values[: len(masks), METRIC_NAMES.index("diverged")].sum())
-        return values[: len(masks)]
-
-    def retain_heads(self, masks: np.ndarray) -> None:
-        """Keeps the trained heads of ``masks`` and of the baseline; lets the others go."""
-        if self.keep_heads:
-            self.heads.retain(np.concatenate([masks, np.ones((1, masks.shape[1]), bool)]))
-
-
-def _metric_rows(scores: evaluate.PopulationMetrics, trained: trainer.TrainedPopulation) -> np.ndarray:
-    columns = {name: getattr(scores, name) for name in METRIC_NAMES[:7]}
-    columns["epochs"] = trained.epochs
-    columns["train_loss"] = trained.final_loss
-    columns["diverged"] = trained.diverged
-    host = devices.to_host(columns)  # the generation's one transfer to the host (to every host)
-    return np.stack([np.asarray(host[name], np.float64) for name in METRIC_NAMES], axis=-1)
-
 
 def run_search(
     features: FeatureSet,
@@ -199,7 +61,8 @@ def run_search(
     time_budget: float | None = None,
     hv_patience: int | None = None,
     initial_masks: Any = None,
-) -> SearchResult:
+    runs: int = 1,
+) -> SearchResult | lockstep.RunsResult:
     """Runs MO-EvoPruneDeepTL on a FeatureSet.
 
     Args:
@@ -236,14 +99,43 @@ def run_search(
         ignored on resume (the checkpoint holds the population) unless they
         differ from those the run started with, which is refused.
 
+      runs: R independent searches, seeds ``seed`` .. ``seed + R - 1``, in
+        lockstep: every generation's new masks of all runs train in one
+        ``train_population`` call and are scored in one call
+        (``lockstep.py``), each run exactly as it would alone. ``out_dir``
+        then holds a run directory per run, ``run-0`` .. ``run-{R-1}``, and
+        the merged front (``runs.json``, ``merged_pareto.csv``);
+        ``on_generation`` gets every run's records, each with its ``run``.
+
     Returns:
       SearchResult; its ``stopping`` says why the search stopped and after
-      which generation.
+      which generation. With ``runs`` > 1 a ``lockstep.RunsResult``: each
+      run's SearchResult and their merged front.
     """
     if not isinstance(features, FeatureSet):
         raise TypeError(f"features must be a FeatureSet, got {type(features).__name__}")
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
+    if not (isinstance(runs, int) and not isinstance(runs, bool) and runs >= 1):
+        raise ValueError(f"runs must be an integer >= 1, got {runs!r}")
+    options = dict(resume=resume, overwrite=overwrite, algorithm=algorithm, time_budget=time_budget,
+                   hv_patience=hv_patience, initial_masks=initial_masks)
+    if runs == 1:
+        search = _search(features, config, seed=seed, out_dir=out_dir, on_generation=on_generation, **options)
+        return lockstep.drive([search], _train_and_score_alone)[0]
+    return lockstep.run_together(_search, features, config, seed=seed, runs=runs, out_dir=out_dir,
+                                 on_generation=on_generation, **options)
+
+
+def _train_and_score_alone(requests: list[tuple[MaskEvaluator, np.ndarray]]) -> list[np.ndarray]:
+    return [evaluator._train_and_score(masks) for evaluator, masks in requests]
+
+
+def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resume: bool, overwrite: bool,
+            on_generation, algorithm, time_budget, hv_patience, initial_masks, data=None):
+    """``run_search`` for one run, as a generator: it yields ``(evaluator, masks)`` whenever masks need
+    training and takes their metric rows back (``MaskEvaluator.metrics``); it returns the SearchResult.
+    ``data``: ``device_data`` shared with other runs."""
     started = time.perf_counter()
     search = config.search
     length = config.head.chromosome_length(features.num_features)  # D, or neurons (HeadConfig.prune)
@@ -264,7 +156,8 @@ def run_search(
     # steady-state search has no other call with a free row, and trained alone at the end,
     # the baseline costs a whole training).
     evaluator = MaskEvaluator(
-        features, config, train_key, max_batch=max(evolver.population_size + 1, evolver.num_offspring)
+        features, config, train_key, max_batch=max(evolver.population_size + 1, evolver.num_offspring),
+        data=data,
     )
     settings = {"config": config.to_dict(), "seed": seed, "features": features.metadata,
                 "num_features": features.num_features, "num_classes": features.num_classes,
@@ -281,7 +174,8 @@ def run_search(
         population = evolver.initial_population(init_key, seeds)
         if evaluator.keep_heads:  # the baseline trains with the initial population
             evaluator.baseline = np.ones(length, bool)
-        state = evolver.init(init_key, population, evaluator.objectives(evolver.masks(population)))
+        objectives = yield from evaluator.objectives(evolver.masks(population))
+        state = evolver.init(init_key, population, objectives)
         evaluator.retain_heads(evolver.masks(state.population))
         history = []
         _record(history, state, evolver, evaluator, started, 0, on_generation)
@@ -295,7 +189,7 @@ def run_search(
             break
         ask_key, tell_key = jax.random.split(jax.random.fold_in(evolve_key, generation))
         offspring, state = evolver.ask(ask_key, state)
-        objectives = evaluator.objectives(evolver.masks(offspring))
+        objectives = yield from evaluator.objectives(evolver.masks(offspring))
         selected_at = time.perf_counter()
         state = jax.block_until_ready(evolver.tell(tell_key, offspring, objectives, state))
         evaluator.seconds["select"] = time.perf_counter() - selected_at
@@ -353,12 +247,12 @@ def _resume_controls(run_path, write_path, controls, seeds_record) -> None:
 def _front_masks(state, evolver, evaluator) -> np.ndarray:
     """(F, D) bool: the distinct masks of the population's front."""
     masks = np.unique(evolver.masks(state.population), axis=0)
-    return masks[evolver.front(evaluator.objectives(masks))]
+    return masks[evolver.front(evaluator.cached_objectives(masks))]
 
 
 def _record(history, state, evolver, evaluator, started, generation, on_generation) -> None:
     front = _front_masks(state, evolver, evaluator)
-    values = dict(zip(METRIC_NAMES, evaluator.metrics(front).T, strict=True))
+    values = dict(zip(METRIC_NAMES, evaluator.cached_metrics(front).T, strict=True))
     objectives = to_objectives(values, evaluator.config.odin.auroc)
     trained_now = evaluator.trained_masks - (history[-1]["trained"] if history else 0)
     record = {
@@ -461,7 +355,7 @@ def _final_front(features, config, seed, state, evolver, evaluator, history, sta
     }.items():
         scored = evaluate.evaluate_population(trained.params, padded, x, y, ood, config,
                                               train=(evaluator.x_train, evaluator.y_train))
-        rows = _metric_rows(scored, trained)[: len(everything)]
+        rows = metric_rows(scored, trained)[: len(everything)]
         scores[split] = dict(zip(METRIC_NAMES, rows.T, strict=True))
     order = np.argsort(-scores["validation"]["accuracy"][:-1], kind="stable")
     params = jax.tree.map(lambda leaf: leaf[: len(everything)], devices.to_host(trained.params))

@@ -86,6 +86,8 @@ class TrainingPlan:
       tile_sum: ``"gather"`` or ``"scatter"``: how packed chunks sum tiles.
       kernel_transposed: chunks keep their first kernel as (K, H, c).
       command_buffers: XLA may run loop bodies as CUDA graphs.
+      neurons: the layouts are over the hidden neurons a chromosome keeps
+        (``neuron_packing``; capacities of H), not over the features.
     """
 
     platform: str
@@ -95,6 +97,7 @@ class TrainingPlan:
     tile_sum: str
     kernel_transposed: bool
     command_buffers: bool
+    neurons: bool = False
 
     @property
     def packed(self) -> bool:
@@ -115,6 +118,7 @@ class TrainingPlan:
             "tile_sum": self.tile_sum,
             "kernel_transposed": self.kernel_transposed,
             "command_buffers": self.command_buffers,
+            "neurons": self.neurons,
         }
 
 
@@ -157,6 +161,18 @@ def chunk_layouts(
     most = chunk_size * -(-num_features // tile_rows)
     levels = sorted({-(-most * level // packed_levels) for level in range(1, packed_levels + 1)})
     return tuple(ChunkLayout(tile_rows, tiles, per_head=False) for tiles in levels)
+
+
+def neuron_layouts(hidden: int, chunk_size: int, num_levels: int | None = None) -> tuple[ChunkLayout, ...]:
+    """The layouts a chunk of heads that prune neurons may train in: per head, a capacity of neurons.
+
+    A head keeping k of the H neurons of its pruned layer(s) (the larger count
+    with both layers) trains at the smallest of ``capacity_levels(H, levels)``
+    >= k (16 levels for chunks of one head, 8 for larger ones, as for features).
+    """
+    default = ONE_HEAD_CAPACITY_LEVELS if chunk_size == 1 else PACKED_CAPACITY_LEVELS
+    capacities = capacity_levels(hidden, num_levels or default)
+    return tuple(ChunkLayout(capacity, chunk_size, per_head=True) for capacity in capacities)
 
 
 def _tree_bytes(tree: Any) -> int:
@@ -275,8 +291,10 @@ def make_plan(
     """``engine`` resolved for a population of ``population`` heads per device on ``platform``.
 
     ``prune`` and ``hidden_layers`` are the head's (``HeadConfig``): a head
-    whose chromosome prunes neurons trains on every feature (the dense first
-    layer, its pruned neurons' activations zeroed).
+    whose chromosome prunes neurons trains on every feature and, when it
+    gathers (``gather_features``: kept units), on its kept neurons only, in
+    per-head layouts over H (``neuron_layouts``); otherwise its pruned
+    neurons' activations are held at zero in the full-width layers.
 
     Raises ValueError, naming the field, where an explicit setting cannot
     apply (``gather_features`` with another optimizer, ``step`` 'fused_sgd'
@@ -286,16 +304,21 @@ def make_plan(
     chunk_size = choose_chunk_size(population, num_features, num_classes, hidden, train_config, engine,
                                    platform, hidden_layers)
     levels = None if engine.capacity_levels == AUTO else engine.capacity_levels
-    gather = gathers_features(engine, train_config) and prune == "features"
-    layouts = chunk_layouts(num_features, chunk_size, gather, levels)
+    gather = gathers_features(engine, train_config)
+    neurons = gather and prune != "features"
+    if neurons:
+        layouts = neuron_layouts(hidden, chunk_size, levels)
+    else:
+        layouts = chunk_layouts(num_features, chunk_size, gather and prune == "features", levels)
     tile_sum = engine.tile_sum if engine.tile_sum != AUTO else ("gather" if platform == "gpu" else "scatter")
     command_buffers = chunk_size == 1 if engine.command_buffers == AUTO else engine.command_buffers
     return TrainingPlan(
         platform=platform,
         chunk_size=chunk_size,
         layouts=layouts,
-        step=_step(engine, train_config, layouts[0], hidden, platform),
+        step="xla" if neurons else _step(engine, train_config, layouts[0], hidden, platform),
         tile_sum=tile_sum,
         kernel_transposed=_kernel_transposed(engine, layouts[0], platform),
         command_buffers=command_buffers,
+        neurons=neurons,
     )

@@ -81,7 +81,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from evojax_prune import devices, head
 from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
-from evojax_prune.train import fused_sgd_step, packing, xla_step
+from evojax_prune.train import fused_sgd_step, neuron_packing, packing, xla_step
 from evojax_prune.train.plan import ChunkLayout, TrainingPlan, make_plan
 
 # A head whose lowest epoch loss is above this many times log(C), the loss of a uniform
@@ -232,13 +232,9 @@ def _train_chunk(
     are stored as ``layout`` says (``packing.pack``; the masks must fit it)
     and trained by ``plan.step``.
     """
-    features_kept, *neurons_kept = head.unit_masks(masks, head_config.prune, head_config.hidden)
-    if features_kept is None:  # the chromosome prunes neurons: every feature is kept
-        features_kept = jnp.ones((masks.shape[0], x.shape[1] - 1), bool)
-    chunk = packing.pack(features_kept, valid, x, y, layout, plan.tile_sum, tuple(neurons_kept),
-                         head_config.hidden_layers)
+    chunk, params, finish = _laid_out(init_params, masks, valid, x, y, head_config=head_config, plan=plan,
+                                      layout=layout)
     step = STEPS[plan.step]
-    params = chunk.training_params(init_params, plan.kernel_transposed)
 
     def run_epoch(state: _ChunkState) -> _ChunkState:
         indices, weights = epoch_batches(orders[state.epoch], train_config.batch_size)
@@ -270,7 +266,7 @@ def _train_chunk(
     trained = state.best_params if train_config.restore_best else step.params(state.step_state)
     num_classes = init_params.output_kernel.shape[1]
     return TrainedPopulation(
-        params=chunk.unpack(trained, init_params, plan.kernel_transposed),
+        params=finish(trained),
         epochs=state.epochs,
         final_loss=state.kept_loss,
         best_loss=state.best_loss,
@@ -279,6 +275,39 @@ def _train_chunk(
         # as a NaN.
         diverged=state.diverged | ~(state.best_loss <= DIVERGED_LOSS * math.log(num_classes)),
     )
+
+
+def _laid_out(init_params, masks, valid, x, y, *, head_config: HeadConfig, plan: TrainingPlan,
+              layout: ChunkLayout):
+    """A chunk's heads as they train: (``packing.Chunk``, training weights, trained -> full HeadParams).
+
+    Feature masks: the kept rows of the first kernel (``packing``). Neuron masks:
+    with ``plan.neurons`` each head narrowed to its kept neurons
+    (``neuron_packing``), the chunk then dense over the features; without, the
+    full-width layers with the pruned neurons' activations held at zero.
+    """
+    features_kept, *neurons_kept = head.unit_masks(masks, head_config.prune, head_config.hidden)
+    transposed = plan.kernel_transposed
+    if features_kept is not None:
+        chunk = packing.pack(features_kept, valid, x, y, layout, plan.tile_sum, (None, None),
+                             head_config.hidden_layers)
+        return (chunk, chunk.training_params(init_params, transposed),
+                lambda trained: chunk.unpack(trained, init_params, transposed))
+    every_feature = jnp.ones((masks.shape[0], x.shape[1] - 1), bool)
+    dense = ChunkLayout(every_feature.shape[1], masks.shape[0], per_head=True)
+    if not plan.neurons:
+        chunk = packing.pack(every_feature, valid, x, y, dense, plan.tile_sum, tuple(neurons_kept),
+                             head_config.hidden_layers)
+        return (chunk, chunk.training_params(init_params, transposed),
+                lambda trained: chunk.unpack(trained, init_params, transposed))
+    chunk = packing.pack(every_feature, valid, x, y, dense, plan.tile_sum, (None, None),
+                         head_config.hidden_layers)
+    first, second = (None if kept is None else neuron_packing.kept_neurons(kept, layout.tile_rows)
+                     for kept in neurons_kept)
+    swap = (lambda params: params.replace(hidden_kernel=jnp.swapaxes(params.hidden_kernel, 1, 2))) \
+        if transposed else (lambda params: params)
+    params = swap(neuron_packing.gather(init_params, first, second, masks.shape[0]))
+    return chunk, params, lambda trained: neuron_packing.scatter(swap(trained), init_params, first, second)
 
 
 @functools.partial(
@@ -340,7 +369,7 @@ def _train_local(
         padded_population = population + 1
     masks = jnp.pad(masks.astype(bool), ((0, padded_population - population), (0, 0)))
     valid = jnp.pad(valid, (0, padded_population - population))
-    counts = jnp.where(valid, jnp.sum(masks, axis=1), -1)
+    counts = jnp.where(valid, _kept_units(masks, head_config), -1)
     if runs is None:
         order = jnp.argsort(-counts, stable=True) if len(layouts) > 1 else jnp.arange(padded_population)
         heads_by_chunk = order.reshape(-1, chunk_size)  # (chunks, K) indices into the padded population
@@ -369,6 +398,15 @@ def _train_local(
     chunk_shapes = jax.eval_shape(train_chunk, heads_by_chunk[0], None if runs is None else jnp.int32(0))
     results = jax.tree.map(lambda leaf: jnp.zeros((population, *leaf.shape[1:]), leaf.dtype), chunk_shapes)
     return jax.lax.fori_loop(0, heads_by_chunk.shape[0], train_chunk_into, results)
+
+
+def _kept_units(masks: jax.Array, head_config: HeadConfig) -> jax.Array:
+    """(P, L) chromosomes -> (P,) the count a chunk's layout must hold: kept features, or kept
+    neurons (the larger of the two layers' with both)."""
+    if head_config.prune == "both":
+        return jnp.maximum(jnp.sum(masks[:, :head_config.hidden], axis=1),
+                           jnp.sum(masks[:, head_config.hidden:], axis=1))
+    return jnp.sum(masks, axis=1)
 
 
 def _chunks_by_run(counts: jax.Array, runs: jax.Array, num_runs: int, chunk_size: int,

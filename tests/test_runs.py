@@ -1,0 +1,112 @@
+"""run_search(runs=R): R searches in lockstep, each exactly as alone, and the front merged over them."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from pymoo.indicators.hv import HV
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+from evojax_prune.config import preset
+from evojax_prune.data import embedded
+from evojax_prune.run import rundir
+from evojax_prune.search.loop import run_search
+
+RUNS, SEED = 3, 5
+CONFIG = preset("quick").replace(search={"population_size": 4, "generations": 2}, train={"max_epochs": 5})
+TIMINGS = ("train_seconds", "score_seconds", "select_seconds", "elapsed_seconds", "train_calls")
+
+
+@pytest.fixture(scope="module")
+def features():
+    return embedded.digits()
+
+
+@pytest.fixture(scope="module")
+def together(features, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "group"
+    return run_search(features, CONFIG, seed=SEED, runs=RUNS, out_dir=out), out
+
+
+def _same_front(got, expected):
+    np.testing.assert_array_equal(got.masks, expected.masks)
+    for split in ("validation", "test"):
+        for name, values in expected.__getattribute__(split).items():
+            np.testing.assert_array_equal(getattr(got, split)[name], values, err_msg=f"{split} {name}")
+    for a, b in zip(got.params.hidden_kernel, expected.params.hidden_kernel, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_each_run_equals_its_seed_alone(features, together):
+    result, out = together
+    assert [run.seed for run in result.runs] == [SEED + index for index in range(RUNS)]
+    for index in range(RUNS):
+        alone = run_search(features, CONFIG, seed=SEED + index)
+        _same_front(result.runs[index], alone)
+        strip = lambda history: [{k: v for k, v in record.items() if k not in TIMINGS} for record in history]
+        assert strip(result.runs[index].history) == strip(alone.history)
+        on_disk, _ = rundir.read_run(out / f"run-{index}")  # an ordinary, complete run directory
+        _same_front(on_disk, alone)
+
+
+def test_every_generation_trains_all_runs_in_one_call(together):
+    result, _ = together
+    for generation in range(1, CONFIG.search.generations + 1):
+        calls = [run.history[generation]["train_calls"] for run in result.runs]
+        assert all(call == calls[0] for call in calls) and len(calls[0]) == 1  # one shared call
+        trained = sum(run.history[generation]["trained"] - run.history[generation - 1]["trained"]
+                      for run in result.runs)
+        assert calls[0][0][1] == trained  # it trained every run's new masks
+
+
+def test_merged_front_against_pymoo(together):
+    result, out = together
+    objectives = np.concatenate([run.objectives for run in result.runs])
+    owner = [(r, m) for r, run in enumerate(result.runs) for m in range(len(run.masks))]
+    front = NonDominatedSorting().do(objectives, only_non_dominated_front=True)
+    assert sorted(zip(result.merged_run.tolist(), result.merged_member.tolist(), strict=True)) == \
+        sorted(owner[i] for i in front)
+    assert result.hypervolume == pytest.approx(HV(ref_point=np.ones(3))(objectives[front]), rel=1e-9)
+    assert result.hypervolume >= max(result.run_hypervolumes) - 1e-12
+    accuracy = result.metrics("validation")["accuracy"]
+    assert np.all(np.diff(accuracy) <= 0)  # best first
+    summary = json.loads((out / "runs.json").read_text())
+    assert summary["merged"]["hypervolume"] == pytest.approx(result.hypervolume)
+    assert summary["run_hypervolumes"]["mean"] == pytest.approx(np.mean(result.run_hypervolumes))
+    assert [run["seed"] for run in summary["runs"]] == [SEED + index for index in range(RUNS)]
+    rows = (out / "merged_pareto.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(result.merged_run)
+
+
+def test_stopped_runs_resume_to_the_same_fronts(features, together, tmp_path):
+    result, _ = together
+    out = tmp_path / "group"
+    stopped = run_search(features, CONFIG, seed=SEED, runs=RUNS, out_dir=out, time_budget=1e-3)
+    assert all(run.stopping["reason"] == "time_budget" for run in stopped.runs)
+    resumed = run_search(features, CONFIG, seed=SEED, runs=RUNS, out_dir=out, resume=True)
+    for got, expected in zip(resumed.runs, result.runs, strict=True):
+        _same_front(got, expected)
+    assert resumed.hypervolume == result.hypervolume
+
+
+def _cli(*arguments, cwd):
+    return subprocess.run([sys.executable, "-m", "evojax_prune.cli", "run", *arguments], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bad_runs_are_refused_before_anything_is_written(tmp_path, together):
+    _, out = together
+    done = _cli("--runs", "0", "--out", "fresh", cwd=tmp_path)
+    assert done.returncode == 2 and "--runs must be at least 1, got 0" in done.stderr
+    assert not (tmp_path / "fresh").exists()
+    before = sorted(path.name for path in out.iterdir())
+    done = _cli("--runs", "2", "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 2 and "directory exists and is not empty" in done.stderr
+    done = _cli("--runs", "2", "--resume", "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 2 and "cannot resume 2 runs, it also holds ['run-2']" in done.stderr
+    (tmp_path / "half" / "run-0").mkdir(parents=True)
+    done = _cli("--runs", "2", "--resume", "--out", "half", cwd=tmp_path)
+    assert done.returncode == 2 and "run-0: nothing to resume" in done.stderr
+    assert sorted(path.name for path in out.iterdir()) == before
