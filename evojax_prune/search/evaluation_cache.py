@@ -110,9 +110,11 @@ class TrainedHeads:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def add(self, masks: np.ndarray, trained: Any) -> None:
-        """Rows 0 .. K-1 of ``trained`` are the heads of ``masks`` (K, D); a held mask keeps its head."""
-        start = sum(len(jax.tree.leaves(stack)[0]) for stack in self._stacks)
+    def add(self, masks: np.ndarray, trained: Any, first_row: int = 0) -> None:
+        """Rows ``first_row`` .. ``first_row`` + K - 1 of ``trained`` are the heads of ``masks`` (K, D);
+        a held mask keeps its head. ``trained`` is kept whole (runs in lockstep share one call's
+        stack), so that the gathers of ``retain`` see the same shapes every generation."""
+        start = sum(len(jax.tree.leaves(stack)[0]) for stack in self._stacks) + first_row
         self._stacks.append(trained)
         keys = pack_masks(masks)
         keys = np.concatenate([self._keys, keys]) if len(self._keys) else keys

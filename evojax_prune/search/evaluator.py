@@ -230,9 +230,7 @@ def train_and_score_together(requests: list[tuple[MaskEvaluator, np.ndarray]]) -
     rows, start = [], 0
     for (evaluator, asked), block in zip(requests, blocks, strict=True):
         if evaluator.keep_heads:
-            rows_of_run = np.arange(start, start + len(block))
-            evaluator.heads.add(block, jax.tree.map(lambda leaf, rows_of_run=rows_of_run: leaf[rows_of_run],
-                                                    trained))
+            evaluator.heads.add(block, trained, first_row=start)
         mine = values[start:start + len(asked)]
         # The call is shared: every run's record counts its whole time.
         evaluator.seconds["train"] += scored_at - started
