@@ -14,7 +14,7 @@ from evojax_prune.data import embedded
 from evojax_prune.run import rundir
 from evojax_prune.search.loop import run_search
 
-RUNS, SEED = 3, 5
+RUNS, SEED = 2, 5
 CONFIG = preset("quick").replace(search={"population_size": 4, "generations": 2}, train={"max_epochs": 5})
 TIMINGS = ("train_seconds", "score_seconds", "select_seconds", "elapsed_seconds", "train_calls")
 
@@ -104,8 +104,12 @@ def test_bad_runs_are_refused_before_anything_is_written(tmp_path, together):
     before = sorted(path.name for path in out.iterdir())
     done = _cli("--runs", "2", "--out", str(out), cwd=tmp_path)
     assert done.returncode == 2 and "directory exists and is not empty" in done.stderr
+    done = _cli("--runs", "3", "--resume", "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 2 and "run-2: nothing to resume" in done.stderr
+    (out / "run-7").mkdir()
     done = _cli("--runs", "2", "--resume", "--out", str(out), cwd=tmp_path)
-    assert done.returncode == 2 and "cannot resume 2 runs, it also holds ['run-2']" in done.stderr
+    assert done.returncode == 2 and "cannot resume 2 runs, it also holds ['run-7']" in done.stderr
+    (out / "run-7").rmdir()
     (tmp_path / "half" / "run-0").mkdir(parents=True)
     done = _cli("--runs", "2", "--resume", "--out", "half", cwd=tmp_path)
     assert done.returncode == 2 and "run-0: nothing to resume" in done.stderr

@@ -229,8 +229,11 @@ def test_heads_of_several_runs_train_as_in_their_run_alone(engine):
         trainer.train_population(keys, masks, x, y, config, runs=np.zeros(6, int))
 
 
-@pytest.mark.parametrize(("hidden_layers", "prune"), [(1, "hidden1"), (2, "hidden2"), (2, "both")])
-@pytest.mark.parametrize("engine", [{}, {"chunk_size": 3}], ids=["one-head-chunks", "chunks-of-3"])
+@pytest.mark.parametrize(
+    ("hidden_layers", "prune", "engine"),
+    [(1, "hidden1", {}), (2, "hidden2", {"chunk_size": 3}), (2, "both", {}), (2, "both", {"chunk_size": 3})],
+    ids=["hidden1", "hidden2-chunks-of-3", "both", "both-chunks-of-3"],
+)
 def test_heads_trained_on_their_kept_neurons_equal_the_full_width_layers(hidden_layers, prune, engine):
     hidden = 96  # capacities 32, 64, 96: heads keeping few neurons train narrower layers
     x, y = _data(seed=9)
@@ -602,8 +605,10 @@ def test_rejects_bad_shapes_and_labels():
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="masks"):
         trainer.train_population(key, masks[0], x, y, config)
-    with pytest.raises(ValueError, match="x must be"):
+    with pytest.raises(ValueError, match=r"masks must be \(P, 63\), a bit for each of the 63 features"):
         trainer.train_population(key, masks, x[:, :-1], y, config)
+    with pytest.raises(ValueError, match="x must be"):
+        trainer.train_population(key, masks, x[0], y, config)
     with pytest.raises(ValueError, match="y must be"):
         trainer.train_population(key, masks, x, y[:-1], config)
     with pytest.raises(ValueError, match="labels"):
