@@ -1,14 +1,15 @@
 """run_search(runs=R): R searches in lockstep, each exactly as alone, and the front merged over them."""
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
+from evojax_prune.cli import main as cli
 from evojax_prune.config import preset
 from evojax_prune.data import embedded
 from evojax_prune.run import rundir
@@ -92,27 +93,29 @@ def test_stopped_runs_resume_to_the_same_fronts(features, together, tmp_path):
 
 
 def _cli(*arguments, cwd):
-    return subprocess.run([sys.executable, "-m", "evojax_prune.cli", "run", *arguments], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    """``evojax-prune run ARGUMENTS`` in this process (its compiled programs reused): (status, stderr)."""
+    with contextlib.chdir(cwd), contextlib.redirect_stderr(io.StringIO()) as stderr:
+        status = cli.main(["run", *arguments, "--quiet"])
+    return status, stderr.getvalue()
 
 
 def test_bad_runs_are_refused_before_anything_is_written(tmp_path, together):
     _, out = together
     done = _cli("--runs", "0", "--out", "fresh", cwd=tmp_path)
-    assert done.returncode == 2 and "--runs must be at least 1, got 0" in done.stderr
+    assert done[0] == 2 and "--runs must be at least 1, got 0" in done[1]
     assert not (tmp_path / "fresh").exists()
     before = sorted(path.name for path in out.iterdir())
     done = _cli("--runs", "2", "--out", str(out), cwd=tmp_path)
-    assert done.returncode == 2 and "directory exists and is not empty" in done.stderr
+    assert done[0] == 2 and "directory exists and is not empty" in done[1]
     done = _cli("--runs", "3", "--resume", "--out", str(out), cwd=tmp_path)
-    assert done.returncode == 2 and "run-2: nothing to resume" in done.stderr
+    assert done[0] == 2 and "run-2: nothing to resume" in done[1]
     (out / "run-7").mkdir()
     done = _cli("--runs", "2", "--resume", "--out", str(out), cwd=tmp_path)
-    assert done.returncode == 2 and "cannot resume 2 runs, it also holds ['run-7']" in done.stderr
+    assert done[0] == 2 and "cannot resume 2 runs, it also holds ['run-7']" in done[1]
     (out / "run-7").rmdir()
     (tmp_path / "half" / "run-0").mkdir(parents=True)
     done = _cli("--runs", "2", "--resume", "--out", "half", cwd=tmp_path)
-    assert done.returncode == 2 and "run-0: nothing to resume" in done.stderr
+    assert done[0] == 2 and "run-0: nothing to resume" in done[1]
     assert sorted(path.name for path in out.iterdir()) == before
 
 
