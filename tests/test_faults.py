@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fronts import assert_same_front
 
 from evojax_prune import config
 from evojax_prune.cli import main as cli
@@ -53,20 +54,6 @@ def copy_of(run: Path, tmp_path: Path, name: str = "run") -> Path:
 def contents(directory: Path) -> dict[str, bytes]:
     return {path.relative_to(directory).as_posix(): path.read_bytes()
             for path in sorted(directory.rglob("*")) if path.is_file()}
-
-
-def assert_same_front(found: Path, expected: Path) -> None:
-    """The two run directories hold the same front, bit for bit (not the wall times)."""
-    ours, _ = rundir.read_run(found)
-    theirs, _ = rundir.read_run(expected)
-    np.testing.assert_array_equal(ours.masks, theirs.masks)
-    for split in ("validation", "test"):
-        for name, values in getattr(theirs, split).items():
-            np.testing.assert_array_equal(getattr(ours, split)[name], values, err_msg=f"{split} {name}")
-    for name in rundir.PARAM_NAMES:
-        np.testing.assert_array_equal(getattr(ours.params, name), getattr(theirs.params, name))
-    assert [row["hypervolume"] for row in ours.history] == [row["hypervolume"] for row in theirs.history]
-    assert ours.evaluations == theirs.evaluations
 
 
 def one_line_error(capsys, argv: list[str]) -> str:

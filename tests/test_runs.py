@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from fronts import assert_same_result
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
@@ -31,25 +32,16 @@ def together(features, tmp_path_factory):
     return run_search(features, CONFIG, seed=SEED, runs=RUNS, out_dir=out), out
 
 
-def _same_front(got, expected):
-    np.testing.assert_array_equal(got.masks, expected.masks)
-    for split in ("validation", "test"):
-        for name, values in expected.__getattribute__(split).items():
-            np.testing.assert_array_equal(getattr(got, split)[name], values, err_msg=f"{split} {name}")
-    for a, b in zip(got.params.hidden_kernel, expected.params.hidden_kernel, strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_each_run_equals_its_seed_alone(features, together):
     result, out = together
     assert [run.seed for run in result.runs] == [SEED + index for index in range(RUNS)]
     for index in range(RUNS):
         alone = run_search(features, CONFIG, seed=SEED + index)
-        _same_front(result.runs[index], alone)
+        assert_same_result(result.runs[index], alone)
         strip = lambda history: [{k: v for k, v in record.items() if k not in TIMINGS} for record in history]
         assert strip(result.runs[index].history) == strip(alone.history)
         on_disk, _ = rundir.read_run(out / f"run-{index}")  # an ordinary, complete run directory
-        _same_front(on_disk, alone)
+        assert_same_result(on_disk, alone)
 
 
 def test_every_generation_trains_all_runs_in_one_call(together):
@@ -88,7 +80,7 @@ def test_stopped_runs_resume_to_the_same_fronts(features, together, tmp_path):
     assert all(run.stopping["reason"] == "time_budget" for run in stopped.runs)
     resumed = run_search(features, CONFIG, seed=SEED, runs=RUNS, out_dir=out, resume=True)
     for got, expected in zip(resumed.runs, result.runs, strict=True):
-        _same_front(got, expected)
+        assert_same_result(got, expected)
     assert resumed.hypervolume == result.hypervolume
 
 
@@ -125,4 +117,4 @@ def test_runs_in_lockstep_fit_the_mahalanobis_score_as_each_run_alone(features):
                                      train={"max_epochs": 3}, odin={"score": "mahalanobis"})
     result = run_search(features, config, seed=SEED, runs=2)
     for index in range(2):
-        _same_front(result.runs[index], run_search(features, config, seed=SEED + index))
+        assert_same_result(result.runs[index], run_search(features, config, seed=SEED + index))

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fronts import assert_same_front
 
 from evojax_prune import config
 from evojax_prune.cli import main as cli
@@ -47,19 +48,6 @@ def initial_population(run: Path) -> np.ndarray:
     with np.load(run / rundir.CHECKPOINT) as archive:
         assert int(archive["generation"]) == 0
         return archive["state_0"]
-
-
-def assert_same_front(found: Path, expected: Path) -> None:
-    ours, _ = rundir.read_run(found)
-    theirs, _ = rundir.read_run(expected)
-    np.testing.assert_array_equal(ours.masks, theirs.masks)
-    for split in ("validation", "test"):
-        for name, values in getattr(theirs, split).items():
-            np.testing.assert_array_equal(getattr(ours, split)[name], values, err_msg=f"{split} {name}")
-    for name in rundir.PARAM_NAMES:
-        np.testing.assert_array_equal(getattr(ours.params, name), getattr(theirs.params, name))
-    assert [row["hypervolume"] for row in ours.history] == [row["hypervolume"] for row in theirs.history]
-    assert ours.evaluations == theirs.evaluations
 
 
 @pytest.fixture(scope="module")
