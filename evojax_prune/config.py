@@ -7,12 +7,18 @@ which changes no result. Every dataclass is frozen and hashable, so a config
 can be a static argument of a jitted function.
 
 Presets:
-  * ``paper``: every setting the authors ran (docs/PROTOCOL.md): population 30,
-    steady state with 2 offspring, 200 evaluations, SGD 1e-3 / momentum 0.9 /
-    Nesterov, batch 32, up to 600 epochs, early stopping (1e-5, patience 10),
-    ODIN at T = 1000 without perturbation, the authors' threshold AUROC.
+  * ``paper``: every setting the authors ran (docs/PROTOCOL.md), as Keras 2.2.4
+    ran it: population 30, steady state with 2 offspring, 200 evaluations,
+    objectives on the test split (no validation split), SGD 1e-3 / momentum
+    0.9 / Nesterov with decay 1e-6, batch 32, Keras' clipped cross-entropy,
+    up to 600 epochs, early stopping (1e-5, patience 10) restoring the best
+    weights only when it stops a head, the same initial weights and data
+    order for a mask in every run, ODIN at T = 1000 without perturbation, the
+    authors' threshold AUROC.
   * ``default``: the paper's training protocol with a generational population
-    sized for an accelerator, and the exact AUROC.
+    sized for an accelerator, objectives on a validation split, the exact
+    AUROC and today's Keras semantics (README: "The paper preset and the
+    default").
   * ``quick``: seconds on a laptop CPU, for demos and tests.
 """
 
@@ -34,6 +40,7 @@ AUROC_KINDS = ("exact", "paper")
 # OoD scores of ``OdinConfig.score`` (score/ood_scores.py); the first is the default.
 OOD_SCORES = ("odin", "msp", "maxlogit", "energy", "mahalanobis")
 STRATEGIES = ("nsga2",)
+SELECTIONS = ("validation", "test")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -154,6 +161,24 @@ class TrainConfig:
       patience, min_delta: early stopping on the epoch's training loss; a head
         stops after ``patience`` epochs without an improvement of more than
         ``min_delta`` and, with ``restore_best``, gets its best weights back.
+      restore_at_max_epochs: with ``restore_best``, a head that reaches
+        ``max_epochs`` without stopping gets its best weights back too (Keras
+        >= 2.3 and 3). False: only a head that early stopping stopped does, the
+        others keep their last weights (Keras 2.2.4, the authors' version:
+        keras-team/keras#12511).
+      lr_decay: Keras' SGD ``decay``: the learning rate at a head's step t
+        (0-based) is ``learning_rate / (1 + lr_decay * t)``, applied in Keras'
+        own form of the momentum update (``train/keras_sgd.py``); the authors
+        ran 1e-6. 0: ``optax.sgd``. Only with ``optimizer="sgd"``.
+      probability_epsilon: Keras' categorical cross-entropy clips the softmax
+        probabilities to [eps, 1 - eps] before the log, so a sample whose
+        right class is predicted beyond them stops giving a gradient (Keras
+        2.2.4: 1e-7). 0: the exact cross-entropy on the logits.
+      training_seed: None: each run's seed gives its heads their initial
+        weights and minibatch order. An integer: every run trains from this
+        seed's instead (the seed a run of that seed would use), so a mask gets
+        the same head in every run, as the authors' seed reset before each
+        fitness call gave (docs/PROTOCOL.md).
 
     How the heads are trained on the hardware (chunks, devices, kernels) is
     ``EngineConfig``: it changes no result beyond float32 reassociation.
@@ -169,6 +194,10 @@ class TrainConfig:
     patience: int = 10
     min_delta: float = 1e-5
     restore_best: bool = True
+    restore_at_max_epochs: bool = True
+    lr_decay: float = 0.0
+    probability_epsilon: float = 0.0
+    training_seed: int | None = None
 
     def __post_init__(self):
         _check(
@@ -191,6 +220,17 @@ class TrainConfig:
         _positive_int("TrainConfig", "patience", self.patience)
         _positive_float("TrainConfig", "min_delta", self.min_delta, allow_zero=True)
         _check(isinstance(self.restore_best, bool), "TrainConfig.restore_best must be a bool")
+        _check(isinstance(self.restore_at_max_epochs, bool),
+               "TrainConfig.restore_at_max_epochs must be a bool")
+        _positive_float("TrainConfig", "lr_decay", self.lr_decay, allow_zero=True)
+        _check(self.lr_decay == 0 or self.optimizer == "sgd",
+               f"TrainConfig.lr_decay (Keras' SGD decay) needs optimizer 'sgd', got {self.optimizer!r}; "
+               "other optimizers take a schedule through optimizer_options")
+        epsilon = self.probability_epsilon
+        _check(isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) and 0.0 <= epsilon < 0.5,
+               f"TrainConfig.probability_epsilon must be a number in [0, 0.5), got {epsilon!r}")
+        if self.training_seed is not None:
+            _positive_int("TrainConfig", "training_seed", self.training_seed, allow_zero=True)
 
 
 AUTO = "auto"
@@ -354,6 +394,14 @@ class SearchConfig:
         so it is configuration: resume compares it. Between ``min_active`` and
         D (D is checked by ``run_search``).
       strategy: the search algorithm.
+      selection: the split the objectives are measured on.
+        ``"validation"``: the validation split and the OoD validation set;
+        the test split stays unseen until the final front is reported.
+        ``"test"`` (the authors', who had no validation split): the test
+        split and the OoD test set, with the heads trained on the whole
+        train split (a validation split held out of it returns to training;
+        ``search.selection``). The front is then tuned on the data it is
+        reported on.
 
     How long a search runs (a time budget, a hypervolume patience) is not
     here but ``search.stopping.Stopping``: it does not change what a
@@ -369,6 +417,7 @@ class SearchConfig:
     min_active: int = 1
     strategy: str = "nsga2"
     max_features: int | None = None
+    selection: str = "validation"
 
     def __post_init__(self):
         _positive_int("SearchConfig", "population_size", self.population_size)
@@ -394,6 +443,10 @@ class SearchConfig:
         _check(
             self.strategy in STRATEGIES,
             f"SearchConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}",
+        )
+        _check(
+            self.selection in SELECTIONS,
+            f"SearchConfig.selection must be one of {SELECTIONS}, got {self.selection!r}",
         )
 
     @property
@@ -517,12 +570,16 @@ def _replace_checked(section, fields: dict[str, Any]):
     return dataclasses.replace(section, **fields)
 
 
+# Keras 2.2.4's semantics where they differ from ours (TrainConfig), as the authors ran them.
+PAPER_TRAINING = dict(restore_at_max_epochs=False, lr_decay=1e-6, probability_epsilon=1e-7, training_seed=0)
+
+
 def _paper() -> RunConfig:
     return RunConfig(
         head=HeadConfig(hidden=512),
-        train=TrainConfig(),
-        # 30 + 85 generations x 2 offspring = 200 evaluations, as the authors ran.
-        search=SearchConfig(population_size=30, offspring_size=2, generations=85),
+        train=TrainConfig(**PAPER_TRAINING),
+        # 30 + 85 generations x 2 offspring = 200 evaluations, as the authors ran, selected on test.
+        search=SearchConfig(population_size=30, offspring_size=2, generations=85, selection="test"),
         odin=OdinConfig(temperature=1000.0, epsilon=0.0, auroc="paper"),
         preset="paper",
     )

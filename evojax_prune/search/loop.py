@@ -39,11 +39,11 @@ from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.run import rundir
 from evojax_prune.score import evaluate
-from evojax_prune.search import lockstep, stopping, strategy, warm_start
+from evojax_prune.search import lockstep, selection, stopping, strategy, warm_start
 from evojax_prune.search.evaluation_cache import METRIC_NAMES, MaskCache
 from evojax_prune.search.evaluator import MaskEvaluator, metric_rows
 from evojax_prune.search.hypervolume import hypervolume
-from evojax_prune.search.result import REFERENCE_POINT, SearchResult
+from evojax_prune.search.result import REFERENCE_POINT, SearchResult, robustness
 from evojax_prune.search.result import objectives as to_objectives
 
 __all__ = ["REFERENCE_POINT", "SearchResult", "run_search"]
@@ -118,6 +118,7 @@ def run_search(
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
     if not (isinstance(runs, int) and not isinstance(runs, bool) and runs >= 1):
         raise ValueError(f"runs must be an integer >= 1, got {runs!r}")
+    features = selection.search_view(features, config.search)
     options = dict(resume=resume, overwrite=overwrite, algorithm=algorithm, time_budget=time_budget,
                    hv_patience=hv_patience, initial_masks=initial_masks)
     if runs == 1:
@@ -152,6 +153,8 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
         run_path = rundir.prepare(out_dir, resume=resume, overwrite=overwrite)
     write_path = run_path if main else None
     train_key, init_key, evolve_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+    if config.train.training_seed is not None:  # every run's heads train as this seed's run's would
+        train_key = jax.random.split(jax.random.PRNGKey(config.train.training_seed), 3)[0]
     # One row more than the initial population, so that the baseline trains beside it (a
     # steady-state search has no other call with a free row, and trained alone at the end,
     # the baseline costs a whole training).
@@ -265,7 +268,7 @@ def _record(history, state, evolver, evaluator, started, generation, on_generati
         "hypervolume": hypervolume(objectives, REFERENCE_POINT),
         "best_accuracy": float(values["accuracy"].max()),
         "smallest_mem": float(values["mem"].min()),
-        "best_auroc": float(values["auroc"].max()),
+        "best_auroc": float(robustness(values, evaluator.config.odin.auroc).max()),
         "train_seconds": evaluator.seconds["train"],
         "score_seconds": evaluator.seconds["score"],
         "select_seconds": evaluator.seconds.get("select", 0.0),

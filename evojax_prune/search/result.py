@@ -13,6 +13,11 @@ REFERENCE_POINT = (1.0, 1.0, 1.0)  # every objective lies in [0, 1]
 WORST = np.asarray(REFERENCE_POINT)  # a diverged head's objectives
 
 
+def robustness(values: dict[str, np.ndarray], auroc_kind: str) -> np.ndarray:
+    """The AUROC the robustness objective uses (``OdinConfig.auroc``): exact or the authors'."""
+    return np.asarray(values["auroc"] if auroc_kind == "exact" else values["auroc_paper"])
+
+
 def objectives(values: dict[str, np.ndarray], auroc_kind: str) -> np.ndarray:
     """(..., 3) objectives as minimised, error, MEM and 1 - AUROC, from metric arrays (...,).
 
@@ -23,9 +28,8 @@ def objectives(values: dict[str, np.ndarray], auroc_kind: str) -> np.ndarray:
     nothing to a hypervolume, instead of entering the front as a chance-level
     member with a small MEM.
     """
-    robustness = values["auroc"] if auroc_kind == "exact" else values["auroc_paper"]
     points = np.stack([1.0 - np.asarray(values["accuracy"]), np.asarray(values["mem"]),
-                       1.0 - np.asarray(robustness)], axis=-1)
+                       1.0 - robustness(values, auroc_kind)], axis=-1)
     diverged = np.asarray(values.get("diverged", np.zeros(points.shape[:-1]))) > 0
     return np.where(diverged[..., None], WORST, points)
 

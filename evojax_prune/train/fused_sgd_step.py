@@ -56,7 +56,8 @@ def epoch(state: Any, indices: jax.Array, weights: jax.Array, running: jax.Array
         batch_indices, batch_weights, next_indices = batch
         x_batch = chunk.x[batch_indices]
         losses, d_pre_activation, later_grads = loss_and_backward(
-            params, chunk.sum_tiles(products), chunk.y[batch_indices], batch_weights, chunk.neurons_kept
+            params, chunk.sum_tiles(products), chunk.y[batch_indices], batch_weights, chunk.neurons_kept,
+            train_config.probability_epsilon,
         )
         hidden_kernel, momentum, products = fused_sgd.sgd_step(
             params.hidden_kernel, momentum, x_batch.T[chunk.index],

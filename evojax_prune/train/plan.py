@@ -250,11 +250,14 @@ def _step(engine: EngineConfig, train_config: TrainConfig, layout: ChunkLayout, 
     """``engine.step`` for chunks stored as ``layout`` (the fused kernel: packed, plain sgd only)."""
     if layout.per_head or engine.step == "xla":
         return "xla"
-    plain_sgd = train_config.optimizer == "sgd" and not train_config.optimizer_options
+    # The kernel's learning rate is a constant: no decay.
+    plain_sgd = (train_config.optimizer == "sgd" and not train_config.optimizer_options
+                 and not train_config.lr_decay)
     if engine.step == "fused_sgd" and not plain_sgd:
         raise ValueError(
-            "EngineConfig.step 'fused_sgd' needs TrainConfig.optimizer 'sgd' without optimizer_options, "
-            f"got {train_config.optimizer!r} with {dict(train_config.optimizer_options)}"
+            "EngineConfig.step 'fused_sgd' needs TrainConfig.optimizer 'sgd' without optimizer_options "
+            f"or lr_decay, got {train_config.optimizer!r} with {dict(train_config.optimizer_options)}, "
+            f"lr_decay {train_config.lr_decay:g}"
         )
     problem = None
     if platform == "gpu":

@@ -60,9 +60,13 @@ data, the configuration and the key alone, whatever the population size, the
 head's position in it, or the chunking, up to floating-point reassociation (the
 matrix products of different shapes may sum in a different order).
 
-Differences from the authors' Keras code, on purpose: the loss is the exact
-softmax cross-entropy on logits (Keras clips probabilities to [1e-7, 1 - 1e-7]
-first), and Keras' SGD ``decay=1e-6`` is not applied (docs/PROTOCOL.md: negligible).
+Keras 2.2.4, the authors' version, differs in three places, each a
+``TrainConfig`` option of the faithful ``paper`` preset and off by default:
+its categorical cross-entropy clips probabilities to [1e-7, 1 - 1e-7]
+(``probability_epsilon``), its SGD decays the learning rate (``lr_decay``,
+``keras_sgd.py``), and its EarlyStopping restores the best weights only when
+patience runs out, not when ``max_epochs`` ends training
+(``restore_at_max_epochs``; keras-team/keras#12511).
 
 Reference: Poyatos et al., MO-EvoPruneDeepTL, arXiv 2302.10253.
 """
@@ -105,15 +109,17 @@ class TrainedPopulation:
       params: ``HeadParams`` stacked on a leading P axis: hidden_kernel
         (P, D, H), output_kernel (P, H, C), output_bias (P, C), second_kernel
         (P, H, H) or None (``HeadConfig.hidden_layers``), float32. With
-        ``restore_best`` the weights from the end of each head's best epoch,
-        else its last weights. Rows of pruned features keep their initial
+        ``restore_best`` the weights from the end of each head's best epoch
+        (with ``restore_at_max_epochs`` off: only if early stopping stopped
+        it), else its last weights. Rows of pruned features keep their initial
         values (they never influence the logits).
       epochs: (P,) int32, epochs each head ran before it stopped.
       final_loss: (P,) float32, the training loss of the epoch whose weights are
-        returned (the best epoch with ``restore_best``, else the last one).
+        returned (the best epoch when they are restored, else the last one).
       best_loss: (P,) float32, the lowest epoch training loss seen (``inf`` if
         no epoch had a finite loss).
-      best_epoch: (P,) int32, the 0-based epoch whose weights were kept as best.
+      best_epoch: (P,) int32, the 0-based epoch of the best loss (whose weights
+        were kept as best).
       diverged: (P,) bool, the training loss was not finite at some epoch or
         never fell to ``DIVERGED_LOSS`` times log(C), the loss of a uniform
         guess (a learning rate far too high for the data, as a rule); such a
@@ -141,6 +147,7 @@ class _ChunkState:
     best_loss: jax.Array  # (K,) float32
     best_epoch: jax.Array  # (K,) int32
     kept_loss: jax.Array  # (K,) float32, loss of the epoch whose weights are kept
+    last_loss: jax.Array  # (K,) float32, loss of the head's last epoch
     diverged: jax.Array  # (K,) bool, some epoch's loss was not finite
 
 
@@ -206,6 +213,7 @@ def _early_stopping(state: _ChunkState, step_state: Any, epoch_loss: jax.Array, 
         best_loss=jnp.where(improved, epoch_loss, state.best_loss),
         best_epoch=jnp.where(keep, state.epoch, state.best_epoch),
         kept_loss=kept_loss,
+        last_loss=jnp.where(running, epoch_loss, state.last_loss),
         diverged=state.diverged | (running & ~jnp.isfinite(epoch_loss)),
     )
 
@@ -260,21 +268,43 @@ def _train_chunk(
         best_loss=infinities,
         best_epoch=zeros,
         kept_loss=infinities,
+        last_loss=infinities,
         diverged=jnp.zeros((num_heads,), bool),
     )
     state = jax.lax.while_loop(keep_going, run_epoch, state)
-    trained = state.best_params if train_config.restore_best else step.params(state.step_state)
+    trained, final_loss = _returned_weights(state, step, chunk, train_config)
     num_classes = init_params.output_kernel.shape[1]
     return TrainedPopulation(
         params=finish(trained),
         epochs=state.epochs,
-        final_loss=state.kept_loss,
+        final_loss=final_loss,
         best_loss=state.best_loss,
         best_epoch=state.best_epoch,
         # A learning rate far too high gives losses in the thousands, finite but as meaningless
         # as a NaN.
         diverged=state.diverged | ~(state.best_loss <= DIVERGED_LOSS * math.log(num_classes)),
     )
+
+
+def _returned_weights(state: _ChunkState, step, chunk: packing.Chunk,
+                      train_config: TrainConfig) -> tuple[Any, jax.Array]:
+    """The weights a chunk's heads return, in its training layout, and the loss of their epoch.
+
+    With ``restore_best`` the best epoch's; with ``restore_at_max_epochs``
+    off, only for heads that early stopping stopped (Keras 2.2.4: a head
+    still running when ``max_epochs`` ends keeps its last weights).
+    """
+    last = step.params(state.step_state)
+    if not train_config.restore_best:
+        return last, state.kept_loss
+    if train_config.restore_at_max_epochs:
+        return state.best_params, state.kept_loss
+    stopped = ~state.running  # padding heads never ran: their best and last weights are the initial ones
+    weights = jax.tree.map(
+        lambda best, final, on: jnp.where(on.reshape(on.shape + (1,) * (best.ndim - 1)), best, final),
+        state.best_params, last, chunk.per_leaf(stopped),
+    )
+    return weights, jnp.where(stopped, state.kept_loss, state.last_loss)
 
 
 def _laid_out(init_params, masks, valid, x, y, *, head_config: HeadConfig, plan: TrainingPlan,

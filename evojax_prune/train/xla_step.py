@@ -31,6 +31,7 @@ def population_loss_and_grads(
     sum_tiles: Any = None,
     kernel_transposed: bool = False,
     neurons_kept: tuple[jax.Array | None, jax.Array | None] = (None, None),
+    probability_epsilon: float = 0.0,
 ) -> tuple[jax.Array, head.HeadParams]:
     """Softmax cross-entropy of K heads on one minibatch, and its gradients.
 
@@ -56,6 +57,8 @@ def population_loss_and_grads(
       kernel_transposed: hidden_kernel is (K, H, c), and so is its gradient.
       neurons_kept: (K, H) float32 0/1 masks of the first and second hidden
         layers' neurons, or None where every neuron is kept.
+      probability_epsilon: ``TrainConfig.probability_epsilon`` (Keras' clipped
+        cross-entropy; 0 for the exact one).
 
     Returns:
       loss: (K,) float32, sum(weights * cross-entropy) / sum(weights) per head.
@@ -66,7 +69,7 @@ def population_loss_and_grads(
     if tile_head is not None:  # (T, B, H) partial products -> (K, B, H); unused tiles dropped
         pre_activation = sum_tiles(pre_activation)
     loss, d_pre_activation, later_grads = loss_and_backward(params, pre_activation, labels, weights,
-                                                            neurons_kept)
+                                                            neurons_kept, probability_epsilon)
     if tile_head is not None:  # each tile gets its head's gradient (unused tiles: zero inputs)
         d_pre_activation = jnp.take(d_pre_activation, tile_head, axis=0, mode="clip")
     if kernel_transposed:
@@ -84,12 +87,16 @@ def _keep(values: jax.Array, kept: jax.Array | None) -> jax.Array:
 def loss_and_backward(
     params: head.HeadParams, pre_activation: jax.Array, labels: jax.Array, weights: jax.Array,
     neurons_kept: tuple[jax.Array | None, jax.Array | None] = (None, None),
+    probability_epsilon: float = 0.0,
 ) -> tuple[jax.Array, jax.Array, head.HeadParams]:
     """The heads' loss from their first layer's (K, B, H) pre-activation, and the backward pass to it.
 
     ``neurons_kept`` as in ``population_loss_and_grads``: a pruned neuron's
     activation is zero, so neither its incoming nor its outgoing weights get a
-    gradient.
+    gradient. With ``probability_epsilon`` eps > 0 the loss is Keras'
+    categorical cross-entropy, ``-log(clip(p_y, eps, 1 - eps))`` of the
+    softmax probability p_y of the right class: a sample beyond the bounds
+    gives no gradient, as TensorFlow's clip passes none there.
 
     Returns the (K,) loss, the (K, B, H) gradient with respect to the
     pre-activation, and ``HeadParams`` holding the gradients of every layer
@@ -107,9 +114,16 @@ def loss_and_backward(
     log_probs = jax.nn.log_softmax(logits)
     one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
     sample_weights = weights / jnp.sum(weights)  # (B,): the mean over real samples
-    loss = -jnp.einsum("kbc,bc,b->k", log_probs, one_hot, sample_weights)
-
-    d_logits = (jnp.exp(log_probs) - one_hot) * sample_weights[:, None]  # (K, B, C)
+    if probability_epsilon:
+        probabilities = jnp.exp(log_probs)
+        right = jnp.einsum("kbc,bc->kb", probabilities, one_hot)
+        loss = -jnp.einsum("kb,b->k", jnp.log(jnp.clip(right, probability_epsilon, 1 - probability_epsilon)),
+                           sample_weights)
+        inside = (right >= probability_epsilon) & (right <= 1 - probability_epsilon)
+        d_logits = (probabilities - one_hot) * (sample_weights[None, :] * inside)[:, :, None]
+    else:
+        loss = -jnp.einsum("kbc,bc,b->k", log_probs, one_hot, sample_weights)
+        d_logits = (jnp.exp(log_probs) - one_hot) * sample_weights[:, None]  # (K, B, C)
     d_last = jnp.einsum("kbc,khc->kbh", d_logits, params.output_kernel)
     second_kernel_grad = None
     d_hidden = d_last
@@ -169,6 +183,7 @@ def epoch(state: Any, indices: jax.Array, weights: jax.Array, running: jax.Array
         losses, grads = population_loss_and_grads(
             params, inputs, chunk.y[batch_indices], batch_weights, chunk.tile_head,
             chunk.sum_tiles if chunk.packed else None, plan.kernel_transposed, chunk.neurons_kept,
+            train_config.probability_epsilon,
         )
         updates, opt_state = update(grads, opt_state, params)
         return (optax.apply_updates(params, masked(updates, flags)), opt_state), losses
