@@ -94,8 +94,45 @@ def _reference_logits(params, chromosome, x, head_config):
 
 
 @functools.cache
+def _keras_reference_step(train, head_config=_DEFAULT_HEAD):
+    """Keras 2.2.4's SGD and loss, spelled out: (init, step) for one head.
+
+    The loss is ``categorical_crossentropy`` on softmax outputs clipped to
+    [eps, 1 - eps], differentiated by autodiff (no gradient beyond the
+    bounds); SGD is Keras' ``lr_t = lr / (1 + decay * t)``, ``v = mu v - lr_t
+    g``, Nesterov ``p += mu v - lr_t g``.
+    """
+    epsilon, mu = train.probability_epsilon, train.momentum
+
+    def init(params):
+        return jax.tree.map(jnp.zeros_like, params), 0
+
+    @jax.jit
+    def update(params, velocity, t, mask, xb, yb):
+        def loss_fn(p):
+            probabilities = jax.nn.softmax(_reference_logits(p, mask, xb, head_config))
+            right = probabilities[jnp.arange(len(yb)), yb]
+            return -jnp.mean(jnp.log(jnp.clip(right, epsilon, 1 - epsilon)))
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        rate = train.learning_rate / (1 + train.lr_decay * t)
+        velocity = jax.tree.map(lambda v, g: mu * v - rate * g, velocity, grads)
+        params = jax.tree.map(lambda p, v, g: p + mu * v - rate * g, params, velocity, grads)
+        return params, velocity, loss
+
+    def step(params, state, mask, xb, yb):
+        velocity, t = state
+        params, velocity, loss = update(params, velocity, jnp.float32(t), mask, xb, yb)
+        return params, (velocity, t + 1), loss
+
+    return init, step
+
+
+@functools.cache
 def _reference_step(train, head_config=_DEFAULT_HEAD):
-    """The optimizer and a jitted plain training step for one head, cached per TrainConfig."""
+    """The optimizer's init and a jitted plain training step for one head, cached per TrainConfig."""
+    if train.lr_decay or train.probability_epsilon:
+        return _keras_reference_step(train, head_config)
     if train.optimizer == "sgd":
         optimizer = optax.sgd(train.learning_rate, momentum=train.momentum, nesterov=train.nesterov)
     else:
@@ -111,7 +148,7 @@ def _reference_step(train, head_config=_DEFAULT_HEAD):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return optimizer, step
+    return optimizer.init, step
 
 
 def reference_train(key, masks, x, y, config, num_classes):
@@ -121,17 +158,20 @@ def reference_train(key, masks, x, y, config, num_classes):
     for every head (the first half of ``split(key)``), epoch e shuffled by
     ``permutation(fold_in(second half, e), N)``, the last short batch used as
     is, the epoch loss the sample-weighted mean of batch losses, Keras'
-    EarlyStopping on it. Returns per head: params (best or last), epochs run,
-    the loss of the returned epoch, the best epoch, and every epoch's params.
+    EarlyStopping on it: with ``restore_at_max_epochs`` off, Keras 2.2.4's,
+    which restores the best weights only when it stops the head. Returns per
+    head: params (best or last), epochs run, the loss of the returned epoch,
+    the best epoch, whether early stopping stopped it, and every epoch's params.
     """
     train = config.train
     init_key, order_key = jax.random.split(key)
     init_params = head.init(init_key, x.shape[1], num_classes, config.head.hidden, config.head.hidden_layers)
-    optimizer, step = _reference_step(train, config.head)
+    optimizer_init, step = _reference_step(train, config.head)
     results = []
     for mask in jnp.asarray(masks):
-        params, opt_state = init_params, optimizer.init(init_params)
+        params, opt_state = init_params, optimizer_init(init_params)
         best_loss, best_params, best_epoch, kept_loss, wait = np.inf, None, 0, np.inf, 0
+        stopped = False
         history = []
         for epoch in range(train.max_epochs):
             order = np.asarray(jax.random.permutation(jax.random.fold_in(order_key, epoch), len(x)))
@@ -146,13 +186,16 @@ def reference_train(key, masks, x, y, config, num_classes):
             if epoch_loss < best_loss - train.min_delta:
                 best_loss, best_params, best_epoch, kept_loss, wait = epoch_loss, params, epoch, epoch_loss, 0
             elif wait >= train.patience and epoch > 0:
+                stopped = True
                 break
+        restored = train.restore_best and (stopped or train.restore_at_max_epochs)
         results.append(
             dict(
-                params=best_params if train.restore_best else params,
+                params=best_params if restored else params,
                 epochs=epoch + 1,
-                final_loss=kept_loss if train.restore_best else epoch_loss,
+                final_loss=kept_loss if restored else epoch_loss,
                 best_epoch=best_epoch,
+                stopped=stopped,
                 history=history,
             )
         )
@@ -183,6 +226,39 @@ def test_matches_sequential_reference(gather_features, restore_best, kernel_tran
     np.testing.assert_allclose(trained.final_loss, [r["final_loss"] for r in expected], rtol=1e-5)
     for i, reference in enumerate(expected):
         _assert_params_close(_head(trained.params, i), reference["params"])
+
+
+def test_keras_2_2_4_semantics_match_their_rules():
+    # The paper preset's training: Keras' SGD decay, its clipped cross-entropy, and its
+    # EarlyStopping restoring the best weights only when it stops a head. Decay and epsilon
+    # are far above the authors' (1e-6, 1e-7) so that both change the weights in 8 epochs.
+    x, y = _data(seed=4)
+    masks = _author_masks(5, 6)
+    masks[0] = True
+    masks[1] = False
+    keras = dict(lr_decay=0.05, probability_epsilon=0.05, restore_at_max_epochs=False)
+    config = _config(patience=3, min_delta=0.01, **keras)
+    key = jax.random.key(5)
+    trained = trainer.train_population(key, masks, x, y, config)
+    expected = reference_train(key, masks, x, y, config, C)
+    np.testing.assert_array_equal(trained.epochs, [r["epochs"] for r in expected])
+    np.testing.assert_array_equal(trained.best_epoch, [r["best_epoch"] for r in expected])
+    np.testing.assert_allclose(trained.final_loss, [r["final_loss"] for r in expected], rtol=1e-5)
+    for i, reference in enumerate(expected):
+        _assert_params_close(_head(trained.params, i), reference["params"])
+    # Both cases of the restore rule occur: a stopped head got its best weights back, and a
+    # head that ran all epochs kept its last ones although an earlier epoch was better.
+    stopped = [r for r in expected if r["stopped"]]
+    ran_out = [r for r in expected if not r["stopped"] and r["best_epoch"] < r["epochs"] - 1]
+    assert stopped and ran_out, [(r["epochs"], r["best_epoch"]) for r in expected]
+    kept_last = ran_out[0]
+    last, best = kept_last["history"][-1], kept_last["history"][kept_last["best_epoch"]]
+    assert float(jnp.max(jnp.abs(last.output_bias - best.output_bias))) > 1e-4
+    # Decay and clipping each change the weights (the rules are not vacuous here).
+    full = expected[0]["history"][3]
+    for change in ({"lr_decay": 0.0}, {"probability_epsilon": 0.0}):
+        other = reference_train(key, masks[:1], x, y, config.replace(train=change), C)[0]
+        assert float(jnp.max(jnp.abs(other["history"][3].hidden_kernel - full.hidden_kernel))) > 1e-4
 
 
 @pytest.mark.parametrize(
@@ -512,8 +588,10 @@ _PLAIN_SGD = {"momentum": 0.0, "nesterov": False}
 
 
 @pytest.mark.parametrize(
-    ("engine", "train"), [({}, {}), (_FUSED, {}), (_FUSED, _PLAIN_SGD)],
-    ids=["xla", "fused", "fused-plain-sgd"],
+    ("engine", "train"),
+    [({}, {}), (_FUSED, {}), (_FUSED, _PLAIN_SGD), ({}, {"lr_decay": 0.05, "probability_epsilon": 0.05}),
+     (_FUSED, {"probability_epsilon": 0.05})],
+    ids=["xla", "fused", "fused-plain-sgd", "xla-keras", "fused-clipped"],
 )
 def test_packed_chunk_of_mixed_heads_equals_each_head_alone(engine, train):
     """One chunk holding an empty head, tiny and full heads: packed tiles (16 rows at D = 64).
@@ -596,6 +674,35 @@ def test_make_optimizer():
     np.testing.assert_allclose(updates["w"], -1e-3 * (2.0 + 0.9 * 2.0), rtol=1e-6)
     updates, _ = adam.update(grads, adam.init(params), params)
     np.testing.assert_allclose(updates["w"], -1e-3, rtol=1e-4)
+
+
+def test_keras_sgd_with_decay_follows_keras_update_rule():
+    # keras/optimizers.py SGD (2.2.4), in float64 numpy: lr_t = lr / (1 + decay t),
+    # v = mu v - lr_t g, Nesterov p += mu v - lr_t g, else p += v.
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(6, 4))
+    for momentum, nesterov in ((0.9, True), (0.9, False), (0.0, False)):
+        train = TrainConfig(learning_rate=0.1, momentum=momentum, nesterov=nesterov, lr_decay=0.3)
+        keras = optimizer.make_optimizer(train)
+        params = np.zeros(4)
+        state = keras.init(jnp.zeros(4, jnp.float32))
+        mine = jnp.zeros(4, jnp.float32)
+        velocity = np.zeros(4)
+        for t, g in enumerate(grads):
+            rate = 0.1 / (1 + 0.3 * t)
+            velocity = momentum * velocity - rate * g
+            params = params + (momentum * velocity - rate * g if nesterov else velocity)
+            updates, state = keras.update(jnp.asarray(g, jnp.float32), state)
+            mine = mine + updates
+        np.testing.assert_allclose(mine, params, rtol=1e-5, atol=1e-6)
+    # Without decay the same rule is optax.sgd's, which the default keeps.
+    assert isinstance(optimizer.make_optimizer(TrainConfig()).init(jnp.zeros(2)), tuple)
+    with pytest.raises(ValueError, match=r"lr_decay.*needs optimizer 'sgd'"):
+        TrainConfig(optimizer="adam", lr_decay=1e-6)
+    with pytest.raises(ValueError, match=r"fused_sgd.*lr_decay"):
+        _plan({"step": "fused_sgd"}, {"lr_decay": 1e-6}, population=32, platform="gpu")
+    assert _plan(None, {"lr_decay": 1e-6}, population=32, platform="gpu").step == "xla"
+    assert _plan(None, None, population=32, platform="gpu").step == "fused_sgd"
 
 
 def test_rejects_bad_shapes_and_labels():
