@@ -104,6 +104,8 @@ def _run(args: argparse.Namespace) -> int:
         search["population_size"] = args.population
     if args.generations is not None:
         search["generations"] = args.generations
+    if args.selection is not None:
+        search["selection"] = args.selection
     head = {name: value for name, value in (("hidden_layers", args.hidden_layers), ("prune", args.prune))
             if value is not None}
     config = config.replace(head=head, search=search, engine={"devices": devices_spec}, preset=config.preset)
@@ -125,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         f"(up to {config.search.max_evaluations} evaluations), "
         f"{_seeds(args.seed, args.runs)}, output {out}\n"
         f"head: {config.head.hidden_layers} hidden layer(s) of {config.head.hidden}, pruning "
-        f"{config.head.prune}",
+        f"{config.head.prune}; objectives on the {config.search.selection} split",
         highlight=False,
     )
     with SearchProgress(config.search.generations, console, runs=args.runs) as progress:
@@ -193,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--population", type=int, metavar="N", help="population size")
     run.add_argument("--generations", type=int, metavar="G", help="generations after the initial one")
     run.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    run.add_argument("--selection", choices=["validation", "test"],
+                     help="the split the objectives are measured on (default: the preset's; paper: test, "
+                          "as the authors, who had no validation split)")
     run.add_argument("--runs", type=int, default=1, metavar="R",
                      help="R independent searches, seeds S .. S+R-1, trained together in lockstep; "
                           "--out holds run-0 .. run-{R-1} and their merged front (default 1)")
