@@ -701,8 +701,8 @@ def ood_selection_folder(total: int, datasets: Sequence[ImageDataset]) -> OodSel
             test_counts[class_name], val_counts[class_name] = len(chosen), len(following)
             if len(following) < wanted:
                 short.append(
-                    f"{dataset.source} class {class_name!r}: {len(members)} images for "
-                    f"{wanted} test + {wanted} validation"
+                    f"{dataset.source} class {class_name!r}: {len(members)} image(s) for "
+                    f"{wanted} test and {wanted} validation"
                 )
         test.append((split, np.sort(np.concatenate(test_idx)).astype(np.int64)))
         val.append((split, np.sort(np.concatenate(val_idx)).astype(np.int64)))
