@@ -375,7 +375,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--tfds", metavar="NAME", help="in-distribution TFDS data set, e.g. citrus_leaves")
     what.add_argument("--folder", metavar="PATH", help="in-distribution image folder PATH/SPLIT/LABEL/IMAGE")
     add("--ood", metavar="NAME_OR_PATH", nargs="+", action="extend", default=[],
-        help="other data sets for the OoD sets (TFDS names, folders, tfds:NAME, folder:PATH); at least one")
+        help="other data sets for the OoD sets (TFDS names, folders, tfds:NAME, folder:PATH); at least one; "
+             "the first get the remainders (the authors' order: SRSMAS LEAVES PAINTING RPS CATARACT PLANTS)")
     add("--image-size", type=int, metavar="S",
         help="resize images to SxS (default: the authors' size for a data set they used, by name: "
              "SRSMAS/corals 299, LEAVES 256, CATARACT 256, PAINTING 256, PLANTS 100, RPS 300; else 224)")
