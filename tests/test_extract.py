@@ -256,3 +256,90 @@ def test_core_package_and_register_work_without_keras_or_tensorflow(tmp_path, fo
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "ok"
+
+
+@needs_keras
+def test_paper_protocol_end_to_end_and_resize_in_the_cache_key(folders, tmp_path):
+    from evojax_prune.data import backbone
+
+    cache, counts = tmp_path / "cache", Counts()
+    paper = extract_counted(folders, cache, counts, protocol="paper")
+    assert counts.images == 12 + 5 + 10
+    # The InD test split has 5 images: o1 gets 3 (p 2, q 1), o2 gets 2 (r 2), the first of each class
+    # of each train folder in file-name order; OoD validation the next ones. All resized nearest.
+    net = backbone.load_backbone(SIZE, None, batch_size=4)
+
+    def direct(name, split, positions):
+        return net(images.load_folder(folders[name]).splits[split].images(SIZE, positions, resize="nearest"))
+
+    np.testing.assert_allclose(
+        paper.ood_test, np.concatenate([direct("o1", "train", [0, 1, 6]), direct("o2", "train", [0, 1])]),
+        rtol=1e-6, atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        paper.ood_val, np.concatenate([direct("o1", "train", [2, 3, 7]), direct("o2", "train", [2, 3])]),
+        rtol=1e-6, atol=1e-6,
+    )
+    np.testing.assert_allclose(paper.x_test, direct("ind", "test", None), rtol=1e-6, atol=1e-6)
+    meta = paper.metadata
+    assert (meta["protocol"], meta["ood_order"], meta["resize"]) == ("paper", "folder", "nearest")
+    assert meta["protocol_overrides"] == ["image_size"]  # 32 px, and 'ind' is not an authors' data set
+    assert meta["image_size"] == SIZE and meta["image_size_from"] == "given"
+    assert meta["resize_method"] == images.RESIZE_METHODS["nearest"] and meta["ood"]["order"] == "folder"
+    assert [s["test_per_class"] for s in meta["ood"]["sources"]] == [{"p": 2, "q": 1}, {"r": 2}]
+
+    # The default protocol in the same cache: bilinear features are never served from nearest ones.
+    default = Counts()
+    features = extract_counted(folders, cache, default)
+    assert default.images == 12 + 5 + 10
+    assert not np.allclose(features.x_test, paper.x_test)
+    meta = features.metadata
+    assert (meta["protocol"], meta["ood_order"], meta["resize"], meta["protocol_overrides"]) == (
+        "default", "random", "bilinear", []
+    )
+    assert len(list(cache.glob("ind-test-32px-*.npz"))) == 2
+
+    # The command, from the cache; one choice overridden is recorded as such.
+    out = tmp_path / "paper.npz"
+    assert cli.main(extract_args(folders, out, cache, "--protocol", "paper", "--resize", "bilinear")) == 0
+    meta = FeatureSet.load(out).metadata
+    assert (meta["protocol"], meta["ood_order"], meta["resize"]) == ("paper", "folder", "bilinear")
+    assert meta["protocol_overrides"] == ["resize", "image_size"]
+
+
+def test_cache_key_names_the_resize_method(folders):
+    split = images.load_folder(folders["ind"]).splits["train"]
+    bilinear = extract.FeatureCache.key(split, SIZE, "random")
+    nearest = extract.FeatureCache.key(split, SIZE, "random", "nearest")
+    assert bilinear == extract.FeatureCache.key(split, SIZE, "random", "bilinear")
+    # Unchanged from before the option existed, so earlier cache files stay valid.
+    assert bilinear["resize"] == "Pillow bilinear resize to S x S (aspect ratio not kept), RGB"
+    assert {k for k in bilinear if bilinear[k] != nearest[k]} == {"resize"}
+    cache = extract.FeatureCache("unused")
+    assert cache.path(bilinear) != cache.path(nearest)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--protocol", "keras"], "argument --protocol: invalid choice: 'keras'"),
+        (["--ood-order", "sideways"], "argument --ood-order: invalid choice: 'sideways'"),
+        (["--resize", "cubic"], "argument --resize: invalid choice: 'cubic'"),
+        (["--protocol", "paper", "--image-size", None],
+         "--protocol paper: 'ind' is not a data set the authors used, so their image size is unknown"),
+    ],
+)
+def test_bad_protocol_flags_exit_2_with_one_line(folders, tmp_path, capsys, flags, message):
+    args = extract_args(folders, tmp_path / "out.npz", tmp_path / "cache")
+    if flags[-1] is None:  # drop the option instead
+        position = args.index(flags[-2])
+        del args[position:position + 2]
+        flags = flags[:-2]
+    try:
+        code = cli.main([*args, *flags])
+    except SystemExit as exit_:  # argparse's own refusal of a bad choice
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.npz").exists()

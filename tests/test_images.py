@@ -249,3 +249,176 @@ def test_unknown_tfds_name_is_one_clear_line():
         images.load_tfds("no_such_data_set_xyz")
     message = str(error.value)
     assert "'no_such_data_set_xyz' is not a TFDS data set" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------------------
+# The authors' own OoD rule (order="folder"), against a transliteration of their code
+
+
+def authors_counts(total, parts):
+    """main.py (over the OoD data sets) and utility.read_dataset_ood (over classes), as written."""
+    counts = [total // parts] * parts
+    for i in range(total % parts):
+        counts[i] += 1
+    return counts
+
+
+def authors_process_ood_data(labels, num_ejemplos):
+    """fitness._process_ood_data, line by line, over integer labels instead of one-hot rows."""
+    chosen_idx = []
+    ref = labels[0]
+    actual = 0
+    copy_ejemplos = list(num_ejemplos)
+    for position, label in enumerate(labels):
+        if label == ref and copy_ejemplos[actual] > 0:
+            chosen_idx.append(position)
+            copy_ejemplos[actual] -= 1
+        elif label != ref:
+            actual += 1
+            ref = label
+            chosen_idx.append(position)
+            copy_ejemplos[actual] -= 1
+    return chosen_idx
+
+
+def keras_folder_order(train_dir: Path):
+    """flow_from_directory(shuffle=False): class folders by sorted name, files by sorted name."""
+    paths, labels = [], []
+    classes = sorted(name for name in os.listdir(train_dir) if (train_dir / name).is_dir())
+    for label, name in enumerate(classes):
+        for file_name in sorted(os.listdir(train_dir / name)):
+            if file_name.lower().endswith((".png", ".jpg", ".jpeg")):
+                paths.append((train_dir / name / file_name).resolve())
+                labels.append(label)
+    return paths, labels
+
+
+def write_named(root: Path, classes: dict[str, list[str]], split="train"):
+    # Written in the listed order, which is not the sorted one: the order must come from the names.
+    for c, (label, names) in enumerate(classes.items()):
+        for k, name in enumerate(names):
+            write_image(root / split / label / name, (c, k, 7), size=(8, 6))
+    return images.load_folder(root)
+
+
+def test_split_with_remainder_is_the_authors_rule_and_allocate_evenly_without_caps():
+    for total in (0, 1, 5, 76, 856):
+        for parts in (1, 3, 5, 27):
+            expected = authors_counts(total, parts)
+            assert images.split_with_remainder(total, parts).tolist() == expected
+            assert images.allocate_evenly(total, [total] * parts).tolist() == expected
+    # With capacities the two part: allocate_evenly moves what a bin cannot hold to the others.
+    assert images.allocate_evenly(6, [1, 10, 10]).tolist() == [1, 3, 2]
+    assert images.split_with_remainder(6, 3).tolist() == [2, 2, 2]
+
+
+def test_folder_order_is_the_authors_selection(tmp_path):
+    names = ["b10.png", "B2.png", "a.png", "b9.png", "_x.png", "c.png"]  # sorted: B2 _x a b10 b9 c
+    a = write_named(tmp_path / "A", {"cat": names[:5], "ant": ["z.png"], "bee": names[2:6], "dog": names})
+    write_image(tmp_path / "A" / "test" / "ant" / "t.png", (1, 1, 1))  # another split: never used
+    b = write_named(tmp_path / "B", {f"c{k}": ["p.png", "o.png"] for k in range(7)})
+    c = write_named(tmp_path / "C", {label: ["1.png", "2.png"] for label in ("x", "y", "z")})
+
+    def check(total, datasets):
+        selection = images.ood_selection(total, datasets, seed=123, order="folder")
+        chosen_test = {}
+        for (split, test_idx), (val_split, val_idx), share in zip(
+            selection.test, selection.val, authors_counts(total, len(datasets)), strict=True
+        ):
+            assert split is val_split and split.split == "train"
+            root = Path(split.dataset.removeprefix("folder:"))
+            paths, labels = keras_folder_order(root / "train")
+            expected = authors_process_ood_data(labels, authors_counts(share, len(set(labels))))
+            assert [split.items[i] for i in test_idx] == [paths[p] for p in expected]
+            # Validation: per class, the next as many images as the test set took, as far as they go.
+            expected_val = []
+            for label in sorted(set(labels)):
+                members = [p for p, lab in enumerate(labels) if lab == label]
+                took = sum(labels[p] == label for p in expected)
+                expected_val += members[took:2 * took]
+            assert [split.items[i] for i in val_idx] == [paths[p] for p in expected_val]
+            chosen_test[split.dataset] = len(test_idx)
+        return selection, chosen_test
+
+    # 11 over A, B: 6, 5. A's 6 over ant, bee, cat, dog: 2, 2, 1, 1 (ant has one image). B's 5 over
+    # 7 classes: 1 x 5, then two zero counts that still give their first image.
+    selection, sizes = check(11, [a, b])
+    assert sizes == {a.source: 5, b.source: 7}
+    meta = selection.metadata
+    assert meta["order"] == "folder" and meta["per_split"] == 11 and meta["disjoint"] is True
+    assert meta["sizes"] == {"test": 12, "val": 11}
+    assert meta["sources"][0]["per_class"] == {"ant": 2, "bee": 2, "cat": 1, "dog": 1}
+    assert meta["sources"][0]["test_per_class"] == {"ant": 1, "bee": 2, "cat": 1, "dog": 1}
+    assert meta["sources"][0]["val_per_class"] == {"ant": 0, "bee": 2, "cat": 1, "dog": 1}
+    assert meta["sources"][1]["per_class"] == {f"c{k}": int(k < 5) for k in range(7)}
+    assert meta["sources"][1]["test_per_class"] == {f"c{k}": 1 for k in range(7)}
+    assert meta["short"] == [f"{a.source} class 'ant': 1 image(s) for 2 test and 2 validation"]
+
+    # 2 over A, B, C: 1, 1, 0. C's first class gives nothing, its others one each (the quirk).
+    selection, sizes = check(2, [a, b, c])
+    assert sizes == {a.source: 4, b.source: 7, c.source: 2}
+    assert selection.metadata["sources"][2]["test_per_class"] == {"x": 0, "y": 1, "z": 1}
+
+    # The random order is untouched by all this.
+    assert images.ood_selection(4, [b, c], seed=0).metadata["order"] == "random"
+    with pytest.raises(ValueError, match="unknown OoD order 'sideways'; expected one of random, folder"):
+        images.ood_selection(4, [b, c], order="sideways")
+    lonely = write_named(tmp_path / "D", {"only": ["1.png"]})
+    with pytest.raises(ValueError, match="no OoD image is left for validation"):
+        images.ood_selection(1, [lonely], order="folder")
+
+
+# ---------------------------------------------------------------------------
+# Resizing and the authors' image sizes
+
+
+def nearest_reference(pixels: np.ndarray, side: int) -> np.ndarray:
+    """Nearest neighbour by pixel centres: output (i, j) samples input (floor((i + .5) H / S), ...)."""
+    height, width = pixels.shape[:2]
+    rows = np.floor((np.arange(side) + 0.5) * height / side).astype(int)
+    cols = np.floor((np.arange(side) + 0.5) * width / side).astype(int)
+    return pixels[rows][:, cols]
+
+
+def test_nearest_resize_is_pillows_nearest_as_keras_used_it(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, size=(23, 37, 3), dtype=np.uint8)
+    path = tmp_path / "d" / "train" / "a" / "img.png"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(pixels).save(path)
+    Image.fromarray(pixels[:, :, 0]).save(path.with_name("grey.png"))  # converted to RGB first
+    split = images.load_folder(tmp_path / "d").splits["train"]
+    for side in (16, 50):  # down and up
+        ours = images.decode_image(path, side, "img", resize="nearest")
+        with Image.open(path) as image:  # keras_preprocessing load_img: convert, then resize(NEAREST)
+            keras_way = np.asarray(image.convert("RGB").resize((side, side), Image.NEAREST))
+        np.testing.assert_array_equal(ours, keras_way)
+        np.testing.assert_array_equal(ours, nearest_reference(pixels, side))
+        grey = nearest_reference(np.repeat(pixels[:, :, :1], 3, axis=2), side)
+        decoded = split.images(side, resize="nearest")[0:2]  # grey.png, img.png
+        np.testing.assert_array_equal(decoded[0], grey)
+        np.testing.assert_array_equal(decoded[1], ours)
+        bilinear = images.decode_image(path, side, "img")
+        assert not np.array_equal(bilinear, ours)
+        np.testing.assert_array_equal(split.images(side)[1:2][0], bilinear)  # bilinear stays the default
+    with pytest.raises(ValueError, match="unknown resize method 'cubic'; expected one of bilinear, nearest"):
+        split.images(16, resize="cubic")
+
+
+def test_the_authors_image_sizes_by_name(tmp_path):
+    # configs/configDataset*.csv of the authors' repository: height, width columns.
+    expected = {"SRSMAS": 299, "LEAVES": 256, "CATARACT": 256, "PAINTING": 256, "PLANTS": 100, "RPS": 300}
+    names = {
+        "srsmas": "SRSMAS", "Corals": "SRSMAS", "corales": "SRSMAS", "LEAVES": "LEAVES",
+        "citrus_leaves": "LEAVES", "citrus-leaves": "LEAVES", "Cataract": "CATARACT",
+        "painting": "PAINTING", "Paintings": "PAINTING", "PLANTS": "PLANTS", "rps": "RPS",
+        "rock_paper_scissors": "RPS", "Rock Paper Scissors": "RPS",
+    }
+    for name, paper_name in names.items():
+        assert images.authors_dataset(name) == paper_name
+        assert images.authors_image_size(name) == expected[paper_name]
+    for name in ("ind", "plant", "leaves2", "cifar10"):
+        assert images.authors_dataset(name) is None and images.authors_image_size(name) is None
+    plants = images.load_folder(write_folder(tmp_path / "Plants", {"train": {"a": 1}}))
+    assert images.default_image_size(plants) == 100
+    other = images.load_folder(write_folder(tmp_path / "mine", {"train": {"a": 1}}))
+    assert images.default_image_size(other) == 224

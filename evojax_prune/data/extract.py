@@ -4,7 +4,14 @@ One in-distribution data set (a TFDS name or an image folder) gives the train,
 validation and test features; other data sets give the OoD validation and test
 features by the authors' protocol (:func:`evojax_prune.data.images.ood_selection`).
 
-Features are cached on disk per (data set, split, image size, backbone weights),
+How the images are chosen and resized is a protocol (:data:`PROTOCOLS`): ``default``
+draws the OoD images at random (seeded) and resizes bilinearly; ``paper`` is the
+authors' (the first images of each class in folder order, Keras' nearest-neighbour
+resize, their image size per data set). Each choice can also be set on its own; the
+FeatureSet's metadata records the protocol, the choices and which of them depart
+from the protocol (``protocol_overrides``).
+
+Features are cached on disk per (data set, split, image size, resize method, backbone weights),
 one file per key holding the indices computed so far and their features, so a
 second extraction with another seed, validation share or OoD mix computes only
 the images it has not seen. A cache file is written atomically; an unreadable
@@ -39,6 +46,13 @@ FEATURE_EXTRACTOR = (
 ProgressFn = Callable[[str, int, int], None]  # (what, images done, images to compute)
 MessageFn = Callable[[str], None]
 
+# What each protocol chooses; the image size is the data set's (images.authors_image_size,
+# which ``paper`` requires and ``default`` falls back from to 224).
+PROTOCOLS = {
+    "default": {"ood_order": "random", "resize": "bilinear"},
+    "paper": {"ood_order": "folder", "resize": "nearest"},
+}
+
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/evojax-prune``, by default ``~/.cache/evojax-prune``."""
@@ -47,7 +61,7 @@ def default_cache_dir() -> Path:
 
 
 class FeatureCache:
-    """Backbone features on disk, one ``.npz`` per (data set, split, image size, weights).
+    """Backbone features on disk, one ``.npz`` per (data set, split, image size, resize, weights).
 
     Each file holds ``indices`` (n,) int64, sorted, into the split, ``features``
     (n, 2048) float32 and the ``key`` it was written for (JSON). ``directory=None``
@@ -58,14 +72,16 @@ class FeatureCache:
         self.directory = None if directory is None else Path(directory).expanduser()
 
     @staticmethod
-    def key(split: images.ImageSplit, image_size: int, weights_key: str) -> dict[str, Any]:
+    def key(split: images.ImageSplit, image_size: int, weights_key: str,
+            resize: str = images.DEFAULT_RESIZE) -> dict[str, Any]:
+        """What a cache file is for; the resize method's text is in it (so in the file name's digest)."""
         return {
             "cache_version": CACHE_VERSION,
             "dataset": split.dataset,
             "split": split.split,
             "fingerprint": split.fingerprint,
             "image_size": int(image_size),
-            "resize": images.RESIZE_METHOD,
+            "resize": images.RESIZE_METHODS[images.check_resize(resize)],
             "extractor": FEATURE_EXTRACTOR,
             "weights": weights_key,
         }
@@ -120,6 +136,9 @@ def extract_featureset(
     ood: Sequence[str | os.PathLike | images.ImageDataset],
     *,
     image_size: int | None = None,
+    protocol: str = "default",
+    ood_order: str | None = None,
+    resize: str | None = None,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -139,7 +158,15 @@ def extract_featureset(
         ``root/split/label/image`` (see :func:`images.load_dataset`) or an ImageDataset.
       ood: the other data sets for the OoD sets, at least one.
       image_size: side S every image is resized to (default: the authors' size for
-        a known data set, else 224); OoD images get the same.
+        a data set they used, :func:`images.authors_image_size`, else 224; under
+        ``protocol="paper"`` the authors' size, which must then be known); OoD images
+        get the same.
+      protocol: ``"default"`` or ``"paper"`` (:data:`PROTOCOLS`): the defaults of
+        ``ood_order`` and ``resize``.
+      ood_order: ``"random"`` (seeded) or ``"folder"`` (the authors' first images per
+        class, :func:`images.ood_selection_folder`); default: the protocol's.
+      resize: ``"bilinear"`` or ``"nearest"`` (Keras' default, the authors'), for the
+        in-distribution and the OoD images alike; default: the protocol's.
       val_fraction, test_fraction: stratified shares of train held out for
         validation, and for test when the data set has no test split.
       seed: seeds the held-out splits and the OoD choice.
@@ -154,7 +181,8 @@ def extract_featureset(
 
     Returns:
       A FeatureSet: x_* (n, 2048) float32, y_* int32, ood_val and ood_test with as many
-      images each as x_test, and metadata saying how it was made.
+      images each as x_test (in folder order: the authors' counts, which can differ,
+      see :func:`images.ood_selection_folder`), and metadata saying how it was made.
 
     Raises:
       ValueError / FileNotFoundError: bad arguments, data or weights (the message names them).
@@ -173,6 +201,12 @@ def extract_featureset(
     for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 < fraction < 1:
             raise ValueError(f"{name} must be in (0, 1), got {fraction}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    order = PROTOCOLS[protocol]["ood_order"] if ood_order is None else ood_order
+    if order not in images.OOD_ORDERS:
+        raise ValueError(f"unknown OoD order {order!r}; expected one of {', '.join(images.OOD_ORDERS)}")
+    resize = images.check_resize(PROTOCOLS[protocol]["resize"] if resize is None else resize)
     weights_key = backbone.weights_id(weights)  # a missing weights file fails here, before any work
 
     dataset = _as_dataset(source, data_dir, say)
@@ -183,9 +217,15 @@ def extract_featureset(
     repeated = sorted({s for s in sources if sources.count(s) > 1})
     if repeated:
         raise ValueError(f"OoD data set(s) given more than once: {repeated}")
-    size = int(image_size) if image_size is not None else images.default_image_size(dataset)
+    size, size_from = _image_size(dataset, image_size, protocol)
     plan = images.make_splits(dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    selection = images.ood_selection(len(plan.test[1]), ood_datasets, seed=seed)
+    selection = images.ood_selection(len(plan.test[1]), ood_datasets, seed=seed, order=order)
+    for note in selection.metadata.get("short", []):
+        say(f"OoD class short of images: {note}")
+    overrides = [name for name, value in (("ood_order", order), ("resize", resize))
+                 if value != PROTOCOLS[protocol][name]]
+    if protocol == "paper" and size != images.authors_image_size(dataset):
+        overrides.append("image_size")
 
     parts = {
         "train": [plan.train], "val": [plan.val], "test": [plan.test],
@@ -211,7 +251,7 @@ def extract_featureset(
     table: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for split, needed in wanted.values():
         table[id(split)] = _split_features(
-            split, needed, size, weights_key, cache, get_extractor, on_progress
+            split, needed, size, resize, weights_key, cache, get_extractor, on_progress
         )
 
     def gather(role: str) -> tuple[np.ndarray, np.ndarray]:
@@ -233,8 +273,13 @@ def extract_featureset(
         + ("; RANDOM WEIGHTS: not ImageNet features" if random_weights else "; ImageNet weights"),
         "backbone": {**weights_meta, "keras_version": _version("keras"), "batch_size": int(batch_size)},
         "random_weights": random_weights,
+        "protocol": protocol,
+        "ood_order": order,
+        "resize": resize,
+        "protocol_overrides": overrides,
         "image_size": size,
-        "resize": images.RESIZE_METHOD,
+        "image_size_from": size_from,
+        "resize_method": images.RESIZE_METHODS[resize],
         "splits": plan.metadata,
         "ood": selection.metadata,
         "created_by": f"evojax-prune {_version('evojax-prune')} extract",
@@ -249,11 +294,30 @@ def extract_featureset(
     )
 
 
-def _split_features(split: images.ImageSplit, needed: np.ndarray, image_size: int, weights_key: str,
-                    cache: FeatureCache, get_extractor: Callable[[], backbone.FeatureExtractor],
+def _image_size(dataset: images.ImageDataset, image_size: int | None, protocol: str) -> tuple[int, str]:
+    """(side S, where it came from: "given", "authors' size for NAME" or "default")."""
+    if image_size is not None:
+        return int(image_size), "given"
+    authors = images.authors_dataset(dataset)
+    if authors is not None:
+        return images.AUTHORS_DATASETS[authors][0], f"authors' size for {authors}"
+    if protocol == "paper":
+        known = "; ".join(
+            f"{name} {side} ({', '.join(names)})" for name, (side, names) in images.AUTHORS_DATASETS.items()
+        )
+        raise ValueError(
+            f"--protocol paper: {dataset.name!r} is not a data set the authors used, so their image size "
+            f"is unknown (known: {known}); pass --image-size S"
+        )
+    return images.DEFAULT_IMAGE_SIZE, "default"
+
+
+def _split_features(split: images.ImageSplit, needed: np.ndarray, image_size: int, resize: str,
+                    weights_key: str, cache: FeatureCache,
+                    get_extractor: Callable[[], backbone.FeatureExtractor],
                     on_progress: ProgressFn | None) -> tuple[np.ndarray, np.ndarray]:
     """(sorted indices, their features) covering ``needed``: the cache's, plus what was missing."""
-    key = FeatureCache.key(split, image_size, weights_key)
+    key = FeatureCache.key(split, image_size, weights_key, resize)
     known, rows = cache.load(key)
     missing = np.setdiff1d(needed, known)
     label = f"{split.dataset.split(':', 1)[-1]} {split.split}"
@@ -262,7 +326,7 @@ def _split_features(split: images.ImageSplit, needed: np.ndarray, image_size: in
     if len(missing) == 0:
         return known, rows
     new_rows = get_extractor()(
-        split.images(image_size, missing),
+        split.images(image_size, missing, resize),
         on_batch=None if on_progress is None else (lambda done, total: on_progress(label, done, total)),
     )
     order = np.argsort(np.concatenate([known, missing]), kind="stable")
@@ -311,9 +375,21 @@ def register(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--tfds", metavar="NAME", help="in-distribution TFDS data set, e.g. citrus_leaves")
     what.add_argument("--folder", metavar="PATH", help="in-distribution image folder PATH/SPLIT/LABEL/IMAGE")
     add("--ood", metavar="NAME_OR_PATH", nargs="+", action="extend", default=[],
-        help="other data sets for the OoD sets (TFDS names, folders, tfds:NAME, folder:PATH); at least one")
+        help="other data sets for the OoD sets (TFDS names, folders, tfds:NAME, folder:PATH); at least one; "
+             "the first get the remainders (the authors' order: SRSMAS LEAVES PAINTING RPS CATARACT PLANTS)")
     add("--image-size", type=int, metavar="S",
-        help="resize images to SxS (default: the authors' size for a known data set, else 224)")
+        help="resize images to SxS (default: the authors' size for a data set they used, by name: "
+             "SRSMAS/corals 299, LEAVES 256, CATARACT 256, PAINTING 256, PLANTS 100, RPS 300; else 224)")
+    add("--protocol", choices=tuple(PROTOCOLS), default="default",
+        help="default: random (seeded) OoD choice, bilinear resize; paper: the authors' choices, "
+             "--ood-order folder --resize nearest and their image size (default: default)")
+    add("--ood-order", choices=images.OOD_ORDERS, default=None,
+        help="which OoD images: random (seeded draw per class) or folder (the authors': the first of each "
+             "class of each --ood data set's train split, classes and files by sorted name; the next ones "
+             "for OoD validation); default: the protocol's")
+    add("--resize", choices=tuple(images.RESIZE_METHODS), default=None,
+        help="how images are resized to SxS, in-distribution and OoD alike: bilinear, or nearest (Keras' "
+             "default, the authors'); default: the protocol's")
     add("--val-fraction", type=float, default=0.2, metavar="F",
         help="stratified share of train held out for validation (default 0.2)")
     add("--test-fraction", type=float, default=0.2, metavar="F",
@@ -364,7 +440,8 @@ def run_extract(args: argparse.Namespace) -> int:
     with progress:
         featureset = extract_featureset(
             source, args.ood,
-            image_size=args.image_size, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+            image_size=args.image_size, protocol=args.protocol, ood_order=args.ood_order,
+            resize=args.resize, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
             seed=args.seed, batch_size=args.batch_size, weights=parse_weights(args.weights),
             cache_dir=args.cache_dir, use_cache=not args.no_cache, data_dir=args.data_dir,
             on_progress=on_progress, on_message=lambda text: console.print(text, highlight=False),

@@ -10,7 +10,8 @@ encoded images with labels):
     needed to read it.
 
 Images are decoded with Pillow only when asked for, converted to RGB and resized
-to S x S (bilinear, aspect ratio not kept), as uint8 arrays.
+to S x S (aspect ratio not kept), as uint8 arrays: bilinear by default, or nearest
+neighbour as the authors' Keras ``flow_from_directory`` did (:data:`RESIZE_METHODS`).
 
 The in-distribution splits (:func:`make_splits`): ``train`` is required; a
 ``validation`` split is used as it is, else a stratified, seeded share of train
@@ -18,6 +19,9 @@ is held out; likewise ``test``. The OoD sets (:func:`ood_selection`) follow
 MO-EvoPruneDeepTL (arXiv 2302.10253): as many images in total as the
 in-distribution test split, spread evenly over the other data sets and then over
 their classes; a second, disjoint set of the same counts is the OoD validation set.
+Which images: a seeded draw (``order="random"``, the default) or the authors' own
+rule (``order="folder"``: the first images of each class of each data set's train
+folder, read in Keras' folder order; :func:`ood_selection_folder`).
 """
 
 from __future__ import annotations
@@ -34,9 +38,32 @@ from typing import Any
 import numpy as np
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # what TFDS' ImageFolder reads
-RESIZE_METHOD = "Pillow bilinear resize to S x S (aspect ratio not kept), RGB"
-# The image sizes the authors used (docs/PROTOCOL.md, Datasets); others default to 224.
-KNOWN_IMAGE_SIZES = {"rock_paper_scissors": 300, "citrus_leaves": 256}
+# Each method's text is part of the feature cache's key: features made with one are never
+# served for the other. The bilinear text is the one cache files were keyed with before
+# "nearest" existed, so those files stay valid.
+RESIZE_METHODS = {
+    "bilinear": "Pillow bilinear resize to S x S (aspect ratio not kept), RGB",
+    "nearest": (
+        "Pillow nearest-neighbour resize to S x S (aspect ratio not kept), RGB: Keras' "
+        "load_img / flow_from_directory default, as the authors read every image"
+    ),
+}
+DEFAULT_RESIZE = "bilinear"
+RESIZE_METHOD = RESIZE_METHODS[DEFAULT_RESIZE]
+OOD_ORDERS = ("random", "folder")
+# The authors' image sizes (configs/configDataset*.csv of github.com/ari-dasci/S-MOEvoPruneDeepTL,
+# height and width columns), by paper name, with the names a data set may come under: the TFDS
+# name, the paper's name, and the authors' own folder name (corales, leaves, cataract, painting,
+# plants, rps in their configs' paths).
+AUTHORS_DATASETS = {
+    "SRSMAS": (299, ("srsmas", "corals", "corales")),
+    "LEAVES": (256, ("leaves", "citrus_leaves")),
+    "CATARACT": (256, ("cataract",)),
+    "PAINTING": (256, ("painting", "paintings")),
+    "PLANTS": (100, ("plants",)),
+    "RPS": (300, ("rps", "rock_paper_scissors")),
+}
+KNOWN_IMAGE_SIZES = {alias: size for size, aliases in AUTHORS_DATASETS.values() for alias in aliases}
 DEFAULT_IMAGE_SIZE = 224
 TFDS_PREFIX = "tfds:"
 FOLDER_PREFIX = "folder:"
@@ -69,10 +96,15 @@ class ImageSplit:
         item = self.items[index]
         return str(item) if isinstance(item, Path) else f"{self.dataset}/{self.split}[{index}]"
 
-    def images(self, image_size: int, indices: np.ndarray | None = None) -> DecodedImages:
-        """The images at ``indices`` (default: all), decoded lazily, (n, S, S, 3) uint8."""
+    def images(self, image_size: int, indices: np.ndarray | None = None,
+               resize: str = DEFAULT_RESIZE) -> DecodedImages:
+        """The images at ``indices`` (default: all), decoded lazily, (n, S, S, 3) uint8.
+
+        ``resize``: ``"bilinear"`` or ``"nearest"`` (:data:`RESIZE_METHODS`).
+        """
+        check_resize(resize)
         indices = np.arange(len(self)) if indices is None else np.asarray(indices, np.int64)
-        return DecodedImages(self, indices, int(image_size))
+        return DecodedImages(self, indices, int(image_size), resize)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -85,6 +117,7 @@ class DecodedImages:
     split: ImageSplit
     indices: np.ndarray
     image_size: int
+    resize: str = DEFAULT_RESIZE
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -100,7 +133,7 @@ class DecodedImages:
         def decode_one(position: int) -> None:
             index = int(chosen[position])
             name = self.split.item_name(index)
-            out[position] = decode_image(self.split.items[index], self.image_size, name)
+            out[position] = decode_image(self.split.items[index], self.image_size, name, self.resize)
 
         with ThreadPoolExecutor(max_workers=min(len(chosen), os.cpu_count() or 1)) as pool:
             list(pool.map(decode_one, range(len(chosen))))  # list(): re-raise the first error
@@ -134,27 +167,65 @@ class ImageDataset:
         return f"ImageDataset({self.source!r}: {sizes}; C={len(self.class_names)} classes)"
 
 
-def decode_image(item: Path | bytes, image_size: int, name: str) -> np.ndarray:
-    """Decodes one image file or encoded image to (S, S, 3) uint8 RGB, resized bilinearly.
+def check_resize(resize: str) -> str:
+    """``resize`` if it names a method of :data:`RESIZE_METHODS`, else a ValueError naming it."""
+    if resize not in RESIZE_METHODS:
+        raise ValueError(f"unknown resize method {resize!r}; expected one of {', '.join(RESIZE_METHODS)}")
+    return resize
+
+
+def decode_image(item: Path | bytes, image_size: int, name: str, resize: str = DEFAULT_RESIZE) -> np.ndarray:
+    """Decodes one image file or encoded image to (S, S, 3) uint8 RGB, resized to S x S.
+
+    RGB first, then the resize, as Keras' ``load_img`` does (it was the authors' reader:
+    ``convert("RGB")``, then ``Image.resize(size, NEAREST)`` by default); an image already
+    S x S is not resampled, by either.
+
+    Args:
+      resize: ``"bilinear"`` or ``"nearest"`` (Pillow's filters of those names).
 
     Raises:
-      ValueError: the image cannot be read (the message names it).
+      ValueError: the image cannot be read (the message names it), or an unknown ``resize``.
     """
     from PIL import Image, UnidentifiedImageError
 
+    check_resize(resize)
     try:
         with Image.open(item if isinstance(item, Path) else io.BytesIO(item)) as image:
             rgb = image.convert("RGB")  # also forces the full decode: truncated files fail here
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ValueError(f"{name}: cannot read this image ({' '.join(str(error).split())})") from None
     if rgb.size != (image_size, image_size):
-        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        method = Image.Resampling.NEAREST if resize == "nearest" else Image.Resampling.BILINEAR
+        rgb = rgb.resize((image_size, image_size), method)
     return np.asarray(rgb, np.uint8)
 
 
+def authors_dataset(dataset: ImageDataset | str) -> str | None:
+    """The paper's name (``"PLANTS"``, ...) of a data set the authors used, else None.
+
+    Matched on the data set's name (a TFDS name or a folder's name), ignoring case and
+    treating ``-`` and spaces as ``_``: ``rock_paper_scissors``, ``RPS``, ``Corales``,
+    ``citrus-leaves``, ... (:data:`AUTHORS_DATASETS`).
+    """
+    name = dataset if isinstance(dataset, str) else dataset.name
+    key = name.strip().lower().replace("-", "_").replace(" ", "_")
+    for paper_name, (_, aliases) in AUTHORS_DATASETS.items():
+        if key in aliases:
+            return paper_name
+    return None
+
+
+def authors_image_size(dataset: ImageDataset | str) -> int | None:
+    """The side the authors resized a data set's images to (:func:`authors_dataset`), else None."""
+    paper_name = authors_dataset(dataset)
+    return None if paper_name is None else AUTHORS_DATASETS[paper_name][0]
+
+
 def default_image_size(dataset: ImageDataset) -> int:
-    """The authors' image size for a known data set, else 224 (Keras' default)."""
-    return KNOWN_IMAGE_SIZES.get(dataset.name, DEFAULT_IMAGE_SIZE)
+    """The authors' image size for a data set they used (:func:`authors_dataset`), else 224."""
+    size = authors_image_size(dataset)
+    return DEFAULT_IMAGE_SIZE if size is None else size
 
 
 # ---------------------------------------------------------------------------
@@ -467,10 +538,13 @@ class OodSelection:
         return sum(len(indices) for _, indices in getattr(self, role))
 
 
-def ood_selection(total: int, datasets: Sequence[ImageDataset], *, seed: int = 0) -> OodSelection:
+def ood_selection(total: int, datasets: Sequence[ImageDataset], *, seed: int = 0,
+                  order: str = "random") -> OodSelection:
     """The authors' OoD sets: ``total`` images each for validation and for test.
 
-    The images of each OoD data set are pooled over its splits. ``total`` is spread
+    ``order="folder"`` is the authors' own choice of images, :func:`ood_selection_folder`
+    (``seed`` unused). ``order="random"``, the default, is described here: the images
+    of each OoD data set are pooled over its splits; ``total`` is spread
     evenly over the data sets, then each data set's share evenly over its classes
     (:func:`allocate_evenly`: remainders go to the first data sets, in the order
     given, and to the first classes). Each class gives the same count to both sets,
@@ -479,8 +553,13 @@ def ood_selection(total: int, datasets: Sequence[ImageDataset], *, seed: int = 0
     other classes (and data sets).
 
     Raises:
-      ValueError: no OoD data sets, or too few images in them for two disjoint sets.
+      ValueError: no OoD data sets, too few images in them for two disjoint sets, or an
+        unknown ``order``.
     """
+    if order not in OOD_ORDERS:
+        raise ValueError(f"unknown OoD order {order!r}; expected one of {', '.join(OOD_ORDERS)}")
+    if order == "folder":
+        return ood_selection_folder(total, datasets)
     if not datasets:
         raise ValueError("the OoD protocol needs at least one other data set")
     pools = []  # per data set: list over classes of (split, index) pairs
@@ -525,6 +604,7 @@ def ood_selection(total: int, datasets: Sequence[ImageDataset], *, seed: int = 0
         return [(splits_by_key[key], np.sort(np.array(chosen[key], np.int64))) for key in sorted(chosen)]
 
     metadata = {
+        "order": "random",
         "per_split": int(total),
         "seed": seed,
         "disjoint": True,
@@ -536,3 +616,124 @@ def ood_selection(total: int, datasets: Sequence[ImageDataset], *, seed: int = 0
         "sources": counts_meta,
     }
     return OodSelection(val=as_list(val), test=as_list(test), metadata=metadata)
+
+
+def split_with_remainder(total: int, parts: int) -> np.ndarray:
+    """The authors' counts: ``total // parts`` each, the remainder one each to the first parts.
+
+    Their ``main.py`` spreads the in-distribution test size over the OoD data sets this
+    way, and ``utility.read_dataset_ood`` each data set's share over its classes. It is
+    :func:`allocate_evenly` without capacities: nothing is moved from a bin that cannot
+    fill its count to the others.
+
+    Returns:
+      (parts,) int64 counts summing to ``total``.
+    """
+    if total < 0 or parts < 1:
+        raise ValueError(f"need total >= 0 and parts >= 1, got {total} and {parts}")
+    share, extra = divmod(int(total), int(parts))
+    return np.array([share + (rank < extra) for rank in range(parts)], np.int64)
+
+
+def ood_selection_folder(total: int, datasets: Sequence[ImageDataset]) -> OodSelection:
+    """The authors' OoD test set, and the next images of each class as the OoD validation set.
+
+    From MO-EvoPruneDeepTL's code (github.com/ari-dasci/S-MOEvoPruneDeepTL): ``main.py``
+    gives data set ``d`` (in the order given) ``k_d`` of the ``total`` images
+    (:func:`split_with_remainder`); ``utility.read_dataset_ood`` splits ``k_d`` over the
+    data set's C classes the same way, ``k_c``, and reads the data set with Keras'
+    ``flow_from_directory(shuffle=False)``: classes by sorted folder name, files by sorted
+    name within a class (the order of :func:`load_folder`'s ``items``);
+    ``fitness._process_ood_data`` then keeps the first ``k_c`` images of each class.
+
+    Its quirk is kept, so the test set is theirs on their data too: on reaching a new
+    class it always takes that class's first image, so a class after the first whose
+    ``k_c`` is 0 still gives one image (the first class gives none). Counts are 0 when
+    ``k_d < C``, which their data met: a 76-image SRSMAS test fold gives PLANTS (27
+    classes) 15, and 27 images were taken. So the test set can hold more than ``total``.
+    Like theirs, a class with fewer images than its count gives all it has (the set is
+    smaller), nothing moves to the other classes; a class with no image at all gives none
+    (their loop would have shifted the counts of the later classes).
+
+    The images come from each data set's ``train`` split, the one every data set has (the
+    authors read a copy of each data set's images from a folder of its own, one class per
+    sub-folder). The authors had no OoD validation set; ours takes, per class, as many
+    images as the test set took, the next ones in folder order, so the two are disjoint
+    and alike; a class that runs out gives fewer.
+
+    Args:
+      total: the in-distribution test split's size.
+      datasets: the OoD data sets, in the order that gets the remainders.
+
+    Returns:
+      An :class:`OodSelection` whose metadata gives, per data set, the allotted
+      ``per_class`` counts (the authors' ``k_c``) and what ``test_per_class`` and
+      ``val_per_class`` took, and lists in ``short`` the classes that ran out.
+
+    Raises:
+      ValueError: no OoD data sets, one without a ``train`` split, or no image left
+        for the validation set.
+    """
+    if not datasets:
+        raise ValueError("the OoD protocol needs at least one other data set")
+    missing_train = [d.source for d in datasets if "train" not in d.splits]
+    if missing_train:
+        raise ValueError(f"OoD data set(s) without a 'train' split for the folder order: {missing_train}")
+    per_dataset = split_with_remainder(total, len(datasets))
+    val, test, sources, short = [], [], [], []
+    for dataset, share in zip(datasets, per_dataset.tolist(), strict=True):
+        split = dataset.splits["train"]
+        allotted = split_with_remainder(share, len(dataset.class_names))
+        # load_folder lists a split class by class, each in file-name order, as
+        # flow_from_directory did; a stable sort by label keeps that order for any source.
+        order = np.argsort(split.labels, kind="stable")
+        first_label = int(split.labels[order[0]]) if len(order) else -1
+        test_idx, val_idx = [], []
+        test_counts, val_counts = {}, {}
+        for c, class_name in enumerate(dataset.class_names):
+            members = order[split.labels[order] == c]
+            wanted = int(allotted[c])
+            if wanted == 0 and c != first_label and len(members):
+                wanted = 1  # _process_ood_data takes a new class's first image whatever its count
+            chosen, following = members[:wanted], members[wanted:2 * wanted]
+            test_idx.append(chosen)
+            val_idx.append(following)
+            test_counts[class_name], val_counts[class_name] = len(chosen), len(following)
+            if len(following) < wanted:
+                short.append(
+                    f"{dataset.source} class {class_name!r}: {len(members)} image(s) for "
+                    f"{wanted} test and {wanted} validation"
+                )
+        test.append((split, np.sort(np.concatenate(test_idx)).astype(np.int64)))
+        val.append((split, np.sort(np.concatenate(val_idx)).astype(np.int64)))
+        sources.append({
+            "source": dataset.source,
+            "split": "train",
+            "per_split": int(share),
+            "per_class": dict(zip(dataset.class_names, allotted.tolist(), strict=True)),
+            "test_per_class": test_counts,
+            "val_per_class": val_counts,
+        })
+    selection = OodSelection(val=val, test=test, metadata={})
+    if selection.size("val") == 0:
+        raise ValueError(
+            "no OoD image is left for validation after the authors' test selection "
+            f"({'; '.join(short)}): add OoD data sets or larger ones"
+        )
+    metadata = {
+        "order": "folder",
+        "per_split": int(total),
+        "sizes": {"val": selection.size("val"), "test": selection.size("test")},
+        "disjoint": True,
+        "method": (
+            "the authors' rule (MO-EvoPruneDeepTL main.py, utility.read_dataset_ood, "
+            "fitness._process_ood_data): the in-distribution test size spread over the OoD data sets "
+            "and then over their classes, total // n each and the remainder one each to the first; "
+            "test: the first images of each class of each data set's train split in folder order "
+            "(classes and files by sorted name), a class after the first with a count of 0 giving "
+            "its first image; validation: the next as many images of each class"
+        ),
+        "sources": sources,
+        "short": short,
+    }
+    return OodSelection(val=val, test=test, metadata=metadata)
