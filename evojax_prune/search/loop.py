@@ -26,7 +26,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,9 @@ from evojax_prune import devices
 from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.run import rundir
-from evojax_prune.score import evaluate
-from evojax_prune.search import lockstep, selection, stopping, strategy, warm_start
+from evojax_prune.search import folds, lockstep, selection, stopping, strategy, warm_start
 from evojax_prune.search.evaluation_cache import METRIC_NAMES, MaskCache
-from evojax_prune.search.evaluator import MaskEvaluator, metric_rows
+from evojax_prune.search.evaluator import MaskEvaluator
 from evojax_prune.search.hypervolume import hypervolume
 from evojax_prune.search.result import REFERENCE_POINT, SearchResult, robustness
 from evojax_prune.search.result import objectives as to_objectives
@@ -49,7 +48,7 @@ from evojax_prune.search.result import objectives as to_objectives
 __all__ = ["REFERENCE_POINT", "SearchResult", "run_search"]
 
 def run_search(
-    features: FeatureSet,
+    features: FeatureSet | Sequence[FeatureSet],
     config: RunConfig,
     *,
     seed: int = 0,
@@ -66,7 +65,10 @@ def run_search(
     """Runs MO-EvoPruneDeepTL on a FeatureSet.
 
     Args:
-      features: the data (train / validation / test and OoD features).
+      features: the data (train / validation / test and OoD features), or a
+        list of FeatureSets, one per cross-validation fold: a mask's metrics
+        are then the means over the folds (``folds.py``, the authors' 5-fold
+        SRSMAS and LEAVES) and the front's heads the first fold's.
       config: the run configuration (e.g. ``preset("quick")``).
       seed: the run's seed; the same seed on the same device gives the same front
         (on CPU also on any number of devices, ``config.engine.devices``).
@@ -112,13 +114,23 @@ def run_search(
       which generation. With ``runs`` > 1 a ``lockstep.RunsResult``: each
       run's SearchResult and their merged front.
     """
-    if not isinstance(features, FeatureSet):
-        raise TypeError(f"features must be a FeatureSet, got {type(features).__name__}")
+    if isinstance(features, (list, tuple)):
+        features = folds.check_folds(features)
+        if len(features) == 1:
+            features = features[0]
+        elif runs > 1:
+            raise ValueError(f"run_search: runs = {runs} with {len(features)} folds; several runs of a "
+                             "fold-averaged search run one after another (one run_search call each)")
+    if not isinstance(features, (FeatureSet, list)):
+        raise TypeError(f"features must be a FeatureSet or a list of them, got {type(features).__name__}")
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
     if not (isinstance(runs, int) and not isinstance(runs, bool) and runs >= 1):
         raise ValueError(f"runs must be an integer >= 1, got {runs!r}")
-    features = selection.search_view(features, config.search)
+    if isinstance(features, list):
+        features = [selection.search_view(fold, config.search) for fold in features]
+    else:
+        features = selection.search_view(features, config.search)
     options = dict(resume=resume, overwrite=overwrite, algorithm=algorithm, time_budget=time_budget,
                    hv_patience=hv_patience, initial_masks=initial_masks)
     if runs == 1:
@@ -139,7 +151,8 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
     ``data``: ``device_data`` shared with other runs."""
     started = time.perf_counter()
     search = config.search
-    length = config.head.chromosome_length(features.num_features)  # D, or neurons (HeadConfig.prune)
+    first = features[0] if isinstance(features, list) else features  # folds agree on D and C
+    length = config.head.chromosome_length(first.num_features)  # D, or neurons (HeadConfig.prune)
     if search.min_active > length:
         raise ValueError(f"search.min_active = {search.min_active} exceeds the chromosome's {length} bits "
                          f"(HeadConfig.prune {config.head.prune!r})")
@@ -158,12 +171,16 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
     # One row more than the initial population, so that the baseline trains beside it (a
     # steady-state search has no other call with a free row, and trained alone at the end,
     # the baseline costs a whole training).
-    evaluator = MaskEvaluator(
-        features, config, train_key, max_batch=max(evolver.population_size + 1, evolver.num_offspring),
-        data=data,
-    )
-    settings = {"config": config.to_dict(), "seed": seed, "features": features.metadata,
-                "num_features": features.num_features, "num_classes": features.num_classes,
+    max_batch = max(evolver.population_size + 1, evolver.num_offspring)
+    if isinstance(features, list):
+        evaluator = folds.FoldEvaluator(features, config, train_key, max_batch)
+        # The first fold's, as report and explain read it (they work on that fold), and every fold's.
+        metadata = {**first.metadata, "folds": [fold.metadata for fold in features]}
+    else:
+        evaluator = MaskEvaluator(features, config, train_key, max_batch, data=data)
+        metadata = features.metadata
+    settings = {"config": config.to_dict(), "seed": seed, "features": metadata,
+                "num_features": first.num_features, "num_classes": first.num_classes,
                 "strategy": evolver.kind if algorithm is None else type(algorithm).__name__}
 
     if resume:
@@ -342,26 +359,8 @@ def _without_engine(config: dict[str, Any]) -> dict[str, Any]:
 def _final_front(features, config, seed, state, evolver, evaluator, history, started) -> SearchResult:
     front = _front_masks(state, evolver, evaluator)
     everything = np.concatenate([front, np.ones((1, front.shape[1]), bool)])
-    # Padded to the generations' largest bucket, so that scoring (and training, for heads
-    # missing after a resume) reuses the generations' compiled programs (the authors' budget
-    # at 1 epoch on a 2-core CPU: 27.2 s against 31.2 s when the front was retrained).
-    padded = evaluator._padded(everything, at_least=evaluator.max_batch)
-    missing = evaluator.heads.missing(everything)
-    if missing.any():
-        retrain = evaluator._padded(everything[missing], at_least=evaluator.max_batch)
-        evaluator.heads.add(everything[missing], evaluator._train_padded(retrain, int(missing.sum())))
-    trained = evaluator.heads.stack(padded)  # padding rows: the first head again, as in the masks
-    scores = {}
-    for split, (x, y, ood) in {
-        "validation": (features.x_val, features.y_val, features.ood_val),
-        "test": (features.x_test, features.y_test, features.ood_test),
-    }.items():
-        scored = evaluate.evaluate_population(trained.params, padded, x, y, ood, config,
-                                              train=(evaluator.x_train, evaluator.y_train))
-        rows = metric_rows(scored, trained)[: len(everything)]
-        scores[split] = dict(zip(METRIC_NAMES, rows.T, strict=True))
+    scores, params = evaluator.final_scores(everything, features)
     order = np.argsort(-scores["validation"]["accuracy"][:-1], kind="stable")
-    params = jax.tree.map(lambda leaf: leaf[: len(everything)], devices.to_host(trained.params))
     front_only = lambda values: {name: value[:-1][order] for name, value in values.items()}
     baseline = lambda values: {name: float(value[-1]) for name, value in values.items()}
     validation = front_only(scores["validation"])
