@@ -1,4 +1,5 @@
-"""One persistent XLA compilation cache for the whole test session (compile_cache.py).
+"""One persistent XLA compilation cache for the whole test session (compile_cache.py), and the
+tiny finished run the report tests share.
 
 Many tests compile the same programs: the in-process tests, and the command-line
 runs they start in subprocesses (which inherit ``EVOJAX_PRUNE_CACHE_DIR``). A
@@ -24,3 +25,19 @@ def session_compile_cache(tmp_path_factory):
         os.environ.pop(compile_cache.DIRECTORY_ENV, None)
     else:
         os.environ[compile_cache.DIRECTORY_ENV] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished tiny run on the embedded digits: (SearchResult, run directory).
+
+    Searched once per session for test_report and test_published; a test that
+    writes into it works on ``report_runs.copy_run``.
+    """
+    from report_runs import tiny_config
+
+    from evojax_prune.data import embedded
+    from evojax_prune.search.loop import run_search
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    return run_search(embedded.digits(), tiny_config(), seed=0, out_dir=out), out

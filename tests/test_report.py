@@ -3,14 +3,13 @@
 import csv
 import dataclasses
 import json
-import shutil
 import struct
 
 import numpy as np
 import pytest
 from pymoo.indicators.hv import HV
+from report_runs import copy_run, tiny_config
 
-from evojax_prune import config
 from evojax_prune.analysis import ensemble, report
 from evojax_prune.cli import main as cli
 from evojax_prune.data import embedded
@@ -20,22 +19,15 @@ from evojax_prune.search.loop import run_search
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def tiny_config():
-    return config.preset("quick").replace(
-        head={"hidden": 16}, train={"max_epochs": 6}, search={"population_size": 8, "generations": 2}
-    )
-
-
 @pytest.fixture(scope="module")
 def digits():
     return embedded.digits()
 
 
 @pytest.fixture(scope="module")
-def finished(digits, tmp_path_factory):
-    """A finished run directory and its SearchResult."""
-    out = tmp_path_factory.mktemp("runs") / "run"
-    return run_search(digits, tiny_config(), seed=0, out_dir=out), out
+def finished(tiny_run):
+    """A finished run directory and its SearchResult (conftest.py's, shared with test_published)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +42,6 @@ def png_size(path):
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
     return struct.unpack(">II", data[16:24])  # IHDR width, height
-
-
-def copy_run(finished, tmp_path, name="copy"):
-    _, out = finished
-    target = tmp_path / name
-    # A pristine run: without what the ``reported`` fixture may have added.
-    shutil.copytree(out, target, ignore=shutil.ignore_patterns("report.md", "ensembles.json", "figures"))
-    return target
 
 
 def test_report_writes_every_figure_and_the_report(reported):

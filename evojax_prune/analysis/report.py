@@ -12,6 +12,12 @@ pareto.npz, summary.json), rebuilds the front's ensembles on the test data
   ensembles.json             the ensemble numbers
   report.md                  all of it with the key numbers, written last
 
+and with ``--compare-published NAME`` (``published.py``), the run's front beside
+the authors' published one:
+
+  figures/published.png      both fronts, accuracy against MEM and against AUROC
+  published.json             both fronts and their hypervolumes
+
 Every file is written atomically (``atomic.write_atomically``), so a report
 interrupted halfway leaves the previous files or complete new ones; report.md
 goes last, so its presence means the figures it shows are there.
@@ -33,11 +39,13 @@ from typing import Any
 import numpy as np
 
 from evojax_prune import head
-from evojax_prune.analysis import ensemble
+from evojax_prune.analysis import ensemble, published
 from evojax_prune.run import atomic, rundir
 from evojax_prune.score import ood_scores
+from evojax_prune.search.result import objectives
 
 FIGURES = ("front_3d", "front_pairs", "history", "ensembles", "features")
+PUBLISHED_FIGURE = "published"  # written only with ``compare_published``
 # The authors' bands, then the upper half and the whole front: a small front
 # (a single run's) puts one or two members in each of the authors' bands.
 REPORT_BANDS = (*ensemble.AUTHORS_BANDS, (50, 100), ensemble.WHOLE_FRONT)
@@ -256,6 +264,34 @@ def plot_feature_frequency(masks: np.ndarray, image_side: int | None = None, uni
     return figure
 
 
+def plot_published(comparison: published.PublishedComparison, ours_label: str = "this run (test)"):
+    """Accuracy vs MEM (left) and accuracy vs AUROC (right) of the run's front and the authors'.
+
+    The step lines join each front's points that no other point of the same
+    front beats on that pair of objectives.
+    """
+    theirs_label = f"authors, {published.label(comparison.dataset)} (10 runs merged)"
+    figure = _figure(12, 4.6)
+    panels = ((1, False, "MEM (fraction of features kept)  (lower is better)"), (2, True, "AUROC"))
+    for axes, (column, x_up, x_label) in zip(figure.subplots(1, 2), panels, strict=True):
+        for points, label, colour, marker in ((comparison.theirs, theirs_label, "C1", "^"),
+                                              (comparison.ours, ours_label, "C0", "o")):
+            x, y = points[:, column], points[:, 0]
+            steps_x, steps_y = _staircase(x, y, x_up, True)
+            axes.step(steps_x, steps_y, where="pre" if x_up else "post", color=colour, linewidth=1,
+                      alpha=0.7, zorder=1)
+            axes.scatter(x, y, marker=marker, s=34, color=colour, edgecolors="k", linewidths=0.4,
+                         label=f"{label}: {len(points)} points", zorder=2)
+        axes.set_xlabel(x_label)
+        axes.set_ylabel("accuracy")
+        axes.grid(alpha=0.3)
+    figure.axes[0].legend(loc="lower right", fontsize=8)
+    figure.suptitle(f"This run's front beside the authors' published {published.label(comparison.dataset)} "
+                    f"front: hypervolume {comparison.ours_hypervolume:.4f} vs "
+                    f"{comparison.theirs_hypervolume:.4f} (paper: {comparison.published_hypervolume:.4f})")
+    return figure
+
+
 def _save_png(figure, path: Path) -> None:
     def write(stream):
         buffer = io.BytesIO()  # render fully before touching the file
@@ -269,7 +305,8 @@ def _save_png(figure, path: Path) -> None:
 
 
 def write_report(run_dir: str | os.PathLike, features: Any = None, *,
-                 bands=REPORT_BANDS, tpr: float = ensemble.DEFAULT_TPR) -> Path:
+                 bands=REPORT_BANDS, tpr: float = ensemble.DEFAULT_TPR,
+                 compare_published: str | None = None) -> Path:
     """Writes the figures, ensembles.json and report.md into a finished run directory.
 
     Args:
@@ -277,10 +314,19 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
       features: the run's FeatureSet or its path; ``None`` rebuilds the embedded digits.
       bands: ensemble percentile bands (default: the authors' eight and the whole front).
       tpr: InD validation TPR of the members' OoD vote thresholds.
+      compare_published: a data set of ``published.PUBLISHED_DATASETS`` (any case):
+        also write figures/published.png, published.json and a section of
+        report.md setting the run's front beside the authors' published one.
 
     Returns:
       The path of report.md.
+
+    Raises:
+      ValueError: among others, ``compare_published`` names no published front
+        (before anything is written).
     """
+    if compare_published is not None:
+        compare_published = published.dataset_name(compare_published)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -306,15 +352,94 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
         "features": plot_feature_frequency(result.masks, image_size if pixels else None,
                                            head.UNIT_NAMES[result.config.head.prune]),
     }
+    against = None
+    if compare_published is not None:
+        against = compare_with_published(result, compare_published)
+        figures[PUBLISHED_FIGURE] = plot_published(against)
     for name, figure in figures.items():
         _save_png(figure, figures_dir / f"{name}.png")
     atomic.write_json(path / "ensembles.json", comparison.to_dict())
+    if against is not None:
+        atomic.write_json(path / "published.json", against.to_dict())
     report = path / "report.md"
-    text = render_markdown(result, recorded, comparison)
+    text = render_markdown(result, recorded, comparison, against)
     # Keep the Grad-CAM section `explain` added to an earlier report.md.
     grad_cam = _explain_section(report)
     atomic.write_text(report, text.rstrip("\n") + "\n\n" + grad_cam if grad_cam else text)
     return report
+
+
+def _selected_on_test(result) -> bool:
+    """Whether the run's validation numbers are its test numbers: then it was searched on the test data."""
+    return all(np.array_equal(result.validation[name], result.test[name])
+               for name in ("accuracy", "auroc", "auroc_paper"))
+
+
+def compare_with_published(result, name: str) -> published.PublishedComparison:
+    """The run's front on the test split beside the authors' published front ``name``.
+
+    The run's points are its members' test accuracy, MEM and the authors' AUROC
+    (``auroc_paper``, whichever AUROC the run optimised), so that both fronts
+    hold the same measures; a diverged member counts as the reference point,
+    as in the search (``result.objectives``).
+    """
+    minimised = objectives(result.test, "paper")
+    points = np.column_stack([1.0 - minimised[:, 0], minimised[:, 1], 1.0 - minimised[:, 2]])
+    split = "test" if not _selected_on_test(result) else "test (also the split it was selected on)"
+    description = (f"{split} accuracy, MEM, {_score_label(result)} AUROC as the authors computed it "
+                   f"(auroc_paper); selected on {'test' if _selected_on_test(result) else 'validation'} "
+                   f"with the {result.config.odin.auroc} AUROC; preset {result.config.preset}")
+    return published.compare_to_published(points, name, description)
+
+
+def _published_section(result, recorded: dict[str, Any], against: published.PublishedComparison) -> list[str]:
+    data = published.label(against.dataset)
+    name = (recorded.get("features") or {}).get("name", "unnamed")
+    odin = result.config.odin
+    on_test = _selected_on_test(result)
+
+    def row(what, points, value, count, paper, best):
+        return (f"| {what} | {len(points)} ({count}) | {value:.4f} | {paper} "
+                f"| {best[0]:.4f} / {best[1]:.4f} / {best[2]:.4f} |")
+
+    if on_test:
+        selection = ("This run's validation numbers equal its test numbers, so it was searched on the test "
+                     "data as the authors were: the comparison is like-for-like in that respect.")
+    else:
+        selection = ("This run selected its front on the validation split and shows here its members' "
+                     "**test** numbers, while the authors selected on the test split (they had no validation "
+                     "split) and report the same test numbers: their front is tuned on the data it is "
+                     "measured on, so it is only like-for-like with a run searched on the test split.")
+    lines = [
+        f"## Beside the authors' published front ({data})",
+        "",
+        f"The authors' front is the merge of their 10 runs on {data} (MO-EvoPruneDeepTL, arXiv 2302.10253; "
+        f"`{published.source_path(against.dataset)}` of {published.SOURCE_REPOSITORY} at commit "
+        f"`{published.SOURCE_COMMIT[:12]}`), AUROC of ODIN at T = 1000 as their code computed it. "
+        f"This run is on the data `{name}` and optimised validation error, MEM and 1 - "
+        f"{_score_label(result)} AUROC ({odin.auroc}; preset {result.config.preset}). Its points here "
+        f"are test accuracy, MEM and the authors' AUROC of its {_score_label(result)} score "
+        "(`test_auroc_paper` in `pareto.csv`), so that both fronts hold the same measures. "
+        + selection,
+        "",
+        "Both hypervolumes are computed here the same way: reference (1, 1, 1) on the minimised "
+        "error, MEM and 1 - AUROC. A single run's front is usually smaller than a merge of 10.",
+        "",
+        "| front | points (non-dominated) | hypervolume | paper's hypervolume "
+        "| best-accuracy point: accuracy / MEM / AUROC |",
+        "|---|---:|---:|---:|---:|",
+        row("this run, test", against.ours, against.ours_hypervolume, against.ours_non_dominated, "",
+            against.ours_best),
+        row(f"authors, {data}, 10 runs merged", against.theirs, against.theirs_hypervolume,
+            against.theirs_non_dominated, f"{against.published_hypervolume:.4f}", against.theirs_best),
+        "",
+        f"This run's hypervolume on the objectives it was selected on (validation, {odin.auroc} AUROC): "
+        f"{result.hypervolume:.4f}. Both fronts' points are in `published.json`.",
+        "",
+        f"![this run's front beside the authors' published front](figures/{PUBLISHED_FIGURE}.png)",
+        "",
+    ]
+    return lines
 
 
 def _explain_section(report: Path) -> str:
@@ -350,8 +475,12 @@ def _picks(result) -> list[tuple[str, int]]:
     ]
 
 
-def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.EnsembleComparison) -> str:
-    """report.md's text: key numbers, the figures (relative links) and the ensemble table."""
+def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.EnsembleComparison,
+                    against: published.PublishedComparison | None = None) -> str:
+    """report.md's text: key numbers, the figures (relative links) and the ensemble table.
+
+    With ``against``, also a section comparing the run's front with the authors' published one.
+    """
     metadata = recorded.get("features") or {}
     num_features = np.asarray(result.params.hidden_kernel).shape[-2]
     length, units = result.masks.shape[1], head.UNIT_NAMES[result.config.head.prune]
@@ -433,6 +562,7 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
         "",
         "![front in 3D](figures/front_3d.png)",
         "",
+        *(_published_section(result, recorded, against) if against is not None else []),
         "## The search",
         "",
         "![hypervolume and best objectives per generation](figures/history.png)",
@@ -469,20 +599,34 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
 
 
 def register(subparser: argparse.ArgumentParser) -> None:
-    """Adds ``evojax-prune report RUN_DIR [--features FILE]``."""
+    """Adds ``evojax-prune report RUN_DIR [--features FILE] [--compare-published NAME]``."""
     subparser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
     subparser.add_argument(
         "--features", metavar="FILE",
         help="the FeatureSet .npz the run used (not needed for the embedded digits)",
     )
+    subparser.add_argument(
+        "--compare-published", metavar="NAME",
+        help="also set the run's front beside the authors' published front of this data set: "
+             f"{', '.join(published.PUBLISHED_DATASETS)} (any case)",
+    )
     subparser.set_defaults(handler=_command)
 
 
 def _command(args: argparse.Namespace) -> int:
-    path = write_report(args.run_dir, args.features)
+    name = args.compare_published
+    if name is not None:
+        name = published.dataset_name(name)  # a bad name: exit 2 before anything is read or written
+    path = write_report(args.run_dir, args.features, compare_published=name)
     summary = json.loads((path.parent / "ensembles.json").read_text())
+    figures = FIGURES + ((PUBLISHED_FIGURE,) if name is not None else ())
     print(f"report: {path}")
-    print(f"figures: {', '.join(f'figures/{name}.png' for name in FIGURES)}")
+    print(f"figures: {', '.join(f'figures/{figure}.png' for figure in figures)}")
     best = summary["best_member"]
     print(f"best member on test: accuracy {best['accuracy']:.4f}, AUROC {best['auroc']:.4f}")
+    if name is not None:
+        against = json.loads((path.parent / "published.json").read_text())
+        print(f"hypervolume beside the authors' {published.label(name)} front: this run (test) "
+              f"{against['ours']['hypervolume']:.4f}, theirs {against['published']['hypervolume']:.4f} "
+              f"(paper: {against['published']['published_hypervolume']:.4f})")
     return 0

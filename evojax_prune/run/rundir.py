@@ -52,7 +52,7 @@ RUN_FILES = (
     "config.json", "history.jsonl", CHECKPOINT, PREVIOUS_CHECKPOINT, "pareto.csv", "pareto.npz",
     "summary.json",
     # written by ``evojax-prune report`` and ``evojax-prune explain``
-    "report.md", "ensembles.json", "figures", "explain",
+    "report.md", "ensembles.json", "published.json", "figures", "explain",
 )
 CONFIG_KEYS = ("config", "seed", "features", "num_features", "num_classes", "strategy")
 HISTORY_KEYS = ("generation", "evaluations", "trained", "front_size", "hypervolume")
