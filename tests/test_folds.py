@@ -1,9 +1,13 @@
 """Fold-averaged objectives (the authors' 5-fold SRSMAS and LEAVES) against each fold scored alone."""
 
+import contextlib
+import io
+
 import jax
 import numpy as np
 import pytest
 
+from evojax_prune.cli import main as cli
 from evojax_prune.config import preset
 from evojax_prune.data import embedded
 from evojax_prune.score import evaluate
@@ -78,3 +82,22 @@ def test_folds_that_do_not_match_are_refused(folds):
         run_search([folds[0], narrower], CONFIG)
     with pytest.raises(ValueError, match="runs = 2 with 2 folds"):
         run_search(folds, CONFIG, runs=2)
+
+
+def test_cli_refuses_several_runs_of_folds_and_folds_that_do_not_match(folds, tmp_path):
+    paths = []
+    for index, fold in enumerate(folds):
+        paths.append(str(fold.save(tmp_path / f"fold{index}.npz")))
+    other = embedded.digits()
+    fewer_classes = type(other)(**{**other.arrays(), "class_names": tuple("abcdefghij"),
+                                   "metadata": other.metadata})
+    paths.append(str(fewer_classes.save(tmp_path / "renamed.npz")))
+    for arguments, message in (
+        ([*paths[:2], "--runs", "2"], "--runs 2 with 2 folds"),
+        ([paths[0], paths[2]], "fold 1 ('digits': D = 64, classes ['a'"),
+    ):
+        with contextlib.chdir(tmp_path), contextlib.redirect_stderr(io.StringIO()) as stderr:
+            status = cli.main(["run", "--features", *arguments, "--out", "out", "--quiet"])
+        assert status == 2, stderr.getvalue()
+        assert message in stderr.getvalue()
+        assert not (tmp_path / "out").exists()

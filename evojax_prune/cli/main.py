@@ -95,7 +95,11 @@ def _run(args: argparse.Namespace) -> int:
                                    detect=args.distributed)
     devices.select_devices(devices_spec)  # asked for devices that are not there: exit 2 before any work
     main_process = devices.is_main_process()
-    features = FeatureSet.load(args.features) if args.features else embedded.digits()
+    folds = [FeatureSet.load(path) for path in args.features] if args.features else [embedded.digits()]
+    if len(folds) > 1 and args.runs > 1:
+        raise UsageError(f"--runs {args.runs} with {len(folds)} folds (--features): run the folds' search "
+                         "once per seed")
+    features = folds[0]  # the folds agree on D and C (run_search checks)
     # The embedded digits are a CPU demo: they default to the quick preset.
     preset_name = args.preset or ("default" if args.features else "quick")
     config = preset(preset_name)
@@ -122,7 +126,9 @@ def _run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True, quiet=args.quiet or not main_process)  # one voice: process 0
     console.print(
-        f"evojax-prune run: {features}\npreset {preset_name}: population {config.search.population_size}, "
+        f"evojax-prune run: {features}"
+        + (f" and {len(folds) - 1} more folds, objectives averaged over them" if len(folds) > 1 else "")
+        + f"\npreset {preset_name}: population {config.search.population_size}, "
         f"{config.search.generations} generations of {config.search.num_offspring} offspring "
         f"(up to {config.search.max_evaluations} evaluations), "
         f"{_seeds(args.seed, args.runs)}, output {out}\n"
@@ -132,7 +138,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     with SearchProgress(config.search.generations, console, runs=args.runs) as progress:
         result = run_search(
-            features, config, seed=args.seed, out_dir=out, resume=args.resume, overwrite=args.overwrite,
+            folds if len(folds) > 1 else features, config, seed=args.seed, out_dir=out, resume=args.resume,
+            overwrite=args.overwrite,
             on_generation=progress.update, time_budget=args.time_budget, hv_patience=args.hv_patience,
             initial_masks=args.initial_masks, runs=args.runs,
         )
@@ -189,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=_inspect)
 
     run = commands.add_parser("run", help="run the evolutionary search")
-    run.add_argument("--features", metavar="FILE", help="FeatureSet .npz (default: the embedded digits)")
+    run.add_argument("--features", metavar="FILE", nargs="+",
+                     help="FeatureSet .npz (default: the embedded digits); several: one per cross-validation "
+                          "fold, a mask's objectives the mean over them (the authors' SRSMAS and LEAVES)")
     run.add_argument("--preset", choices=["paper", "default", "quick"],
                      help="configuration preset (default: quick on the embedded digits, else default)")
     run.add_argument("--population", type=int, metavar="N", help="population size")
