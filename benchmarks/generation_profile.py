@@ -63,6 +63,7 @@ from common import (
     PeakMemory,
     environment,
     host_memory_available_bytes,
+    paper_budget,
     peak_memory,
     plan_record,
     rps_shaped_features,
@@ -193,7 +194,7 @@ def largest_population(features) -> dict:
 
 def paper_run(features, epochs: int) -> dict:
     """The authors' 200 evaluations, timed at ``epochs`` epochs per head and scaled to 600."""
-    config = with_engine(cfg.preset("paper").replace(train={"max_epochs": epochs, "patience": epochs + 1}))
+    config = with_engine(paper_budget().replace(train={"max_epochs": epochs, "patience": epochs + 1}))
     key = jax.random.PRNGKey(0)
     masks = np.asarray(MultiObjective(config.replace(search={"population_size": 200}).search,
                                       features.num_features).initial_population(key))
@@ -231,9 +232,10 @@ def paper_run(features, epochs: int) -> dict:
 def paper_search(features, repeats: int = 2, save=None) -> dict:
     """The authors' whole budget as one real search: ``run_search``, measured, not scaled.
 
-    Their protocol (the ``paper`` preset: SGD 1e-3, momentum 0.9, Nesterov,
-    batch 32, up to 600 epochs with early stopping on the training loss,
-    patience 10; ODIN T = 1000; the paper's AUROC), run generationally:
+    Their protocol (``paper_budget``: the paper preset without Keras 2.2.4's
+    training rules; SGD 1e-3, momentum 0.9, Nesterov, batch 32, up to 600
+    epochs with early stopping on the training loss, patience 10; ODIN T =
+    1000; the paper's AUROC), run generationally:
     population 30, then 5 generations of 34 offspring, 200 evaluations in all
     (duplicates are not retrained, so possibly fewer). Wall time includes
     scoring, selection, the final front's retraining and its test scores. The
@@ -244,7 +246,7 @@ def paper_search(features, repeats: int = 2, save=None) -> dict:
     """
     from evojax_prune.search.loop import run_search
 
-    config = with_engine(cfg.preset("paper").replace(search={"offspring_size": 34, "generations": 5}))
+    config = with_engine(paper_budget().replace(search={"offspring_size": 34, "generations": 5}))
     search = config.search
     # run_search trains buckets of up to max(population + 1, offspring) heads (the baseline
     # beside the initial population): this plan is its largest bucket's.

@@ -57,9 +57,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from common import environment, plan_record, rps_shaped_features, with_engine
+from common import environment, paper_budget, plan_record, rps_shaped_features, with_engine
 
-from evojax_prune import config as cfg
 from evojax_prune.run import atomic
 from evojax_prune.search.strategy import MultiObjective
 from evojax_prune.train import trainer
@@ -172,7 +171,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     features = rps_shaped_features()
-    config = cfg.preset("paper").replace(train={"max_epochs": args.epochs, "patience": args.epochs + 1})
+    config = paper_budget().replace(train={"max_epochs": args.epochs, "patience": args.epochs + 1})
     chunk_size = {} if args.chunk_size is None else {"chunk_size": args.chunk_size}
     key = jax.random.PRNGKey(0)
     search = config.replace(search={"population_size": args.population}).search
