@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Profiles of a training step and of the fused SGD kernel, then the GPU-sized benchmark suite.
 # About 8 minutes on one H100 (estimated from the parts: 90 + 30 + 45 + 330 s; the new
-# kernels' and the deferred updates' parts are guesses); 11.5 at the time limits. The suite
+# kernels' and the deferred updates' parts are guesses); 11.5 at the time limits, 14.5 with the
+# lockstep and neuron benchmarks at the end (never timed on a GPU). The suite
 # runs with the engine settings (EngineConfig fields) that made the fastest step in the step
 # profile (its first part).
 #
@@ -63,3 +64,8 @@ echo "engine settings for the suite: $EVOJAX_PRUNE_BENCH_ENGINE"
 # The fused SGD kernel alone over Triton's settings: which settings fused_sgd should default to.
 timeout 90 $python benchmarks/fused_sgd_step.py --blocks 32 64 --out "$out/fused_sgd_step.json" || true
 timeout 390 $python benchmarks/run_all.py --size gpu --out-dir "$out" || true
+# Last, so that a device whose time runs out has the suite's figures already: R = 4 runs in
+# lockstep against one after another (built for accelerators, never timed on one), and heads
+# trained on their kept neurons against the full-width layers, at 32 heads.
+timeout 120 $python benchmarks/runs_lockstep.py --runs 4 --repeats 1 --out "$out/runs_lockstep.json" || true
+timeout 60 $python benchmarks/neuron_gathering.py --heads 32 --repeats 2 --out "$out/neuron_gathering.json" || true

@@ -336,3 +336,10 @@ def test_gpu_script_names_only_existing_variants():
         names = list(itertools.takewhile(lambda word: not word.startswith("-") and word != "||", words))
         assert names and set(names) <= set(step_profile.VARIANTS), set(names) - set(step_profile.VARIANTS)
     assert step_profile.CANDIDATES[0] == next(iter(step_profile.VARIANTS))  # the default comes first
+    # Every script it runs exists and declares every flag it is given.
+    import re
+
+    for script_name, arguments in re.findall(r"\$python benchmarks/(\w+\.py)([^|\n]*)", script):
+        source = (BENCHMARKS / script_name).read_text()
+        for flag in re.findall(r"(?<!\S)(--[\w-]+)", arguments):
+            assert f'"{flag}"' in source, (script_name, flag)

@@ -136,6 +136,10 @@ def _run(args: argparse.Namespace) -> int:
         f"{config.head.prune}; objectives on the {config.search.selection} split",
         highlight=False,
     )
+    protocol = features.metadata.get("protocol")
+    if config.preset == "paper" and protocol not in (None, "paper"):
+        console.print(f"note: {features.name} was extracted with the {protocol!r} protocol; the authors' OoD "
+                      "images and resizing are `evojax-prune extract --protocol paper`", highlight=False)
     with SearchProgress(config.search.generations, console, runs=args.runs) as progress:
         result = run_search(
             folds if len(folds) > 1 else features, config, seed=args.seed, out_dir=out, resume=args.resume,
