@@ -8,7 +8,7 @@ import pytest
 from evojax_prune.config import preset
 from evojax_prune.data import embedded
 from evojax_prune.data.featureset import FeatureSet
-from evojax_prune.search import selection
+from evojax_prune.search import lockstep, selection
 from evojax_prune.search.loop import run_search
 from evojax_prune.train import trainer
 
@@ -71,3 +71,13 @@ def test_search_view_returns_held_out_validation_to_train_only(features):
                             "metadata": {**features.metadata, "splits": {"val": {"from": "validation"}}}})
     kept_apart = selection.search_view(shipped, CONFIG.search)
     np.testing.assert_array_equal(kept_apart.x_train, features.x_train)
+
+
+def test_a_mask_on_several_fronts_enters_the_merged_front_once(two_runs):
+    # With the seed reset a mask is the same head in every run: a run merged with itself gives
+    # its own front back, each mask once, and the same hypervolume.
+    run = two_runs.runs[0]
+    merged = lockstep.merge([run, run])
+    assert len(merged.merged_run) == len(run.masks) and set(merged.merged_run) == {0}
+    np.testing.assert_array_equal(np.sort(merged.merged_member), np.arange(len(run.masks)))
+    assert merged.hypervolume == pytest.approx(run.hypervolume)

@@ -9,7 +9,8 @@ decide what a comparison means:
 
   * the authors had no validation split: they selected on the test split and
     report the same test numbers, so their fronts are tuned on the data they
-    are measured on; a run of this project selects on validation by default;
+    are measured on; a run of this project selects on validation by default
+    (``SearchConfig.selection = "test"``, the paper preset, does as they did);
   * their AUROC is the one their code computed (thresholds at 100 in-distribution
     TPRs, ``OdinConfig.auroc = "paper"``), of ODIN at T = 1000 without perturbation.
 

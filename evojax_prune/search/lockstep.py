@@ -28,6 +28,7 @@ import numpy as np
 from evojax_prune import devices
 from evojax_prune.run import rundir
 from evojax_prune.search import nsga2
+from evojax_prune.search.evaluation_cache import pack_masks
 from evojax_prune.search.evaluator import device_data, train_and_score_together
 from evojax_prune.search.hypervolume import hypervolume
 from evojax_prune.search.result import REFERENCE_POINT, SearchResult
@@ -105,11 +106,19 @@ class RunsResult:
 
 
 def merge(results: list[SearchResult]) -> RunsResult:
-    """The non-dominated members of several runs' fronts (validation objectives), best accuracy first."""
+    """The non-dominated members of several runs' fronts (validation objectives), best accuracy first.
+
+    A mask on several runs' fronts enters once, from the earliest run: with
+    ``TrainConfig.training_seed`` (the authors' seed reset) it is the same head
+    in every run, and a merged front of distinct masks is what they reported.
+    """
     objectives = np.concatenate([result.objectives for result in results])
     run = np.concatenate([np.full(len(result.masks), index) for index, result in enumerate(results)])
     member = np.concatenate([np.arange(len(result.masks)) for result in results])
-    front = np.asarray(nsga2.non_dominated_rank(objectives)) == 0
+    keys = pack_masks(np.concatenate([result.masks for result in results]))
+    first = np.zeros(len(keys), bool)
+    first[np.unique(keys, return_index=True)[1]] = True  # np.unique's index: each key's first place
+    front = (np.asarray(nsga2.non_dominated_rank(objectives)) == 0) & first
     accuracy = np.concatenate([result.validation["accuracy"] for result in results])[front]
     order = np.lexsort((member[front], run[front], -accuracy))  # ties: the earlier run, the earlier member
     return RunsResult(
