@@ -195,6 +195,15 @@ def test_neuron_gathering_trains_both_ways_and_they_agree(tmp_path):
     assert row["max_weight_difference"] < 1e-5 and row["ratio"] > 0
 
 
+def test_keras_semantics_times_both_trainings_and_records_their_plans(tmp_path):
+    result = run_benchmark("keras_semantics.py", tmp_path / "keras.json", "--heads", "2", "--epochs", "1",
+                           "--repeats", "1")
+    assert result["paper_training"]["lr_decay"] == 1e-6 and result["ratio"] > 0
+    assert all(len(values) == 1 for values in result["seconds"].values())
+    # Decay 1e-6 and clipping at 1e-7 over one epoch: nearly the same weights, not the same.
+    assert 0 < result["max_weight_difference"] < 1e-3
+
+
 def test_cpu_step_layouts_compute_the_same_weights(tmp_path):
     result = run_benchmark("cpu_step_layouts.py", tmp_path / "layouts.json",
                            "--rows", "48", "--steps", "5", "--repeats", "1")
