@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Profiles of a training step and of the fused SGD kernel, then the GPU-sized benchmark suite.
 # About 8 minutes on one H100 (estimated from the parts: 90 + 30 + 45 + 330 s; the new
-# kernels' and the deferred updates' parts are guesses); 11.5 at the time limits, 14.5 with the
-# lockstep and neuron benchmarks at the end (never timed on a GPU). The suite
+# kernels' and the deferred updates' parts are guesses); 11.5 at the time limits, 15.5 with the
+# lockstep, neuron and Keras-training benchmarks at the end (never timed on a GPU). The suite
 # runs with the engine settings (EngineConfig fields) that made the fastest step in the step
 # profile (its first part).
 #
@@ -69,3 +69,5 @@ timeout 390 $python benchmarks/run_all.py --size gpu --out-dir "$out" || true
 # trained on their kept neurons against the full-width layers, at 32 heads.
 timeout 120 $python benchmarks/runs_lockstep.py --runs 4 --repeats 1 --out "$out/runs_lockstep.json" || true
 timeout 60 $python benchmarks/neuron_gathering.py --heads 32 --repeats 2 --out "$out/neuron_gathering.json" || true
+# What the paper preset's Keras training costs where its decay keeps the fused SGD step off.
+timeout 60 $python benchmarks/keras_semantics.py --heads 32 --repeats 2 --out "$out/keras_semantics.json" || true
