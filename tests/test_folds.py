@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 
+from evojax_prune.analysis import ensemble
 from evojax_prune.cli import main as cli
 from evojax_prune.config import preset
 from evojax_prune.data import embedded
+from evojax_prune.run import rundir
 from evojax_prune.score import evaluate
 from evojax_prune.search import folds as folds_module
 from evojax_prune.search.loop import run_search
@@ -26,8 +28,14 @@ def folds():
 
 
 @pytest.fixture(scope="module")
-def averaged(folds):
-    return run_search(folds, CONFIG, seed=SEED)
+def averaged_run(folds, tmp_path_factory):
+    out = tmp_path_factory.mktemp("folds") / "run"
+    return run_search(folds, CONFIG, seed=SEED, out_dir=out), out
+
+
+@pytest.fixture(scope="module")
+def averaged(averaged_run):
+    return averaged_run[0]
 
 
 def _alone(fold, masks):
@@ -61,6 +69,19 @@ def test_front_metrics_are_the_means_of_each_fold_alone(folds, averaged):
     first_fold = alone[0][1].params
     for mine, theirs in zip(jax.tree.leaves(averaged.params), jax.tree.leaves(first_fold), strict=True):
         np.testing.assert_allclose(mine, np.asarray(theirs)[:-1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_fold_run_reads_back_and_its_ensembles_are_the_first_folds_heads(folds, averaged_run):
+    result, out = averaged_run
+    on_disk, _ = rundir.read_run(out)
+    assert on_disk.folds == result.folds == 2
+    np.testing.assert_allclose(on_disk.test["accuracy"], result.test["accuracy"])
+    # The recorded numbers are fold means; the ensembles score the first fold's heads on the first
+    # fold's test split (the reproduction check, which would compare the two, is skipped).
+    comparison = ensemble.compare_ensembles(out, folds[0])
+    scores, _ = _alone(folds[0], result.masks)
+    np.testing.assert_allclose(comparison.member_accuracy, scores["test"].accuracy, atol=1e-6)
+    assert not np.allclose(comparison.member_accuracy, result.test["accuracy"])
 
 
 def test_fold_mean_counts_a_head_diverged_on_any_fold():

@@ -67,6 +67,7 @@ def test_search_view_returns_held_out_validation_to_train_only(features):
     np.testing.assert_array_equal(view.ood_val, features.ood_test)
     assert view.metadata["selection"]["train_size"] == len(view.y_train)
     assert selection.search_view(features, preset("quick").search) is features
+    assert selection.search_view(view, CONFIG.search) is view  # a view is not merged twice
     shipped = FeatureSet(**{**features.arrays(), "class_names": features.class_names,
                             "metadata": {**features.metadata, "splits": {"val": {"from": "validation"}}}})
     kept_apart = selection.search_view(shipped, CONFIG.search)

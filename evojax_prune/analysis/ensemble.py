@@ -67,6 +67,7 @@ from evojax_prune.score import metrics, odin
 
 # By name: ``ood_scores`` is what this module calls the OoD samples' scores.
 from evojax_prune.score.ood_scores import head_scores, needs_training_split, score_temperature
+from evojax_prune.search import selection
 
 AUTHORS_BANDS: tuple[tuple[float, float], ...] = (
     (50, 60), (55, 65), (60, 70), (65, 75), (70, 80), (75, 85), (80, 90), (85, 95),
@@ -684,6 +685,9 @@ def compare_ensembles(
     _check_features_fit(result, features)
 
     config = result.config
+    # As the search saw them: a run selected on test ranks and thresholds on the test split,
+    # and fitted Mahalanobis on train and validation together.
+    features = selection.search_view(features, config.search)
     outputs = member_outputs(
         jax.tree.map(jnp.asarray, result.params), jnp.asarray(result.masks),
         jnp.asarray(features.x_test), jnp.asarray(features.ood_test), jnp.asarray(features.x_val),
@@ -694,7 +698,8 @@ def compare_ensembles(
     member_accuracy, member_auroc, member_auroc_paper = (
         np.asarray(value, np.float64) for value in jax.device_get(member_metrics(outputs, labels))
     )
-    _check_reproduction(result, member_accuracy, member_auroc, len(features.y_test))
+    if result.folds == 1:  # a fold-averaged run recorded fold means; its heads are the first fold's
+        _check_reproduction(result, member_accuracy, member_auroc, len(features.y_test))
 
     robustness_name = "auroc" if config.odin.auroc == "exact" else "auroc_paper"
     validation_accuracy = np.asarray(result.validation["accuracy"], np.float64)

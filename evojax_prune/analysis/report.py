@@ -495,7 +495,10 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
         + ("The front was selected on the test split, as the authors' were: its "
            "validation numbers are its test numbers, and no data was held out of the search."
            if result.config.search.selection == "test" else
-           "The front was selected on the validation split; test numbers are reported beside it."),
+           "The front was selected on the validation split; test numbers are reported beside it.")
+        + (f" Every metric of the front is the mean over {result.folds} cross-validation folds; the "
+           "ensembles and the members' numbers below them are the first fold's heads on the first fold's "
+           "test split (the FeatureSet given)." if result.folds > 1 else ""),
         "",
         "## Key numbers",
         "",

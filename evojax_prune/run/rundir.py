@@ -581,6 +581,7 @@ def read_run(path: str | os.PathLike) -> tuple[SearchResult, dict[str, Any]]:
         hypervolume=float(summary["hypervolume"]), evaluations=int(summary["evaluations"]),
         wall_time=float(summary["wall_seconds"]), config=config, seed=int(recorded["seed"]),
         stopping=summary.get("stopping"),
+        folds=len((recorded.get("features") or {}).get("folds") or [None]),
     )
     return result, recorded
 

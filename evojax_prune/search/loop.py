@@ -223,7 +223,8 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
         rundir.write_history(write_path, history)
     ended = stopping.summary(stopped, controls, history, search.generations, time.perf_counter() - started)
     result = _final_front(features, config, seed, state, evolver, evaluator, history, started)
-    result = dataclasses.replace(result, stopping=ended)
+    result = dataclasses.replace(result, stopping=ended,
+                                 folds=len(features) if isinstance(features, list) else 1)
     # Every process ran the same selection on the same gathered objectives.
     devices.assert_same_on_every_process((result.masks, result.objectives), "the final fronts")
     if write_path is not None:

@@ -53,6 +53,8 @@ class SearchResult:
       evaluations: masks evaluated (duplicates counted once).
       wall_time: seconds.
       config, seed: what produced it.
+      folds: cross-validation folds its metrics are means over (``folds.py``);
+        1 for one FeatureSet. With more, ``params`` are the first fold's heads.
       stopping: why the search stopped (``search.stopping.summary``: reason
         ``"generations"``, ``"time_budget"`` or ``"hv_patience"``, the
         generation it stopped after, the controls); None when unknown.
@@ -72,6 +74,7 @@ class SearchResult:
     config: RunConfig
     seed: int
     stopping: dict[str, Any] | None = None
+    folds: int = 1
 
     @property
     def objectives(self) -> np.ndarray:

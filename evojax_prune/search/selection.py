@@ -32,9 +32,9 @@ def search_view(features: FeatureSet, search: SearchConfig) -> FeatureSet:
     train and validation together (the validation split returns to the train
     split it was held out of; one the data set shipped apart stays out), the
     validation split and OoD validation set are the test split and OoD test
-    set, and the metadata's ``selection`` says so.
+    set, and the metadata's ``selection`` says so. A view is its own view.
     """
-    if search.selection == "validation":
+    if search.selection == "validation" or "selection" in features.metadata:
         return features
     own = validation_is_its_own_split(features)
     x_train = features.x_train if own else np.concatenate([features.x_train, features.x_val])
