@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from evojax_prune.search.hypervolume import hypervolume
-from evojax_prune.search.result import REFERENCE_POINT
+from evojax_prune.search.result import REFERENCE_POINT, objectives
 
 SOURCE_REPOSITORY = "https://github.com/ari-dasci/S-MOEvoPruneDeepTL"
 SOURCE_COMMIT = "67d5ad7869d03a6a498a487e27e934f88b643e6e"
@@ -87,7 +87,7 @@ def published_hypervolume(name: str) -> float:
 def minimised(points: np.ndarray) -> np.ndarray:
     """(K, 3) (accuracy, MEM, AUROC) -> (K, 3) (error, MEM, 1 - AUROC), the search's objectives."""
     points = np.asarray(points, np.float64)
-    return np.column_stack([1.0 - points[:, 0], points[:, 1], 1.0 - points[:, 2]])
+    return objectives({"accuracy": points[:, 0], "mem": points[:, 1], "auroc": points[:, 2]}, "exact")
 
 
 def front_hypervolume(points: np.ndarray) -> float:
@@ -97,7 +97,12 @@ def front_hypervolume(points: np.ndarray) -> float:
 
 def non_dominated(points: np.ndarray) -> np.ndarray:
     """(K,) bool: the (accuracy, MEM, AUROC) points no other point is at least as good as on all three
-    objectives and better on one."""
+    objectives and better on one.
+
+    In float64 here, not by the search's float32 sort (``nsga2.non_dominated_rank``): the authors'
+    accuracies hold float32 artefacts (0.8817204294666168 beside 0.8817204301075269) that float32
+    would turn into ties, and a tie makes one of two such points dominated.
+    """
     objectives = minimised(points)
     at_least = np.all(objectives[:, None, :] <= objectives[None, :, :], axis=-1)  # [j, i]: j <= i
     better = np.any(objectives[:, None, :] < objectives[None, :, :], axis=-1)

@@ -398,8 +398,8 @@ def _published_section(result, recorded: dict[str, Any], against: published.Publ
                 f"| {best[0]:.4f} / {best[1]:.4f} / {best[2]:.4f} |")
 
     if on_test:
-        selection = ("This run's validation numbers equal its test numbers, so it was searched on the test "
-                     "data as the authors were: the comparison is like-for-like in that respect.")
+        selection = ("This run was searched on the test split, as the authors' were: the comparison is "
+                     "like-for-like in that respect.")
     else:
         selection = ("This run selected its front on the validation split and shows here its members' "
                      "**test** numbers, while the authors selected on the test split (they had no validation "
@@ -411,7 +411,7 @@ def _published_section(result, recorded: dict[str, Any], against: published.Publ
         f"The authors' front is the merge of their 10 runs on {data} (MO-EvoPruneDeepTL, arXiv 2302.10253; "
         f"`{published.source_path(against.dataset)}` of {published.SOURCE_REPOSITORY} at commit "
         f"`{published.SOURCE_COMMIT[:12]}`), AUROC of ODIN at T = 1000 as their code computed it. "
-        f"This run is on the data `{name}` and optimised validation error, MEM and 1 - "
+        f"This run is on the data `{name}` and optimised {result.config.search.selection} error, MEM and 1 - "
         f"{_score_label(result)} AUROC ({odin.auroc}; preset {result.config.preset}). Its points here "
         f"are test accuracy, MEM and the authors' AUROC of its {_score_label(result)} score "
         "(`test_auroc_paper` in `pareto.csv`), so that both fronts hold the same measures. "
