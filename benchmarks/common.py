@@ -16,7 +16,8 @@ import numpy as np
 from evojax_prune import devices
 from evojax_prune.config import EngineConfig, RunConfig, preset
 from evojax_prune.data.featureset import FeatureSet
-from evojax_prune.run import atomic, rundir
+from evojax_prune.io import atomic
+from evojax_prune.run import rundir
 from evojax_prune.train import trainer
 
 # How the benchmarks train (``EngineConfig`` fields): gpu.sh sets $EVOJAX_PRUNE_BENCH_ENGINE to

@@ -72,7 +72,7 @@ from common import (
 
 from evojax_prune import config as cfg
 from evojax_prune import head
-from evojax_prune.run import atomic
+from evojax_prune.io import atomic
 from evojax_prune.score import evaluate
 from evojax_prune.search.evaluator import MaskEvaluator
 from evojax_prune.search.strategy import MultiObjective

@@ -28,7 +28,7 @@ import numpy as np
 
 import evojax_prune as ep
 from evojax_prune.data import embedded
-from evojax_prune.run import atomic
+from evojax_prune.io import atomic
 
 RUNS = {
     "embedded-default": (0, {}),

@@ -59,7 +59,7 @@ import jax
 import numpy as np
 from common import environment, paper_budget, plan_record, rps_shaped_features, with_engine
 
-from evojax_prune.run import atomic
+from evojax_prune.io import atomic
 from evojax_prune.search.strategy import MultiObjective
 from evojax_prune.train import trainer
 

@@ -70,7 +70,7 @@ import numpy as np
 from common import PeakMemory, environment, plan_record, with_engine
 
 from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
-from evojax_prune.run import atomic
+from evojax_prune.io import atomic
 from evojax_prune.train import trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -3,8 +3,6 @@
 The public API, re-exported; see the README for a tour.
 """
 
-__version__ = "0.1.0"
-
 from evojax_prune import config, data, head
 from evojax_prune.config import (
     HeadConfig,
@@ -15,6 +13,7 @@ from evojax_prune.config import (
     preset,
 )
 from evojax_prune.data.featureset import FeatureSet, FeatureSetError
+from evojax_prune.result import SearchResult
 from evojax_prune.score import mahalanobis, metrics, odin, ood_scores
 from evojax_prune.score.evaluate import PopulationMetrics, evaluate_population
 from evojax_prune.search import nsga2
@@ -22,10 +21,10 @@ from evojax_prune.search.hypervolume import hypervolume
 from evojax_prune.search.lockstep import RunsResult
 from evojax_prune.search.loop import run_search
 from evojax_prune.search.nsga2 import NSGA2
-from evojax_prune.search.result import SearchResult
 from evojax_prune.search.stopping import Stopping
 from evojax_prune.selector import FeatureSelector
 from evojax_prune.train.trainer import TrainedPopulation, train_population
+from evojax_prune.version import __version__
 
 __all__ = [
     "NSGA2",

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from evojax_prune.run import compile_cache
+from evojax_prune.io import compile_cache
 
 
 @pytest.fixture(scope="session", autouse=True)

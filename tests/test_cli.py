@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from evojax_prune import __version__
 from evojax_prune.cli import main as cli
 from evojax_prune.config import OOD_SCORES
+from evojax_prune.version import __version__
 
 
 def run_cli(*args):

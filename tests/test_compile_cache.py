@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from evojax_prune.run import compile_cache
+from evojax_prune.io import compile_cache
 
 
 def test_directory_follows_the_environment(monkeypatch, tmp_path):
@@ -16,7 +16,7 @@ def test_directory_follows_the_environment(monkeypatch, tmp_path):
 def _enable_in_a_fresh_process(**environment) -> tuple[str, str]:
     """(what enable() returned, JAX's cache directory afterwards): the jax config is process-wide."""
     code = (
-        "import jax; from evojax_prune.run import compile_cache; "
+        "import jax; from evojax_prune.io import compile_cache; "
         "print(compile_cache.enable()); print(jax.config.jax_compilation_cache_dir)"
     )
     ours = ("JAX_COMPILATION_CACHE_DIR", compile_cache.DIRECTORY_ENV, compile_cache.DISABLE_ENV)

@@ -10,8 +10,8 @@ from evojax_prune import head
 from evojax_prune.analysis import ensemble
 from evojax_prune.config import preset
 from evojax_prune.data import embedded
+from evojax_prune.result import SearchResult
 from evojax_prune.score import evaluate, metrics, odin
-from evojax_prune.search.result import SearchResult
 
 # Three members' predicted classes for five samples (C = 3).
 PREDICTIONS = np.array([

@@ -1,7 +1,8 @@
 import jax.numpy as jnp
 import numpy as np
 
-from evojax_prune.search.evaluation_cache import METRIC_NAMES, MaskCache, TrainedHeads, pack_masks
+from evojax_prune.result import METRIC_NAMES
+from evojax_prune.search.evaluation_cache import MaskCache, TrainedHeads, pack_masks
 
 
 def test_pack_masks_distinguishes_every_bit():

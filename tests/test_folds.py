@@ -11,6 +11,7 @@ from evojax_prune.analysis import ensemble
 from evojax_prune.cli import main as cli
 from evojax_prune.config import preset
 from evojax_prune.data import embedded
+from evojax_prune.result import METRIC_NAMES
 from evojax_prune.run import rundir
 from evojax_prune.score import evaluate
 from evojax_prune.search import folds as folds_module
@@ -85,8 +86,8 @@ def test_a_fold_run_reads_back_and_its_ensembles_are_the_first_folds_heads(folds
 
 
 def test_fold_mean_counts_a_head_diverged_on_any_fold():
-    diverged = folds_module.METRIC_NAMES.index("diverged")
-    rows = np.zeros((2, 3, len(folds_module.METRIC_NAMES)))
+    diverged = METRIC_NAMES.index("diverged")
+    rows = np.zeros((2, 3, len(METRIC_NAMES)))
     rows[0, :, 0], rows[1, :, 0] = [0.2, 0.4, 0.6], [0.4, 0.8, 1.0]
     rows[1, 2, diverged] = 1.0
     mean = folds_module.fold_mean(rows)

@@ -662,16 +662,17 @@ def compare_ensembles(
       ValueError: features that do not match the run, bad bands or options.
       FileNotFoundError: a run directory that is missing or incomplete.
     """
+    from evojax_prune.data import run_features
     from evojax_prune.data.featureset import FeatureSet
+    from evojax_prune.result import SearchResult
     from evojax_prune.run import rundir
-    from evojax_prune.search.result import SearchResult
 
     if ood_ranking not in ("auroc", "accuracy"):
         raise ValueError(f"ood_ranking must be 'auroc' or 'accuracy', got {ood_ranking!r}")
     bands = _checked_bands(bands)
     if isinstance(run, str | os.PathLike):
         result, recorded = rundir.read_run(run)
-        features = rundir.read_run_features(recorded, features, source=str(run))
+        features = run_features.read_run_features(recorded, features, source=str(run))
     elif isinstance(run, SearchResult):
         result = run
         if features is None:

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from evojax_prune.result import REFERENCE_POINT, objectives
 from evojax_prune.search.hypervolume import hypervolume
-from evojax_prune.search.result import REFERENCE_POINT, objectives
 
 SOURCE_REPOSITORY = "https://github.com/ari-dasci/S-MOEvoPruneDeepTL"
 SOURCE_COMMIT = "67d5ad7869d03a6a498a487e27e934f88b643e6e"

@@ -40,9 +40,11 @@ import numpy as np
 
 from evojax_prune import head
 from evojax_prune.analysis import ensemble, published
-from evojax_prune.run import atomic, rundir
+from evojax_prune.data import run_features
+from evojax_prune.io import atomic
+from evojax_prune.result import objectives, robustness
+from evojax_prune.run import rundir
 from evojax_prune.score import ood_scores
-from evojax_prune.search.result import objectives, robustness
 
 FIGURES = ("front_3d", "front_pairs", "history", "ensembles", "features")
 PUBLISHED_FIGURE = "published"  # written only with ``compare_published``
@@ -330,7 +332,7 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
     path = Path(run_dir)
     result, recorded = rundir.read_run(path)
     rundir.require_writable(path, "write the report")
-    featureset = rundir.read_run_features(recorded, features, source=str(path))
+    featureset = run_features.read_run_features(recorded, features, source=str(path))
     comparison = ensemble.compare_ensembles(result, featureset, bands=bands, tpr=tpr)
     metadata = recorded.get("features") or {}
     image_size = metadata.get("image_size")

@@ -15,8 +15,8 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from evojax_prune import __version__
 from evojax_prune.config import OOD_SCORES
+from evojax_prune.version import __version__
 
 PROG = "evojax-prune"
 # Commands that compile XLA programs, and so keep them on disk between runs (compile_cache.py).
@@ -293,7 +293,7 @@ def dispatch(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             if args.command in COMPILING_COMMANDS:
-                from evojax_prune.run import compile_cache
+                from evojax_prune.io import compile_cache
 
                 compile_cache.enable()
             return int(args.handler(args) or 0)

@@ -35,7 +35,7 @@ import numpy as np
 
 from evojax_prune.data import backbone, images
 from evojax_prune.data.featureset import FeatureSet
-from evojax_prune.run.atomic import write_atomically
+from evojax_prune.io.atomic import write_atomically
 
 CACHE_VERSION = 1
 FEATURE_EXTRACTOR = (

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from evojax_prune.run.atomic import write_atomically
+from evojax_prune.io.atomic import write_atomically
 
 FORMAT_NAME = "evojax-prune.FeatureSet"
 FORMAT_VERSION = 1

@@ -1,1 +1,1 @@
-"""The run directory: its format (rundir), atomic writes, the compilation cache."""
+"""The run directory: its format, written atomically and read back validated (rundir)."""

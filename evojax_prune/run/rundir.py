@@ -40,10 +40,10 @@ import numpy as np
 
 from evojax_prune.config import RunConfig
 from evojax_prune.head import HeadParams
-from evojax_prune.run import atomic
+from evojax_prune.io import atomic
+from evojax_prune.result import METRIC_NAMES, REFERENCE_POINT, SearchResult
 from evojax_prune.score import ood_scores
-from evojax_prune.search.evaluation_cache import METRIC_NAMES
-from evojax_prune.search.result import REFERENCE_POINT, SearchResult
+from evojax_prune.version import __version__
 
 FORMAT = 1
 CHECKPOINT = "checkpoint.npz"
@@ -343,8 +343,6 @@ def _check_format(file: Path, version: Any, remedy: str) -> None:
     if isinstance(version, np.ndarray):
         version = version.item() if version.shape == () else version.tolist()
     if type(version) is not int or version != FORMAT:
-        from evojax_prune import __version__
-
         raise RunFileError(file, f"format version {version!r} is not supported "
                                  f"(evojax-prune {__version__} reads format {FORMAT})", remedy)
 
@@ -661,48 +659,3 @@ def _check_csv(file: Path, masks: np.ndarray, ood_score: str, remedy: str) -> No
     if recorded_scores - {ood_score}:
         raise RunFileError(file, f"its ood_score column says {sorted(recorded_scores)}, config.json's "
                                  f"odin.score is {ood_score!r}", remedy)
-
-
-def read_run_features(recorded: dict[str, Any], features: Any = None, *, source: str = "the run"):
-    """The FeatureSet a run was started with.
-
-    Args:
-      recorded: config.json's dict (``read_run``).
-      features: a FeatureSet, a path to one, or ``None``: the embedded digits
-        are rebuilt from the recorded split settings; any other data set must
-        be given.
-      source: names the run in error messages.
-
-    Returns:
-      FeatureSet, checked against the run's name, D and C.
-    """
-    from evojax_prune.data import embedded
-    from evojax_prune.data.featureset import FeatureSet
-
-    metadata = recorded.get("features") or {}
-    name = metadata.get("name", "unnamed")
-    if features is None:
-        if name != "digits":
-            raise ValueError(
-                f"{source}: the run used the features {name!r}, which cannot be rebuilt; "
-                "pass --features FILE, the FeatureSet .npz the run was started with"
-            )
-        splits = metadata.get("splits", {})
-        features = embedded.digits(
-            seed=int(splits.get("seed", 0)),
-            val_fraction=float(splits.get("val_fraction", 0.2)),
-            test_fraction=float(splits.get("test_fraction", 0.2)),
-        )
-    elif not isinstance(features, FeatureSet):
-        features = FeatureSet.load(features)
-    if features.name != name:
-        raise ValueError(
-            f"{source}: the run used the features {name!r}, the FeatureSet given is {features.name!r}"
-        )
-    for what, expected, found in (("D", recorded.get("num_features"), features.num_features),
-                                  ("C", recorded.get("num_classes"), features.num_classes)):
-        if expected is not None and expected != found:
-            raise ValueError(
-                f"{source}: the run used {name!r} with {what} = {expected}, the FeatureSet given has {found}"
-            )
-    return features

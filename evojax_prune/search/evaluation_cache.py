@@ -17,10 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-METRIC_NAMES = (
-    "accuracy", "mem", "auroc", "auroc_paper", "fpr95", "aupr_in", "aupr_out", "epochs", "train_loss",
-    "diverged",  # 1.0: the head's training diverged (TrainedPopulation.diverged)
-)
+from evojax_prune.result import METRIC_NAMES
 
 
 def pack_masks(masks: np.ndarray) -> np.ndarray:

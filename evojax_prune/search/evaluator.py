@@ -20,9 +20,10 @@ import numpy as np
 from evojax_prune import devices, head
 from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
+from evojax_prune.result import METRIC_NAMES
+from evojax_prune.result import objectives as to_objectives
 from evojax_prune.score import evaluate
-from evojax_prune.search.evaluation_cache import METRIC_NAMES, MaskCache, TrainedHeads
-from evojax_prune.search.result import objectives as to_objectives
+from evojax_prune.search.evaluation_cache import MaskCache, TrainedHeads
 from evojax_prune.train import trainer
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
-from evojax_prune.search.evaluation_cache import METRIC_NAMES
+from evojax_prune.result import METRIC_NAMES
 from evojax_prune.search.evaluator import MaskEvaluator
 
 _DIVERGED = METRIC_NAMES.index("diverged")

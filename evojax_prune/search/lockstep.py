@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 
 from evojax_prune import devices
+from evojax_prune.result import REFERENCE_POINT, SearchResult
 from evojax_prune.run import rundir
 from evojax_prune.search import nsga2
 from evojax_prune.search.evaluation_cache import pack_masks
 from evojax_prune.search.evaluator import device_data, train_and_score_together
 from evojax_prune.search.hypervolume import hypervolume
-from evojax_prune.search.result import REFERENCE_POINT, SearchResult
 
 
 def drive(searches: list[Generator], train_and_score: Callable[[list], list]) -> list[Any]:

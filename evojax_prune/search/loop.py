@@ -37,13 +37,13 @@ import numpy as np
 from evojax_prune import devices
 from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
+from evojax_prune.result import METRIC_NAMES, REFERENCE_POINT, SearchResult, robustness
+from evojax_prune.result import objectives as to_objectives
 from evojax_prune.run import rundir
 from evojax_prune.search import folds, lockstep, selection, stopping, strategy, warm_start
-from evojax_prune.search.evaluation_cache import METRIC_NAMES, MaskCache
+from evojax_prune.search.evaluation_cache import MaskCache
 from evojax_prune.search.evaluator import MaskEvaluator
 from evojax_prune.search.hypervolume import hypervolume
-from evojax_prune.search.result import REFERENCE_POINT, SearchResult, robustness
-from evojax_prune.search.result import objectives as to_objectives
 
 __all__ = ["REFERENCE_POINT", "SearchResult", "run_search"]
 

@@ -1,4 +1,11 @@
-"""What a search returns (``SearchResult``) and the one definition of its objectives."""
+"""The result's vocabulary, written once: ``SearchResult``, the metric names, the objectives.
+
+Every layer that reads or writes a search's result (the evaluator, the loop, the
+run directory, the report, the ensembles) takes these names from here: the
+metrics a head is scored on (``METRIC_NAMES``), which AUROC the robustness
+objective is (``robustness_metric``), the map from metrics to the minimised
+objectives (``objectives``) and the hypervolume's reference point.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +16,33 @@ import numpy as np
 
 from evojax_prune.config import RunConfig
 
+# The metrics of one head on one split, in the order of the evaluation cache's columns.
+METRIC_NAMES = (
+    "accuracy", "mem", "auroc", "auroc_paper", "fpr95", "aupr_in", "aupr_out", "epochs", "train_loss",
+    "diverged",  # 1.0: the head's training diverged (TrainedPopulation.diverged)
+)
 REFERENCE_POINT = (1.0, 1.0, 1.0)  # every objective lies in [0, 1]
 WORST = np.asarray(REFERENCE_POINT)  # a diverged head's objectives
 
 
-def robustness(values: dict[str, np.ndarray], auroc_kind: str) -> np.ndarray:
-    """The AUROC the robustness objective uses (``OdinConfig.auroc``): exact or the authors'."""
-    return np.asarray(values["auroc"] if auroc_kind == "exact" else values["auroc_paper"])
+def robustness_metric(auroc_kind: str) -> str:
+    """The metric name of the AUROC the robustness objective uses (``OodConfig.auroc``).
+
+    ``"exact"``: ``"auroc"`` (Mann-Whitney, ties half); ``"paper"``: ``"auroc_paper"``
+    (the authors' 100-threshold trapezoid, docs/PROTOCOL.md).
+    """
+    return "auroc" if auroc_kind == "exact" else "auroc_paper"
 
 
-def objectives(values: dict[str, np.ndarray], auroc_kind: str) -> np.ndarray:
+def robustness(values: dict[str, Any], auroc_kind: str) -> np.ndarray:
+    """The robustness objective's AUROC from a metric mapping (arrays or floats)."""
+    return np.asarray(values[robustness_metric(auroc_kind)])
+
+
+def objectives(values: dict[str, Any], auroc_kind: str) -> np.ndarray:
     """(..., 3) objectives as minimised, error, MEM and 1 - AUROC, from metric arrays (...,).
 
-    ``auroc_kind`` picks the robustness measure (``OdinConfig.auroc``). A head
+    ``auroc_kind`` picks the robustness measure (``OodConfig.auroc``). A head
     whose training diverged (``values["diverged"]``, ``TrainedPopulation.diverged``)
     gets the worst value of every objective, the reference point
     (1, 1, 1): it ranks behind every head that learned anything and adds
@@ -43,7 +64,7 @@ class SearchResult:
         validation accuracy, best first.
       validation, test: metric name -> (K,) float64, the front scored on the
         validation split / OoD validation data and on the test split / OoD test
-        data (``evaluation_cache.METRIC_NAMES``; ``diverged`` is 1.0 for a head
+        data (``METRIC_NAMES``; ``diverged`` is 1.0 for a head
         whose training diverged, ``TrainedPopulation.diverged``).
       params: the front's trained heads, HeadParams of numpy arrays with a leading K axis.
       baseline_validation, baseline_test: metric name -> float, the all-ones mask.
