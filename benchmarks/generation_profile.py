@@ -114,7 +114,7 @@ def profile_generation(features, population: int, epochs: int, devices: int | No
             evaluate.evaluate_population, trained.params, masks, x_val, y_val, ood, config
         )
         started = time.perf_counter()
-        fitness = np.asarray(jax.device_get(scores.objectives(config.odin.auroc)))
+        fitness = np.asarray(jax.device_get(scores.objectives(config.ood.auroc)))
         timings["host"] += time.perf_counter() - started
         _, timings["tell"] = _timed(evolver.tell, generation_key, offspring, fitness, new_state)
         return timings
@@ -169,7 +169,7 @@ def largest_population(features) -> dict:
     params_per_head = head.param_bytes(features.num_features, classes, hidden)
     chunk = trainer.training_plan(config, 1 << 20, features.num_features, classes).chunk_size
     rows = len(features.y_val) + len(features.ood_val)  # what each generation scores
-    perturb = config.odin.epsilon > 0
+    perturb = config.ood.epsilon > 0
     shapes = (rows, features.num_features, hidden, classes, perturb)
     scoring_chunk = evaluate.auto_chunk_size(*shapes, config.engine.memory_budget_mb)
     scoring_bytes = scoring_chunk * evaluate.bytes_per_head(*shapes)

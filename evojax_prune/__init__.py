@@ -5,8 +5,9 @@ The public API, re-exported; see the README for a tour.
 
 from evojax_prune import config, data, head
 from evojax_prune.config import (
+    EngineConfig,
     HeadConfig,
-    OdinConfig,
+    OodConfig,
     RunConfig,
     SearchConfig,
     TrainConfig,
@@ -28,11 +29,12 @@ from evojax_prune.version import __version__
 
 __all__ = [
     "NSGA2",
+    "EngineConfig",
     "FeatureSelector",
     "FeatureSet",
     "FeatureSetError",
     "HeadConfig",
-    "OdinConfig",
+    "OodConfig",
     "PopulationMetrics",
     "RunConfig",
     "RunsResult",

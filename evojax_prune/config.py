@@ -25,8 +25,9 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
-from typing import Any
+from typing import Any, Literal, get_args
 
 # optax constructors accepted by ``TrainConfig.optimizer``; each takes the
 # learning rate as its first argument.
@@ -36,11 +37,26 @@ OPTIMIZERS = (
     "adamaxw", "amsgrad", "adadelta", "fromage", "sm3", "noisy_sgd", "sign_sgd",
     "adan", "rprop",
 )
-AUROC_KINDS = ("exact", "paper")
-# OoD scores of ``OdinConfig.score`` (score/ood_scores.py); the first is the default.
-OOD_SCORES = ("odin", "msp", "maxlogit", "energy", "mahalanobis")
-STRATEGIES = ("nsga2",)
-SELECTIONS = ("validation", "test")
+# The modes, each a Literal type listed once; the tuples of their values are read off the types.
+AurocKind = Literal["exact", "paper"]
+# OoD scores of ``OodConfig.score`` (score/ood_scores.py); the first is the default.
+OodScore = Literal["odin", "msp", "maxlogit", "energy", "mahalanobis"]
+Strategy = Literal["nsga2"]
+Selection = Literal["validation", "test"]
+# What one bit of a chromosome keeps or removes (``HeadConfig.prune``).
+PruneTarget = Literal["features", "hidden1", "hidden2", "both"]
+Step = Literal["xla", "fused_sgd"]
+TileSum = Literal["gather", "scatter"]
+KernelLayout = Literal["kept_by_hidden", "hidden_by_kept"]
+
+AUROC_KINDS: tuple[AurocKind, ...] = get_args(AurocKind)
+OOD_SCORES: tuple[OodScore, ...] = get_args(OodScore)
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+SELECTIONS: tuple[Selection, ...] = get_args(Selection)
+PRUNE_TARGETS: tuple[PruneTarget, ...] = get_args(PruneTarget)
+STEPS: tuple[Step, ...] = get_args(Step)
+TILE_SUMS: tuple[TileSum, ...] = get_args(TileSum)
+KERNEL_LAYOUTS: tuple[KernelLayout, ...] = get_args(KernelLayout)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -103,9 +119,6 @@ def canonical_devices(spec: Any) -> int | tuple[int, ...] | None:
     return positions
 
 
-PRUNE_TARGETS = ("features", "hidden1", "hidden2", "both")
-
-
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
     """The pruned head and what its chromosome prunes (``head.py``).
@@ -130,7 +143,7 @@ class HeadConfig:
 
     hidden: int = 512
     hidden_layers: int = 1
-    prune: str = "features"
+    prune: PruneTarget = "features"
 
     def __post_init__(self):
         _positive_int("HeadConfig", "hidden", self.hidden)
@@ -234,9 +247,6 @@ class TrainConfig:
 
 
 AUTO = "auto"
-STEPS = ("xla", "fused_sgd")
-TILE_SUMS = ("gather", "scatter")
-KERNEL_LAYOUTS = ("kept_by_hidden", "hidden_by_kept")
 
 
 def _auto_or(owner: str, name: str, value: Any, check, expected: str) -> None:
@@ -298,10 +308,10 @@ class EngineConfig:
     memory_budget_mb: float = 2048.0
     max_heads_per_chunk: int = 32
     gather_features: bool | str = AUTO
-    step: str = AUTO
-    tile_sum: str = AUTO
+    step: Step | Literal["auto"] = AUTO
+    tile_sum: TileSum | Literal["auto"] = AUTO
     capacity_levels: int | str = AUTO
-    kernel_layout: str = AUTO
+    kernel_layout: KernelLayout | Literal["auto"] = AUTO
     command_buffers: bool | str = AUTO
 
     def __post_init__(self):
@@ -324,11 +334,11 @@ class EngineConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class OdinConfig:
+class OodConfig:
     """The robustness objective: an OoD score (ODIN by default) and the AUROC that ranks it.
 
-    The section keeps its name for the config.json of earlier runs, which have
-    no ``score`` and load as ODIN.
+    ``RunConfig.ood``. The config.json of earlier runs names the section
+    ``odin`` and may have no ``score`` (they load as ODIN): both still read.
 
     Attributes:
       score: the OoD score whose AUROC is the objective (``OOD_SCORES``,
@@ -350,27 +360,27 @@ class OdinConfig:
 
     temperature: float = 1000.0
     epsilon: float = 0.0
-    auroc: str = "exact"
-    score: str = "odin"
+    auroc: AurocKind = "exact"
+    score: OodScore = "odin"
     energy_temperature: float = 1.0
 
     def __post_init__(self):
         _check(
             self.score in OOD_SCORES,
-            f"OdinConfig.score: unknown OoD score {self.score!r}; expected one of {', '.join(OOD_SCORES)}",
+            f"OodConfig.score: unknown OoD score {self.score!r}; expected one of {', '.join(OOD_SCORES)}",
         )
-        _positive_float("OdinConfig", "temperature", self.temperature)
-        _positive_float("OdinConfig", "energy_temperature", self.energy_temperature)
-        _positive_float("OdinConfig", "epsilon", self.epsilon, allow_zero=True)
+        _positive_float("OodConfig", "temperature", self.temperature)
+        _positive_float("OodConfig", "energy_temperature", self.energy_temperature)
+        _positive_float("OodConfig", "epsilon", self.epsilon, allow_zero=True)
         # ODIN's perturbation ascends ODIN's own score; no other score defines it here.
         _check(
             self.epsilon == 0 or self.score == "odin",
-            f"OdinConfig.epsilon = {self.epsilon!r} (ODIN's input perturbation) needs score 'odin', "
+            f"OodConfig.epsilon = {self.epsilon!r} (ODIN's input perturbation) needs score 'odin', "
             f"got score {self.score!r}",
         )
         _check(
             self.auroc in AUROC_KINDS,
-            f"OdinConfig.auroc must be one of {AUROC_KINDS}, got {self.auroc!r}",
+            f"OodConfig.auroc must be one of {AUROC_KINDS}, got {self.auroc!r}",
         )
 
 
@@ -415,9 +425,9 @@ class SearchConfig:
     swap_rate: float = 0.5
     mutation_rate: float | None = None
     min_active: int = 1
-    strategy: str = "nsga2"
+    strategy: Strategy = "nsga2"
     max_features: int | None = None
-    selection: str = "validation"
+    selection: Selection = "validation"
 
     def __post_init__(self):
         _positive_int("SearchConfig", "population_size", self.population_size)
@@ -465,7 +475,7 @@ class RunConfig:
     head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
-    odin: OdinConfig = dataclasses.field(default_factory=OdinConfig)
+    ood: OodConfig = dataclasses.field(default_factory=OodConfig)
     engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
     preset: str = "custom"
 
@@ -479,7 +489,7 @@ class RunConfig:
     def replace(self, **sections: dict[str, Any]) -> RunConfig:
         """A copy with fields changed per section, e.g. ``replace(search={"generations": 5})``."""
         changes = {}
-        for name, fields in sections.items():
+        for name, fields in _current_section_names(sections, "RunConfig.replace").items():
             if name == "preset":
                 changes[name] = fields
                 continue
@@ -499,8 +509,9 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         _check(isinstance(data, dict), f"a RunConfig must be a JSON object, got {type(data).__name__}")
+        data = _current_section_names(data, "RunConfig")
         unknown = set(data) - set(_SECTIONS) - {"preset"}
-        _check(not unknown, f"RunConfig: unknown section(s) {sorted(unknown)}")
+        _check(not unknown, _unknown_names("RunConfig", "section", unknown, (*_SECTIONS, "preset")))
         data = _moved_to_engine(data)
         sections = {}
         for name, kind in _SECTIONS.items():
@@ -519,9 +530,22 @@ class RunConfig:
 
 
 _SECTIONS = {
-    "head": HeadConfig, "train": TrainConfig, "search": SearchConfig, "odin": OdinConfig,
+    "head": HeadConfig, "train": TrainConfig, "search": SearchConfig, "ood": OodConfig,
     "engine": EngineConfig,
 }
+# Sections under the names of earlier versions: the OoD section was "odin" before it held other scores.
+_FORMER_SECTION_NAMES = {"odin": "ood"}
+
+
+def _current_section_names(sections: dict[str, Any], owner: str) -> dict[str, Any]:
+    """``sections`` with every former section name replaced by the current one."""
+    renamed = dict(sections)
+    for former, current in _FORMER_SECTION_NAMES.items():
+        if former in renamed:
+            _check(current not in renamed,
+                   f"{owner}: sections {former!r} and {current!r} are the same section; give one")
+            renamed[current] = renamed.pop(former)
+    return renamed
 # Fields that were TrainConfig's before EngineConfig held them (config.json of older runs).
 _FORMER_TRAIN_FIELDS = ("chunk_size", "memory_budget_mb", "devices", "fused_update")
 
@@ -549,13 +573,24 @@ def _moved_to_engine(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "train": train, "engine": engine}
 
 
+def _unknown_names(owner: str, what: str, unknown: set[str], valid) -> str:
+    """``Owner: unknown field(s) [...]``, with the nearest valid name of each where one is close."""
+    hints = []
+    for name in sorted(unknown):
+        nearest = difflib.get_close_matches(name, sorted(valid), n=1)
+        if nearest:
+            hints.append(f"{name!r}: did you mean {nearest[0]!r}?")
+    message = f"{owner}: unknown {what}(s) {sorted(unknown)}"
+    return message + (f" ({'; '.join(hints)})" if hints else f"; expected one of {sorted(valid)}")
+
+
 def _field_names(kind) -> set[str]:
     return {field.name for field in dataclasses.fields(kind)}
 
 
 def _build_checked(kind, fields: dict[str, Any]):
     unknown = set(fields) - _field_names(kind)
-    _check(not unknown, f"{kind.__name__}: unknown field(s) {sorted(unknown)}")
+    _check(not unknown, _unknown_names(kind.__name__, "field", unknown, _field_names(kind)))
     fields = dict(fields)
     if kind is TrainConfig and "optimizer_options" in fields:
         fields["optimizer_options"] = tuple(tuple(pair) for pair in fields["optimizer_options"])
@@ -566,7 +601,7 @@ def _replace_checked(section, fields: dict[str, Any]):
     unknown = set(fields) - _field_names(type(section))
     moved = sorted(unknown & set(_FORMER_TRAIN_FIELDS)) if isinstance(section, TrainConfig) else []
     _check(not moved, f"TrainConfig: {moved} moved to the engine section: replace(engine={{...}})")
-    _check(not unknown, f"{type(section).__name__}: unknown field(s) {sorted(unknown)}")
+    _check(not unknown, _unknown_names(type(section).__name__, "field", unknown, _field_names(type(section))))
     return dataclasses.replace(section, **fields)
 
 
@@ -580,7 +615,7 @@ def _paper() -> RunConfig:
         train=TrainConfig(**PAPER_TRAINING),
         # 30 + 85 generations x 2 offspring = 200 evaluations, as the authors ran, selected on test.
         search=SearchConfig(population_size=30, offspring_size=2, generations=85, selection="test"),
-        odin=OdinConfig(temperature=1000.0, epsilon=0.0, auroc="paper"),
+        ood=OodConfig(temperature=1000.0, epsilon=0.0, auroc="paper"),
         preset="paper",
     )
 
@@ -590,7 +625,7 @@ def _default() -> RunConfig:
         head=HeadConfig(hidden=512),
         train=TrainConfig(),
         search=SearchConfig(population_size=256, offspring_size=None, generations=20),
-        odin=OdinConfig(),
+        ood=OodConfig(),
         preset="default",
     )
 
@@ -602,7 +637,7 @@ def _quick() -> RunConfig:
         head=HeadConfig(hidden=512),
         train=TrainConfig(optimizer="sgd", learning_rate=0.05, max_epochs=30, patience=5, batch_size=64),
         search=SearchConfig(population_size=32, generations=12),
-        odin=OdinConfig(),
+        ood=OodConfig(),
         preset="quick",
     )
 

@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-FEATURES = "features"
+from evojax_prune.config import PruneTarget
+
 # What the bits of a chromosome stand for, by ``HeadConfig.prune`` (for messages and reports).
-UNIT_NAMES = {FEATURES: "features", "hidden1": "first-layer neurons", "hidden2": "second-layer neurons",
-              "both": "hidden neurons"}
+UNIT_NAMES: dict[PruneTarget, str] = {"features": "features", "hidden1": "first-layer neurons",
+                                      "hidden2": "second-layer neurons", "both": "hidden neurons"}
 
 
 @struct.dataclass
@@ -71,7 +72,7 @@ def init(key: jax.Array, num_features: int, num_classes: int, hidden: int = 512,
     )
 
 
-def unit_masks(mask: jax.Array, prune: str, hidden: int
+def unit_masks(mask: jax.Array, prune: PruneTarget, hidden: int
                ) -> tuple[jax.Array | None, jax.Array | None, jax.Array | None]:
     """A chromosome split by the units it prunes: (features, first layer, second layer).
 
@@ -85,7 +86,7 @@ def unit_masks(mask: jax.Array, prune: str, hidden: int
       Three masks, (..., D), (..., H), (..., H), None where ``prune`` keeps
       every unit of that place.
     """
-    if prune == FEATURES:
+    if prune == "features":
         return mask, None, None
     if prune == "hidden1":
         return None, mask, None
@@ -98,7 +99,8 @@ def _masked(values: jax.Array, mask: jax.Array | None) -> jax.Array:
     return values if mask is None else values * mask.astype(values.dtype)
 
 
-def last_hidden(params: HeadParams, mask: jax.Array, x: jax.Array, prune: str = FEATURES) -> jax.Array:
+def last_hidden(params: HeadParams, mask: jax.Array, x: jax.Array,
+                prune: PruneTarget = "features") -> jax.Array:
     """Activations of the head's last hidden layer, pruned units at 0.
 
     Args:
@@ -123,11 +125,12 @@ def output(params: HeadParams, hidden: jax.Array) -> jax.Array:
     return hidden @ params.output_kernel + params.output_bias
 
 
-def apply(params: HeadParams, mask: jax.Array, x: jax.Array, prune: str = FEATURES) -> jax.Array:
+def apply(params: HeadParams, mask: jax.Array, x: jax.Array, prune: PruneTarget = "features") -> jax.Array:
     """Logits of one head: (N, D) features -> (N, C) float32, ``output`` on ``last_hidden``."""
     return output(params, last_hidden(params, mask, x, prune))
 
 
-def apply_population(params: HeadParams, masks: jax.Array, x: jax.Array, prune: str = FEATURES) -> jax.Array:
+def apply_population(params: HeadParams, masks: jax.Array, x: jax.Array,
+                     prune: PruneTarget = "features") -> jax.Array:
     """Logits of P heads on shared inputs: params stacked (P, ...), masks (P, L), x (N, D) -> (P, N, C)."""
     return jax.vmap(lambda p, m: apply(p, m, x, prune))(params, masks)

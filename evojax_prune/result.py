@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from evojax_prune.config import RunConfig
+from evojax_prune.config import AUROC_KINDS, AurocKind, RunConfig
 
 # The metrics of one head on one split, in the order of the evaluation cache's columns.
 METRIC_NAMES = (
@@ -25,21 +25,23 @@ REFERENCE_POINT = (1.0, 1.0, 1.0)  # every objective lies in [0, 1]
 WORST = np.asarray(REFERENCE_POINT)  # a diverged head's objectives
 
 
-def robustness_metric(auroc_kind: str) -> str:
+def robustness_metric(auroc_kind: AurocKind) -> str:
     """The metric name of the AUROC the robustness objective uses (``OodConfig.auroc``).
 
     ``"exact"``: ``"auroc"`` (Mann-Whitney, ties half); ``"paper"``: ``"auroc_paper"``
     (the authors' 100-threshold trapezoid, docs/PROTOCOL.md).
     """
+    if auroc_kind not in AUROC_KINDS:
+        raise ValueError(f"auroc_kind must be one of {AUROC_KINDS}, got {auroc_kind!r}")
     return "auroc" if auroc_kind == "exact" else "auroc_paper"
 
 
-def robustness(values: dict[str, Any], auroc_kind: str) -> np.ndarray:
+def robustness(values: dict[str, Any], auroc_kind: AurocKind) -> np.ndarray:
     """The robustness objective's AUROC from a metric mapping (arrays or floats)."""
     return np.asarray(values[robustness_metric(auroc_kind)])
 
 
-def objectives(values: dict[str, Any], auroc_kind: str) -> np.ndarray:
+def objectives(values: dict[str, Any], auroc_kind: AurocKind) -> np.ndarray:
     """(..., 3) objectives as minimised, error, MEM and 1 - AUROC, from metric arrays (...,).
 
     ``auroc_kind`` picks the robustness measure (``OodConfig.auroc``). A head
@@ -100,7 +102,7 @@ class SearchResult:
     @property
     def objectives(self) -> np.ndarray:
         """(K, 3) validation objectives as minimised: error, MEM, 1 - AUROC."""
-        return objectives(self.validation, self.config.odin.auroc)
+        return objectives(self.validation, self.config.ood.auroc)
 
     def __repr__(self) -> str:
         return (

@@ -34,6 +34,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from evojax_prune.config import RunConfig, preset
 from evojax_prune.data.featureset import FeatureSet
+from evojax_prune.result import robustness
 from evojax_prune.search.loop import run_search
 
 MEMBERS = ("accuracy", "mem", "auroc")
@@ -186,7 +187,7 @@ def _member(result, member: Any) -> int:
     elif member == "mem":
         keys = (-accuracy, size)
     elif member == "auroc":
-        auroc = result.validation["auroc" if result.config.odin.auroc == "exact" else "auroc_paper"]
+        auroc = robustness(result.validation, result.config.ood.auroc)
         keys = (-accuracy, -auroc)
     else:
         raise ValueError(f"FeatureSelector.member must be one of {MEMBERS} or a front position, "

@@ -64,7 +64,7 @@ def test_the_embedded_run_trains_and_scores_with_every_ood_score(tmp_path, score
     if score == "energy":
         argv += ["--ood-temperature", "2"]
     assert cli.main(argv) == 0
-    recorded = json.loads((out / "config.json").read_text())["config"]["odin"]
+    recorded = json.loads((out / "config.json").read_text())["config"]["ood"]
     assert recorded["score"] == score
     assert recorded["energy_temperature"] == (2.0 if score == "energy" else 1.0)
     summary = json.loads((out / "summary.json").read_text())

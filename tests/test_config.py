@@ -22,7 +22,7 @@ def test_paper_preset_is_the_authors_protocol():
     search = run.search
     assert (search.population_size, search.num_offspring, search.max_evaluations) == (30, 2, 200)
     assert (search.crossover_rate, search.swap_rate, search.mutation_rate) == (1.0, 0.5, None)
-    assert (run.odin.temperature, run.odin.epsilon, run.odin.auroc) == (1000.0, 0.0, "paper")
+    assert (run.ood.temperature, run.ood.epsilon, run.ood.auroc) == (1000.0, 0.0, "paper")
 
 
 def test_default_preset_is_generational():
@@ -61,12 +61,12 @@ def test_configs_are_hashable_so_they_can_be_static_jit_arguments():
         (lambda: cfg.EngineConfig(gather_features=None), "gather_features"),
         (lambda: cfg.preset("quick").replace(train={"chunk_size": 4}), r"moved to the engine section"),
         (lambda: cfg.HeadConfig(hidden=0), "hidden"),
-        (lambda: cfg.OdinConfig(temperature=0.0), "temperature"),
-        (lambda: cfg.OdinConfig(auroc="fuzzy"), "auroc"),
-        (lambda: cfg.OdinConfig(score="gram"),
+        (lambda: cfg.OodConfig(temperature=0.0), "temperature"),
+        (lambda: cfg.OodConfig(auroc="fuzzy"), "auroc"),
+        (lambda: cfg.OodConfig(score="gram"),
          r"unknown OoD score 'gram'; expected one of odin, msp, maxlogit, energy, mahalanobis"),
-        (lambda: cfg.OdinConfig(score="energy", energy_temperature=0.0), "energy_temperature"),
-        (lambda: cfg.OdinConfig(score="msp", epsilon=0.01), r"epsilon .* needs score 'odin'"),
+        (lambda: cfg.OodConfig(score="energy", energy_temperature=0.0), "energy_temperature"),
+        (lambda: cfg.OodConfig(score="msp", epsilon=0.01), r"epsilon .* needs score 'odin'"),
         (lambda: cfg.preset("tiny"), "unknown preset 'tiny'"),
     ],
 )
@@ -101,12 +101,37 @@ def test_configs_are_frozen():
 
 
 def test_ood_score_settings_round_trip_and_old_configs_load_as_odin():
-    run = cfg.preset("quick").replace(odin={"score": "energy", "energy_temperature": 2.5})
+    run = cfg.preset("quick").replace(ood={"score": "energy", "energy_temperature": 2.5})
     assert cfg.RunConfig.from_json(run.to_json()) == run
     assert hash(run) != hash(cfg.preset("quick"))
     # config.json of a run from before the choice: no score, no energy temperature.
+    # and its OoD section under the name it had then, "odin".
     old = cfg.preset("paper").to_dict()
+    del old["ood"]
     old["odin"] = {"temperature": 1000.0, "epsilon": 0.0, "auroc": "paper"}
     loaded = cfg.RunConfig.from_dict(old)
-    assert (loaded.odin.score, loaded.odin.energy_temperature) == ("odin", 1.0)
+    assert (loaded.ood.score, loaded.ood.energy_temperature) == ("odin", 1.0)
     assert loaded == cfg.preset("paper")
+    assert "odin" not in loaded.to_dict() and loaded.to_dict()["ood"]["auroc"] == "paper"
+    assert cfg.preset("paper").replace(odin={"score": "msp"}).ood.score == "msp"  # scripts of then
+    with pytest.raises(ValueError, match="'odin' and 'ood' are the same section"):
+        cfg.RunConfig.from_dict({**old, "ood": {}})
+
+
+def test_an_unknown_field_or_section_names_the_nearest_valid_one():
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['populaton_size'\] .*did you mean 'population_size'"):
+        cfg.preset("quick").replace(search={"populaton_size": 3})
+    with pytest.raises(ValueError, match=r"unknown section\(s\) \['serch'\] .*did you mean 'search'"):
+        cfg.RunConfig.from_dict({"serch": {}})
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['zzz'\]; expected one of"):
+        cfg.RunConfig.from_dict({"train": {"zzz": 1}})
+
+
+def test_every_config_class_is_exported_and_every_pruning_target_has_a_unit_name():
+    import evojax_prune as ep
+    from evojax_prune import head
+
+    for kind in (cfg.RunConfig, cfg.HeadConfig, cfg.TrainConfig, cfg.SearchConfig, cfg.OodConfig,
+                 cfg.EngineConfig):
+        assert getattr(ep, kind.__name__) is kind and kind.__name__ in ep.__all__
+    assert tuple(head.UNIT_NAMES) == cfg.PRUNE_TARGETS

@@ -32,7 +32,7 @@ def problem():
 
 def _config(temperature=1000.0, epsilon=0.0, auroc="exact", memory_budget_mb=2048.0):
     return cfg.preset("quick").replace(
-        odin={"temperature": temperature, "epsilon": epsilon, "auroc": auroc},
+        ood={"temperature": temperature, "epsilon": epsilon, "auroc": auroc},
         engine={"memory_budget_mb": memory_budget_mb},
     )
 
@@ -112,7 +112,7 @@ def test_chunk_starts_cover_every_head_once_the_last_chunk_moved_back():
 
 def test_objectives(problem):
     got = evaluate.evaluate_population(*problem, _config())
-    exact = np.asarray(evaluate.objectives(got, "exact"))
+    exact = got.objectives("exact")
     assert exact.shape == (POPULATION, 3)
     np.testing.assert_allclose(exact[:, 0], 1 - np.asarray(got.accuracy))
     np.testing.assert_allclose(exact[:, 1], np.asarray(got.mem))
@@ -121,7 +121,10 @@ def test_objectives(problem):
     np.testing.assert_allclose(paper[:, 2], 1 - np.asarray(got.auroc_paper))
     np.testing.assert_allclose(paper[:, :2], exact[:, :2])
     with pytest.raises(ValueError, match="auroc_kind"):
-        evaluate.objectives(got, "trapezoid")
+        got.objectives("trapezoid")
+    diverged = np.arange(POPULATION) == 1  # the one definition: a diverged head at the reference point
+    np.testing.assert_array_equal(got.objectives("exact", diverged)[1], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(got.objectives("exact", diverged)[~diverged], exact[~diverged])
 
 
 def test_temperature_comes_from_the_config(problem):

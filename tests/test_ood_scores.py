@@ -61,7 +61,7 @@ def test_the_registry_is_the_configs_list():
     assert ood_scores.SCORES == cfg.OOD_SCORES
     assert set(ood_scores.LABELS) == set(cfg.OOD_SCORES)
     for name in cfg.OOD_SCORES:
-        assert ood_scores.describe(cfg.OdinConfig(score=name))
+        assert ood_scores.describe(cfg.OodConfig(score=name))
 
 
 @pytest.mark.parametrize("scale", [0.5, 8.0, 40.0])
@@ -161,7 +161,7 @@ def test_evaluate_population_auroc_is_sklearns_of_the_reference_scores(problem, 
     params, masks, features, labels, ood_features, train = problem
     temperature = {"odin": 50.0, "energy": 2.0}.get(score, 1.0)
     config = cfg.preset("quick").replace(
-        odin={"score": score, "temperature": 50.0, "energy_temperature": 2.0}
+        ood={"score": score, "temperature": 50.0, "energy_temperature": 2.0}
     )
     got = evaluate.evaluate_population(params, masks, features, labels, ood_features, config, train=train)
     rows = np.concatenate([features, ood_features])
@@ -179,7 +179,7 @@ def test_every_score_is_its_own_objective(problem):
     params, masks, features, labels, ood_features, train = problem
     aurocs = {
         score: np.asarray(evaluate.evaluate_population(
-            params, masks, features, labels, ood_features, cfg.preset("quick").replace(odin={"score": score}),
+            params, masks, features, labels, ood_features, cfg.preset("quick").replace(ood={"score": score}),
             train=train,
         ).auroc)
         for score in cfg.OOD_SCORES
@@ -189,18 +189,18 @@ def test_every_score_is_its_own_objective(problem):
 
 def test_energy_uses_its_own_temperature(problem):
     params, masks, features, labels, ood_features, _ = problem
-    base = cfg.preset("quick").replace(odin={"score": "energy"})
+    base = cfg.preset("quick").replace(ood={"score": "energy"})
     auroc = lambda config: np.asarray(
         evaluate.evaluate_population(params, masks, features, labels, ood_features, config).auroc
     )
     plain = auroc(base)
-    np.testing.assert_array_equal(auroc(base.replace(odin={"temperature": 3.0})), plain)
-    assert not np.allclose(auroc(base.replace(odin={"energy_temperature": 30.0})), plain)
+    np.testing.assert_array_equal(auroc(base.replace(ood={"temperature": 3.0})), plain)
+    assert not np.allclose(auroc(base.replace(ood={"energy_temperature": 30.0})), plain)
 
 
 def test_mahalanobis_needs_the_training_split(problem):
     params, masks, features, labels, ood_features, (x_train, y_train) = problem
-    config = cfg.preset("quick").replace(odin={"score": "mahalanobis"})
+    config = cfg.preset("quick").replace(ood={"score": "mahalanobis"})
     with pytest.raises(ValueError, match=r"'mahalanobis'.*train=\(x_train, y_train\)"):
         evaluate.evaluate_population(params, masks, features, labels, ood_features, config)
     with pytest.raises(ValueError, match="x_train"):
@@ -213,7 +213,7 @@ def test_mahalanobis_needs_the_training_split(problem):
 
 def test_mahalanobis_chunked_equals_whole_and_the_memory_model_counts_the_training_split(problem):
     params, masks, features, labels, ood_features, train = problem
-    config = cfg.preset("quick").replace(odin={"score": "mahalanobis"})
+    config = cfg.preset("quick").replace(ood={"score": "mahalanobis"})
     whole = evaluate.evaluate_population(params, masks, features, labels, ood_features, config,
                                          chunk_size=POPULATION, train=train)
     chunked = evaluate.evaluate_population(params, masks, features, labels, ood_features, config,
@@ -242,7 +242,7 @@ def test_two_hidden_layers_pruning_neurons_score_the_second_layer(problem, score
     )
     masks = rng.random((POPULATION, 2 * HIDDEN)) < 0.7
     config = cfg.preset("quick").replace(head={"hidden": HIDDEN, "hidden_layers": 2, "prune": "both"},
-                                         odin={"score": score})
+                                         ood={"score": score})
     got = evaluate.evaluate_population(params, masks, features, labels, ood_features, config, train=train)
 
     def activations(p, x):  # numpy, float64: relu(relu(x W1) * m1 W2) * m2

@@ -16,7 +16,7 @@ TRAINING_SEED = 3
 CONFIG = preset("quick").replace(
     search={"population_size": 4, "generations": 1, "selection": "test"},
     train={"max_epochs": 4, "training_seed": TRAINING_SEED},
-    odin={"auroc": "paper"},
+    ood={"auroc": "paper"},
 )
 
 

@@ -106,7 +106,7 @@ def test_recorded_hypervolume_equals_pymoo_on_the_final_front(finished):
     result, out = finished
     with open(out / "pareto.csv") as stream:
         rows = list(csv.DictReader(stream))
-    assert result.config.odin.auroc == "exact"
+    assert result.config.ood.auroc == "exact"
     objectives = np.array([[1 - float(row["val_accuracy"]), float(row["mem"]), 1 - float(row["val_auroc"])]
                            for row in rows])
     expected = HV(ref_point=np.ones(3))(objectives)
@@ -229,7 +229,7 @@ def test_report_again_keeps_the_grad_cam_section_once(finished, digits, tmp_path
 def mahalanobis_run(digits, tmp_path_factory):
     """A finished run whose robustness objective is the Mahalanobis score's AUROC."""
     out = tmp_path_factory.mktemp("runs") / "mahalanobis"
-    run_search(digits, tiny_config().replace(odin={"score": "mahalanobis"}), seed=0, out_dir=out)
+    run_search(digits, tiny_config().replace(ood={"score": "mahalanobis"}), seed=0, out_dir=out)
     return out
 
 
@@ -258,11 +258,12 @@ def test_a_run_from_before_the_ood_score_choice_still_reads_and_reports_odin(fin
     del summary["ood_score"], summary["ood_score_description"]
     (old / "summary.json").write_text(json.dumps(summary))
     recorded = json.loads((old / "config.json").read_text())
+    recorded["config"]["odin"] = recorded["config"].pop("ood")  # the section's name before it was "ood"
     for name in ("score", "energy_temperature"):
         del recorded["config"]["odin"][name]
     (old / "config.json").write_text(json.dumps(recorded))
     loaded, _ = rundir.read_run(old)
-    assert loaded.config.odin.score == "odin"
+    assert loaded.config.ood.score == "odin"
     report.write_report(old)
     assert "| val ODIN AUROC | test ODIN AUROC |" in (old / "report.md").read_text()
 

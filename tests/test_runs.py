@@ -114,7 +114,7 @@ def test_bad_runs_are_refused_before_anything_is_written(tmp_path, together):
 def test_runs_in_lockstep_fit_the_mahalanobis_score_as_each_run_alone(features):
     """The shared scoring call gets the training split too (evaluator.train_and_score_together)."""
     config = preset("quick").replace(head={"hidden": 16}, search={"population_size": 2, "generations": 1},
-                                     train={"max_epochs": 3}, odin={"score": "mahalanobis"})
+                                     train={"max_epochs": 3}, ood={"score": "mahalanobis"})
     result = run_search(features, config, seed=SEED, runs=2)
     for index in range(2):
         assert_same_result(result.runs[index], run_search(features, config, seed=SEED + index))

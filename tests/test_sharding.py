@@ -117,7 +117,7 @@ def population_run(devices_spec, prefix="", engine=None):
     # The Mahalanobis score fits every head on the training split, replicated like the data.
     fitted = evaluate.evaluate_population(
         trained.params, masks, digits.x_val, digits.y_val, digits.ood_val,
-        run_config.replace(odin={"score": "mahalanobis"}), train=(digits.x_train, digits.y_train),
+        run_config.replace(ood={"score": "mahalanobis"}), train=(digits.x_train, digits.y_train),
     )
     host = devices.to_host((trained, scores, fitted.auroc))
     arrays = {"epochs": host[0].epochs, "final_loss": host[0].final_loss,

@@ -38,7 +38,7 @@ What this module does differently, and why:
     ensemble calls InD by majority (``threshold_vote``), with its accuracy,
     TPR and FPR and the AUROC of the vote count; and the soft counterpart,
     the mean OoD score over members (``mean_score``).
-  * The members' OoD score is the run's (``config.odin.score``: ODIN, the
+  * The members' OoD score is the run's (``config.ood.score``: ODIN, the
     authors', by default).
 
 The vote functions are pure and jit-compatible and take a ``members (K,) bool``
@@ -63,6 +63,7 @@ import numpy as np
 from flax import struct
 
 from evojax_prune import head
+from evojax_prune.config import PruneTarget
 from evojax_prune.score import metrics, odin
 
 # By name: ``ood_scores`` is what this module calls the OoD samples' scores.
@@ -364,7 +365,7 @@ def member_outputs(
     reference_features: jax.Array,
     temperature: float | jax.Array = odin.DEFAULT_TEMPERATURE,
     epsilon: float = 0.0,
-    prune: str = head.FEATURES,
+    prune: PruneTarget = "features",
     score: str = "odin",
     train: tuple[jax.Array, jax.Array] | tuple[()] = (),
 ) -> MemberOutputs:
@@ -664,7 +665,7 @@ def compare_ensembles(
     """
     from evojax_prune.data import run_features
     from evojax_prune.data.featureset import FeatureSet
-    from evojax_prune.result import SearchResult
+    from evojax_prune.result import SearchResult, robustness_metric
     from evojax_prune.run import rundir
 
     if ood_ranking not in ("auroc", "accuracy"):
@@ -692,8 +693,8 @@ def compare_ensembles(
     outputs = member_outputs(
         jax.tree.map(jnp.asarray, result.params), jnp.asarray(result.masks),
         jnp.asarray(features.x_test), jnp.asarray(features.ood_test), jnp.asarray(features.x_val),
-        temperature=jnp.float32(score_temperature(config.odin)), epsilon=float(config.odin.epsilon),
-        prune=config.head.prune, score=config.odin.score, train=_training_split(features, config),
+        temperature=jnp.float32(score_temperature(config.ood)), epsilon=float(config.ood.epsilon),
+        prune=config.head.prune, score=config.ood.score, train=_training_split(features, config),
     )
     labels = jnp.asarray(features.y_test)
     member_accuracy, member_auroc, member_auroc_paper = (
@@ -702,7 +703,7 @@ def compare_ensembles(
     if result.folds == 1:  # a fold-averaged run recorded fold means; its heads are the first fold's
         _check_reproduction(result, member_accuracy, member_auroc, len(features.y_test))
 
-    robustness_name = "auroc" if config.odin.auroc == "exact" else "auroc_paper"
+    robustness_name = robustness_metric(config.ood.auroc)
     validation_accuracy = np.asarray(result.validation["accuracy"], np.float64)
     ood_values = validation_accuracy if ood_ranking == "accuracy" else np.asarray(
         result.validation[robustness_name], np.float64
@@ -778,7 +779,7 @@ def _check_features_fit(result, features) -> None:
 
 def _training_split(features, config) -> tuple[jax.Array, jax.Array] | tuple[()]:
     """(x_train, y_train) where the run's OoD score is fitted on them (Mahalanobis), else ``()``."""
-    if not needs_training_split(config.odin.score):
+    if not needs_training_split(config.ood.score):
         return ()
     return jnp.asarray(features.x_train), jnp.asarray(features.y_train)
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from evojax_prune.analysis import report
+from evojax_prune.result import robustness
 from evojax_prune.run import rundir
 
 DEFAULT_MEMBERS = "best-accuracy,smallest-mem,best-auroc"
@@ -63,11 +64,11 @@ def choose_members(spec: str, validation: dict[str, np.ndarray],
       ValueError: an unknown name or an index outside the front.
     """
     size = len(validation["accuracy"])
-    robustness = validation["auroc"] if auroc_kind == "exact" else validation["auroc_paper"]
+    auroc = robustness(validation, auroc_kind)
     by_name = {
         "best-accuracy": int(np.argmax(validation["accuracy"])),
         "smallest-mem": int(np.argmin(validation["mem"])),
-        "best-auroc": int(np.argmax(robustness)),
+        "best-auroc": int(np.argmax(auroc)),
     }
     labels: dict[int, list[str]] = {}
     for word in (part.strip() for part in spec.split(",")):
@@ -379,7 +380,7 @@ def explain_run(run_dir: str | os.PathLike, *, members: str = DEFAULT_MEMBERS, n
             f"{path}: the run's heads take {num_features} features, not ResNet-50's {backbone.FEATURE_DIM}: "
             "Grad-CAM needs a run on image features (evojax-prune extract)"
         )
-    chosen = choose_members(members, result.validation, result.config.odin.auroc)
+    chosen = choose_members(members, result.validation, result.config.ood.auroc)
     resolved_weights = resolve_weights(weights, metadata)
     dataset = locate_dataset(metadata, folder=folder, tfds=tfds, data_dir=data_dir)
     image_split, indices = split_images(dataset, metadata, split, int(recorded.get("num_classes", 0)))

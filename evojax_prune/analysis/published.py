@@ -12,7 +12,7 @@ decide what a comparison means:
     are measured on; a run of this project selects on validation by default
     (``SearchConfig.selection = "test"``, the paper preset, does as they did);
   * their AUROC is the one their code computed (thresholds at 100 in-distribution
-    TPRs, ``OdinConfig.auroc = "paper"``), of ODIN at T = 1000 without perturbation.
+    TPRs, ``OodConfig.auroc = "paper"``), of ODIN at T = 1000 without perturbation.
 
 The paper's hypervolumes (reference (1, 1, 1) on the minimised error, MEM,
 1 - AUROC) are ``PUBLISHED_HYPERVOLUME``; every one is reproduced to its four

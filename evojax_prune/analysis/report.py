@@ -73,16 +73,16 @@ def _figure(width: float, height: float):
 
 def _score_label(result) -> str:
     """The OoD score the run's AUROC is of, e.g. "ODIN" (runs from before the choice: ODIN)."""
-    return ood_scores.LABELS[result.config.odin.score]
+    return ood_scores.LABELS[result.config.ood.score]
 
 
 def _front_points(result) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Validation (accuracy, MEM, AUROC) of the front and of the baseline."""
-    kind = result.config.odin.auroc
+    kind = result.config.ood.auroc
     accuracy, mem = result.validation["accuracy"], result.validation["mem"]
     auroc = robustness(result.validation, kind)
     base = result.baseline_validation
-    baseline = (base["accuracy"], 1.0, base["auroc"] if kind == "exact" else base["auroc_paper"])
+    baseline = (base["accuracy"], 1.0, float(robustness(base, kind)))
     return accuracy, mem, auroc, baseline
 
 
@@ -98,7 +98,7 @@ def plot_front_3d(result):
     axes.scatter([baseline[1]], [baseline[2]], [baseline[0]], marker="*", s=220, color="crimson",
                  edgecolors="k", depthshade=False, label="baseline (all features)")
     axes.set_xlabel("MEM (fraction of features kept)")
-    axes.set_ylabel(f"{_score_label(result)} AUROC ({result.config.odin.auroc})")
+    axes.set_ylabel(f"{_score_label(result)} AUROC ({result.config.ood.auroc})")
     axes.set_zlabel("accuracy")
     axes.view_init(elev=22, azim=-58)
     axes.set_title(f"Pareto front, validation ({len(mem)} members)")
@@ -123,7 +123,7 @@ def plot_front_pairs(result):
     of objectives (the two-objective front of the projection).
     """
     accuracy, mem, auroc, baseline = _front_points(result)
-    auroc_label = f"{_score_label(result)} AUROC ({result.config.odin.auroc})"
+    auroc_label = f"{_score_label(result)} AUROC ({result.config.ood.auroc})"
     # name -> (values, larger is better, axis label, index into ``baseline``)
     objectives = {
         "accuracy": (accuracy, True, "accuracy", 0),
@@ -336,7 +336,7 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
     comparison = ensemble.compare_ensembles(result, featureset, bands=bands, tpr=tpr)
     metadata = recorded.get("features") or {}
     image_size = metadata.get("image_size")
-    prunes_features = result.config.head.prune == head.FEATURES
+    prunes_features = result.config.head.prune == "features"
     pixels = (prunes_features and isinstance(image_size, int)
               and image_size * image_size == result.masks.shape[1])
 
@@ -385,14 +385,14 @@ def compare_with_published(result, name: str) -> published.PublishedComparison:
     split = "test" if not _selected_on_test(result) else "test (also the split it was selected on)"
     description = (f"{split} accuracy, MEM, {_score_label(result)} AUROC as the authors computed it "
                    f"(auroc_paper); selected on {'test' if _selected_on_test(result) else 'validation'} "
-                   f"with the {result.config.odin.auroc} AUROC; preset {result.config.preset}")
+                   f"with the {result.config.ood.auroc} AUROC; preset {result.config.preset}")
     return published.compare_to_published(points, name, description)
 
 
 def _published_section(result, recorded: dict[str, Any], against: published.PublishedComparison) -> list[str]:
     data = published.label(against.dataset)
     name = (recorded.get("features") or {}).get("name", "unnamed")
-    odin = result.config.odin
+    odin = result.config.ood
     on_test = _selected_on_test(result)
 
     def row(what, points, value, count, paper, best):
@@ -465,7 +465,7 @@ def link_explain_section(report: Path, section: str) -> bool:
 
 
 def _picks(result) -> list[tuple[str, int]]:
-    kind = result.config.odin.auroc
+    kind = result.config.ood.auroc
     return [
         ("most accurate", int(np.argmax(result.validation["accuracy"]))),
         ("most robust", int(np.argmax(robustness(result.validation, kind)))),
@@ -542,8 +542,8 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
     lines += [
         "",
         "AUROC is the exact one (Mann-Whitney, ties counted half) of the OoD score "
-        f"{ood_scores.describe(result.config.odin)}; FPR95 takes in-distribution as positive (ODIN paper). "
-        f"The search optimised the {result.config.odin.auroc} AUROC. Every member is in `pareto.csv`.",
+        f"{ood_scores.describe(result.config.ood)}; FPR95 takes in-distribution as positive (ODIN paper). "
+        f"The search optimised the {result.config.ood.auroc} AUROC. Every member is in `pareto.csv`.",
         "",
     ]
     diverged = int(np.sum(result.validation.get("diverged", 0)))

@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     head = {name: value for name, value in (("hidden_layers", args.hidden_layers), ("prune", args.prune))
             if value is not None}
     config = config.replace(head=head, search=search, engine={"devices": devices_spec}, preset=config.preset)
-    config = config.replace(odin=_ood_settings(args, config.odin.score), preset=config.preset)
+    config = config.replace(ood=_ood_settings(args, config.ood.score), preset=config.preset)
     out = Path(args.out) if args.out else Path("runs") / (
         f"{features.name}-{preset_name}-seed{args.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     )
@@ -171,7 +171,7 @@ OOD_TEMPERATURE_FIELDS = {"odin": "temperature", "energy": "energy_temperature"}
 
 
 def _ood_settings(args: argparse.Namespace, preset_score: str) -> dict:
-    """The odin section's fields --ood-score and --ood-temperature ask for (UsageError if they clash)."""
+    """The ood section's fields --ood-score and --ood-temperature ask for (UsageError if they clash)."""
     score = args.ood_score or preset_score
     fields = {"score": score}
     if args.ood_temperature is not None:

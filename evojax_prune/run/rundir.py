@@ -302,7 +302,7 @@ def write_results(path: Path, result: SearchResult) -> None:
         row = [member, int(mask.sum()), float(result.validation["mem"][member])]
         for name in CSV_METRICS:
             row += [float(result.validation[name][member]), float(result.test[name][member])]
-        row += [int(result.validation["epochs"][member]), result.config.odin.score, int(diverged[member])]
+        row += [int(result.validation["epochs"][member]), result.config.ood.score, int(diverged[member])]
         writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in row])
     atomic.write_text(path / "pareto.csv", table.getvalue())
 
@@ -323,9 +323,9 @@ def write_results(path: Path, result: SearchResult) -> None:
         "wall_seconds": result.wall_time,
         "hypervolume": result.hypervolume,
         "hypervolume_reference": list(REFERENCE_POINT),
-        "auroc_objective": result.config.odin.auroc,
-        "ood_score": result.config.odin.score,
-        "ood_score_description": ood_scores.describe(result.config.odin),
+        "auroc_objective": result.config.ood.auroc,
+        "ood_score": result.config.ood.score,
+        "ood_score_description": ood_scores.describe(result.config.ood),
         "fpr95_convention": "in-distribution as positive (ODIN paper)",
         "baseline": {"validation": result.baseline_validation, "test": result.baseline_test,
                      "active_features": int(result.masks.shape[1])},
@@ -571,7 +571,7 @@ def read_run(path: str | os.PathLike) -> tuple[SearchResult, dict[str, Any]]:
                                                    config.head, recorded["num_classes"], remedy)
     summary = _read_json(path / "summary.json", remedy)
     validation, test, baseline = _summary_metrics(path / "summary.json", summary, len(masks), remedy)
-    _check_csv(path / "pareto.csv", masks, config.odin.score, remedy)
+    _check_csv(path / "pareto.csv", masks, config.ood.score, remedy)
     result = SearchResult(
         masks=masks, validation=validation, test=test, params=params,
         baseline_validation=baseline["validation"], baseline_test=baseline["test"],
@@ -658,4 +658,4 @@ def _check_csv(file: Path, masks: np.ndarray, ood_score: str, remedy: str) -> No
     recorded_scores = set() if column is None else {row[column] for row in body}
     if recorded_scores - {ood_score}:
         raise RunFileError(file, f"its ood_score column says {sorted(recorded_scores)}, config.json's "
-                                 f"odin.score is {ood_score!r}", remedy)
+                                 f"ood.score is {ood_score!r}", remedy)

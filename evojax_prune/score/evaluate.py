@@ -2,7 +2,7 @@
 
 For each head p with mask p: logits on the in-distribution (InD) validation
 features and on the OoD features, the configured OoD score of both
-(``config.odin.score``, ``ood_scores.py``; ODIN by default), and the metrics
+(``config.ood.score``, ``ood_scores.py``; ODIN by default), and the metrics
 of ``metrics.py``. The search minimises the objective vector
 ``(1 - accuracy, MEM, 1 - AUROC)`` (MO-EvoPruneDeepTL, arXiv 2302.10253;
 PROTOCOL.md, "Robustness objective" and "Objectives and splits").
@@ -29,7 +29,9 @@ parameters. By default the chunk is sized from ``config.engine.memory_budget_mb`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +40,8 @@ from flax import struct
 from jax.sharding import PartitionSpec
 
 from evojax_prune import devices, head
-from evojax_prune.config import AUROC_KINDS, RunConfig
+from evojax_prune.config import AurocKind, PruneTarget, RunConfig
+from evojax_prune.result import objectives
 from evojax_prune.score import metrics, odin, ood_scores
 
 
@@ -49,7 +52,7 @@ class PopulationMetrics:
     Attributes:
       accuracy: fraction of InD samples classified correctly.
       mem: fraction of the D mask bits set (the MEM objective, minimised).
-      auroc: exact AUROC of the OoD scores (``config.odin.score``), InD vs OoD
+      auroc: exact AUROC of the OoD scores (``config.ood.score``), InD vs OoD
         (Mann-Whitney, ties half).
       auroc_paper: the authors' 100-threshold AUROC (``metrics.auroc_paper``).
       fpr95: FPR at 95% TPR with InD as positive (ODIN paper's convention).
@@ -65,28 +68,19 @@ class PopulationMetrics:
     aupr_in: jax.Array
     aupr_out: jax.Array
 
-    def objectives(self, auroc_kind: str = "exact") -> jax.Array:
-        """The objective vectors to minimise, (P, 3); see the module function ``objectives``."""
-        return objectives(self, auroc_kind)
+    def objectives(self, auroc_kind: AurocKind = "exact", diverged: Any = None) -> np.ndarray:
+        """(P, 3) objectives to minimise, error, MEM and 1 - AUROC, on the host (``result.objectives``).
 
-
-def objectives(population_metrics: PopulationMetrics, auroc_kind: str = "exact") -> jax.Array:
-    """Objective vectors to minimise: ``(1 - accuracy, MEM, 1 - AUROC)``.
-
-    Args:
-      population_metrics: metrics of P heads.
-      auroc_kind: ``"exact"`` (``auroc``) or ``"paper"`` (``auroc_paper``),
-        normally ``config.odin.auroc``.
-
-    Returns:
-      (P, 3) float32, one row per head, columns (error, MEM, 1 - AUROC).
-    """
-    if auroc_kind not in AUROC_KINDS:
-        raise ValueError(f"objectives: auroc_kind must be one of {AUROC_KINDS}, got {auroc_kind!r}")
-    robustness = population_metrics.auroc if auroc_kind == "exact" else population_metrics.auroc_paper
-    return jnp.stack(
-        [1.0 - population_metrics.accuracy, population_metrics.mem, 1.0 - robustness], axis=-1
-    )
+        Args:
+          auroc_kind: ``"exact"`` (``auroc``) or ``"paper"`` (``auroc_paper``),
+            normally ``config.ood.auroc``.
+          diverged: (P,) bool, ``TrainedPopulation.diverged``: those heads get
+            the reference point (1, 1, 1). None: no head diverged.
+        """
+        values = {field.name: np.asarray(getattr(self, field.name)) for field in dataclasses.fields(self)}
+        if diverged is not None:
+            values["diverged"] = np.asarray(diverged)
+        return objectives(values, auroc_kind)
 
 
 def evaluate_head(
@@ -97,7 +91,7 @@ def evaluate_head(
     ood_features: jax.Array,
     temperature: float = odin.DEFAULT_TEMPERATURE,
     epsilon: float = 0.0,
-    prune: str = head.FEATURES,
+    prune: PruneTarget = "features",
     score: str = "odin",
     train: tuple[jax.Array, jax.Array] | tuple[()] = (),
 ) -> PopulationMetrics:
@@ -186,7 +180,7 @@ def _evaluate_local(params, masks, features, labels, ood_features, temperature, 
 # epsilon = 0 skips the gradient altogether, and the score because it picks the program.
 @functools.partial(jax.jit, static_argnames=("epsilon", "chunk_size", "mesh", "prune", "score"))
 def _evaluate_population(params, masks, features, labels, ood_features, *, temperature, epsilon, chunk_size,
-                         mesh=None, prune=head.FEATURES, score="odin", train=()):
+                         mesh=None, prune="features", score="odin", train=()):
     """Each device of ``mesh`` scores its block of heads (params and masks split on
     axis 0, data and ``train`` replicated); the (P,) metrics come back replicated, so that every
     process of a multi-host run can read all of them. P must be a multiple of the mesh size.
@@ -313,9 +307,9 @@ def evaluate_population(
       features: (N, D) float InD features (the validation split in a search).
       labels: (N,) int classes of ``features``.
       ood_features: (M, D) float OoD features.
-      config: uses ``config.head``, ``config.odin.score`` (the OoD score), its
+      config: uses ``config.head``, ``config.ood.score`` (the OoD score), its
         temperature (``temperature`` for ODIN, ``energy_temperature`` for the
-        energy), ``config.odin.epsilon`` (feature-space perturbation, 0 = off as
+        energy), ``config.ood.epsilon`` (feature-space perturbation, 0 = off as
         in the paper) and ``config.engine.memory_budget_mb`` when
         ``chunk_size`` is None. Only the head's layout, the score, epsilon (and
         the chunk size) are compiled in: other config changes, the
@@ -329,12 +323,12 @@ def evaluate_population(
         axis, the data replicated; P is padded to a multiple of the device
         count by repeating the last head.
       train: (x_train (N_t, D), y_train (N_t,)), the training split; required
-        (a ValueError otherwise) when ``config.odin.score`` is fitted on it
+        (a ValueError otherwise) when ``config.ood.score`` is fitted on it
         (``"mahalanobis"``: class means and covariance per head), ignored
         otherwise.
 
     Returns:
-      PopulationMetrics of (P,) float32 arrays. ``.objectives(config.odin.auroc)``
+      PopulationMetrics of (P,) float32 arrays. ``.objectives(config.ood.auroc)``
       gives the (P, 3) objective vectors to minimise.
     """
     valid_chunk = isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1
@@ -345,11 +339,11 @@ def evaluate_population(
     # Host data stays on the host until it is placed on the mesh (no detour via device 0).
     as_array = lambda array: array if isinstance(array, jax.Array) else np.asarray(array)
     masks, features, labels, ood_features = map(as_array, (masks, features, labels, ood_features))
-    score = config.odin.score
+    score = config.ood.score
     train = tuple(map(as_array, _training_split(train, score)))
     _check_shapes(params, masks, features, labels, ood_features, config.head, train)
     population = masks.shape[0]
-    epsilon = float(config.odin.epsilon)
+    epsilon = float(config.ood.epsilon)
     if chunk_size is None:
         chunk_size = auto_chunk_size(
             num_rows=features.shape[0] + ood_features.shape[0],
@@ -370,7 +364,7 @@ def evaluate_population(
     scores = _evaluate_population(
         devices.put(params, split), devices.put(masks, split), devices.put(features, everywhere),
         devices.put(labels, everywhere), devices.put(ood_features, everywhere),
-        temperature=jnp.float32(ood_scores.score_temperature(config.odin)), epsilon=epsilon,
+        temperature=jnp.float32(ood_scores.score_temperature(config.ood)), epsilon=epsilon,
         chunk_size=chunk_size, mesh=mesh, prune=config.head.prune, score=score,
         train=devices.put(train, everywhere),
     )

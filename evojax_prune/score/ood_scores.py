@@ -1,18 +1,18 @@
 """Out-of-distribution scores of a head, by name: higher means more in-distribution.
 
-``OdinConfig.score`` names one; its AUROC (InD vs OoD) is the robustness
+``OodConfig.score`` names one; its AUROC (InD vs OoD) is the robustness
 objective. Scores of the logits (``LOGIT_SCORES``, each
 ``(logits (..., C), temperature) -> (...,) float32``):
 
   * ``odin``: ODIN's temperature-scaled maximum softmax (Liang et al. 2018,
-    arXiv 1706.02690; ``odin.odin_score``, T = ``OdinConfig.temperature``).
+    arXiv 1706.02690; ``odin.odin_score``, T = ``OodConfig.temperature``).
   * ``msp``: the maximum softmax probability (Hendrycks & Gimpel 2017,
     arXiv 1610.02136), i.e. ODIN at T = 1, in log space (``msp_score``).
   * ``maxlogit``: the largest logit (Hendrycks et al., "Scaling
     out-of-distribution detection for real-world settings", arXiv 1911.11132).
   * ``energy``: the negative free energy ``T log sum_j exp(l_j / T)`` (Liu,
     Wang, Owens & Li 2020, arXiv 2010.03759, Eq. (5): the score is -E(x; f);
-    T = ``OdinConfig.energy_temperature``, the paper's 1 by default).
+    T = ``OodConfig.energy_temperature``, the paper's 1 by default).
 
 And a score fitted on the training split (``FITTED_SCORES``):
 
@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from evojax_prune import head
-from evojax_prune.config import OdinConfig
+from evojax_prune.config import OodConfig, PruneTarget
 from evojax_prune.score import mahalanobis, odin
 
 
@@ -105,12 +105,12 @@ def needs_training_split(score: str) -> bool:
     return score in FITTED_SCORES
 
 
-def score_temperature(config: OdinConfig) -> float:
+def score_temperature(config: OodConfig) -> float:
     """The temperature the configured score uses: ODIN's, the energy's, or 1 (unused)."""
     return {"odin": config.temperature, "energy": config.energy_temperature}.get(config.score, 1.0)
 
 
-def describe(config: OdinConfig) -> str:
+def describe(config: OodConfig) -> str:
     """The configured score in words, for reports: e.g. ``"ODIN (max softmax of logits / T, T = 1000)"``."""
     return {
         "odin": f"ODIN (max softmax of logits / T, T = {config.temperature:g})",
@@ -131,7 +131,7 @@ def head_scores(
     temperature: float | jax.Array,
     epsilon: float = 0.0,
     train: tuple[jax.Array, jax.Array] | tuple[()] = (),
-    prune: str = head.FEATURES,
+    prune: PruneTarget = "features",
 ) -> tuple[jax.Array, jax.Array]:
     """One head's logits and OoD scores of ``rows``.
 

@@ -104,7 +104,7 @@ class MaskEvaluator:
     def objectives(self, masks: np.ndarray):
         """(K, L) bool -> (K, 3) objectives (a generator, as ``metrics``)."""
         values = yield from self.metrics(masks)
-        return to_objectives(dict(zip(METRIC_NAMES, values.T, strict=True)), self.config.odin.auroc)
+        return to_objectives(dict(zip(METRIC_NAMES, values.T, strict=True)), self.config.ood.auroc)
 
     def cached_metrics(self, masks: np.ndarray) -> np.ndarray:
         """``metrics`` of masks evaluated before (the population's)."""
@@ -115,7 +115,7 @@ class MaskEvaluator:
 
     def cached_objectives(self, masks: np.ndarray) -> np.ndarray:
         values = self.cached_metrics(masks)
-        return to_objectives(dict(zip(METRIC_NAMES, values.T, strict=True)), self.config.odin.auroc)
+        return to_objectives(dict(zip(METRIC_NAMES, values.T, strict=True)), self.config.ood.auroc)
 
     def _padded(self, masks: np.ndarray, at_least: int = 0) -> np.ndarray:
         """(K, D) -> (bucket, D): max(``bucket_size``, ``at_least``), up to a multiple of the devices.

@@ -274,7 +274,7 @@ def _front_masks(state, evolver, evaluator) -> np.ndarray:
 def _record(history, state, evolver, evaluator, started, generation, on_generation) -> None:
     front = _front_masks(state, evolver, evaluator)
     values = dict(zip(METRIC_NAMES, evaluator.cached_metrics(front).T, strict=True))
-    objectives = to_objectives(values, evaluator.config.odin.auroc)
+    objectives = to_objectives(values, evaluator.config.ood.auroc)
     trained_now = evaluator.trained_masks - (history[-1]["trained"] if history else 0)
     record = {
         "generation": generation,
@@ -286,7 +286,7 @@ def _record(history, state, evolver, evaluator, started, generation, on_generati
         "hypervolume": hypervolume(objectives, REFERENCE_POINT),
         "best_accuracy": float(values["accuracy"].max()),
         "smallest_mem": float(values["mem"].min()),
-        "best_auroc": float(robustness(values, evaluator.config.odin.auroc).max()),
+        "best_auroc": float(robustness(values, evaluator.config.ood.auroc).max()),
         "train_seconds": evaluator.seconds["train"],
         "score_seconds": evaluator.seconds["score"],
         "select_seconds": evaluator.seconds.get("select", 0.0),
@@ -374,7 +374,7 @@ def _final_front(features, config, seed, state, evolver, evaluator, history, sta
         baseline_test=baseline(scores["test"]),
         baseline_params=jax.tree.map(lambda leaf: np.asarray(leaf)[-1], params),
         history=history,
-        hypervolume=hypervolume(to_objectives(validation, config.odin.auroc), REFERENCE_POINT),
+        hypervolume=hypervolume(to_objectives(validation, config.ood.auroc), REFERENCE_POINT),
         evaluations=len(evaluator.cache),
         wall_time=time.perf_counter() - started,
         config=config,
