@@ -1,4 +1,4 @@
-"""R searches in lockstep (``run_search(runs=R)``) against the same R searches one after another.
+"""R searches in lockstep (``run_searches(runs=R)``) against the same R searches one after another.
 
 Both sides run the same seeds (s .. s + R - 1) in the same process, after a
 warm-up of both at one generation (so that neither pays for compiling), and
@@ -26,7 +26,7 @@ from common import environment, plan_record, save, with_engine
 from evojax_prune.config import preset
 from evojax_prune.data import embedded
 from evojax_prune.data.featureset import FeatureSet
-from evojax_prune.search.loop import run_search
+from evojax_prune.search.loop import run_search, run_searches
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "runs_lockstep_cpu.json"
 
@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
     seeds = list(range(args.seed, args.seed + args.runs))
 
     def together(cfg):
-        return run_search(features, cfg, seed=args.seed, runs=args.runs).runs
+        return run_searches(features, cfg, seed=args.seed, runs=args.runs).runs
 
     def one_after_another(cfg):
         return [run_search(features, cfg, seed=seed) for seed in seeds]

@@ -18,11 +18,11 @@ from evojax_prune.result import SearchResult
 from evojax_prune.score import mahalanobis, metrics, odin, ood_scores
 from evojax_prune.score.evaluate import PopulationMetrics, evaluate_population
 from evojax_prune.search import nsga2
+from evojax_prune.search.controls import RunControls
 from evojax_prune.search.hypervolume import hypervolume
 from evojax_prune.search.lockstep import RunsResult
-from evojax_prune.search.loop import run_search
+from evojax_prune.search.loop import run_search, run_searches
 from evojax_prune.search.nsga2 import NSGA2
-from evojax_prune.search.stopping import Stopping
 from evojax_prune.selector import FeatureSelector
 from evojax_prune.train.trainer import TrainedPopulation, train_population
 from evojax_prune.version import __version__
@@ -37,10 +37,10 @@ __all__ = [
     "OodConfig",
     "PopulationMetrics",
     "RunConfig",
+    "RunControls",
     "RunsResult",
     "SearchConfig",
     "SearchResult",
-    "Stopping",
     "TrainConfig",
     "TrainedPopulation",
     "__version__",
@@ -56,5 +56,6 @@ __all__ = [
     "ood_scores",
     "preset",
     "run_search",
+    "run_searches",
     "train_population",
 ]

@@ -414,7 +414,7 @@ class SearchConfig:
         reported on.
 
     How long a search runs (a time budget, a hypervolume patience) is not
-    here but ``search.stopping.Stopping``: it does not change what a
+    here but ``search.controls.RunControls``: it does not change what a
     generation computes, so a run may be resumed with another.
     """
 

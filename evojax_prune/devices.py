@@ -46,9 +46,6 @@ PROCESS_ID_ENV = "EVOJAX_PRUNE_PROCESS_ID"
 
 DeviceSpec = int | str | Sequence[int] | None
 
-parse_spec = canonical_devices  # the canonical form lives with the config field it checks
-
-
 def select_devices(spec: DeviceSpec = None) -> list[jax.Device]:
     """The devices a spec names (module docstring), in mesh order.
 
@@ -60,7 +57,7 @@ def select_devices(spec: DeviceSpec = None) -> list[jax.Device]:
       ValueError: the spec asks for more devices, or other positions, than
         exist; the message names what was asked and what there is.
     """
-    spec = parse_spec(spec)
+    spec = canonical_devices(spec)
     devices = jax.devices()
     if spec is None:
         return devices
@@ -87,7 +84,7 @@ def population_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 def mesh_for(spec: DeviceSpec = None) -> Mesh:
     """``population_mesh(select_devices(spec))``, cached: a jit cache key, built once per spec."""
-    return _mesh_for(parse_spec(spec), jax.device_count())
+    return _mesh_for(canonical_devices(spec), jax.device_count())
 
 
 _MESHES: dict[Any, Mesh] = {}

@@ -35,6 +35,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from evojax_prune.config import RunConfig, preset
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.result import robustness
+from evojax_prune.search.controls import RunControls
 from evojax_prune.search.loop import run_search
 
 MEMBERS = ("accuracy", "mem", "auroc")
@@ -57,7 +58,7 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
         accuracy, best first).
       max_features: most features a mask may keep (``SearchConfig.max_features``);
         None keeps the config's.
-      time_budget, hv_patience: stop the search early (``run_search``).
+      time_budget, hv_patience: stop the search early (``RunControls``).
       validation_fraction: share of ``(X, y)`` held out, stratified, to score
         the masks when ``fit`` gets no ``X_val``.
 
@@ -101,8 +102,8 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
         """
         features = self._features(X, y, ood, X_val, y_val)
         config = self._config()
-        result = run_search(features, config, seed=self.seed, time_budget=self.time_budget,
-                            hv_patience=self.hv_patience, initial_masks=initial_masks)
+        controls = RunControls(time_budget=self.time_budget, hv_patience=self.hv_patience)
+        result = run_search(features, config, seed=self.seed, controls=controls, initial_masks=initial_masks)
         self.result_ = result
         self.member_ = _member(result, self.member)
         self.support_ = np.array(result.masks[self.member_], bool)

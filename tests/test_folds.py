@@ -15,7 +15,7 @@ from evojax_prune.result import METRIC_NAMES
 from evojax_prune.run import rundir
 from evojax_prune.score import evaluate
 from evojax_prune.search import folds as folds_module
-from evojax_prune.search.loop import run_search
+from evojax_prune.search.loop import run_search, run_searches
 from evojax_prune.train import trainer
 
 CONFIG = preset("quick").replace(search={"population_size": 4, "generations": 1}, train={"max_epochs": 4})
@@ -102,8 +102,8 @@ def test_folds_that_do_not_match_are_refused(folds):
                               "class_names": other.class_names, "metadata": other.metadata})
     with pytest.raises(ValueError, match=r"fold 1 .* D = 32"):
         run_search([folds[0], narrower], CONFIG)
-    with pytest.raises(ValueError, match="runs = 2 with 2 folds"):
-        run_search(folds, CONFIG, runs=2)
+    with pytest.raises(ValueError, match="run_searches: 2 folds"):
+        run_searches(folds, CONFIG, runs=2)
 
 
 def test_cli_refuses_several_runs_of_folds_and_folds_that_do_not_match(folds, tmp_path):

@@ -51,7 +51,7 @@ def test_a_neuron_run_reports_and_refuses_explain(tmp_path, capsys):
         (["--prune", "neurons"], "argument --prune: invalid choice: 'neurons'"),
         (["--hidden-layers", "3"], "argument --hidden-layers: invalid choice: 3"),
         (["--prune", "hidden1", "--max-features", "600"],
-         "--max-features must lie in [min_active = 1, 512 (the chromosome's bits)], got 600"),
+         "--max-features 600: search.max_features = 600 exceeds the chromosome's 512 bits"),
     ],
 )
 def test_bad_head_flags_exit_2_and_write_nothing(tmp_path, capsys, arguments, message):

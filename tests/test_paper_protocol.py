@@ -9,7 +9,7 @@ from evojax_prune.config import preset
 from evojax_prune.data import embedded
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.search import lockstep, selection
-from evojax_prune.search.loop import run_search
+from evojax_prune.search.loop import run_searches
 from evojax_prune.train import trainer
 
 TRAINING_SEED = 3
@@ -27,7 +27,7 @@ def features():
 
 @pytest.fixture(scope="module")
 def two_runs(features):
-    return run_search(features, CONFIG, seed=0, runs=2)
+    return run_searches(features, CONFIG, seed=0, runs=2)
 
 
 def test_objectives_are_measured_on_the_test_split(two_runs):

@@ -1,4 +1,4 @@
-"""run_search(runs=R): R searches in lockstep, each exactly as alone, and the front merged over them."""
+"""run_searches(runs=R): R searches in lockstep, each exactly as alone, and the front merged over them."""
 
 import contextlib
 import io
@@ -14,7 +14,8 @@ from evojax_prune.cli import main as cli
 from evojax_prune.config import preset
 from evojax_prune.data import embedded
 from evojax_prune.run import rundir
-from evojax_prune.search.loop import run_search
+from evojax_prune.search.controls import RunControls
+from evojax_prune.search.loop import run_search, run_searches
 
 RUNS, SEED = 2, 5
 CONFIG = preset("quick").replace(search={"population_size": 4, "generations": 2}, train={"max_epochs": 5})
@@ -29,7 +30,7 @@ def features():
 @pytest.fixture(scope="module")
 def together(features, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "group"
-    return run_search(features, CONFIG, seed=SEED, runs=RUNS, out_dir=out), out
+    return run_searches(features, CONFIG, seed=SEED, runs=RUNS, out_dir=out), out
 
 
 def test_each_run_equals_its_seed_alone(features, together):
@@ -76,9 +77,10 @@ def test_merged_front_against_pymoo(together):
 def test_stopped_runs_resume_to_the_same_fronts(features, together, tmp_path):
     result, _ = together
     out = tmp_path / "group"
-    stopped = run_search(features, CONFIG, seed=SEED, runs=RUNS, out_dir=out, time_budget=1e-3)
+    stopped = run_searches(features, CONFIG, seed=SEED, runs=RUNS, out_dir=out,
+                           controls=RunControls(time_budget=1e-3))
     assert all(run.stopping["reason"] == "time_budget" for run in stopped.runs)
-    resumed = run_search(features, CONFIG, seed=SEED, runs=RUNS, out_dir=out, resume=True)
+    resumed = run_searches(features, CONFIG, seed=SEED, runs=RUNS, out_dir=out, resume=True)
     for got, expected in zip(resumed.runs, result.runs, strict=True):
         assert_same_result(got, expected)
     assert resumed.hypervolume == result.hypervolume
@@ -94,7 +96,7 @@ def _cli(*arguments, cwd):
 def test_bad_runs_are_refused_before_anything_is_written(tmp_path, together):
     _, out = together
     done = _cli("--runs", "0", "--out", "fresh", cwd=tmp_path)
-    assert done[0] == 2 and "--runs must be at least 1, got 0" in done[1]
+    assert done[0] == 2 and "--runs 0: runs must be an integer >= 1, got 0" in done[1]
     assert not (tmp_path / "fresh").exists()
     before = sorted(path.name for path in out.iterdir())
     done = _cli("--runs", "2", "--out", str(out), cwd=tmp_path)
@@ -115,6 +117,6 @@ def test_runs_in_lockstep_fit_the_mahalanobis_score_as_each_run_alone(features):
     """The shared scoring call gets the training split too (evaluator.train_and_score_together)."""
     config = preset("quick").replace(head={"hidden": 16}, search={"population_size": 2, "generations": 1},
                                      train={"max_epochs": 3}, ood={"score": "mahalanobis"})
-    result = run_search(features, config, seed=SEED, runs=2)
+    result = run_searches(features, config, seed=SEED, runs=2)
     for index in range(2):
         assert_same_result(result.runs[index], run_search(features, config, seed=SEED + index))

@@ -112,13 +112,15 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(digits, finished, tmp_
         import os, signal
         from evojax_prune import config
         from evojax_prune.data import embedded
+        from evojax_prune.search.controls import RunControls
         from evojax_prune.search.loop import run_search
         cfg = config.preset("quick").replace(head={{"hidden": 16}}, train={{"max_epochs": 6, "patience": 3}},
                                              search={{"population_size": 8, "generations": 3}})
         def die(record):
             if record["generation"] == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
-        run_search(embedded.digits(), cfg, seed=3, out_dir={str(out)!r}, on_generation=die)
+        run_search(embedded.digits(), cfg, seed=3, out_dir={str(out)!r},
+                   controls=RunControls(on_generation=die))
     """)
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL
@@ -186,8 +188,8 @@ def run_cli(*args, cwd):
         (["--features", "missing.npz"], "missing.npz: no such file"),
         (["--features", "garbage.npz"], "garbage.npz: not a FeatureSet"),
         (["--preset", "huge"], "invalid choice: 'huge'"),
-        (["--population", "0"], "--population must be at least 2"),
-        (["--generations", "0"], "--generations must be at least 1"),
+        (["--population", "0"], "--population 0: SearchConfig.population_size must be an integer >= 1, got 0"),
+        (["--generations", "0"], "--generations 0: SearchConfig.generations must be an integer >= 1, got 0"),
         (["--out", "afile/run"], "afile"),
         (["--resume"], "--resume needs --out"),
     ],

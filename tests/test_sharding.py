@@ -247,7 +247,7 @@ def test_two_processes_find_the_front_of_one_and_process_0_alone_writes(runs):
      ([3, 0], (3, 0))],
 )
 def test_device_specs_have_one_canonical_form(spec, canonical):
-    assert devices.parse_spec(spec) == canonical
+    assert config.canonical_devices(spec) == canonical
     assert config.EngineConfig(devices=spec).devices == canonical
 
 
@@ -257,7 +257,7 @@ def test_device_specs_have_one_canonical_form(spec, canonical):
 ])
 def test_bad_device_specs_are_refused(spec, message):
     with pytest.raises(ValueError, match=message):
-        devices.parse_spec(spec)
+        config.canonical_devices(spec)
     with pytest.raises(ValueError, match=r"EngineConfig\.devices"):
         config.EngineConfig(devices=spec)
 

@@ -19,6 +19,7 @@ from evojax_prune.cli import main as cli
 from evojax_prune.data import embedded
 from evojax_prune.run import rundir
 from evojax_prune.search import nsga2, stopping, strategy, warm_start
+from evojax_prune.search.controls import RunControls
 from evojax_prune.search.loop import run_search
 
 FLAGS = ["--population", "4", "--generations", "2", "--seed", "0", "--quiet"]
@@ -207,7 +208,7 @@ def test_more_initial_masks_than_the_population_seed_the_first_p(tmp_path):
     cfg = config.preset("quick").replace(search={"population_size": 4, "generations": 2})
     masks = np.eye(64, dtype=bool)[:6]
     with pytest.warns(RuntimeWarning, match="6 masks for a population of 4; the first 4"):
-        result = run_search(digits, cfg, seed=0, initial_masks=masks, time_budget=TINY)
+        result = run_search(digits, cfg, seed=0, initial_masks=masks, controls=RunControls(time_budget=TINY))
     assert result.stopping["reason"] == "time_budget" and result.evaluations == 4
 
 
@@ -225,15 +226,16 @@ def bad_files(directory: Path) -> None:
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--time-budget", "0"], "--time-budget must be a number of seconds > 0, got 0.0"),
-        (["--time-budget", "-5"], "--time-budget must be a number of seconds > 0, got -5.0"),
-        (["--time-budget", "nan"], "--time-budget must be a number of seconds > 0, got nan"),
+        (["--time-budget", "0"], "--time-budget 0.0: time budget must be a number of seconds > 0, got 0.0"),
+        (["--time-budget", "-5"], "--time-budget -5.0: time budget must be a number of seconds > 0, got -5.0"),
+        (["--time-budget", "nan"], "--time-budget nan: time budget must be a number of seconds > 0, got nan"),
         (["--time-budget", "soon"], "argument --time-budget: invalid float value: 'soon'"),
-        (["--hv-patience", "0"], "--hv-patience must be at least 1 (generations), got 0"),
+        (["--hv-patience", "0"], "--hv-patience 0: hv patience must be an integer >= 1 (generations), got 0"),
         (["--max-features", "0"],
-         "--max-features must lie in [min_active = 1, 64 (the chromosome's bits)], got 0"),
+         "--max-features 0: SearchConfig.max_features must be an integer >= 1, got 0"),
         (["--max-features", "65"],
-         "--max-features must lie in [min_active = 1, 64 (the chromosome's bits)], got 65"),
+         "--max-features 65: search.max_features = 65 exceeds the chromosome's 64 bits (it must lie in "
+         "[min_active = 1, 64])"),
         (["--initial-masks", "missing.npy"], "missing.npy: no such file"),
         (["--initial-masks", "narrow.npy"], "narrow.npy: masks are bool (3, 63), expected (K, 64)"),
         (["--initial-masks", "flat.npy"], "flat.npy: masks are bool (64,), expected (K, 64)"),
@@ -260,11 +262,14 @@ def test_bad_controls_from_python_are_refused_before_anything_is_written(tmp_pat
     digits = embedded.digits()
     cfg = config.preset("quick")
     for kwargs, message in (({"time_budget": 0}, "time budget must be a number of seconds > 0"),
-                            ({"hv_patience": 0}, "hv patience must be an integer >= 1"),
-                            ({"initial_masks": np.ones((2, 5))}, r"expected \(K, 64\)")):
+                            ({"hv_patience": 0}, "hv patience must be an integer >= 1")):
         with pytest.raises(ValueError, match=message):
-            run_search(digits, cfg, out_dir=tmp_path / "run", **kwargs)
-    with pytest.raises(ValueError, match="max_features = 65 exceeds the 64 features"):
+            RunControls(**kwargs)
+    with pytest.raises(TypeError, match="controls must be a RunControls, got dict"):
+        run_search(digits, cfg, out_dir=tmp_path / "run", controls={"time_budget": 1.0})
+    with pytest.raises(ValueError, match=r"expected \(K, 64\)"):
+        run_search(digits, cfg, out_dir=tmp_path / "run", initial_masks=np.ones((2, 5)))
+    with pytest.raises(ValueError, match="max_features = 65 exceeds the chromosome's 64 bits"):
         run_search(digits, cfg.replace(search={"max_features": 65}), out_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="max_features = 2 is below min_active = 3"):

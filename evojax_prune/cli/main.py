@@ -7,8 +7,8 @@ problem); 1 an internal error (set ``EVOJAX_PRUNE_DEBUG=1`` for the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import math
 import os
 import sys
 import traceback
@@ -43,28 +43,53 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stopping_and_warm_start(args: argparse.Namespace, config, length: int):
-    """Checks --time-budget, --hv-patience, --max-features and --initial-masks before any work;
-    the config with ``search.max_features`` (what is searched; the budget and patience are run
-    controls, passed to ``run_search`` apart). ``length``: the chromosome's bits (D, or the
-    neurons ``config.head.prune`` prunes)."""
-    import math
+@contextlib.contextmanager
+def _flag(name: str, value: object):
+    """A configuration error that flag ``name`` caused, in the one-line form naming the flag.
 
-    from evojax_prune.search import warm_start
+    The checks themselves are the configuration's (config.py, ``RunControls``,
+    ``strategy.check_mask_bounds``): the command only says which flag broke one.
+    """
+    try:
+        yield
+    except ValueError as error:
+        raise UsageError(f"{name} {value}: {error}") from None
 
-    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
-        raise UsageError(f"--time-budget must be a number of seconds > 0, got {args.time_budget}")
-    if args.hv_patience is not None and args.hv_patience < 1:
-        raise UsageError(f"--hv-patience must be at least 1 (generations), got {args.hv_patience}")
-    if args.max_features is not None:
-        low = config.search.min_active
-        if not low <= args.max_features <= length:
-            raise UsageError(f"--max-features must lie in [min_active = {low}, {length} (the chromosome's "
-                             f"bits)], got {args.max_features}")
-        config = config.replace(search={"max_features": args.max_features}, preset=config.preset)
-    if args.initial_masks is not None:
-        warm_start.read_initial_masks(args.initial_masks, length)  # InitialMasksError: exit 2
-    return config
+
+# Flags that set one configuration field each: (flag, attribute of args, section, field).
+CONFIG_FLAGS = (
+    ("--population", "population", "search", "population_size"),
+    ("--generations", "generations", "search", "generations"),
+    ("--selection", "selection", "search", "selection"),
+    ("--max-features", "max_features", "search", "max_features"),
+    ("--hidden-layers", "hidden_layers", "head", "hidden_layers"),
+    ("--prune", "prune", "head", "prune"),
+)
+
+
+def _configured(args: argparse.Namespace, config):
+    """``config`` with the fields the flags set, each flag's error naming it."""
+    for flag, attribute, section, field in CONFIG_FLAGS:
+        value = getattr(args, attribute)
+        if value is not None:
+            with _flag(flag, value):
+                config = config.replace(**{section: {field: value}}, preset=config.preset)
+    with _flag("--devices", args.devices):
+        config = config.replace(engine={"devices": args.devices}, preset=config.preset)
+    ood = _ood_settings(args, config.ood.score)
+    with _flag("--ood-temperature" if args.ood_temperature is not None else "--ood-score",
+               args.ood_temperature if args.ood_temperature is not None else ood["score"]):
+        return config.replace(ood=ood, preset=config.preset)
+
+
+def _run_controls(args: argparse.Namespace, on_generation):
+    from evojax_prune.search.controls import RunControls
+
+    with _flag("--time-budget", args.time_budget):
+        RunControls(time_budget=args.time_budget)
+    with _flag("--hv-patience", args.hv_patience):
+        return RunControls(time_budget=args.time_budget, hv_patience=args.hv_patience,
+                           on_generation=on_generation)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -74,55 +99,42 @@ def _run(args: argparse.Namespace) -> int:
     from evojax_prune.config import preset
     from evojax_prune.data import embedded
     from evojax_prune.data.featureset import FeatureSet
+    from evojax_prune.search import loop, strategy, warm_start
 
     # Everything is checked before anything is computed or written.
-    if args.population is not None and args.population < 2:
-        raise UsageError(f"--population must be at least 2, got {args.population}")
-    if args.generations is not None and args.generations < 1:
-        raise UsageError(f"--generations must be at least 1, got {args.generations}")
     if args.resume and not args.out:
         raise UsageError("--resume needs --out DIR, the run directory to continue")
-    if args.runs < 1:
-        raise UsageError(f"--runs must be at least 1, got {args.runs}")
-    from evojax_prune.config import canonical_devices
-
-    devices_spec = canonical_devices(args.devices) if args.devices is not None else None
+    with _flag("--runs", args.runs):
+        loop.check_runs(args.runs)
+    _run_controls(args, None)
+    # The embedded digits are a CPU demo: they default to the quick preset.
+    preset_name = args.preset or ("default" if args.features else "quick")
+    config = _configured(args, preset(preset_name))
 
     from evojax_prune import devices
 
     # Before any other JAX call: several processes (flags, EVOJAX_PRUNE_* or a cluster launcher).
     devices.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                    detect=args.distributed)
-    devices.select_devices(devices_spec)  # asked for devices that are not there: exit 2 before any work
+    devices.select_devices(config.engine.devices)  # devices that are not there: exit 2 before any work
     main_process = devices.is_main_process()
     folds = [FeatureSet.load(path) for path in args.features] if args.features else [embedded.digits()]
     if len(folds) > 1 and args.runs > 1:
         raise UsageError(f"--runs {args.runs} with {len(folds)} folds (--features): run the folds' search "
                          "once per seed")
     features = folds[0]  # the folds agree on D and C (run_search checks)
-    # The embedded digits are a CPU demo: they default to the quick preset.
-    preset_name = args.preset or ("default" if args.features else "quick")
-    config = preset(preset_name)
-    search = {}
-    if args.population is not None:
-        search["population_size"] = args.population
-    if args.generations is not None:
-        search["generations"] = args.generations
-    if args.selection is not None:
-        search["selection"] = args.selection
-    head = {name: value for name, value in (("hidden_layers", args.hidden_layers), ("prune", args.prune))
-            if value is not None}
-    config = config.replace(head=head, search=search, engine={"devices": devices_spec}, preset=config.preset)
-    config = config.replace(ood=_ood_settings(args, config.ood.score), preset=config.preset)
+    length = config.head.chromosome_length(features.num_features)  # D, or the neurons pruned
+    with _flag("--max-features", args.max_features):
+        strategy.check_mask_bounds(config.search, length)
+    if args.initial_masks is not None:  # InitialMasksError: exit 2
+        warm_start.read_initial_masks(args.initial_masks, length)
     out = Path(args.out) if args.out else Path("runs") / (
         f"{features.name}-{preset_name}-seed{args.seed}-{datetime.now():%Y%m%d-%H%M%S}"
     )
-    config = _stopping_and_warm_start(args, config, config.head.chromosome_length(features.num_features))
 
     from rich.console import Console
 
     from evojax_prune.cli.progress import SearchProgress, front_table, runs_table
-    from evojax_prune.search.loop import run_search
 
     console = Console(stderr=True, quiet=args.quiet or not main_process)  # one voice: process 0
     console.print(
@@ -141,12 +153,12 @@ def _run(args: argparse.Namespace) -> int:
         console.print(f"note: {features.name} was extracted with the {protocol!r} protocol; the authors' OoD "
                       "images and resizing are `evojax-prune extract --protocol paper`", highlight=False)
     with SearchProgress(config.search.generations, console, runs=args.runs) as progress:
-        result = run_search(
-            folds if len(folds) > 1 else features, config, seed=args.seed, out_dir=out, resume=args.resume,
-            overwrite=args.overwrite,
-            on_generation=progress.update, time_budget=args.time_budget, hv_patience=args.hv_patience,
-            initial_masks=args.initial_masks, runs=args.runs,
-        )
+        options = dict(seed=args.seed, out_dir=out, resume=args.resume, overwrite=args.overwrite,
+                       controls=_run_controls(args, progress.update), initial_masks=args.initial_masks)
+        if args.runs > 1:
+            result = loop.run_searches(features, config, runs=args.runs, **options)
+        else:
+            result = loop.run_search(folds if len(folds) > 1 else features, config, **options)
     if args.runs > 1:
         console.print(runs_table(result))
         console.print(f"{result}\nresults in {out} (run-0 .. run-{args.runs - 1}, runs.json, "
@@ -175,8 +187,6 @@ def _ood_settings(args: argparse.Namespace, preset_score: str) -> dict:
     score = args.ood_score or preset_score
     fields = {"score": score}
     if args.ood_temperature is not None:
-        if not math.isfinite(args.ood_temperature) or args.ood_temperature <= 0:
-            raise UsageError(f"--ood-temperature must be a number > 0, got {args.ood_temperature:g}")
         if score not in OOD_TEMPERATURE_FIELDS:
             raise UsageError(f"--ood-temperature: the {score!r} score has no temperature (only "
                              f"{' and '.join(OOD_TEMPERATURE_FIELDS)} have one)")

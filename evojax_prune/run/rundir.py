@@ -139,7 +139,7 @@ def prepare(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
     return path
 
 
-GROUP_FILES = ("runs.json", "merged_pareto.csv")  # beside run-0 .. run-{R-1} (``run_search(runs=R)``)
+GROUP_FILES = ("runs.json", "merged_pareto.csv")  # beside run-0 .. run-{R-1} (``run_searches(runs=R)``)
 
 
 def group_members(path: str | Path, runs: int) -> list[Path]:

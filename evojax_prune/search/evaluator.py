@@ -54,7 +54,7 @@ class MaskEvaluator:
     count and every device gets as many heads.
 
     The data is placed on every device of the mesh once (``device_data``;
-    the runs of ``run_search(runs=R)`` share it). On several hosts every
+    the runs of ``run_searches(runs=R)`` share it). On several hosts every
     process holds the same evaluator: the metrics come back to every process,
     so the caches stay equal.
 

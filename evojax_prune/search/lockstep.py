@@ -29,6 +29,7 @@ from evojax_prune import devices
 from evojax_prune.result import REFERENCE_POINT, SearchResult
 from evojax_prune.run import rundir
 from evojax_prune.search import nsga2
+from evojax_prune.search.controls import RunControls
 from evojax_prune.search.evaluation_cache import pack_masks
 from evojax_prune.search.evaluator import device_data, train_and_score_together
 from evojax_prune.search.hypervolume import hypervolume
@@ -61,7 +62,7 @@ def drive(searches: list[Generator], train_and_score: Callable[[list], list]) ->
 
 @dataclasses.dataclass(frozen=True)
 class RunsResult:
-    """What ``run_search(runs=R)`` found: each run's result and the front merged over them.
+    """What ``run_searches(runs=R)`` found: each run's result and the front merged over them.
 
     Attributes:
       runs: R SearchResults, run r with seed ``seed + r``.
@@ -131,9 +132,9 @@ def merge(results: list[SearchResult]) -> RunsResult:
 
 
 def run_together(search: Callable[..., Generator], features, config, *, seed: int, runs: int,
-                 out_dir: str | Path | None, resume: bool, overwrite: bool, on_generation, **options
-                 ) -> RunsResult:
-    """``run_search(runs=R)``: R searches of ``search`` (``loop._search``) driven in lockstep.
+                 out_dir: str | Path | None, resume: bool, overwrite: bool, controls: RunControls,
+                 **options) -> RunsResult:
+    """``run_searches``: R searches of ``search`` (``loop._search``) driven in lockstep.
 
     The group's run directories are all checked (``rundir.prepare_group``)
     before any run starts, so that a bad one leaves nothing half-written.
@@ -148,8 +149,7 @@ def run_together(search: Callable[..., Generator], features, config, *, seed: in
     data = device_data(features, devices.mesh_for(config.engine.devices))
     searches = [
         search(features, config, seed=seed + index, out_dir=paths[index], resume=resume, overwrite=False,
-               on_generation=None if on_generation is None else _tagged(on_generation, index), data=data,
-               **options)
+               controls=_tagged(controls, index), data=data, **options)
         for index in range(runs)
     ]
     result = merge(drive(searches, train_and_score_together))
@@ -158,5 +158,9 @@ def run_together(search: Callable[..., Generator], features, config, *, seed: in
     return result
 
 
-def _tagged(on_generation: Callable[[dict[str, Any]], None], run: int) -> Callable[[dict[str, Any]], None]:
-    return lambda record: on_generation({**record, "run": run})
+def _tagged(controls: RunControls, run: int) -> RunControls:
+    """``controls`` whose callback sees each record with its ``run``."""
+    if controls.on_generation is None:
+        return controls
+    on_generation = controls.on_generation
+    return dataclasses.replace(controls, on_generation=lambda record: on_generation({**record, "run": run}))

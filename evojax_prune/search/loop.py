@@ -26,7 +26,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,12 @@ from evojax_prune.result import METRIC_NAMES, REFERENCE_POINT, SearchResult, rob
 from evojax_prune.result import objectives as to_objectives
 from evojax_prune.run import rundir
 from evojax_prune.search import folds, lockstep, selection, stopping, strategy, warm_start
+from evojax_prune.search.controls import RunControls
 from evojax_prune.search.evaluation_cache import MaskCache
 from evojax_prune.search.evaluator import MaskEvaluator
 from evojax_prune.search.hypervolume import hypervolume
 
-__all__ = ["REFERENCE_POINT", "SearchResult", "run_search"]
+__all__ = ["RunControls", "check_runs", "run_search", "run_searches"]
 
 def run_search(
     features: FeatureSet | Sequence[FeatureSet],
@@ -55,14 +56,11 @@ def run_search(
     out_dir: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    on_generation: Callable[[dict[str, Any]], None] | None = None,
+    controls: RunControls | None = None,
     algorithm: Any = None,
-    time_budget: float | None = None,
-    hv_patience: int | None = None,
     initial_masks: Any = None,
-    runs: int = 1,
-) -> SearchResult | lockstep.RunsResult:
-    """Runs MO-EvoPruneDeepTL on a FeatureSet.
+) -> SearchResult:
+    """Runs MO-EvoPruneDeepTL on a FeatureSet: one search, one front.
 
     Args:
       features: the data (train / validation / test and OoD features), or a
@@ -79,21 +77,17 @@ def run_search(
         process, so it must be on a file system they share.
       resume: continue the run in ``out_dir`` from its last checkpoint.
       overwrite: replace an earlier run in ``out_dir``.
-      on_generation: called with each generation's history record (progress).
+      controls: a time budget, a hypervolume patience and a per-generation
+        callback (``RunControls``); not configuration, so a run may be resumed
+        under others. A run stopped early is checkpointed and its front written
+        as a finished run's, and ``resume=True`` with a larger budget or none
+        continues it to ``config.search.generations``.
       algorithm: ``None`` runs NSGA-II on the three objectives (the method).
         An evosax population-based algorithm (e.g.
         ``evosax.algorithms.SimpleGA(population_size, solution=jnp.zeros(D))``)
         runs a single-objective search on the validation error instead, as
         EvoPruneDeepTL did, its genomes thresholded at 0.5 into masks; the
         reported front is then the lowest-error members.
-      time_budget: seconds; stop after the first generation that ends past it
-        (``stopping.Stopping``; a resumed run counts its earlier time). The
-        run is checkpointed and its front written as a finished run's, and
-        ``resume=True`` with a larger budget or none continues it to
-        ``config.search.generations``.
-      hv_patience: stop once the front's hypervolume has not improved for
-        this many generations. Budget and patience are run controls, not
-        configuration: a run may be resumed with others.
       initial_masks: a warm start (``warm_start``): (K, D) bool / 0-1 masks,
         or the path of a ``.npy`` of them, of an earlier run's ``pareto.npz``
         or of its run directory; they take the first K places of the initial
@@ -101,43 +95,88 @@ def run_search(
         ignored on resume (the checkpoint holds the population) unless they
         differ from those the run started with, which is refused.
 
-      runs: R independent searches, seeds ``seed`` .. ``seed + R - 1``, in
-        lockstep: every generation's new masks of all runs train in one
-        ``train_population`` call and are scored in one call
-        (``lockstep.py``), each run exactly as it would alone. ``out_dir``
-        then holds a run directory per run, ``run-0`` .. ``run-{R-1}``, and
-        the merged front (``runs.json``, ``merged_pareto.csv``);
+    Returns:
+      SearchResult; its ``stopping`` says why the search stopped and after
+      which generation. Several seeds at once: ``run_searches``.
+    """
+    features = _search_features(features, config)
+    controls = _checked_controls(controls)
+    search = _search(features, config, seed=seed, out_dir=out_dir, resume=resume, overwrite=overwrite,
+                     controls=controls, algorithm=algorithm, initial_masks=initial_masks)
+    return lockstep.drive([search], _train_and_score_alone)[0]
+
+
+def run_searches(
+    features: FeatureSet,
+    config: RunConfig,
+    *,
+    runs: int,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    controls: RunControls | None = None,
+    algorithm: Any = None,
+    initial_masks: Any = None,
+) -> lockstep.RunsResult:
+    """R independent searches in lockstep, and the front merged over them.
+
+    Seeds ``seed`` .. ``seed + runs - 1``: every generation's new masks of all
+    runs train in one ``train_population`` call and are scored in one call
+    (``lockstep.py``), each run exactly as ``run_search`` would run it alone.
+
+    Args:
+      features, config, algorithm, initial_masks: as ``run_search`` (one
+        FeatureSet: a fold-averaged search runs its seeds one after another).
+      runs: R >= 1.
+      out_dir: a group directory: a run directory per run, ``run-0`` ..
+        ``run-{R-1}``, and the merged front (``runs.json``, ``merged_pareto.csv``);
+        every run directory is checked before any run starts.
+      resume, overwrite: as ``run_search``, for every run of the group.
+      controls: as ``run_search``, applied to each run on its own;
         ``on_generation`` gets every run's records, each with its ``run``.
 
     Returns:
-      SearchResult; its ``stopping`` says why the search stopped and after
-      which generation. With ``runs`` > 1 a ``lockstep.RunsResult``: each
-      run's SearchResult and their merged front.
+      ``RunsResult``: each run's SearchResult and their merged front.
     """
+    check_runs(runs)
+    if isinstance(features, (list, tuple)) and len(features) > 1:
+        raise ValueError(f"run_searches: {len(features)} folds; several runs of a fold-averaged search run "
+                         "one after another (one run_search call each)")
+    features = _search_features(features, config)
+    controls = _checked_controls(controls)
+    return lockstep.run_together(_search, features, config, seed=seed, runs=runs, out_dir=out_dir,
+                                 resume=resume, overwrite=overwrite, controls=controls, algorithm=algorithm,
+                                 initial_masks=initial_masks)
+
+
+def check_runs(runs: int) -> None:
+    """Refuses a number of runs that is not an integer >= 1."""
+    if not (isinstance(runs, int) and not isinstance(runs, bool) and runs >= 1):
+        raise ValueError(f"runs must be an integer >= 1, got {runs!r}")
+
+
+def _search_features(features, config: RunConfig):
+    """The search's view of ``features`` (one FeatureSet, or a list of folds), checked."""
     if isinstance(features, (list, tuple)):
         features = folds.check_folds(features)
         if len(features) == 1:
             features = features[0]
-        elif runs > 1:
-            raise ValueError(f"run_search: runs = {runs} with {len(features)} folds; several runs of a "
-                             "fold-averaged search run one after another (one run_search call each)")
     if not isinstance(features, (FeatureSet, list)):
         raise TypeError(f"features must be a FeatureSet or a list of them, got {type(features).__name__}")
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
-    if not (isinstance(runs, int) and not isinstance(runs, bool) and runs >= 1):
-        raise ValueError(f"runs must be an integer >= 1, got {runs!r}")
     if isinstance(features, list):
-        features = [selection.search_view(fold, config.search) for fold in features]
-    else:
-        features = selection.search_view(features, config.search)
-    options = dict(resume=resume, overwrite=overwrite, algorithm=algorithm, time_budget=time_budget,
-                   hv_patience=hv_patience, initial_masks=initial_masks)
-    if runs == 1:
-        search = _search(features, config, seed=seed, out_dir=out_dir, on_generation=on_generation, **options)
-        return lockstep.drive([search], _train_and_score_alone)[0]
-    return lockstep.run_together(_search, features, config, seed=seed, runs=runs, out_dir=out_dir,
-                                 on_generation=on_generation, **options)
+        return [selection.search_view(fold, config.search) for fold in features]
+    return selection.search_view(features, config.search)
+
+
+def _checked_controls(controls: RunControls | None) -> RunControls:
+    if controls is None:
+        return RunControls()
+    if not isinstance(controls, RunControls):
+        raise TypeError(f"controls must be a RunControls, got {type(controls).__name__}")
+    return controls
 
 
 def _train_and_score_alone(requests: list[tuple[MaskEvaluator, np.ndarray]]) -> list[np.ndarray]:
@@ -145,7 +184,7 @@ def _train_and_score_alone(requests: list[tuple[MaskEvaluator, np.ndarray]]) -> 
 
 
 def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resume: bool, overwrite: bool,
-            on_generation, algorithm, time_budget, hv_patience, initial_masks, data=None):
+            controls: RunControls, algorithm, initial_masks, data=None):
     """``run_search`` for one run, as a generator: it yields ``(evaluator, masks)`` whenever masks need
     training and takes their metric rows back (``MaskEvaluator.metrics``); it returns the SearchResult.
     ``data``: ``device_data`` shared with other runs."""
@@ -153,13 +192,10 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
     search = config.search
     first = features[0] if isinstance(features, list) else features  # folds agree on D and C
     length = config.head.chromosome_length(first.num_features)  # D, or neurons (HeadConfig.prune)
-    if search.min_active > length:
-        raise ValueError(f"search.min_active = {search.min_active} exceeds the chromosome's {length} bits "
-                         f"(HeadConfig.prune {config.head.prune!r})")
     evolver = strategy.build(search, length, algorithm)
     # Process 0 writes; the others only read, and only to resume.
     main = devices.is_main_process()
-    controls = stopping.Stopping(time_budget, hv_patience)  # checked before anything is written
+    on_generation, rules = controls.on_generation, controls.stopping
     seeds, seeds_record = _initial_masks(initial_masks, evolver.num_dims, evolver.population_size)
     run_path = None
     if out_dir is not None and (main or resume):
@@ -185,12 +221,12 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
 
     if resume:
         state, history, elapsed = _restore(run_path, settings, evolver, evaluator, init_key)
-        _resume_controls(run_path, write_path, controls, seeds_record)
+        _resume_controls(run_path, write_path, rules, seeds_record)
         started -= elapsed
     else:
         if write_path is not None:
             rundir.write_config(write_path, {**settings, "training_plan": evaluator.training_plan(),
-                                             "stopping": controls.to_dict(), "initial_masks": seeds_record})
+                                             "stopping": rules.to_dict(), "initial_masks": seeds_record})
         population = evolver.initial_population(init_key, seeds)
         if evaluator.keep_heads:  # the baseline trains with the initial population
             evaluator.baseline = np.ones(length, bool)
@@ -204,7 +240,7 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
     stopped = None
     for generation in range(len(history), search.generations + 1):
         # After the last generation's record and checkpoint: a stopped run is a resumable one.
-        stopped = controls.reason(history, time.perf_counter() - started)
+        stopped = rules.reason(history, time.perf_counter() - started)
         if stopped is not None:
             break
         ask_key, tell_key = jax.random.split(jax.random.fold_in(evolve_key, generation))
@@ -221,7 +257,7 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
         # A resumed run that ran no generation (stopped at once, or already finished) still holds
         # the history line a kill may have left past its checkpoint.
         rundir.write_history(write_path, history)
-    ended = stopping.summary(stopped, controls, history, search.generations, time.perf_counter() - started)
+    ended = stopping.summary(stopped, rules, history, search.generations, time.perf_counter() - started)
     result = _final_front(features, config, seed, state, evolver, evaluator, history, started)
     result = dataclasses.replace(result, stopping=ended,
                                  folds=len(features) if isinstance(features, list) else 1)

@@ -107,11 +107,22 @@ class SingleObjective:
         return objectives[:, 0] == objectives[:, 0].min()
 
 
+def check_mask_bounds(search: SearchConfig, length: int) -> None:
+    """Refuses ``min_active`` / ``max_features`` that a chromosome of ``length`` bits cannot meet.
+
+    (``SearchConfig`` checks the two against each other; only the chromosome knows its length:
+    the features D, or the neurons ``HeadConfig.prune`` prunes.)
+    """
+    if search.min_active > length:
+        raise ValueError(f"search.min_active = {search.min_active} exceeds the chromosome's {length} bits")
+    if search.max_features is not None and search.max_features > length:
+        raise ValueError(f"search.max_features = {search.max_features} exceeds the chromosome's {length} "
+                         f"bits (it must lie in [min_active = {search.min_active}, {length}])")
+
+
 def build(search: SearchConfig, num_features: int, algorithm: Any = None):
     """The strategy a run uses: NSGA-II from the config, or the evosax ``algorithm`` given."""
-    if search.max_features is not None and search.max_features > num_features:
-        raise ValueError(f"search.max_features = {search.max_features} exceeds the {num_features} features "
-                         f"(it must lie in [min_active = {search.min_active}, {num_features}])")
+    check_mask_bounds(search, num_features)
     if algorithm is None:
         return MultiObjective(search, num_features)
     if search.max_features is not None:
