@@ -154,7 +154,7 @@ def split_images(dataset, metadata: dict[str, Any], split: str, num_classes: int
     Raises:
       ValueError: unknown split, or images that no longer match the run's.
     """
-    from evojax_prune.data import images
+    from evojax_prune.data import splits
 
     role = SPLIT_ROLES.get(split)
     if role is None:
@@ -165,7 +165,7 @@ def split_images(dataset, metadata: dict[str, Any], split: str, num_classes: int
             "not the images the run was trained on"
         )
     recorded = metadata.get("splits") or {}
-    plan = images.make_splits(
+    plan = splits.make_splits(
         dataset,
         val_fraction=float((recorded.get("val") or {}).get("fraction", 0.2)),
         test_fraction=float((recorded.get("test") or {}).get("fraction_of_train", 0.2)),

@@ -2,7 +2,7 @@
 
 One in-distribution data set (a TFDS name or an image folder) gives the train,
 validation and test features; other data sets give the OoD validation and test
-features by the authors' protocol (:func:`evojax_prune.data.images.ood_selection`).
+features by the authors' protocol (:func:`evojax_prune.data.ood_selection.ood_selection`).
 
 How the images are chosen and resized is a protocol (:data:`PROTOCOLS`): ``default``
 draws the OoD images at random (seeded) and resizes bilinearly; ``paper`` is the
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from evojax_prune.data import backbone, images
+from evojax_prune.data import backbone, images, ood_selection, splits
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.io.atomic import write_atomically
 
@@ -164,7 +164,7 @@ def extract_featureset(
       protocol: ``"default"`` or ``"paper"`` (:data:`PROTOCOLS`): the defaults of
         ``ood_order`` and ``resize``.
       ood_order: ``"random"`` (seeded) or ``"folder"`` (the authors' first images per
-        class, :func:`images.ood_selection_folder`); default: the protocol's.
+        class, :func:`ood_selection.ood_selection_folder`); default: the protocol's.
       resize: ``"bilinear"`` or ``"nearest"`` (Keras' default, the authors'), for the
         in-distribution and the OoD images alike; default: the protocol's.
       val_fraction, test_fraction: stratified shares of train held out for
@@ -182,7 +182,7 @@ def extract_featureset(
     Returns:
       A FeatureSet: x_* (n, 2048) float32, y_* int32, ood_val and ood_test with as many
       images each as x_test (in folder order: the authors' counts, which can differ,
-      see :func:`images.ood_selection_folder`), and metadata saying how it was made.
+      see :func:`ood_selection.ood_selection_folder`), and metadata saying how it was made.
 
     Raises:
       ValueError / FileNotFoundError: bad arguments, data or weights (the message names them).
@@ -204,8 +204,10 @@ def extract_featureset(
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     order = PROTOCOLS[protocol]["ood_order"] if ood_order is None else ood_order
-    if order not in images.OOD_ORDERS:
-        raise ValueError(f"unknown OoD order {order!r}; expected one of {', '.join(images.OOD_ORDERS)}")
+    if order not in ood_selection.OOD_ORDERS:
+        raise ValueError(
+            f"unknown OoD order {order!r}; expected one of {', '.join(ood_selection.OOD_ORDERS)}"
+        )
     resize = images.check_resize(PROTOCOLS[protocol]["resize"] if resize is None else resize)
     weights_key = backbone.weights_id(weights)  # a missing weights file fails here, before any work
 
@@ -218,8 +220,8 @@ def extract_featureset(
     if repeated:
         raise ValueError(f"OoD data set(s) given more than once: {repeated}")
     size, size_from = _image_size(dataset, image_size, protocol)
-    plan = images.make_splits(dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    selection = images.ood_selection(len(plan.test[1]), ood_datasets, seed=seed, order=order)
+    plan = splits.make_splits(dataset, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    selection = ood_selection.ood_selection(len(plan.test[1]), ood_datasets, seed=seed, order=order)
     for note in selection.metadata.get("short", []):
         say(f"OoD class short of images: {note}")
     overrides = [name for name, value in (("ood_order", order), ("resize", resize))
@@ -383,7 +385,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     add("--protocol", choices=tuple(PROTOCOLS), default="default",
         help="default: random (seeded) OoD choice, bilinear resize; paper: the authors' choices, "
              "--ood-order folder --resize nearest and their image size (default: default)")
-    add("--ood-order", choices=images.OOD_ORDERS, default=None,
+    add("--ood-order", choices=ood_selection.OOD_ORDERS, default=None,
         help="which OoD images: random (seeded draw per class) or folder (the authors': the first of each "
              "class of each --ood data set's train split, classes and files by sorted name; the next ones "
              "for OoD validation); default: the protocol's")

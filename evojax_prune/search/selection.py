@@ -19,7 +19,7 @@ from evojax_prune.data.featureset import FeatureSet
 
 def validation_is_its_own_split(features: FeatureSet) -> bool:
     """The FeatureSet's validation split came from the data set's own ``validation`` split
-    (``images.make_splits``' metadata), not held out of train."""
+    (``splits.make_splits``' metadata), not held out of train."""
     splits = features.metadata.get("splits")
     val = splits.get("val") if isinstance(splits, dict) else None
     return isinstance(val, dict) and val.get("from") == "validation"
