@@ -76,7 +76,7 @@ from evojax_prune.io import atomic
 from evojax_prune.score import evaluate
 from evojax_prune.search.evaluator import MaskEvaluator
 from evojax_prune.search.strategy import MultiObjective
-from evojax_prune.train import plan, trainer
+from evojax_prune.train import memory, trainer
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "generation_profile_cpu.json"
 AUTHORS_RPS_SECONDS = 19_851.0
@@ -152,9 +152,9 @@ def largest_population(features) -> dict:
     """What bounds the population: one training chunk, one scoring chunk and every head's parameters.
 
     Training and scoring are chunked, so their temporaries are one chunk's
-    (``plan.bytes_per_head`` per head of a training chunk, as many heads as
+    (``memory.training_bytes`` per head of a training chunk, as many heads as
     the plan of a population too large for one chunk holds,
-    ``evaluate.bytes_per_head`` per head of a scoring chunk); what grows with P
+    ``memory.scoring_bytes`` per head of a scoring chunk); what grows with P
     is every head's trained parameters (D*H + H*C + C floats). The model's
     largest P is (limit - data - training chunk - scoring chunk) / parameters
     per head. An accelerator reports its limit (``memory_stats``); on a CPU
@@ -165,14 +165,14 @@ def largest_population(features) -> dict:
     """
     config = with_engine(cfg.preset("default"))
     hidden, classes = config.head.hidden, features.num_classes
-    per_head = plan.bytes_per_head(features.num_features, classes, hidden, config.train)
+    per_head = memory.training_bytes(features.num_features, classes, hidden, config.train)
     params_per_head = head.param_bytes(features.num_features, classes, hidden)
     chunk = trainer.training_plan(config, 1 << 20, features.num_features, classes).chunk_size
     rows = len(features.y_val) + len(features.ood_val)  # what each generation scores
     perturb = config.ood.epsilon > 0
     shapes = (rows, features.num_features, hidden, classes, perturb)
     scoring_chunk = evaluate.auto_chunk_size(*shapes, config.engine.memory_budget_mb)
-    scoring_bytes = scoring_chunk * evaluate.bytes_per_head(*shapes)
+    scoring_bytes = scoring_chunk * memory.scoring_bytes(*shapes)
     limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
     source = "device memory limit"
     if limit is None and jax.devices()[0].platform == "cpu":

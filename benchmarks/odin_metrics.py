@@ -44,6 +44,7 @@ from common import environment, save, with_engine
 from evojax_prune import config as cfg
 from evojax_prune import head
 from evojax_prune.score import evaluate, metrics, odin
+from evojax_prune.score.ood_scores import OodSpec
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "odin_metrics_cpu.json"
 TEMPERATURE = 1000.0
@@ -191,9 +192,9 @@ def bench_evaluate(population: int, num_ind: int, num_ood: int, num_classes: int
     median = statistics.median(times)
     peak_rss_gb = _rss_gb("VmHWM") if peak_was_reset else resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss / 2**20
-    compiled = evaluate._evaluate_population.lower(
-        params, masks, features, labels, ood_features, temperature=jax.numpy.float32(TEMPERATURE),
-        epsilon=0.0, chunk_size=min(used_chunk, population),
+    compiled = evaluate.evaluate_sharded.lower(
+        params, masks, features, labels, ood_features, OodSpec(temperature=jax.numpy.float32(TEMPERATURE)),
+        chunk_size=min(used_chunk, population),
     ).compile()
     memory = compiled.memory_analysis()
     xla_temp_gb = None if memory is None else memory.temp_size_in_bytes / 2**30

@@ -80,7 +80,8 @@ def test_the_embedded_run_trains_and_scores_with_every_ood_score(tmp_path, score
     "arguments, message",
     [
         (["--ood-score", "gram"], "argument --ood-score: invalid choice: 'gram'"),
-        (["--ood-temperature", "0"], "--ood-temperature 0.0: OodConfig.temperature must be a number > 0, got 0.0"),
+        (["--ood-temperature", "0"],
+         "--ood-temperature 0.0: OodConfig.temperature must be a number > 0, got 0.0"),
         (["--ood-temperature", "nan"], "--ood-temperature nan: OodConfig.temperature must be a number > 0"),
         (["--ood-score", "msp", "--ood-temperature", "2"], "the 'msp' score has no temperature"),
     ],

@@ -12,6 +12,7 @@ from evojax_prune.config import preset
 from evojax_prune.data import embedded
 from evojax_prune.result import SearchResult
 from evojax_prune.score import evaluate, metrics, odin
+from evojax_prune.score.ood_scores import OodSpec
 
 # Three members' predicted classes for five samples (C = 3).
 PREDICTIONS = np.array([
@@ -219,7 +220,8 @@ def test_member_outputs_are_each_heads_logits_and_odin_scores(epsilon):
     )
     masks = jnp.asarray(rng.random((num_members, num_features)) < 0.7)
     x, ood, reference = (jnp.asarray(rng.random((n, num_features)), jnp.float32) for n in (9, 7, 5))
-    outputs = ensemble.member_outputs(params, masks, x, ood, reference, temperature=100.0, epsilon=epsilon)
+    outputs = ensemble.member_outputs(params, masks, x, ood, reference,
+                                     OodSpec(temperature=100.0, epsilon=epsilon))
     assert outputs.logits.shape == (3, 9, 4) and outputs.ind_scores.shape == (3, 9)
     assert outputs.ood_scores.shape == (3, 7) and outputs.reference_scores.shape == (3, 5)
 

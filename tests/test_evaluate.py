@@ -7,6 +7,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from evojax_prune import config as cfg
 from evojax_prune import head
 from evojax_prune.score import evaluate, metrics, odin
+from evojax_prune.train import memory
 
 POPULATION, FEATURES, HIDDEN, CLASSES, NUM_IND, NUM_OOD = 5, 16, 8, 3, 50, 40
 FIELDS = ("accuracy", "mem", "auroc", "auroc_paper", "fpr95", "aupr_in", "aupr_out")
@@ -92,7 +93,7 @@ def test_chunking_does_not_change_results(problem, chunk_size):
 
 
 def test_automatic_chunk_follows_the_memory_budget(problem):
-    per_head = evaluate.bytes_per_head(NUM_IND + NUM_OOD, FEATURES, HIDDEN, CLASSES, perturb=False)
+    per_head = memory.scoring_bytes(NUM_IND + NUM_OOD, FEATURES, HIDDEN, CLASSES, perturb=False)
     assert evaluate.auto_chunk_size(90, 16, 8, 3, perturb=False, memory_budget_mb=per_head * 2.5 / 2**20) == 2
     assert evaluate.auto_chunk_size(744, 2048, 512, 3, perturb=True, memory_budget_mb=1e-3) == 1
     # RPS shapes, the default 2 GB budget: roughly 2 GB / 14 MB heads per chunk.

@@ -19,6 +19,7 @@ from sklearn.metrics import roc_auc_score
 from evojax_prune import config as cfg
 from evojax_prune import head
 from evojax_prune.score import evaluate, mahalanobis, ood_scores
+from evojax_prune.train import memory
 
 POPULATION, FEATURES, HIDDEN, CLASSES = 4, 12, 6, 3
 NUM_IND, NUM_OOD, NUM_TRAIN = 60, 50, 90
@@ -220,8 +221,8 @@ def test_mahalanobis_chunked_equals_whole_and_the_memory_model_counts_the_traini
                                            chunk_size=3, train=train)
     np.testing.assert_allclose(chunked.auroc, whole.auroc, atol=1e-6)
     shapes = (744, 2048, 512, 3)
-    plain = evaluate.bytes_per_head(*shapes, perturb=False)
-    fitted = evaluate.bytes_per_head(*shapes, perturb=False, num_train_rows=2520)
+    plain = memory.scoring_bytes(*shapes, perturb=False)
+    fitted = memory.scoring_bytes(*shapes, perturb=False, num_train_rows=2520)
     # RPS: the training rows' masked input (2520 x 2048 floats) dominates what Mahalanobis adds.
     assert fitted - plain >= 4 * (2520 * 2048 + 3 * 512 * 512)
     assert evaluate.auto_chunk_size(*shapes, perturb=False, memory_budget_mb=2048, num_train_rows=2520) < (

@@ -227,7 +227,8 @@ def bad_files(directory: Path) -> None:
     "arguments, message",
     [
         (["--time-budget", "0"], "--time-budget 0.0: time budget must be a number of seconds > 0, got 0.0"),
-        (["--time-budget", "-5"], "--time-budget -5.0: time budget must be a number of seconds > 0, got -5.0"),
+        (["--time-budget", "-5"],
+         "--time-budget -5.0: time budget must be a number of seconds > 0, got -5.0"),
         (["--time-budget", "nan"], "--time-budget nan: time budget must be a number of seconds > 0, got nan"),
         (["--time-budget", "soon"], "argument --time-budget: invalid float value: 'soon'"),
         (["--hv-patience", "0"], "--hv-patience 0: hv patience must be an integer >= 1 (generations), got 0"),

@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 
 from evojax_prune import head
 from evojax_prune.config import EngineConfig, HeadConfig, RunConfig, TrainConfig
-from evojax_prune.train import optimizer, packing, plan, trainer, xla_step
+from evojax_prune.train import memory, optimizer, packing, plan, trainer, xla_step
 
 D, H, C, N = 64, 8, 3, 50  # N = 6 full batches of 8 + a partial batch of 2; D gives 2 capacities
 RTOL, ATOL = 2e-4, 2e-5
@@ -533,7 +533,7 @@ def test_epoch_orders_and_batches_cover_every_sample_once_and_pad_the_last_batch
 
 def test_chunk_size_and_capacities():
     config, train = EngineConfig(memory_budget_mb=100.0), TrainConfig()
-    per_head = plan.bytes_per_head(2048, 3, 512, train)
+    per_head = memory.training_bytes(2048, 3, 512, train)
     assert 20 * 2**20 < per_head < 30 * 2**20  # about 5 parameter copies + momentum
     fits = int(100 * 2**20 // per_head)
 

@@ -64,10 +64,10 @@ from flax import struct
 
 from evojax_prune import head
 from evojax_prune.config import PruneTarget
-from evojax_prune.score import metrics, odin
+from evojax_prune.score import metrics
 
 # By name: ``ood_scores`` is what this module calls the OoD samples' scores.
-from evojax_prune.score.ood_scores import head_scores, needs_training_split, score_temperature
+from evojax_prune.score.ood_scores import DEFAULT_SPEC, OodSpec, head_scores
 from evojax_prune.search import selection
 
 AUTHORS_BANDS: tuple[tuple[float, float], ...] = (
@@ -356,17 +356,15 @@ class MemberOutputs:
     reference_scores: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("epsilon", "prune", "score"))
+@functools.partial(jax.jit, static_argnames=("prune",))
 def member_outputs(
     params: head.HeadParams,
     masks: jax.Array,
     features: jax.Array,
     ood_features: jax.Array,
     reference_features: jax.Array,
-    temperature: float | jax.Array = odin.DEFAULT_TEMPERATURE,
-    epsilon: float = 0.0,
+    ood: OodSpec = DEFAULT_SPEC,
     prune: PruneTarget = "features",
-    score: str = "odin",
     train: tuple[jax.Array, jax.Array] | tuple[()] = (),
 ) -> MemberOutputs:
     """Logits and OoD scores (ODIN by default) of K heads, one head at a time.
@@ -381,11 +379,10 @@ def member_outputs(
       features: (N, D) float InD evaluation features (the test split).
       ood_features: (M, D) float OoD evaluation features.
       reference_features: (V, D) float InD features for thresholds (validation).
-      temperature: the score's temperature (``score_temperature``; traced).
-      epsilon: ODIN feature-space perturbation step, a Python float (0 = off, the paper).
+      ood: the OoD score, its temperature and ODIN's perturbation (``OodSpec``;
+        the paper's ODIN at T = 1000 by default).
       prune: what the masks prune (``HeadConfig.prune``), static.
-      score: the OoD score, a name of ``score.ood_scores.SCORES`` (static).
-      train: (x_train, y_train) for a score fitted on the training split (Mahalanobis), else ``()``.
+      train: (x_train, y_train) for a score fitted on the training split (``ood.fitted``), else ``()``.
 
     Returns:
       MemberOutputs.
@@ -397,8 +394,7 @@ def member_outputs(
         member_params, mask = member
         # The accuracy always uses the unperturbed logits; only the scores see the ODIN step.
         logits, scores = head_scores(
-            member_params, mask, rows, score=score, temperature=temperature, epsilon=epsilon, train=train,
-            prune=prune,
+            member_params, mask, rows, ood=ood, train=train, prune=prune,
         )
         ood_end = num_ind + num_ood
         return logits[:num_ind], scores[:num_ind], scores[num_ind:ood_end], scores[ood_end:]
@@ -690,11 +686,12 @@ def compare_ensembles(
     # As the search saw them: a run selected on test ranks and thresholds on the test split,
     # and fitted Mahalanobis on train and validation together.
     features = selection.search_view(features, config.search)
+    ood = OodSpec.from_config(config.ood)
     outputs = member_outputs(
         jax.tree.map(jnp.asarray, result.params), jnp.asarray(result.masks),
         jnp.asarray(features.x_test), jnp.asarray(features.ood_test), jnp.asarray(features.x_val),
-        temperature=jnp.float32(score_temperature(config.ood)), epsilon=float(config.ood.epsilon),
-        prune=config.head.prune, score=config.ood.score, train=_training_split(features, config),
+        ood=ood, prune=config.head.prune,
+        train=ood.training_rows((features.x_train, features.y_train), "compare_ensembles"),
     )
     labels = jnp.asarray(features.y_test)
     member_accuracy, member_auroc, member_auroc_paper = (
@@ -775,13 +772,6 @@ def _check_features_fit(result, features) -> None:
             f"features {features.name!r} have C = {features.num_classes} classes, "
             f"the run's heads {num_classes}"
         )
-
-
-def _training_split(features, config) -> tuple[jax.Array, jax.Array] | tuple[()]:
-    """(x_train, y_train) where the run's OoD score is fitted on them (Mahalanobis), else ``()``."""
-    if not needs_training_split(config.ood.score):
-        return ()
-    return jnp.asarray(features.x_train), jnp.asarray(features.y_train)
 
 
 def _check_reproduction(result, member_accuracy, member_auroc, num_test) -> None:

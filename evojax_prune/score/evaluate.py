@@ -11,20 +11,14 @@ Memory. Heads are evaluated ``chunk_size`` at a time: vmap inside a chunk,
 sequential (``jax.lax.map``) over chunks. A chunk holds its heads' masked
 inputs, (chunk, N + M, D) float32, the largest intermediate ``head.apply``
 makes (XLA keeps about two copies), plus hidden activations (chunk, N + M, H)
-and logits; ODIN perturbation (epsilon > 0) about doubles that. Peak
-temporary memory therefore grows linearly with the chunk size and not with P,
-about
-
-    chunk * (N + M) * (2 D + H + C) * 4 bytes   (x2 with epsilon > 0),
-
-plus, for the Mahalanobis score, each head's training activations, its
-covariance and the whitened differences to the class means
-(``bytes_per_head``), on top of the parameters themselves, P * (D H + H C + C) * 4 bytes, which are
-read in place (never copied or padded). Measured at RPS shapes (N = M = 372,
-D = 2048, H = 512, C = 3): 12 MB per head, so a chunk of 64 uses about 0.8 GB
-and all 1024 heads at once would use about 12 GB next to 4.3 GB of
-parameters. By default the chunk is sized from ``config.engine.memory_budget_mb``
-(``auto_chunk_size``), the budget the trainer already respects.
+and logits; ODIN perturbation (epsilon > 0) about doubles that, and a fitted
+score adds each head's training activations (``train.memory.scoring_bytes``).
+Peak temporary memory therefore grows linearly with the chunk size and not
+with P; the P heads' parameters, P * (D H + H C + C) * 4 bytes, are read in
+place (never copied or padded). By default the chunk is sized from
+``config.engine.memory_budget_mb`` (``auto_chunk_size``), the budget the
+trainer already respects. docs/benchmarks.md ("Memory per head") compares the
+estimate with XLA's memory analysis.
 """
 
 from __future__ import annotations
@@ -42,7 +36,8 @@ from jax.sharding import PartitionSpec
 from evojax_prune import devices, head
 from evojax_prune.config import AurocKind, PruneTarget, RunConfig
 from evojax_prune.result import objectives
-from evojax_prune.score import metrics, odin, ood_scores
+from evojax_prune.score import metrics, ood_scores
+from evojax_prune.train import memory
 
 
 @struct.dataclass
@@ -89,10 +84,8 @@ def evaluate_head(
     features: jax.Array,
     labels: jax.Array,
     ood_features: jax.Array,
-    temperature: float = odin.DEFAULT_TEMPERATURE,
-    epsilon: float = 0.0,
+    ood: ood_scores.OodSpec = ood_scores.DEFAULT_SPEC,
     prune: PruneTarget = "features",
-    score: str = "odin",
     train: tuple[jax.Array, jax.Array] | tuple[()] = (),
 ) -> PopulationMetrics:
     """Metrics of one head, as () float32 fields.
@@ -102,14 +95,13 @@ def evaluate_head(
       mask: (D,) bool features kept.
       features: (N, D) float InD features; labels: (N,) int classes.
       ood_features: (M, D) float OoD features.
-      temperature: the score's temperature (``ood_scores.score_temperature``; may be traced).
-      epsilon: ODIN perturbation step in feature space (a Python float; 0 = off).
-        The accuracy is always measured on the unperturbed features.
+      ood: the OoD score, its temperature and ODIN's perturbation
+        (``ood_scores.OodSpec``). The accuracy is always measured on the
+        unperturbed features.
       prune: what ``mask`` prunes (``HeadConfig.prune``, static); MEM is
         the fraction of its bits kept.
-      score: the OoD score, a name of ``ood_scores.SCORES`` (static).
       train: (x_train (N_t, D), y_train (N_t,)) where the score is fitted on
-        the training split (``ood_scores.FITTED_SCORES``), else ``()``.
+        the training split (``ood.fitted``), else ``()``.
 
     Returns:
       PopulationMetrics of scalars.
@@ -118,8 +110,7 @@ def evaluate_head(
     # One matrix product for InD and OoD together; rows do not interact.
     all_features = jnp.concatenate([features, ood_features], axis=0)
     all_logits, scores = ood_scores.head_scores(
-        params, mask, all_features, score=score, temperature=temperature, epsilon=epsilon, train=train,
-        prune=prune,
+        params, mask, all_features, ood=ood, train=train, prune=prune,
     )
     return PopulationMetrics(
         accuracy=metrics.accuracy(all_logits[:num_ind], labels),
@@ -152,13 +143,12 @@ def _stitch_chunks(per_chunk: jax.Array, starts: np.ndarray, chunk_size: int, po
     return per_chunk.reshape((-1, *per_chunk.shape[2:]))[flat_index]
 
 
-def _evaluate_local(params, masks, features, labels, ood_features, temperature, train, *, epsilon, chunk_size,
-                    prune, score):
+def _evaluate_local(params, masks, features, labels, ood_features, ood, train, *, chunk_size, prune):
     """One device's block of heads: vmap inside a chunk, sequential over chunks."""
     def evaluate_many(some_params, some_masks):
         evaluate_one = functools.partial(
-            evaluate_head, features=features, labels=labels, ood_features=ood_features,
-            temperature=temperature, epsilon=epsilon, prune=prune, score=score, train=train,
+            evaluate_head, features=features, labels=labels, ood_features=ood_features, ood=ood,
+            prune=prune, train=train,
         )
         return jax.vmap(evaluate_one)(some_params, some_masks)
 
@@ -176,60 +166,39 @@ def _evaluate_local(params, masks, features, labels, ood_features, temperature, 
     return jax.tree.map(lambda leaf: _stitch_chunks(leaf, starts, chunk_size, population), per_chunk)
 
 
-# Temperature is traced (a sweep over T compiles once); epsilon is static because
-# epsilon = 0 skips the gradient altogether, and the score because it picks the program.
-@functools.partial(jax.jit, static_argnames=("epsilon", "chunk_size", "mesh", "prune", "score"))
-def _evaluate_population(params, masks, features, labels, ood_features, *, temperature, epsilon, chunk_size,
-                         mesh=None, prune="features", score="odin", train=()):
-    """Each device of ``mesh`` scores its block of heads (params and masks split on
-    axis 0, data and ``train`` replicated); the (P,) metrics come back replicated, so that every
-    process of a multi-host run can read all of them. P must be a multiple of the mesh size.
-    ``mesh`` None is every device (benchmarks/odin_metrics.py lowers this function directly)."""
+# ``ood`` is a pytree: its temperature is traced (a sweep over T compiles once), its score
+# and epsilon are static (``OodSpec``).
+@functools.partial(jax.jit, static_argnames=("chunk_size", "mesh", "prune"))
+def evaluate_sharded(params, masks, features, labels, ood_features, ood, train=(), *, chunk_size: int,
+                     mesh=None, prune: PruneTarget = "features") -> PopulationMetrics:
+    """``evaluate_population``'s compiled program, for callers that place the data themselves.
+
+    Each device of ``mesh`` scores its block of heads (params and masks split
+    on axis 0, data, ``ood`` and ``train`` replicated); the (P,) metrics come
+    back replicated, so that every process of a multi-host run can read all of
+    them. P must be a multiple of the mesh size and ``chunk_size`` at most P
+    per device; nothing is checked here (``evaluate_population`` checks).
+    ``mesh`` None is every device. benchmarks/odin_metrics.py lowers it to
+    read XLA's memory analysis.
+    """
     mesh = devices.mesh_for(None) if mesh is None else mesh
     population, replicated = PartitionSpec(devices.POPULATION_AXIS), PartitionSpec()
-    evaluate_local = functools.partial(_evaluate_local, epsilon=epsilon, chunk_size=chunk_size, prune=prune,
-                                       score=score)
+    evaluate_local = functools.partial(_evaluate_local, chunk_size=chunk_size, prune=prune)
     scores = jax.shard_map(
         evaluate_local,
         mesh=mesh,
         in_specs=(population, population, replicated, replicated, replicated, replicated, replicated),
         out_specs=population,
         check_vma=False,  # no collectives inside; the check would only ask for annotations
-    )(params, masks, features, labels, ood_features, temperature, tuple(train))
+    )(params, masks, features, labels, ood_features, ood, tuple(train))
     return jax.lax.with_sharding_constraint(scores, devices.replicated(mesh))
-
-
-def bytes_per_head(num_rows: int, num_features: int, hidden: int, num_classes: int, perturb: bool,
-                   num_train_rows: int = 0) -> int:
-    """Estimated temporary memory of one head inside a chunk, in bytes.
-
-    Dominated by the masked input ``head.apply`` builds, (rows, D) float32,
-    which XLA keeps about twice, plus hidden activations and logits; the ODIN
-    perturbation's gradient and perturbed features double it. Measured with
-    XLA's memory analysis on CPU at RPS shapes (744 rows, D = 2048, H = 512,
-    C = 3): 12 MB (26 MB perturbed) per head; this estimate gives 14 (27) MB.
-
-    A score fitted on the training split (``num_train_rows`` > 0: Mahalanobis)
-    adds the training rows' masked input and activations (and their centred
-    copy), (N_t, D + 2 H), the covariance, its eigenvectors and the whitening,
-    3 H^2, and the whitened differences to the C class means, (rows, C, H), all
-    float32. Measured the same way (chunks of 1 and 4 heads, N_t = 2520, this
-    package's XLA): 24 MB per head with the score against 4 MB without it;
-    this estimate adds 37 MB, on the safe side.
-    """
-    per_head = num_rows * (2 * num_features + hidden + num_classes) * 4
-    per_head *= 2 if perturb else 1
-    if num_train_rows:
-        per_head += 4 * (num_train_rows * (num_features + 2 * hidden) + 3 * hidden * hidden
-                         + num_rows * num_classes * hidden)
-    return per_head
 
 
 def auto_chunk_size(num_rows: int, num_features: int, hidden: int, num_classes: int,
                     perturb: bool, memory_budget_mb: float, num_train_rows: int = 0) -> int:
-    """Most heads whose temporaries fit in ``memory_budget_mb`` (at least 1)."""
-    per_head = bytes_per_head(num_rows, num_features, hidden, num_classes, perturb, num_train_rows)
-    return max(1, int(memory_budget_mb * 2**20 // per_head))
+    """Most heads whose temporaries (``memory.scoring_bytes``) fit in ``memory_budget_mb`` (at least 1)."""
+    per_head = memory.scoring_bytes(num_rows, num_features, hidden, num_classes, perturb, num_train_rows)
+    return memory.heads_within(memory_budget_mb, per_head)
 
 
 def _check_shapes(params: head.HeadParams, masks, features, labels, ood_features, head_config, train) -> None:
@@ -270,20 +239,6 @@ def _check_shapes(params: head.HeadParams, masks, features, labels, ood_features
         if y_train.shape != (x_train.shape[0],):
             fail(f"train[1] (y_train) must be (N_t,) = ({x_train.shape[0]},) to match x_train, "
                  f"found shape {y_train.shape}")
-
-
-def _training_split(train, score: str):
-    """``train`` as (x_train, y_train) arrays where the score is fitted on it, else ``()``."""
-    if not ood_scores.needs_training_split(score):
-        return ()
-    if train is None or len(train) != 2:
-        raise ValueError(
-            f"evaluate_population: the {score!r} OoD score is fitted on the training split; pass "
-            f"train=(x_train, y_train), got {'nothing' if train is None else f'{len(train)} arrays'}"
-        )
-    return tuple(train)
-
-
 
 
 def evaluate_population(
@@ -339,18 +294,17 @@ def evaluate_population(
     # Host data stays on the host until it is placed on the mesh (no detour via device 0).
     as_array = lambda array: array if isinstance(array, jax.Array) else np.asarray(array)
     masks, features, labels, ood_features = map(as_array, (masks, features, labels, ood_features))
-    score = config.ood.score
-    train = tuple(map(as_array, _training_split(train, score)))
+    ood = ood_scores.OodSpec.from_config(config.ood)
+    train = ood.training_rows(train, "evaluate_population")
     _check_shapes(params, masks, features, labels, ood_features, config.head, train)
     population = masks.shape[0]
-    epsilon = float(config.ood.epsilon)
     if chunk_size is None:
         chunk_size = auto_chunk_size(
             num_rows=features.shape[0] + ood_features.shape[0],
             num_features=params.hidden_kernel.shape[1],
             hidden=params.hidden_kernel.shape[-1] * config.head.hidden_layers,
             num_classes=params.output_bias.shape[-1],
-            perturb=epsilon > 0,
+            perturb=ood.epsilon > 0,
             memory_budget_mb=config.engine.memory_budget_mb,
             num_train_rows=train[0].shape[0] if train else 0,
         )
@@ -361,12 +315,10 @@ def evaluate_population(
     everywhere, split = devices.replicated(mesh), devices.sharded(mesh)
     # Every chunk size >= the per-device population is the same program; one cache entry for all.
     chunk_size = min(chunk_size, masks.shape[0] // mesh.size)
-    scores = _evaluate_population(
+    scores = evaluate_sharded(
         devices.put(params, split), devices.put(masks, split), devices.put(features, everywhere),
-        devices.put(labels, everywhere), devices.put(ood_features, everywhere),
-        temperature=jnp.float32(ood_scores.score_temperature(config.ood)), epsilon=epsilon,
-        chunk_size=chunk_size, mesh=mesh, prune=config.head.prune, score=score,
-        train=devices.put(train, everywhere),
+        devices.put(labels, everywhere), devices.put(ood_features, everywhere), devices.put(ood, everywhere),
+        devices.put(train, everywhere), chunk_size=chunk_size, mesh=mesh, prune=config.head.prune,
     )
     if masks.shape[0] != population:
         scores = jax.tree.map(lambda leaf: leaf[:population], scores)

@@ -19,20 +19,26 @@ And a score fitted on the training split (``FITTED_SCORES``):
   * ``mahalanobis``: Lee et al. 2018 (arXiv 1807.03888) on the head's last
     hidden layer, ``score/mahalanobis.py``.
 
-Every score is computed per head inside the caller's vmap (``head_scores``);
-the name is static (jit's cache key), the temperature traced.
+Every score is computed per head inside the caller's vmap (``head_scores``).
+What to compute is one value, ``OodSpec``, resolved from ``OodConfig`` once
+(``OodSpec.from_config``) and passed whole: a pytree whose name and ODIN
+perturbation are static (jit's cache key: they pick the program) and whose
+temperature is traced (a sweep over T compiles once).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import struct
 
 from evojax_prune import head
-from evojax_prune.config import OodConfig, PruneTarget
+from evojax_prune.config import OodConfig, OodScore, PruneTarget
 from evojax_prune.score import mahalanobis, odin
 
 
@@ -100,14 +106,54 @@ LABELS = {
 }
 
 
-def needs_training_split(score: str) -> bool:
-    """Whether the score is fitted on the training split (``head_scores``' ``train`` is required)."""
-    return score in FITTED_SCORES
-
-
 def score_temperature(config: OodConfig) -> float:
     """The temperature the configured score uses: ODIN's, the energy's, or 1 (unused)."""
     return {"odin": config.temperature, "energy": config.energy_temperature}.get(config.score, 1.0)
+
+
+@struct.dataclass
+class OodSpec:
+    """The OoD score a head is scored with, resolved once from ``OodConfig``.
+
+    Attributes:
+      temperature: () float32, the score's temperature (ODIN's, the energy's,
+        1 for the others, which ignore it); a pytree leaf, so traced.
+      score: a name of ``SCORES``; static.
+      epsilon: ODIN's feature-space perturbation step (``odin`` only; 0 =
+        off, as in the paper); static, since 0 skips the gradient altogether.
+    """
+
+    temperature: Any = odin.DEFAULT_TEMPERATURE
+    score: OodScore = struct.field(pytree_node=False, default="odin")
+    epsilon: float = struct.field(pytree_node=False, default=0.0)
+
+    @classmethod
+    def from_config(cls, config: OodConfig) -> OodSpec:
+        return cls(temperature=jnp.float32(score_temperature(config)), score=config.score,
+                   epsilon=float(config.epsilon))
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the score is fitted per head on the training split (``head_scores``' ``train``)."""
+        return self.score in FITTED_SCORES
+
+    def training_rows(self, train: Any, caller: str) -> tuple[Any, Any] | tuple[()]:
+        """``train`` = (x_train (N_t, D), y_train (N_t,)) where the score is fitted on it, else ``()``.
+
+        Host arrays stay numpy (placed on the mesh by the caller). A fitted
+        score without them is a ValueError naming ``caller``.
+        """
+        if not self.fitted:
+            return ()
+        if train is None or len(train) != 2:
+            raise ValueError(
+                f"{caller}: the {self.score!r} OoD score is fitted on the training split; pass "
+                f"train=(x_train, y_train), got {'nothing' if train is None else f'{len(train)} arrays'}"
+            )
+        return tuple(array if isinstance(array, jax.Array) else np.asarray(array) for array in train)
+
+
+DEFAULT_SPEC = OodSpec()  # the paper's: ODIN at T = 1000, no perturbation
 
 
 def describe(config: OodConfig) -> str:
@@ -127,9 +173,7 @@ def head_scores(
     mask: jax.Array,
     rows: jax.Array,
     *,
-    score: str,
-    temperature: float | jax.Array,
-    epsilon: float = 0.0,
+    ood: OodSpec,
     train: tuple[jax.Array, jax.Array] | tuple[()] = (),
     prune: PruneTarget = "features",
 ) -> tuple[jax.Array, jax.Array]:
@@ -138,16 +182,15 @@ def head_scores(
     Args:
       params: one head's parameters; mask: (L,) bool chromosome (``head.unit_masks``).
       rows: (R, D) float features to score.
-      score: a name of ``SCORES`` (static).
-      temperature: the score's temperature (``score_temperature``; may be traced).
-      epsilon: ODIN's feature-space perturbation (a Python float, ``odin`` only;
-        0 = off). The logits returned are always the unperturbed ones.
-      train: (x_train (N, D), y_train (N,)) for a fitted score, else ``()``.
+      ood: the score, its temperature and ODIN's perturbation (``OodSpec``). The
+        logits returned are always the unperturbed ones.
+      train: (x_train (N, D), y_train (N,)) for a fitted score (``ood.fitted``), else ``()``.
       prune: what ``mask`` prunes (``HeadConfig.prune``), static.
 
     Returns:
       logits (R, C) float32 and scores (R,) float32, higher = more in-distribution.
     """
+    score, temperature = ood.score, ood.temperature
     if score in FITTED_SCORES:
         if len(train) != 2:
             raise ValueError(f"head_scores: the {score!r} score needs train=(x_train, y_train)")
@@ -162,6 +205,6 @@ def head_scores(
     logit_fn = functools.partial(head.apply, params, mask, prune=prune)
     logits = logit_fn(rows)
     score_logits = logits
-    if epsilon > 0:
-        score_logits = logit_fn(odin.odin_perturb(logit_fn, rows, epsilon, temperature))
+    if ood.epsilon > 0:
+        score_logits = logit_fn(odin.odin_perturb(logit_fn, rows, ood.epsilon, temperature))
     return logits, LOGIT_SCORES[score](score_logits, temperature)

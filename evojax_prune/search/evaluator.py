@@ -17,14 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evojax_prune import devices, head
+from evojax_prune import devices
 from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.result import METRIC_NAMES
 from evojax_prune.result import objectives as to_objectives
 from evojax_prune.score import evaluate
 from evojax_prune.search.evaluation_cache import MaskCache, TrainedHeads
-from evojax_prune.train import trainer
+from evojax_prune.train import memory, trainer
 
 
 def bucket_size(count: int, max_batch: int) -> int:
@@ -81,9 +81,9 @@ class MaskEvaluator:
         # Kept while the population's heads fit the memory budget (twice it at the peak of a
         # generation: the population's heads and the generation's); a larger population has its
         # front trained again at the end instead, as the heads' memory would bound P.
-        head_bytes = head.param_bytes(features.num_features, features.num_classes, config.head.hidden,
-                                      config.head.hidden_layers)
-        self.keep_heads = max_batch * head_bytes <= config.engine.memory_budget_mb * 2**20
+        head_bytes = memory.param_bytes(features.num_features, features.num_classes, config.head.hidden,
+                                        config.head.hidden_layers)
+        self.keep_heads = max_batch * head_bytes <= memory.budget_bytes(config.engine.memory_budget_mb)
         self.seconds = {"train": 0.0, "score": 0.0}
         self.trained_masks = 0
         self.train_calls: list[list[int]] = []  # [padded, trained] per call since the last history record

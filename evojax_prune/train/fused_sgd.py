@@ -6,11 +6,9 @@ each SGD step computes a rank-B gradient ``inputsᵀ @ d_pre_activation`` and
 applies it. Left to XLA, a step moves the kernel about seven times: the
 forward product reads it, the gradient product writes a kernel-sized gradient,
 and the optimizer's fusion reads the kernel, its momentum and the gradient
-and writes the kernel and the momentum back. Measured on an H100
-(``benchmarks/step_profile.py``, 32 heads of the authors' initial masks,
-T = 320): 287 us of device time per step, of which the optimizer's fusion
-took 140 us and the two products 42 us each. With this kernel the step took
-259 us, the kernel 149 us of it (the same benchmark, same day).
+and writes the kernel and the momentum back; on an H100 the optimizer's
+fusion took about half of a step's device time (``benchmarks/step_profile.py``;
+docs/benchmarks.md, "Measurements behind the docstrings").
 
 ``sgd_step`` does the step's work on the kernel in one Pallas kernel, one
 program per (tile, block of hidden units):

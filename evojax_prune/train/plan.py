@@ -36,15 +36,11 @@ H200; README, "Benchmarks"):
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
-import jax
-
-from evojax_prune import head
 from evojax_prune.config import AUTO, EngineConfig, TrainConfig
-from evojax_prune.train import fused_sgd
-from evojax_prune.train.optimizer import ROW_SEPARABLE_OPTIMIZERS, make_optimizer
+from evojax_prune.train import fused_sgd, memory
+from evojax_prune.train.optimizer import ROW_SEPARABLE_OPTIMIZERS
 
 _FLOAT_BYTES = 4
 
@@ -175,30 +171,6 @@ def neuron_layouts(hidden: int, chunk_size: int, num_levels: int | None = None) 
     return tuple(ChunkLayout(capacity, chunk_size, per_head=True) for capacity in capacities)
 
 
-def _tree_bytes(tree: Any) -> int:
-    return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
-
-
-def bytes_per_head(num_features: int, num_classes: int, hidden: int, train_config: TrainConfig,
-                   hidden_layers: int = 1) -> int:
-    """Estimated device memory one head needs while it trains (dense upper bound).
-
-    Parameters (D*H + (layers - 1)*H*H + H*C + C floats), the optimizer state (``optax`` tells its
-    shapes: one more copy of the parameters for SGD with momentum, two for
-    Adam), the best-weights copy (with ``restore_best``), the gradient, the
-    update and the returned full-width kernel (one copy each) and the
-    activations of one minibatch (the masked input B*D, a few B*H hidden
-    buffers and B*C logits).
-    """
-    params = jax.eval_shape(lambda: head.init(jax.random.key(0), num_features, num_classes, hidden,
-                                              hidden_layers))
-    opt_state = jax.eval_shape(make_optimizer(train_config).init, params)
-    copies = 4 + int(train_config.restore_best)  # params, gradient, update, output, best
-    activations = train_config.batch_size * (num_features + 4 * hidden * hidden_layers + 4 * num_classes)
-    activations *= _FLOAT_BYTES
-    return copies * _tree_bytes(params) + _tree_bytes(opt_state) + activations
-
-
 def choose_chunk_size(
     population: int,
     num_features: int,
@@ -213,7 +185,7 @@ def choose_chunk_size(
 
     ``engine.chunk_size`` if set (capped at the population). Otherwise 1 on a
     CPU; elsewhere as many heads as ``engine.memory_budget_mb`` allows per
-    ``bytes_per_head``, balanced so that the last chunk is nearly full (P =
+    ``memory.training_bytes``, balanced so that the last chunk is nearly full (P =
     100 with room for 80 gives 2 chunks of 50, not 80 + 20 padded to 160), and
     at most ``engine.max_heads_per_chunk``, except that a population at most a
     quarter above that cap (a search generation of up to 40 heads at the cap of
@@ -224,8 +196,8 @@ def choose_chunk_size(
         return max(1, min(engine.chunk_size, population))
     if platform == "cpu":
         return 1
-    per_head = bytes_per_head(num_features, num_classes, hidden, train_config, hidden_layers)
-    memory_fits = max(1, int(engine.memory_budget_mb * 2**20 // per_head))
+    per_head = memory.training_bytes(num_features, num_classes, hidden, train_config, hidden_layers)
+    memory_fits = memory.heads_within(engine.memory_budget_mb, per_head)
     cap = engine.max_heads_per_chunk
     if population <= min(memory_fits, cap + cap // 4):
         return population

@@ -32,11 +32,8 @@ gets a zero gradient and so never moves; other optimizers train the dense
 kernel. Results equal the dense formulation's up to float32 reassociation
 (tests/test_trainer.py checks both against a reference).
 
-Measured on a 2-core CPU (paper's head, N = 2520, batch 32, SGD): 8 heads with
-the authors' initial masks (39% of features kept on average) trained at
-2.5 ms per head-step gathered against 7.1 ms dense, chunks of one head each
-(benchmarks/trainer_throughput.py gives the numbers and the comparison with
-Keras).
+benchmarks/trainer_throughput.py measures gathered against dense training and
+the comparison with Keras (docs/benchmarks.md, "Memory per head" and the tables).
 
 The training protocol is the authors' (docs/PROTOCOL.md, "Training one candidate"),
 with Keras semantics where Keras defines it:
@@ -548,7 +545,7 @@ def train_population(
     Returns:
       ``TrainedPopulation`` with a leading P axis on every field.
 
-    Memory: the per-head state is ``bytes_per_head``, about
+    Memory: the per-head state is ``memory.training_bytes``, about
     (4 + restore_best) * (D*H + H*C + C) * 4 bytes for the weights, the best
     copy, the gradient, the update and the returned kernel, plus the optimizer
     state (another (D*H + H*C + C) * 4 for SGD with momentum, twice that for
@@ -557,11 +554,9 @@ def train_population(
     linearly in the chunk size K, not in P (chunks run one after another), and
     linearly in D * H. The returned parameters are P * (D*H + H*C + C) * 4
     bytes. Shared by all heads: the data, N * (D + 1) * 4 bytes, and the epoch
-    orders, max_epochs * N * 4 bytes. With the paper's head (D = 2048, H = 512,
-    SGD with momentum, restore_best) a head needs about 25 MiB, so on an
-    accelerator the default 2 GiB budget would allow about 80 heads per chunk;
-    chunks hold at most ``EngineConfig.max_heads_per_chunk`` (32; a population
-    of up to 40 is one chunk).
+    orders, max_epochs * N * 4 bytes. ``train.memory.training_bytes`` is this
+    estimate (docs/benchmarks.md, "Memory per head", works it out for the
+    paper's head); chunks hold at most ``EngineConfig.max_heads_per_chunk``.
     The chunk size is ``config.engine.chunk_size`` if set, else chosen by
     ``plan.choose_chunk_size`` (1 on a CPU, from ``config.engine.memory_budget_mb``
     elsewhere); P is padded to a multiple of it with empty heads marked stopped
