@@ -11,7 +11,7 @@ same multiset of surviving ranks.
     python benchmarks/nsga2_selection.py --sizes 200 2000 --objectives 2 --out /tmp/x.json
     python benchmarks/nsga2_selection.py --rank-methods chain peel    # each ranking method alone too
 
-``--rank-methods`` also times ``nsga2.non_dominated_rank`` alone with each
+``--rank-methods`` also times ``ranking.non_dominated_rank`` alone with each
 named method (checked against pymoo's ranks): which one ``"auto"`` should pick
 on the device (it picks ``"chain"`` above N = 256 for M = 3, chosen on a CPU).
 
@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from common import environment, save
 
-from evojax_prune.search import nsga2
+from evojax_prune.search import ranking
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "nsga2_selection_cpu.json"
 
@@ -67,7 +67,7 @@ def bench_size(num_points: int, num_objectives: int, seed: int, rank_methods=())
 
     # Ours: compile separately, then time the compiled step.
     start = time.perf_counter()
-    step = jax.jit(nsga2.select_survivors, static_argnames=("num_survivors",))
+    step = jax.jit(ranking.select_survivors, static_argnames=("num_survivors",))
     compiled = step.lower(device_fitness, num_survivors=num_survivors).compile()
     compile_seconds = time.perf_counter() - start
     survivors, rank, _ = jax.block_until_ready(compiled(device_fitness))
@@ -102,7 +102,7 @@ def bench_size(num_points: int, num_objectives: int, seed: int, rank_methods=())
     ours_median, pymoo_median = statistics.median(ours_times), statistics.median(pymoo_times)
     rank_alone = {}
     for method in rank_methods:  # non_dominated_rank compiles once per method (its jit is inside)
-        rank_once = functools.partial(nsga2.non_dominated_rank, device_fitness, method=method)
+        rank_once = functools.partial(ranking.non_dominated_rank, device_fitness, method=method)
         rank_alone[method] = {
             "identical_to_pymoo": bool(np.array_equal(np.asarray(rank_once()), reference_rank)),
             "median_ms": _median_seconds(functools.partial(_ready, rank_once), repeats)[0] * 1e3,
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 2000, 20000])
     parser.add_argument("--objectives", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rank-methods", nargs="*", default=[], choices=nsga2.RANK_METHODS,
+    parser.add_argument("--rank-methods", nargs="*", default=[], choices=ranking.RANK_METHODS,
                         help="also time non_dominated_rank alone with each of these methods")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ from evojax_prune.data.featureset import FeatureSet, FeatureSetError
 from evojax_prune.result import SearchResult
 from evojax_prune.score import mahalanobis, metrics, odin, ood_scores
 from evojax_prune.score.evaluate import PopulationMetrics, evaluate_population
-from evojax_prune.search import nsga2
+from evojax_prune.search import nsga2, operators, ranking
 from evojax_prune.search.controls import RunControls
 from evojax_prune.search.hypervolume import hypervolume
 from evojax_prune.search.lockstep import RunsResult
@@ -54,7 +54,9 @@ __all__ = [
     "nsga2",
     "odin",
     "ood_scores",
+    "operators",
     "preset",
+    "ranking",
     "run_search",
     "run_searches",
     "train_population",

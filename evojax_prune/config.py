@@ -400,7 +400,7 @@ class SearchConfig:
       min_active: fewest features a mask may keep (0 allows the empty mask).
       max_features: most features a mask may keep (None: no limit); masks
         above are repaired inside the jitted ask and initial population
-        (``nsga2.repair_max_active``). It changes which masks are searched,
+        (``operators.repair_max_active``). It changes which masks are searched,
         so it is configuration: resume compares it. Between ``min_active`` and
         D (D is checked by ``run_search``).
       strategy: the search algorithm.

@@ -366,7 +366,7 @@ def test_diverged_heads_are_counted_warned_about_and_ranked_last(tmp_path):
 
 def test_a_diverged_head_ranks_behind_every_head_that_learned():
     """objectives(): (1, 1, 1) for a diverged head whatever its chance-level metrics."""
-    from evojax_prune.search.nsga2 import non_dominated_rank
+    from evojax_prune.search.ranking import non_dominated_rank
 
     values = {"accuracy": np.array([0.9, 0.1, 0.5]), "mem": np.array([0.5, 0.01, 0.9]),
               "auroc": np.array([0.8, 0.5, 0.6]), "auroc_paper": np.zeros(3),

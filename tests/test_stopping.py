@@ -18,7 +18,7 @@ from evojax_prune import config
 from evojax_prune.cli import main as cli
 from evojax_prune.data import embedded
 from evojax_prune.run import rundir
-from evojax_prune.search import nsga2, stopping, strategy, warm_start
+from evojax_prune.search import operators, stopping, strategy, warm_start
 from evojax_prune.search.controls import RunControls
 from evojax_prune.search.loop import run_search
 
@@ -131,14 +131,14 @@ def test_hv_patience_stops_where_the_recorded_hypervolume_stalls(planned, tmp_pa
 def test_repair_max_active_clears_random_ones_only_above_the_limit():
     key = jax.random.PRNGKey(0)
     masks = jax.random.uniform(key, (64, 40)) < jnp.linspace(0.0, 1.0, 64)[:, None]
-    repaired = np.asarray(nsga2.repair_max_active(jax.random.PRNGKey(1), masks, 7))
+    repaired = np.asarray(operators.repair_max_active(jax.random.PRNGKey(1), masks, 7))
     masks = np.asarray(masks)
     np.testing.assert_array_equal(repaired.sum(axis=1), np.minimum(masks.sum(axis=1), 7))
     assert not (repaired & ~masks).any()  # only ones cleared
     below = masks.sum(axis=1) <= 7
     np.testing.assert_array_equal(repaired[below], masks[below])
     assert len({tuple(np.flatnonzero(row)) for row in repaired[masks.sum(axis=1) == 40]}) > 1  # at random
-    np.testing.assert_array_equal(np.asarray(nsga2.repair_max_active(key, masks, None)), masks)
+    np.testing.assert_array_equal(np.asarray(operators.repair_max_active(key, masks, None)), masks)
 
 
 def test_max_features_bounds_every_mask_evaluated_and_is_configuration(planned, tmp_path, capsys):

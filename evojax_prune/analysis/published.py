@@ -99,7 +99,7 @@ def non_dominated(points: np.ndarray) -> np.ndarray:
     """(K,) bool: the (accuracy, MEM, AUROC) points no other point is at least as good as on all three
     objectives and better on one.
 
-    In float64 here, not by the search's float32 sort (``nsga2.non_dominated_rank``): the authors'
+    In float64 here, not by the search's float32 sort (``ranking.non_dominated_rank``): the authors'
     accuracies hold float32 artefacts (0.8817204294666168 beside 0.8817204301075269) that float32
     would turn into ties, and a tie makes one of two such points dominated.
     """

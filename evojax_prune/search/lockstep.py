@@ -28,7 +28,7 @@ import numpy as np
 from evojax_prune import devices
 from evojax_prune.result import REFERENCE_POINT, SearchResult
 from evojax_prune.run import rundir
-from evojax_prune.search import nsga2
+from evojax_prune.search import ranking
 from evojax_prune.search.controls import RunControls
 from evojax_prune.search.evaluation_cache import pack_masks
 from evojax_prune.search.evaluator import device_data, train_and_score_together
@@ -119,7 +119,7 @@ def merge(results: list[SearchResult]) -> RunsResult:
     keys = pack_masks(np.concatenate([result.masks for result in results]))
     first = np.zeros(len(keys), bool)
     first[np.unique(keys, return_index=True)[1]] = True  # np.unique's index: each key's first place
-    front = (np.asarray(nsga2.non_dominated_rank(objectives)) == 0) & first
+    front = (np.asarray(ranking.non_dominated_rank(objectives)) == 0) & first
     accuracy = np.concatenate([result.validation["accuracy"] for result in results])[front]
     order = np.lexsort((member[front], run[front], -accuracy))  # ties: the earlier run, the earlier member
     return RunsResult(

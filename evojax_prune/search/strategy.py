@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from evojax_prune.config import SearchConfig
-from evojax_prune.search import nsga2
+from evojax_prune.search import nsga2, operators, ranking
 
 
 class MultiObjective:
@@ -54,14 +54,14 @@ class MultiObjective:
 
     def front(self, objectives: np.ndarray) -> np.ndarray:
         """(K,) bool: the non-dominated members."""
-        return np.asarray(nsga2.non_dominated_rank(jnp.asarray(objectives))) == 0
+        return np.asarray(ranking.non_dominated_rank(jnp.asarray(objectives))) == 0
 
 
 class SingleObjective:
     """An evosax population-based algorithm minimising the validation error.
 
     Genomes are real vectors of length D; a feature is kept where its gene
-    exceeds ``threshold`` (``nsga2.masks_from_genomes``). The initial genomes
+    exceeds ``threshold`` (``operators.masks_from_genomes``). The initial genomes
     are the authors' initial masks as 0.0 / 1.0, so the first generation is the
     same as NSGA-II's.
     """
@@ -84,9 +84,9 @@ class SingleObjective:
 
     def initial_population(self, key: jax.Array, seeds: np.ndarray | None = None) -> jax.Array:
         """(P, D) float32 genomes 0.0 / 1.0; ``seeds`` (K, D) take the first K places."""
-        masks = nsga2.init_masks(key, self.population_size, self.num_features, self.min_active)
+        masks = operators.init_masks(key, self.population_size, self.num_features, self.min_active)
         if seeds is not None:
-            masks = nsga2.seed_population(jax.random.fold_in(key, 2), masks, seeds, self.min_active)
+            masks = operators.seed_population(jax.random.fold_in(key, 2), masks, seeds, self.min_active)
         return masks.astype(jnp.float32)
 
     def init(self, key, population, objectives):
@@ -100,7 +100,7 @@ class SingleObjective:
         return state
 
     def masks(self, genomes: Any) -> np.ndarray:
-        return np.asarray(nsga2.masks_from_genomes(jnp.asarray(genomes), self.threshold))
+        return np.asarray(operators.masks_from_genomes(jnp.asarray(genomes), self.threshold))
 
     def front(self, objectives: np.ndarray) -> np.ndarray:
         """(K,) bool: the members with the lowest error."""

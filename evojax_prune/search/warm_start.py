@@ -3,7 +3,7 @@
 The masks come from an earlier run's ``pareto.npz`` (its front, best
 validation accuracy first), from a run directory holding one, or from a
 ``.npy`` array (K, D) of bool or 0/1 values. They take the first K places of
-the initial population (``nsga2.seed_population``); the other members are
+the initial population (``operators.seed_population``); the other members are
 drawn as without them. More masks than the population holds: the first P are
 used, with a warning (a front sorted by accuracy keeps its most accurate
 members). Every seeded mask is repaired like any other mask to
