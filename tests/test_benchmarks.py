@@ -250,24 +250,19 @@ def test_engine_variants_lower_to_their_own_programs():
     """
     import jax
 
-    from evojax_prune import devices
     from evojax_prune.config import EngineConfig, HeadConfig, TrainConfig
     from evojax_prune.train import plan, trainer
 
     train_config = TrainConfig(batch_size=8, max_epochs=1)
-    init, orders = trainer._initial_weights_and_orders(
-        jax.random.key(0), num_features=64, num_classes=3, hidden=8, hidden_layers=1, num_epochs=1,
-        num_samples=16)
     masks = np.random.default_rng(0).random((4, 64)) < 0.5
 
     def scatters(tile_sum):
         training = plan.make_plan(EngineConfig(chunk_size=4, tile_sum=tile_sum), train_config, population=4,
                                   num_features=64, num_classes=3, hidden=8, platform="cpu")
         assert training.packed and training.tile_sum == tile_sum
-        traced = trainer._PROGRAMS[False].trace(
-            init, orders, masks, None, np.int32(4), np.zeros((16, 64), np.float32), np.zeros(16, np.int32),
-            head_config=HeadConfig(hidden=8), train_config=train_config, plan=training,
-            mesh=devices.mesh_for(None))
+        traced = trainer.trace_training(
+            jax.random.key(0), masks, np.zeros((16, 64), np.float32), np.zeros(16, np.int32), num_classes=3,
+            head_config=HeadConfig(hidden=8), train_config=train_config, plan=training)
         return traced.lower().as_text().count("stablehlo.scatter")
 
     assert scatters("gather") < scatters("scatter")

@@ -122,7 +122,6 @@ def test_trainer_lowers_for_a_gpu_with_the_fused_kernel():
     The plan is made for a GPU (``plan.make_plan(platform="gpu")``), which is
     everything the traced program asks about the hardware.
     """
-    from evojax_prune import devices
     from evojax_prune.config import EngineConfig, HeadConfig, TrainConfig
     from evojax_prune.train import plan, trainer
 
@@ -131,14 +130,10 @@ def test_trainer_lowers_for_a_gpu_with_the_fused_kernel():
     gpu_plan = plan.make_plan(EngineConfig(chunk_size=heads), train, population=heads,
                               num_features=num_features, num_classes=3, hidden=hidden, platform="gpu")
     assert gpu_plan.step == "fused_sgd" and gpu_plan.tile_sum == "gather" and not gpu_plan.interpret_kernels
-    init, orders = trainer._initial_weights_and_orders(
-        jax.random.key(0), num_features=num_features, num_classes=3, hidden=hidden, hidden_layers=1,
-        num_epochs=2, num_samples=samples)
     masks = np.random.default_rng(0).random((heads, num_features)) < 0.5
-    lowered = trainer._PROGRAMS[gpu_plan.command_buffers].trace(
-        init, orders, masks, None, np.int32(heads), np.zeros((samples, num_features), np.float32),
-        np.zeros(samples, np.int32), head_config=HeadConfig(hidden=hidden), train_config=train, plan=gpu_plan,
-        mesh=devices.mesh_for(None),
+    lowered = trainer.trace_training(
+        jax.random.key(0), masks, np.zeros((samples, num_features), np.float32), np.zeros(samples, np.int32),
+        num_classes=3, head_config=HeadConfig(hidden=hidden), train_config=train, plan=gpu_plan,
     ).lower(lowering_platforms=("cuda",))
     text = lowered.as_text()
     assert text.count("xla.gpu.triton") == len(gpu_plan.layouts)  # one kernel in each layout's branch

@@ -3,7 +3,7 @@
 ``MaskEvaluator`` holds one run's cache of metrics (``MaskCache``) and trained
 heads (``TrainedHeads``); its ``metrics`` and ``objectives`` are generators
 that yield the masks needing training, so that the driver of the search
-decides how they train: alone (``MaskEvaluator._train_and_score``) or
+decides how they train: alone (``MaskEvaluator.train_and_score``) or
 together with other runs' masks in one call (``train_and_score_together``,
 ``lockstep.py``).
 """
@@ -61,7 +61,7 @@ class MaskEvaluator:
     ``metrics`` and ``objectives`` are generators: they yield ``(self,
     masks)``, masks that need training (``(K, L)``, at most ``max_batch``),
     and take their (K, metrics) rows back, so that whoever drives the search decides how they are trained
-    (``_train_and_score`` for one run; ``lockstep.train_and_score`` for the
+    (``train_and_score`` for one run; ``train_and_score_together`` for the
     masks of several runs in one call).
     """
 
@@ -146,7 +146,8 @@ class MaskEvaluator:
             num_classes=self.num_classes, num_trained=count,
         )
 
-    def _train_and_score(self, masks: np.ndarray) -> np.ndarray:
+    def train_and_score(self, masks: np.ndarray) -> np.ndarray:
+        """(K, L) bool masks, trained and scored now -> (K, len(METRIC_NAMES)) float64 rows."""
         padded = self._padded(masks)
         count = len(masks)
         if self.baseline is not None and count < len(padded):  # a padding row trains it for free
@@ -232,7 +233,7 @@ def train_and_score_together(requests: list[tuple[MaskEvaluator, np.ndarray]]) -
     """
     if len(requests) == 1:
         evaluator, masks = requests[0]
-        return [evaluator._train_and_score(masks)]
+        return [evaluator.train_and_score(masks)]
     first = requests[0][0]
     blocks = []
     for evaluator, masks in requests:

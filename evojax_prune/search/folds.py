@@ -69,11 +69,11 @@ class FoldEvaluator(MaskEvaluator):
         self.folds = [MaskEvaluator(fold, config, train_key, max_batch) for fold in folds]
         super().__init__(folds[0], config, train_key, max_batch, data=self.folds[0].data)
 
-    def _train_and_score(self, masks: np.ndarray) -> np.ndarray:
+    def train_and_score(self, masks: np.ndarray) -> np.ndarray:
         rows = []
         for fold in self.folds:
             fold.baseline = self.baseline
-            rows.append(fold._train_and_score(masks))
+            rows.append(fold.train_and_score(masks))
             self.train_calls.extend(fold.train_calls)
             fold.train_calls, fold.diverged = [], 0
         self.baseline = None

@@ -103,7 +103,7 @@ def run_search(
     controls = _checked_controls(controls)
     search = _search(features, config, seed=seed, out_dir=out_dir, resume=resume, overwrite=overwrite,
                      controls=controls, algorithm=algorithm, initial_masks=initial_masks)
-    return lockstep.drive([search], _train_and_score_alone)[0]
+    return lockstep.drive([search], _each_alone)[0]
 
 
 def run_searches(
@@ -179,8 +179,8 @@ def _checked_controls(controls: RunControls | None) -> RunControls:
     return controls
 
 
-def _train_and_score_alone(requests: list[tuple[MaskEvaluator, np.ndarray]]) -> list[np.ndarray]:
-    return [evaluator._train_and_score(masks) for evaluator, masks in requests]
+def _each_alone(requests: list[tuple[MaskEvaluator, np.ndarray]]) -> list[np.ndarray]:
+    return [evaluator.train_and_score(masks) for evaluator, masks in requests]
 
 
 def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resume: bool, overwrite: bool,

@@ -507,6 +507,28 @@ _PROGRAMS = {
 }
 
 
+def trace_training(key: jax.Array, masks: np.ndarray, x: np.ndarray, y: np.ndarray, *, num_classes: int,
+                   head_config: HeadConfig, train_config: TrainConfig, plan: TrainingPlan,
+                   mesh=None) -> jax.stages.Traced:
+    """The training program ``train_population`` runs under ``plan``, traced and not run.
+
+    For reading what a plan compiles to (``.lower().as_text()``, or
+    ``.lower(lowering_platforms=("cuda",))`` for a GPU plan on a machine
+    without one): the tests and benchmarks check a plan's kernels and
+    scatters this way. ``plan`` is taken as given (``plan.make_plan`` builds
+    one for any platform); masks (P, L) with P a multiple of the mesh size and
+    of the plan's chunk.
+    """
+    init_params, orders = _initial_weights_and_orders(
+        key, num_features=x.shape[1], num_classes=num_classes, hidden=head_config.hidden,
+        hidden_layers=head_config.hidden_layers, num_epochs=train_config.max_epochs, num_samples=x.shape[0],
+    )
+    return _PROGRAMS[plan.command_buffers].trace(
+        init_params, orders, masks, None, np.int32(masks.shape[0]), x, y, head_config=head_config,
+        train_config=train_config, plan=plan, mesh=devices.mesh_for(None) if mesh is None else mesh,
+    )
+
+
 def train_population(
     key: jax.Array,
     masks: jax.Array,
