@@ -22,6 +22,8 @@ METRIC_NAMES = (
     "diverged",  # 1.0: the head's training diverged (TrainedPopulation.diverged)
 )
 REFERENCE_POINT = (1.0, 1.0, 1.0)  # every objective lies in [0, 1]
+# Front members by what they are best at (``SearchResult.member_index``).
+MEMBERS = ("accuracy", "mem", "auroc")
 WORST = np.asarray(REFERENCE_POINT)  # a diverged head's objectives
 
 
@@ -103,6 +105,33 @@ class SearchResult:
     def objectives(self) -> np.ndarray:
         """(K, 3) validation objectives as minimised: error, MEM, 1 - AUROC."""
         return objectives(self.validation, self.config.ood.auroc)
+
+    def member_index(self, member: int | str) -> int:
+        """The position in ``masks`` of a front member.
+
+        Args:
+          member: a position (negative counts from the end), or what the member
+            is best at on the validation split: ``"accuracy"`` (ties: the fewest
+            features), ``"mem"`` (the fewest features; ties: the best accuracy)
+            or ``"auroc"`` (the robustness objective's AUROC; ties: the best
+            accuracy).
+        """
+        count = len(self.masks)
+        if isinstance(member, (int, np.integer)) and not isinstance(member, bool):
+            if not -count <= member < count:
+                raise ValueError(f"member = {member}: the front has {count} members")
+            return int(member) % count
+        accuracy = self.validation["accuracy"]
+        size = self.masks.sum(axis=1)
+        if member == "accuracy":
+            keys = (size, -accuracy)  # np.lexsort: the last key first
+        elif member == "mem":
+            keys = (-accuracy, size)
+        elif member == "auroc":
+            keys = (-accuracy, -robustness(self.validation, self.config.ood.auroc))
+        else:
+            raise ValueError(f"member must be one of {MEMBERS} or a front position, got {member!r}")
+        return int(np.lexsort(keys)[0])
 
     def __repr__(self) -> str:
         return (

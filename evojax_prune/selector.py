@@ -24,8 +24,6 @@ carries its own.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.feature_selection import SelectorMixin
@@ -34,11 +32,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from evojax_prune.config import RunConfig, preset
 from evojax_prune.data.featureset import FeatureSet
-from evojax_prune.result import robustness
 from evojax_prune.search.controls import RunControls
 from evojax_prune.search.loop import run_search
-
-MEMBERS = ("accuracy", "mem", "auroc")
 
 
 class FeatureSelector(SelectorMixin, BaseEstimator):
@@ -100,12 +95,15 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
         Returns:
           self.
         """
-        features = self._features(X, y, ood, X_val, y_val)
+        features = self.search_features(X, y, ood, X_val, y_val)
         config = self._config()
         controls = RunControls(time_budget=self.time_budget, hv_patience=self.hv_patience)
         result = run_search(features, config, seed=self.seed, controls=controls, initial_masks=initial_masks)
         self.result_ = result
-        self.member_ = _member(result, self.member)
+        try:
+            self.member_ = result.member_index(self.member)
+        except ValueError as error:
+            raise ValueError(f"FeatureSelector.{error}") from None
         self.support_ = np.array(result.masks[self.member_], bool)
         return self
 
@@ -130,7 +128,11 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
             config = config.replace(search={"max_features": self.max_features}, preset=config.preset)
         return config
 
-    def _features(self, X, y, ood, X_val, y_val) -> FeatureSet:
+    def search_features(self, X, y=None, ood=None, X_val=None, y_val=None) -> FeatureSet:
+        """The FeatureSet ``fit`` searches on (arguments as ``fit``'s), its splits drawn as fit draws them.
+
+        Sets ``n_features_in_`` and ``classes_``, as ``fit`` does.
+        """
         if isinstance(X, FeatureSet):
             given = [name for name, value in (("y", y), ("ood", ood), ("X_val", X_val), ("y_val", y_val))
                      if value is not None]
@@ -173,24 +175,3 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
             ood_val=ood, ood_test=ood, class_names=tuple(str(label) for label in self.classes_),
             metadata={"name": "FeatureSelector", "source": "arrays given to FeatureSelector.fit"},
         )
-
-
-def _member(result, member: Any) -> int:
-    """The position in ``result.masks`` of the member ``member`` names (``FeatureSelector.member``)."""
-    accuracy = result.validation["accuracy"]
-    size = result.masks.sum(axis=1)
-    if isinstance(member, (int, np.integer)) and not isinstance(member, bool):
-        if not -len(result.masks) <= member < len(result.masks):
-            raise ValueError(f"FeatureSelector.member = {member}: the front has {len(result.masks)} members")
-        return int(member) % len(result.masks)
-    if member == "accuracy":
-        keys = (size, -accuracy)  # np.lexsort: the last key first
-    elif member == "mem":
-        keys = (-accuracy, size)
-    elif member == "auroc":
-        auroc = robustness(result.validation, result.config.ood.auroc)
-        keys = (-accuracy, -auroc)
-    else:
-        raise ValueError(f"FeatureSelector.member must be one of {MEMBERS} or a front position, "
-                         f"got {member!r}")
-    return int(np.lexsort(keys)[0])

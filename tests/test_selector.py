@@ -61,10 +61,10 @@ def test_fit_on_a_featureset_and_the_members_it_can_choose(digits, pipeline):
     np.testing.assert_array_equal(result.masks, pipeline["select"].result_.masks)
     assert selector.support_.sum() == result.masks.sum(axis=1).min()
     auroc = result.validation["auroc"]
-    assert auroc[ep.selector._member(result, "auroc")] == auroc.max()
-    assert ep.selector._member(result, -1) == len(result.masks) - 1
+    assert auroc[result.member_index("auroc")] == auroc.max()
+    assert result.member_index(-1) == len(result.masks) - 1
     with pytest.raises(ValueError, match="member must be one of"):
-        ep.selector._member(result, "smallest")
+        result.member_index("smallest")
 
 
 def test_arrays_without_ood_are_refused_and_the_default_split_is_stratified(digits):
@@ -74,7 +74,7 @@ def test_arrays_without_ood_are_refused_and_the_default_split_is_stratified(digi
     with pytest.raises(ValueError, match="do not pass y"):
         selector.fit(digits, digits.y_train)
     names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
-    split = selector._features(digits.x_train, names[digits.y_train], digits.ood_val, None, None)
+    split = selector.search_features(digits.x_train, names[digits.y_train], digits.ood_val)
     assert len(split.x_val) == int(np.ceil(0.2 * len(digits.x_train)))
     assert len(split.x_train) + len(split.x_val) == len(digits.x_train)
     assert split.class_names == tuple(sorted(names)) and list(selector.classes_) == sorted(names)

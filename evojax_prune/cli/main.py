@@ -74,8 +74,9 @@ def _configured(args: argparse.Namespace, config):
         if value is not None:
             with _flag(flag, value):
                 config = config.replace(**{section: {field: value}}, preset=config.preset)
-    with _flag("--devices", args.devices):
-        config = config.replace(engine={"devices": args.devices}, preset=config.preset)
+    if args.devices is not None:
+        with _flag("--devices", args.devices):
+            config = config.replace(engine={"devices": args.devices}, preset=config.preset)
     ood = _ood_settings(args, config.ood.score)
     with _flag("--ood-temperature" if args.ood_temperature is not None else "--ood-score",
                args.ood_temperature if args.ood_temperature is not None else ood["score"]):
