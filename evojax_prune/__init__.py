@@ -14,7 +14,7 @@ from evojax_prune.config import (
     preset,
 )
 from evojax_prune.data.featureset import FeatureSet, FeatureSetError
-from evojax_prune.result import SearchResult
+from evojax_prune.run.search_result import SearchResult
 from evojax_prune.score import mahalanobis, metrics, odin, ood_scores
 from evojax_prune.score.evaluate import PopulationMetrics, evaluate_population
 from evojax_prune.search import nsga2, operators, ranking

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from evojax_prune.config import PruneTarget
@@ -134,3 +135,70 @@ def apply_population(params: HeadParams, masks: jax.Array, x: jax.Array,
                      prune: PruneTarget = "features") -> jax.Array:
     """Logits of P heads on shared inputs: params stacked (P, ...), masks (P, L), x (N, D) -> (P, N, C)."""
     return jax.vmap(lambda p, m: apply(p, m, x, prune))(params, masks)
+
+
+@struct.dataclass
+class CompactHead:
+    """One pruned head holding only its kept units: what a deployment needs.
+
+    Attributes:
+      feature_indices: (k,) int, the kept input features, increasing, in [0, D).
+      hidden_kernel: (k, h1) float32, the first layer over the kept features and its kept neurons.
+      output_kernel: (h, C) float32 over the last layer's kept neurons; output_bias: (C,).
+      second_kernel: (h1, h2) float32, or None for a head of one hidden layer.
+      num_features: D, the width of the features the head reads.
+
+    ``logits(x)`` equals ``apply(params, mask, x, prune)`` of the head it was
+    cut from (``compact``), up to float32 summation order: the units removed
+    there only ever contributed zeros.
+    """
+
+    feature_indices: jax.Array
+    hidden_kernel: jax.Array
+    output_kernel: jax.Array
+    output_bias: jax.Array
+    second_kernel: jax.Array | None = None
+    num_features: int = struct.field(pytree_node=False, default=0)
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        """(N, D) features -> (N, C) float32 logits."""
+        hidden = jax.nn.relu(jnp.take(x, self.feature_indices, axis=1) @ self.hidden_kernel)
+        if self.second_kernel is not None:
+            hidden = jax.nn.relu(hidden @ self.second_kernel)
+        return hidden @ self.output_kernel + self.output_bias
+
+    @property
+    def num_parameters(self) -> int:
+        """The weights it holds (kernels and bias)."""
+        kernels = (self.hidden_kernel, self.output_kernel, self.output_bias, self.second_kernel)
+        return sum(int(kernel.size) for kernel in kernels if kernel is not None)
+
+
+def compact(params: HeadParams, mask, prune: PruneTarget = "features") -> CompactHead:
+    """The head ``params`` with chromosome ``mask`` cut down to its kept units (host numpy).
+
+    Args:
+      params: one head's parameters (numpy or jax arrays, no leading axis).
+      mask: (L,) bool chromosome (``unit_masks``).
+      prune: ``HeadConfig.prune``.
+    """
+    hidden = params.output_kernel.shape[0]
+    features_kept, first_kept, second_kept = unit_masks(np.asarray(mask, bool), prune, hidden)
+    num_features = params.hidden_kernel.shape[0]
+    every = lambda size: np.ones(size, bool)
+    features_kept = every(num_features) if features_kept is None else features_kept
+    first_kept = every(hidden) if first_kept is None else first_kept
+    kernel = np.asarray(params.hidden_kernel)[features_kept][:, first_kept]
+    last_kept, second = first_kept, None
+    if params.second_kernel is not None:
+        second_kept = every(hidden) if second_kept is None else second_kept
+        second = np.asarray(params.second_kernel)[first_kept][:, second_kept]
+        last_kept = second_kept
+    return CompactHead(
+        feature_indices=np.flatnonzero(features_kept).astype(np.int32),
+        hidden_kernel=kernel.astype(np.float32),
+        output_kernel=np.asarray(params.output_kernel)[last_kept].astype(np.float32),
+        output_bias=np.asarray(params.output_bias).astype(np.float32),
+        second_kernel=None if second is None else second.astype(np.float32),
+        num_features=int(num_features),
+    )

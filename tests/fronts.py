@@ -5,7 +5,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from evojax_prune.run import rundir
+from evojax_prune.run import search_result
 
 
 def assert_same_result(ours, theirs) -> None:
@@ -20,8 +20,8 @@ def assert_same_result(ours, theirs) -> None:
 
 def assert_same_front(found: Path, expected: Path) -> None:
     """The two run directories hold the same front, bit for bit (not the wall times)."""
-    ours, _ = rundir.read_run(found)
-    theirs, _ = rundir.read_run(expected)
+    ours, _ = search_result.read_run(found)
+    theirs, _ = search_result.read_run(expected)
     assert_same_result(ours, theirs)
     assert [row["hypervolume"] for row in ours.history] == [row["hypervolume"] for row in theirs.history]
     assert ours.evaluations == theirs.evaluations

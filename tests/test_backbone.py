@@ -14,6 +14,7 @@ if importlib.util.find_spec("keras") is None:
     pytest.skip("the features extra (keras) is not installed", allow_module_level=True)
 
 from evojax_prune.data import backbone
+from evojax_prune.io import keras_backend
 
 SIZE = 32
 
@@ -34,7 +35,7 @@ def extractor(model):
 
 
 def test_preprocess_is_keras_caffe_by_hand():
-    keras = backbone.import_keras()  # not `import keras`: that would pick the backend from keras.json
+    keras = keras_backend.import_keras()  # not `import keras`: that would pick the backend from keras.json
 
     rgb = np.arange(2 * 2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 2, 3) * 10
     expected = rgb[..., ::-1].astype(np.float32) - np.array([103.939, 116.779, 123.68], np.float32)
@@ -53,7 +54,7 @@ def test_preprocess_is_keras_caffe_by_hand():
 def test_features_do_not_depend_on_the_batch_size_and_are_keras_predict_on_preprocessed_input(
     model, extractor, images
 ):
-    keras = backbone.import_keras()
+    keras = keras_backend.import_keras()
     by_4 = extractor(images)  # 4 + 4 + 1 padded to 4
     by_9 = backbone.FeatureExtractor(model, batch_size=9, weights=None)(images)
     assert by_4.shape == (9, backbone.FEATURE_DIM) and by_4.dtype == np.float32
@@ -161,7 +162,7 @@ def test_keras_imported_with_another_backend_is_refused():
         backbone = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(backbone)
         try:
-            backbone.import_keras()
+            keras_backend.import_keras()
         except RuntimeError as error:
             print("refused:", error)
         """

@@ -10,7 +10,7 @@ from evojax_prune import head
 from evojax_prune.analysis import ensemble
 from evojax_prune.config import preset
 from evojax_prune.data import embedded
-from evojax_prune.result import SearchResult
+from evojax_prune.run.search_result import SearchResult
 from evojax_prune.score import evaluate, metrics, odin
 from evojax_prune.score.ood_scores import OodSpec
 

@@ -12,7 +12,7 @@ from evojax_prune.cli import main as cli
 from evojax_prune.config import preset
 from evojax_prune.data import embedded
 from evojax_prune.result import METRIC_NAMES
-from evojax_prune.run import rundir
+from evojax_prune.run import search_result
 from evojax_prune.score import evaluate
 from evojax_prune.search import folds as folds_module
 from evojax_prune.search.loop import run_search, run_searches
@@ -74,7 +74,7 @@ def test_front_metrics_are_the_means_of_each_fold_alone(folds, averaged):
 
 def test_a_fold_run_reads_back_and_its_ensembles_are_the_first_folds_heads(folds, averaged_run):
     result, out = averaged_run
-    on_disk, _ = rundir.read_run(out)
+    on_disk, _ = search_result.read_run(out)
     assert on_disk.folds == result.folds == 2
     np.testing.assert_allclose(on_disk.test["accuracy"], result.test["accuracy"])
     # The recorded numbers are fold means; the ensembles score the first fold's heads on the first

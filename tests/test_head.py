@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from evojax_prune import head
 
@@ -89,3 +90,28 @@ def test_apply_is_the_output_layer_on_the_last_hidden_layer():
     expected = np.maximum((np.asarray(x) * np.asarray(mask)) @ np.asarray(params.hidden_kernel), 0)
     np.testing.assert_allclose(hidden, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(head.apply(params, mask, x), head.output(params, hidden))
+
+
+@pytest.mark.parametrize("prune, hidden_layers", [("features", 1), ("hidden1", 1), ("features", 2),
+                                                  ("hidden2", 2), ("both", 2)])
+def test_a_compact_head_holds_only_kept_units_and_gives_the_masked_heads_logits(prune, hidden_layers):
+    params = head.init(jax.random.key(3), D, C, H, hidden_layers)
+    params = params.replace(output_bias=jnp.arange(C, dtype=jnp.float32) * 0.1)
+    length = {"features": D, "hidden1": H, "hidden2": H, "both": 2 * H}[prune]
+    mask = np.random.default_rng(1).random(length) < 0.6
+    x = jax.random.normal(jax.random.key(4), (N, D))
+    compact = head.compact(params, mask, prune)
+    np.testing.assert_allclose(compact.logits(x), head.apply(params, mask, x, prune), rtol=1e-5, atol=1e-6)
+    features, first, second = head.unit_masks(mask, prune, H)
+    kept_features = D if features is None else int(features.sum())
+    kept_first = H if first is None else int(first.sum())
+    assert compact.hidden_kernel.shape == (kept_features, kept_first)
+    np.testing.assert_array_equal(compact.feature_indices, np.flatnonzero(
+        np.ones(D, bool) if features is None else features))
+    last = kept_first
+    if hidden_layers == 2:
+        last = H if second is None else int(second.sum())
+        assert compact.second_kernel.shape == (kept_first, last)
+    assert compact.output_kernel.shape == (last, C)
+    expected = kept_features * kept_first + last * C + C + (kept_first * last if hidden_layers == 2 else 0)
+    assert compact.num_parameters == expected

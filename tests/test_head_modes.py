@@ -7,7 +7,7 @@ import pytest
 
 from evojax_prune.cli import main as cli
 from evojax_prune.config import HeadConfig
-from evojax_prune.run import rundir
+from evojax_prune.run import search_result
 
 TINY = ["--population", "2", "--generations", "1", "--quiet"]
 
@@ -21,7 +21,7 @@ TINY = ["--population", "2", "--generations", "1", "--quiet"]
 def test_each_mode_trains_scores_and_reads_back(tmp_path, layers, prune, bits):
     out = tmp_path / "run"
     assert cli.main(["run", "--hidden-layers", layers, "--prune", prune, "--out", str(out), *TINY]) == 0
-    result, _ = rundir.read_run(out)
+    result, _ = search_result.read_run(out)
     assert result.config.head == HeadConfig(hidden=512, hidden_layers=int(layers), prune=prune)
     assert result.masks.shape[1] == bits
     np.testing.assert_allclose(result.validation["mem"], result.masks.sum(axis=1) / bits)

@@ -120,9 +120,10 @@ def test_importing_tfds_leaves_keras_on_jax():
     # TensorFlow imports Keras when it is installed, and Keras fixes its backend then (by default
     # from ~/.keras/keras.json): a TFDS source must not stop the backbone from running on JAX.
     code = (
-        "from evojax_prune.data import backbone, images\n"
+        "from evojax_prune.data import images\n"
+        "from evojax_prune.io import keras_backend\n"
         "images.import_tfds()\n"
-        "print('backend', backbone.import_keras().backend.backend())\n"
+        "print('backend', keras_backend.import_keras().backend.backend())\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     result = subprocess.run(

@@ -13,7 +13,7 @@ from report_runs import copy_run, tiny_config
 from evojax_prune.analysis import ensemble, report
 from evojax_prune.cli import main as cli
 from evojax_prune.data import embedded
-from evojax_prune.run import rundir
+from evojax_prune.run import rundir, search_result
 from evojax_prune.search.loop import run_search
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -92,7 +92,7 @@ def test_ensembles_json_agrees_with_the_run(finished, reported):
 
 def test_load_run_round_trips_the_search_result(finished):
     result, out = finished
-    loaded, recorded = rundir.read_run(out)
+    loaded, recorded = search_result.read_run(out)
     np.testing.assert_array_equal(loaded.masks, result.masks)
     for name in result.validation:
         np.testing.assert_allclose(loaded.validation[name], result.validation[name])
@@ -262,7 +262,7 @@ def test_a_run_from_before_the_ood_score_choice_still_reads_and_reports_odin(fin
     for name in ("score", "energy_temperature"):
         del recorded["config"]["odin"][name]
     (old / "config.json").write_text(json.dumps(recorded))
-    loaded, _ = rundir.read_run(old)
+    loaded, _ = search_result.read_run(old)
     assert loaded.config.ood.score == "odin"
     report.write_report(old)
     assert "| val ODIN AUROC | test ODIN AUROC |" in (old / "report.md").read_text()
@@ -273,4 +273,4 @@ def test_an_ood_score_column_that_contradicts_the_config_is_damage(finished, tmp
     table = (copy / "pareto.csv").read_text()
     (copy / "pareto.csv").write_text(table.replace(",odin,", ",energy,"))
     with pytest.raises(rundir.RunFileError, match=r"pareto.csv: its ood_score column says \['energy'\]"):
-        rundir.read_run(copy)
+        search_result.read_run(copy)

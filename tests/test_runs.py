@@ -13,7 +13,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from evojax_prune.cli import main as cli
 from evojax_prune.config import preset
 from evojax_prune.data import embedded
-from evojax_prune.run import rundir
+from evojax_prune.run import search_result
 from evojax_prune.search.controls import RunControls
 from evojax_prune.search.loop import run_search, run_searches
 
@@ -41,7 +41,7 @@ def test_each_run_equals_its_seed_alone(features, together):
         assert_same_result(result.runs[index], alone)
         strip = lambda history: [{k: v for k, v in record.items() if k not in TIMINGS} for record in history]
         assert strip(result.runs[index].history) == strip(alone.history)
-        on_disk, _ = rundir.read_run(out / f"run-{index}")  # an ordinary, complete run directory
+        on_disk, _ = search_result.read_run(out / f"run-{index}")  # an ordinary, complete run directory
         assert_same_result(on_disk, alone)
 
 

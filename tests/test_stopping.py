@@ -17,7 +17,7 @@ from fronts import assert_same_front
 from evojax_prune import config
 from evojax_prune.cli import main as cli
 from evojax_prune.data import embedded
-from evojax_prune.run import rundir
+from evojax_prune.run import rundir, search_result
 from evojax_prune.search import operators, stopping, strategy, warm_start
 from evojax_prune.search.controls import RunControls
 from evojax_prune.search.loop import run_search
@@ -72,7 +72,7 @@ def test_time_budget_stops_checkpointed_and_resume_reaches_the_planned_front(pla
     assert ended["reason"] == "time_budget" and ended["generation"] == 0 and ended["planned_generations"] == 2
     assert ended["time_budget"] == TINY and ended["elapsed_seconds"] > TINY
     assert config_of(run)["stopping"] == {"time_budget": TINY, "hv_patience": None}
-    stopped, _ = rundir.read_run(run)  # a complete run directory: report and explain can read it
+    stopped, _ = search_result.read_run(run)  # a complete run directory: report and explain can read it
     assert stopped.stopping == ended and len(stopped.masks) >= 1
     # Resumed without a budget (a run control, not configuration): on to the planned generations.
     assert cli.main(run_command(run, "--resume")) == 0
@@ -148,7 +148,7 @@ def test_max_features_bounds_every_mask_evaluated_and_is_configuration(planned, 
     evaluated = evaluated_masks(run)
     assert len(evaluated) == rundir.read_history(run)[-1]["evaluations"]
     assert evaluated.sum(axis=1).max() <= 5 and evaluated.sum(axis=1).min() >= 1
-    result, _ = rundir.read_run(run)
+    result, _ = search_result.read_run(run)
     assert result.masks.sum(axis=1).max() <= 5
     assert all(row["smallest_mem"] <= 5 / 64 for row in result.history)
     assert max(summary_of(run)["front"]["active_features"]) <= 5
@@ -169,7 +169,7 @@ def test_initial_masks_from_a_npy_and_from_an_earlier_front_seed_the_first_popul
     given[0, :10] = 1
     given[1, ::2] = 1
     np.save(tmp_path / "seeds.npy", given)
-    front = rundir.read_run(planned)[0].masks[:4]
+    front = search_result.read_run(planned)[0].masks[:4]
     for name, source, expected in (("npy", tmp_path / "seeds.npy", given.astype(bool)),
                                    ("pareto", planned / "pareto.npz", front)):
         run = tmp_path / name

@@ -661,14 +661,15 @@ def compare_ensembles(
     """
     from evojax_prune.data import run_features
     from evojax_prune.data.featureset import FeatureSet
-    from evojax_prune.result import SearchResult, robustness_metric
-    from evojax_prune.run import rundir
+    from evojax_prune.result import robustness_metric
+    from evojax_prune.run import search_result
+    from evojax_prune.run.search_result import SearchResult
 
     if ood_ranking not in ("auroc", "accuracy"):
         raise ValueError(f"ood_ranking must be 'auroc' or 'accuracy', got {ood_ranking!r}")
     bands = _checked_bands(bands)
     if isinstance(run, str | os.PathLike):
-        result, recorded = rundir.read_run(run)
+        result, recorded = search_result.read_run(run)
         features = run_features.read_run_features(recorded, features, source=str(run))
     elif isinstance(run, SearchResult):
         result = run

@@ -33,7 +33,7 @@ import numpy as np
 
 from evojax_prune.analysis import report
 from evojax_prune.result import robustness
-from evojax_prune.run import rundir
+from evojax_prune.run import rundir, search_result
 
 DEFAULT_MEMBERS = "best-accuracy,smallest-mem,best-auroc"
 MEMBER_NAMES = ("best-accuracy", "smallest-mem", "best-auroc")
@@ -365,7 +365,7 @@ def explain_run(run_dir: str | os.PathLike, *, members: str = DEFAULT_MEMBERS, n
     if target not in gradcam.TARGET_MODES:
         raise ValueError(f"--target must be one of {gradcam.TARGET_MODES}, got {target!r}")
     path = Path(run_dir)
-    result, recorded = rundir.read_run(path)
+    result, recorded = search_result.read_run(path)
     rundir.require_writable(path, "write the heat maps")
     metadata = recorded.get("features") or {}
     if result.config.head.prune != "features":

@@ -168,7 +168,7 @@ def feature_map_model(model):
       A ``keras.Model`` sharing ``model``'s variables: (N, S, S, 3) preprocessed
       images -> (N, h, w, 2048) feature maps (h = w = S / 32 rounded up).
     """
-    from evojax_prune.data.backbone import import_keras
+    from evojax_prune.io.keras_backend import import_keras
 
     keras = import_keras()
     pooling = model.layers[-1]

@@ -43,7 +43,7 @@ from evojax_prune.analysis import ensemble, published
 from evojax_prune.data import run_features
 from evojax_prune.io import atomic
 from evojax_prune.result import objectives, robustness
-from evojax_prune.run import rundir
+from evojax_prune.run import rundir, search_result
 from evojax_prune.score import ood_scores
 
 FIGURES = ("front_3d", "front_pairs", "history", "ensembles", "features")
@@ -330,7 +330,7 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
     except ImportError:
         raise ValueError("the report needs matplotlib: pip install matplotlib") from None
     path = Path(run_dir)
-    result, recorded = rundir.read_run(path)
+    result, recorded = search_result.read_run(path)
     rundir.require_writable(path, "write the report")
     featureset = run_features.read_run_features(recorded, features, source=str(path))
     comparison = ensemble.compare_ensembles(result, featureset, bands=bands, tpr=tpr)

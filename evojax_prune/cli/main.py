@@ -288,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("extract", "compute a FeatureSet from images", "evojax_prune.data.extract"),
         ("report", "plots and a report for a finished run", "evojax_prune.analysis.report"),
         ("explain", "Grad-CAM heat maps of front members", "evojax_prune.analysis.explain"),
+        ("export", "a front member's head as a Keras model file", "evojax_prune.run.search_result"),
     ):
         importlib.import_module(module).register(commands.add_parser(name, help=summary))
     return parser

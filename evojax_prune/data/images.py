@@ -330,7 +330,7 @@ def import_tfds():
     Raises:
       ImportError: the ``features`` extra is not installed (the message says so).
     """
-    from evojax_prune.data.backbone import prefer_jax_backend
+    from evojax_prune.io.keras_backend import prefer_jax_backend
 
     prefer_jax_backend()  # importing TensorFlow imports Keras, whose backend is fixed then
     try:

@@ -39,10 +39,8 @@ from typing import Any
 import numpy as np
 
 from evojax_prune.config import RunConfig
-from evojax_prune.head import HeadParams
 from evojax_prune.io import atomic
-from evojax_prune.result import METRIC_NAMES, REFERENCE_POINT, SearchResult
-from evojax_prune.score import ood_scores
+from evojax_prune.result import METRIC_NAMES, REFERENCE_POINT
 from evojax_prune.version import __version__
 
 FORMAT = 1
@@ -292,50 +290,6 @@ def write_checkpoint(path: Path, state_leaves: list[np.ndarray], cache_state: di
                             keep_previous=path / PREVIOUS_CHECKPOINT)
 
 
-def write_results(path: Path, result: SearchResult) -> None:
-    """pareto.csv, pareto.npz and summary.json of a ``SearchResult``, in that order."""
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    diverged = result.validation.get("diverged", np.zeros(len(result.masks)))
-    for member, mask in enumerate(result.masks):
-        row = [member, int(mask.sum()), float(result.validation["mem"][member])]
-        for name in CSV_METRICS:
-            row += [float(result.validation[name][member]), float(result.test[name][member])]
-        row += [int(result.validation["epochs"][member]), result.config.ood.score, int(diverged[member])]
-        writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in row])
-    atomic.write_text(path / "pareto.csv", table.getvalue())
-
-    arrays = {"format": np.asarray(FORMAT), "masks": result.masks, "objectives": result.objectives,
-              "baseline_mask": np.ones(result.masks.shape[1], bool)}
-    for prefix, params in (("", result.params), ("baseline_", result.baseline_params)):
-        for name in PARAM_NAMES + (SECOND_KERNEL,) * (params.second_kernel is not None):
-            arrays[prefix + name] = np.asarray(getattr(params, name))
-    atomic.write_atomically(path / "pareto.npz", lambda stream: np.savez_compressed(stream, **arrays))
-
-    as_lists = lambda values: {name: np.asarray(value).tolist() for name, value in values.items()}
-    atomic.write_json(path / "summary.json", {
-        "format": FORMAT,
-        "seed": result.seed,
-        "preset": result.config.preset,
-        "generations": len(result.history) - 1,
-        "evaluations": result.evaluations,
-        "wall_seconds": result.wall_time,
-        "hypervolume": result.hypervolume,
-        "hypervolume_reference": list(REFERENCE_POINT),
-        "auroc_objective": result.config.ood.auroc,
-        "ood_score": result.config.ood.score,
-        "ood_score_description": ood_scores.describe(result.config.ood),
-        "fpr95_convention": "in-distribution as positive (ODIN paper)",
-        "baseline": {"validation": result.baseline_validation, "test": result.baseline_test,
-                     "active_features": int(result.masks.shape[1])},
-        "front": {"size": len(result.masks), "active_features": result.masks.sum(axis=1).tolist(),
-                  "validation": as_lists(result.validation), "test": as_lists(result.test)},
-        # why the search stopped (search.stopping.summary); None for a result built without a loop
-        "stopping": result.stopping,
-    })
-
-
 # --------------------------------------------------------------------------- reading
 
 
@@ -356,7 +310,7 @@ def _read_text(file: Path, remedy: str) -> str:
         raise RunFileError(file, f"not UTF-8 text (byte {error.start})", remedy) from None
 
 
-def _read_json(file: Path, remedy: str) -> dict[str, Any]:
+def read_json_file(file: Path, remedy: str) -> dict[str, Any]:
     text = _read_text(file, remedy)
     if not text.strip():
         raise RunFileError(file, "empty", remedy)
@@ -372,13 +326,13 @@ def _read_json(file: Path, remedy: str) -> dict[str, Any]:
     return data
 
 
-def _missing_keys(file: Path, data: dict[str, Any], keys: tuple[str, ...], remedy: str) -> None:
+def require_keys(file: Path, data: dict[str, Any], keys: tuple[str, ...], remedy: str) -> None:
     missing = [key for key in keys if key not in data]
     if missing:
         raise RunFileError(file, f"lacks {', '.join(missing)} (written by another version?)", remedy)
 
 
-def _read_npz(file: Path, remedy: str) -> dict[str, np.ndarray]:
+def read_npz_file(file: Path, remedy: str) -> dict[str, np.ndarray]:
     try:
         with np.load(file, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -394,7 +348,7 @@ def _read_npz(file: Path, remedy: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _shape_problem(name: str, array: np.ndarray, shape: tuple[int | None, ...], kind: str) -> str | None:
+def shape_problem(name: str, array: np.ndarray, shape: tuple[int | None, ...], kind: str) -> str | None:
     """Why ``array`` is not of ``shape`` (None: any size) and dtype kind, or None."""
     fits = array.ndim == len(shape) and all(want is None or want == got
                                             for want, got in zip(shape, array.shape, strict=True))
@@ -408,8 +362,8 @@ def read_config(path: Path) -> dict[str, Any]:
     """config.json, validated: its keys, format and configuration (``RunConfig.from_dict``)."""
     file = path / "config.json"
     remedy = restart_remedy(path)
-    recorded = _read_json(file, remedy)
-    _missing_keys(file, recorded, CONFIG_KEYS, remedy)
+    recorded = read_json_file(file, remedy)
+    require_keys(file, recorded, CONFIG_KEYS, remedy)
     try:
         RunConfig.from_dict(recorded["config"])
     except (TypeError, ValueError, KeyError, AttributeError) as error:
@@ -510,7 +464,7 @@ def _unused_name(path: Path, stem: str, suffix: str) -> Path:
 
 
 def _parse_checkpoint(file: Path, state_template: list[Any], num_features: int, remedy: str) -> Checkpoint:
-    arrays = _read_npz(file, remedy)
+    arrays = read_npz_file(file, remedy)
     counters = ("cache_keys", "cache_values", "trained_masks", "elapsed_seconds", "generation")
     names = [f"state_{i}" for i in range(len(state_template))]
     missing = [name for name in (*names, *counters) if name not in arrays]
@@ -527,10 +481,10 @@ def _parse_checkpoint(file: Path, state_template: list[Any], num_features: int, 
     if values.ndim == 2 and values.shape[1] == len(METRIC_NAMES) - 1:  # before "diverged" was kept
         train_loss = values[:, METRIC_NAMES.index("train_loss")]
         values = np.concatenate([values, ~np.isfinite(train_loss[:, None])], axis=1)
-    problem = (_shape_problem("cache_keys", keys, (None, (num_features + 7) // 8), "u")
-               or _shape_problem("cache_values", values, (len(keys), len(METRIC_NAMES)), "f"))
+    problem = (shape_problem("cache_keys", keys, (None, (num_features + 7) // 8), "u")
+               or shape_problem("cache_values", values, (len(keys), len(METRIC_NAMES)), "f"))
     for name in ("trained_masks", "generation", "elapsed_seconds"):
-        problem = problem or _shape_problem(name, arrays[name], (), "iuf")
+        problem = problem or shape_problem(name, arrays[name], (), "iuf")
     if problem:
         raise RunFileError(file, problem, remedy)
     generation, elapsed = int(arrays["generation"]), float(arrays["elapsed_seconds"])
@@ -541,121 +495,3 @@ def _parse_checkpoint(file: Path, state_template: list[Any], num_features: int, 
         cache_state={"cache_keys": keys, "cache_values": values},
         trained_masks=int(arrays["trained_masks"]), elapsed=elapsed, generation=generation, file=file,
     )
-
-
-def read_run(path: str | os.PathLike) -> tuple[SearchResult, dict[str, Any]]:
-    """A finished run directory as a ``SearchResult`` and config.json's dict, every file validated.
-
-    Raises:
-      FileNotFoundError: no such directory.
-      RunDirectoryError: not a run directory, or an unfinished run.
-      RunFileError: a file is damaged (which, what, and what to do).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such run directory")
-    if not path.is_dir():
-        raise RunDirectoryError(f"{path}: not a directory (expected a run directory)")
-    if not (path / "config.json").is_file():
-        raise RunDirectoryError(f"{path}: not a run directory (no config.json)")
-    recorded = read_config(path)
-    for name in ("summary.json", "pareto.npz", "pareto.csv"):
-        if not (path / name).is_file():
-            raise RunDirectoryError(f"{path}: the run has not finished (no {name}); continue it with "
-                                    f"the run's command and '--resume --out {path}'")
-    remedy = results_remedy(path)
-    history = read_history(path)
-    config = RunConfig.from_dict(recorded["config"])
-    arrays = _read_npz(path / "pareto.npz", remedy)
-    masks, params, baseline_params = _front_arrays(path / "pareto.npz", arrays, recorded["num_features"],
-                                                   config.head, recorded["num_classes"], remedy)
-    summary = _read_json(path / "summary.json", remedy)
-    validation, test, baseline = _summary_metrics(path / "summary.json", summary, len(masks), remedy)
-    _check_csv(path / "pareto.csv", masks, config.ood.score, remedy)
-    result = SearchResult(
-        masks=masks, validation=validation, test=test, params=params,
-        baseline_validation=baseline["validation"], baseline_test=baseline["test"],
-        baseline_params=baseline_params, history=history,
-        hypervolume=float(summary["hypervolume"]), evaluations=int(summary["evaluations"]),
-        wall_time=float(summary["wall_seconds"]), config=config, seed=int(recorded["seed"]),
-        stopping=summary.get("stopping"),
-        folds=len((recorded.get("features") or {}).get("folds") or [None]),
-    )
-    return result, recorded
-
-
-def _front_arrays(file: Path, arrays: dict[str, np.ndarray], num_features: int, head_config,
-                  num_classes: int, remedy: str):
-    hidden, two_layers = head_config.hidden, head_config.hidden_layers == 2
-    param_names = PARAM_NAMES + (SECOND_KERNEL,) * two_layers
-    names = ("masks", *param_names, *(f"baseline_{name}" for name in param_names))
-    missing = [name for name in names if name not in arrays]
-    if missing:
-        raise RunFileError(file, f"lacks {', '.join(missing)} (written by another version?)", remedy)
-    size = len(arrays["masks"]) if arrays["masks"].ndim == 2 else None
-    shapes = {"masks": ((size, head_config.chromosome_length(num_features)), "b"),
-              "hidden_kernel": ((size, num_features, hidden), "f"),
-              "output_kernel": ((size, hidden, num_classes), "f"),
-              "output_bias": ((size, num_classes), "f"),
-              "baseline_hidden_kernel": ((num_features, hidden), "f"),
-              "baseline_output_kernel": ((hidden, num_classes), "f"),
-              "baseline_output_bias": ((num_classes,), "f")}
-    if two_layers:
-        shapes |= {SECOND_KERNEL: ((size, hidden, hidden), "f"),
-                   f"baseline_{SECOND_KERNEL}": ((hidden, hidden), "f")}
-    for name, (shape, kind) in shapes.items():  # size None (masks not 2-D): the masks' problem first
-        problem = _shape_problem(name, arrays[name], shape, kind)
-        if problem:
-            raise RunFileError(file, problem, remedy)
-    params = HeadParams(*(arrays[name] for name in param_names))
-    baseline = HeadParams(*(arrays[f"baseline_{name}"] for name in param_names))
-    return arrays["masks"], params, baseline
-
-
-def _summary_metrics(file: Path, summary: dict[str, Any], size: int, remedy: str):
-    _missing_keys(file, summary, ("hypervolume", "evaluations", "wall_seconds", "baseline", "front"), remedy)
-    try:
-        front, baseline = summary["front"], summary["baseline"]
-        splits = {split: {name: np.asarray(value, np.float64) for name, value in front[split].items()}
-                  for split in ("validation", "test")}
-        baseline = {split: {name: float(value) for name, value in baseline[split].items()}
-                    for split in ("validation", "test")}
-        float(summary["hypervolume"]), int(summary["evaluations"]), float(summary["wall_seconds"])
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise RunFileError(file, f"its front or baseline is malformed ({type(error).__name__}: {error})",
-                           remedy) from None
-    for split, values in splits.items():
-        missing = [name for name in METRIC_NAMES if name != "diverged" and name not in values]
-        wrong = [name for name, value in values.items() if value.shape != (size,)]
-        if missing or wrong:
-            raise RunFileError(file, f"front.{split} lacks {missing} or has metrics {wrong} not of the "
-                                     f"front's {size} members in pareto.npz", remedy)
-    return splits["validation"], splits["test"], baseline
-
-
-def _check_csv(file: Path, masks: np.ndarray, ood_score: str, remedy: str) -> None:
-    try:
-        rows = list(csv.reader(io.StringIO(file.read_bytes().decode("utf-8"))))
-    except (UnicodeDecodeError, csv.Error) as error:  # not _read_text: "not a CSV table" says more
-        raise RunFileError(file, f"not a CSV table ({error})", remedy) from None
-    if not rows:
-        raise RunFileError(file, "empty", remedy)
-    header = tuple(rows[0])
-    if header not in (CSV_COLUMNS, *OLDER_CSV_COLUMNS):
-        raise RunFileError(file, f"columns {list(header)[:4]}... are not a front's "
-                                 f"(expected {list(CSV_COLUMNS)[:4]}...)", remedy)
-    body = rows[1:]
-    if len(body) != len(masks) or any(len(row) != len(header) for row in body):
-        raise RunFileError(file, f"{len(body)} rows of a front, expected {len(masks)} complete rows "
-                                 "(as pareto.npz)", remedy)
-    try:
-        active = [int(row[1]) for row in body]
-    except ValueError as error:
-        raise RunFileError(file, f"active_features is not a count ({error})", remedy) from None
-    if active != masks.sum(axis=1).tolist():
-        raise RunFileError(file, "its active_features disagree with pareto.npz's masks", remedy)
-    column = header.index("ood_score") if "ood_score" in header else None
-    recorded_scores = set() if column is None else {row[column] for row in body}
-    if recorded_scores - {ood_score}:
-        raise RunFileError(file, f"its ood_score column says {sorted(recorded_scores)}, config.json's "
-                                 f"ood.score is {ood_score!r}", remedy)

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from evojax_prune import devices
-from evojax_prune.result import REFERENCE_POINT, SearchResult
+from evojax_prune.result import REFERENCE_POINT
 from evojax_prune.run import rundir
+from evojax_prune.run.search_result import SearchResult
 from evojax_prune.search import ranking
 from evojax_prune.search.controls import RunControls
 from evojax_prune.search.evaluation_cache import pack_masks

@@ -37,9 +37,10 @@ import numpy as np
 from evojax_prune import devices
 from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
-from evojax_prune.result import METRIC_NAMES, REFERENCE_POINT, SearchResult, robustness
+from evojax_prune.result import METRIC_NAMES, REFERENCE_POINT, robustness
 from evojax_prune.result import objectives as to_objectives
-from evojax_prune.run import rundir
+from evojax_prune.run import rundir, search_result
+from evojax_prune.run.search_result import SearchResult
 from evojax_prune.search import folds, lockstep, selection, stopping, strategy, warm_start
 from evojax_prune.search.controls import RunControls
 from evojax_prune.search.evaluation_cache import MaskCache
@@ -260,11 +261,12 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
     ended = stopping.summary(stopped, rules, history, search.generations, time.perf_counter() - started)
     result = _final_front(features, config, seed, state, evolver, evaluator, history, started)
     result = dataclasses.replace(result, stopping=ended,
-                                 folds=len(features) if isinstance(features, list) else 1)
+                                 folds=len(features) if isinstance(features, list) else 1,
+                                 provenance={name: settings[name] for name in search_result.PROVENANCE_KEYS})
     # Every process ran the same selection on the same gathered objectives.
     devices.assert_same_on_every_process((result.masks, result.objectives), "the final fronts")
     if write_path is not None:
-        rundir.write_results(write_path, result)
+        search_result.write_results(write_path, result)
     return result
 
 
