@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 
 from evojax_prune import head
 from evojax_prune.config import EngineConfig, HeadConfig, RunConfig, TrainConfig
-from evojax_prune.train import memory, optimizer, packing, plan, trainer, xla_step
+from evojax_prune.train import epochs, memory, optimizer, packing, plan, trainer, xla_step
 
 D, H, C, N = 64, 8, 3, 50  # N = 6 full batches of 8 + a partial batch of 2; D gives 2 capacities
 RTOL, ATOL = 2e-4, 2e-5
@@ -520,11 +520,11 @@ def test_what_auto_resolves_to_on_each_platform():
 
 def test_epoch_orders_and_batches_cover_every_sample_once_and_pad_the_last_batch():
     key = jax.random.key(0)
-    orders = trainer.epoch_orders(key, 3, 50)
+    orders = epochs.epoch_orders(key, 3, 50)
     assert orders.shape == (3, 50) and orders.dtype == jnp.int32
     np.testing.assert_array_equal(orders[2], jax.random.permutation(jax.random.fold_in(key, 2), 50))
     assert not np.array_equal(orders[0], orders[1])
-    indices, weights = trainer.epoch_batches(orders[1], 8)
+    indices, weights = epochs.epoch_batches(orders[1], 8)
     assert indices.shape == weights.shape == (7, 8)
     real = np.asarray(indices)[np.asarray(weights) > 0]
     np.testing.assert_array_equal(real, orders[1])

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from evojax_prune import head
-from evojax_prune.analysis import ensemble, published
+from evojax_prune.analysis import ensemble, published, voting
 from evojax_prune.data import run_features
 from evojax_prune.io import atomic
 from evojax_prune.result import objectives, robustness
@@ -50,7 +50,7 @@ FIGURES = ("front_3d", "front_pairs", "history", "ensembles", "features")
 PUBLISHED_FIGURE = "published"  # written only with ``compare_published``
 # The authors' bands, then the upper half and the whole front: a small front
 # (a single run's) puts one or two members in each of the authors' bands.
-REPORT_BANDS = (*ensemble.AUTHORS_BANDS, (50, 100), ensemble.WHOLE_FRONT)
+REPORT_BANDS = (*voting.AUTHORS_BANDS, (50, 100), voting.WHOLE_FRONT)
 # The Grad-CAM section ``explain`` adds to report.md lies between these.
 EXPLAIN_START = "<!-- evojax-prune explain: start -->"
 EXPLAIN_END = "<!-- evojax-prune explain: end -->"
@@ -303,7 +303,7 @@ def _save_png(figure, path: Path) -> None:
 
 
 def write_report(run_dir: str | os.PathLike, features: Any = None, *,
-                 bands=REPORT_BANDS, tpr: float = ensemble.DEFAULT_TPR,
+                 bands=REPORT_BANDS, tpr: float = voting.DEFAULT_TPR,
                  compare_published: str | None = None) -> Path:
     """Writes the figures, ensembles.json and report.md into a finished run directory.
 

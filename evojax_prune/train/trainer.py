@@ -51,11 +51,8 @@ with Keras semantics where Keras defines it:
   * a stopped head stops changing.
 
 Determinism: every head starts from the same initial weights and sees the same
-minibatch order (the permutation of epoch ``e`` is drawn from
-``fold_in(order_key, e)``), so a head's result is a function of its mask, the
-data, the configuration and the key alone, whatever the population size, the
-head's position in it, or the chunking, up to floating-point reassociation (the
-matrix products of different shapes may sum in a different order).
+minibatch order (``epochs.py``), so a head's result is a function of its mask,
+the data, the configuration and the key alone, up to float32 reassociation.
 
 Keras 2.2.4, the authors' version, differs in three places, each a
 ``TrainConfig`` option of the faithful ``paper`` preset and off by default:
@@ -82,7 +79,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from evojax_prune import devices, head
 from evojax_prune.config import HeadConfig, RunConfig, TrainConfig
-from evojax_prune.train import fused_sgd_step, neuron_packing, packing, xla_step
+from evojax_prune.train import epochs, fused_sgd_step, neuron_packing, packing, xla_step
 from evojax_prune.train.plan import ChunkLayout, TrainingPlan, make_plan
 
 # A head whose lowest epoch loss is above this many times log(C), the loss of a uniform
@@ -148,40 +145,6 @@ class _ChunkState:
     diverged: jax.Array  # (K,) bool, some epoch's loss was not finite
 
 
-def epoch_orders(order_key: jax.Array, num_epochs: int, num_samples: int) -> jax.Array:
-    """The sample order of every epoch: row e is ``permutation(fold_in(order_key, e), N)``.
-
-    Drawn once per call, before training and in a jitted call of its own, so
-    that the random-number code (slow for XLA to compile) is not compiled into
-    every training program.
-
-    Returns:
-      (num_epochs, N) int32; E * N * 4 bytes (6 MB for 600 epochs of 2520 samples).
-    """
-    return jax.vmap(lambda epoch: jax.random.permutation(jax.random.fold_in(order_key, epoch), num_samples))(
-        jnp.arange(num_epochs)
-    ).astype(jnp.int32)
-
-
-def epoch_batches(order: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
-    """One epoch's minibatches, the last one padded to the batch size.
-
-    Args:
-      order: (N,) int32, the epoch's sample order.
-      batch_size: B.
-
-    Returns:
-      indices: (ceil(N / B), B) int32 sample indices; padding points at sample 0.
-      weights: (ceil(N / B), B) float32, 1 for a real sample, 0 for padding.
-    """
-    num_samples = order.shape[0]
-    num_batches = -(-num_samples // batch_size)
-    padding = num_batches * batch_size - num_samples
-    indices = jnp.concatenate([order, jnp.zeros((padding,), jnp.int32)])
-    weights = jnp.concatenate([jnp.ones((num_samples,), jnp.float32), jnp.zeros((padding,), jnp.float32)])
-    return indices.reshape(num_batches, batch_size), weights.reshape(num_batches, batch_size)
-
-
 def _early_stopping(state: _ChunkState, step_state: Any, epoch_loss: jax.Array, chunk: packing.Chunk,
                     step, train_config: TrainConfig) -> _ChunkState:
     """The state after an epoch of (K,) loss ``epoch_loss``: Keras' ``EarlyStopping(monitor="loss")``."""
@@ -242,7 +205,7 @@ def _train_chunk(
     step = STEPS[plan.step]
 
     def run_epoch(state: _ChunkState) -> _ChunkState:
-        indices, weights = epoch_batches(orders[state.epoch], train_config.batch_size)
+        indices, weights = epochs.epoch_batches(orders[state.epoch], train_config.batch_size)
         step_state, losses = step.epoch(state.step_state, indices, weights, state.running, chunk,
                                         train_config, plan)
         # Keras' epoch loss: the batch losses weighted by the batch sizes.
@@ -335,24 +298,6 @@ def _laid_out(init_params, masks, valid, x, y, *, head_config: HeadConfig, plan:
         if transposed else (lambda params: params)
     params = swap(neuron_packing.gather(init_params, first, second, masks.shape[0]))
     return chunk, params, lambda trained: neuron_packing.scatter(swap(trained), init_params, first, second)
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=("num_features", "num_classes", "hidden", "hidden_layers", "num_epochs", "num_samples"),
-)
-def _initial_weights_and_orders(
-    key: jax.Array, *, num_features: int, num_classes: int, hidden: int, hidden_layers: int, num_epochs: int,
-    num_samples: int,
-) -> tuple[head.HeadParams, jax.Array]:
-    """The shared initial weights and every epoch's sample order, from ``split(key)``.
-
-    A jitted call of its own, so that the random-number code (slow for XLA to
-    compile) is compiled once per shape, not into every training program.
-    """
-    init_key, order_key = jax.random.split(key)
-    init_params = head.init(init_key, num_features, num_classes, hidden, hidden_layers)
-    return init_params, epoch_orders(order_key, num_epochs, num_samples)
 
 
 def _train_local(
@@ -519,7 +464,7 @@ def trace_training(key: jax.Array, masks: np.ndarray, x: np.ndarray, y: np.ndarr
     one for any platform); masks (P, L) with P a multiple of the mesh size and
     of the plan's chunk.
     """
-    init_params, orders = _initial_weights_and_orders(
+    init_params, orders = epochs.initial_weights_and_orders(
         key, num_features=x.shape[1], num_classes=num_classes, hidden=head_config.hidden,
         hidden_layers=head_config.hidden_layers, num_epochs=train_config.max_epochs, num_samples=x.shape[0],
     )
@@ -613,7 +558,7 @@ def train_population(
     (padded_masks, runs), _ = devices.pad_population((masks, runs), mesh.size)
     plan = training_plan(config, padded_masks.shape[0] // mesh.size, num_features, num_classes, mesh)
     start = functools.partial(
-        _initial_weights_and_orders,
+        epochs.initial_weights_and_orders,
         num_features=num_features,
         num_classes=num_classes,
         hidden=config.head.hidden,
