@@ -45,6 +45,29 @@ def test_each_run_equals_its_seed_alone(features, together):
         assert_same_result(on_disk, alone)
 
 
+def test_a_group_loads_back_with_its_merged_front(together, tmp_path):
+    import shutil
+
+    from evojax_prune.search.lockstep import RunsResult
+
+    result, out = together
+    loaded = RunsResult.load(out)
+    np.testing.assert_array_equal(loaded.merged_run, result.merged_run)
+    np.testing.assert_array_equal(loaded.merged_member, result.merged_member)
+    np.testing.assert_array_equal(loaded.masks, result.masks)
+    assert loaded.hypervolume == result.hypervolume
+    np.testing.assert_array_equal(loaded.run_hypervolumes, result.run_hypervolumes)
+    # A member replaced by another run's directory: refused by name.
+    copy = tmp_path / "group"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "run-1")
+    shutil.copytree(out / "run-0", copy / "run-1")
+    with pytest.raises(ValueError, match="runs.json: its merged front is not the one"):
+        RunsResult.load(copy)
+    with pytest.raises(ValueError, match="not a group of runs"):
+        RunsResult.load(out / "run-0")
+
+
 def test_every_generation_trains_all_runs_in_one_call(together):
     result, _ = together
     for generation in range(1, CONFIG.search.generations + 1):

@@ -94,6 +94,33 @@ class RunsResult:
                                   for r, m in zip(self.merged_run, self.merged_member, strict=True)])
                 for name in names}
 
+    @classmethod
+    def load(cls, group_dir: str | Path) -> RunsResult:
+        """The finished group of runs in ``group_dir`` (``run_searches``' ``out_dir``), every file validated.
+
+        Each run directory is read by ``SearchResult.load``; the merged front is
+        merged again from them (``merge`` is deterministic) and must be the one
+        ``runs.json`` records.
+        """
+        path = Path(group_dir)
+        if not (path / "runs.json").is_file():
+            raise rundir.RunDirectoryError(f"{path}: not a group of runs (no runs.json)")
+        remedy = rundir.results_remedy(path)
+        recorded = rundir.read_json_file(path / "runs.json", remedy)
+        rundir.require_keys(path / "runs.json", recorded, ("runs", "merged"), remedy)
+        try:
+            directories = [path / run["directory"] for run in recorded["runs"]]
+        except (KeyError, TypeError) as error:
+            raise rundir.RunFileError(path / "runs.json", f"its runs are malformed ({error!r})",
+                                      remedy) from None
+        merged = merge([SearchResult.load(directory) for directory in directories])
+        said = recorded["merged"]
+        pairs = (merged.merged_run.tolist(), merged.merged_member.tolist())
+        if (said.get("run"), said.get("member")) != pairs:
+            raise rundir.RunFileError(path / "runs.json", "its merged front is not the one its runs' fronts "
+                                      "make (a run directory replaced?)", remedy)
+        return merged
+
     def spread(self) -> dict[str, float]:
         """Mean, standard deviation (ddof 0), least and most of the runs' hypervolumes."""
         values = self.run_hypervolumes
