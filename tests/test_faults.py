@@ -26,11 +26,11 @@ from fronts import assert_same_front
 
 from evojax_prune import config
 from evojax_prune.cli import main as cli
-from evojax_prune.cli.progress import generation_line
 from evojax_prune.data import embedded
 from evojax_prune.result import objectives
 from evojax_prune.run import rundir
 from evojax_prune.search.loop import run_search
+from evojax_prune.search.progress import generation_line
 
 FLAGS = ["--population", "4", "--generations", "3", "--seed", "0", "--quiet"]
 

@@ -62,7 +62,7 @@ def test_a_group_loads_back_with_its_merged_front(together, tmp_path):
     shutil.copytree(out, copy)
     shutil.rmtree(copy / "run-1")
     shutil.copytree(out / "run-0", copy / "run-1")
-    with pytest.raises(ValueError, match="runs.json: its merged front is not the one"):
+    with pytest.raises(ValueError, match=r"runs\.json: its merged front is not the one"):
         RunsResult.load(copy)
     with pytest.raises(ValueError, match="not a group of runs"):
         RunsResult.load(out / "run-0")

@@ -280,3 +280,18 @@ def test_bucket_sizes_keep_the_compiled_shapes_few():
     assert bucket_size(31, 30) == 60 and bucket_size(61, 30) == 90
     for count in range(1, 100):
         assert bucket_size(count, 34) >= count
+
+
+def test_progress_from_python_shows_the_command_lines_lines_and_still_calls_back(digits, capsys):
+    from evojax_prune.search.controls import RunControls
+
+    records = []
+    small = tiny_config(generations=1).replace(search={"population_size": 4})
+    controls = RunControls(progress=True, on_generation=records.append)
+    result = run_search(digits, small, seed=0, controls=controls)
+    shown = capsys.readouterr().err
+    assert [record["generation"] for record in records] == [0, 1]
+    for record in result.history:
+        assert f"gen {record['generation']:>4}  evals {record['evaluations']:>6}" in shown
+    with pytest.raises(TypeError, match="progress must be True or False"):
+        RunControls(progress="yes")

@@ -135,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from evojax_prune.cli.progress import SearchProgress, front_table, runs_table
+    from evojax_prune.search.progress import SearchProgress, front_table, runs_table
 
     console = Console(stderr=True, quiet=args.quiet or not main_process)  # one voice: process 0
     console.print(

@@ -42,7 +42,7 @@ from evojax_prune.result import objectives as to_objectives
 from evojax_prune.run import rundir, search_result
 from evojax_prune.run.search_result import SearchResult
 from evojax_prune.search import folds, lockstep, selection, stopping, strategy, warm_start
-from evojax_prune.search.controls import RunControls
+from evojax_prune.search.controls import RunControls, showing_progress
 from evojax_prune.search.evaluation_cache import MaskCache
 from evojax_prune.search.evaluator import MaskEvaluator
 from evojax_prune.search.hypervolume import hypervolume
@@ -101,10 +101,10 @@ def run_search(
       which generation. Several seeds at once: ``run_searches``.
     """
     features = _search_features(features, config)
-    controls = _checked_controls(controls)
-    search = _search(features, config, seed=seed, out_dir=out_dir, resume=resume, overwrite=overwrite,
-                     controls=controls, algorithm=algorithm, initial_masks=initial_masks)
-    return lockstep.drive([search], _each_alone)[0]
+    with showing_progress(_checked_controls(controls), config.search.generations) as controls:
+        search = _search(features, config, seed=seed, out_dir=out_dir, resume=resume, overwrite=overwrite,
+                         controls=controls, algorithm=algorithm, initial_masks=initial_masks)
+        return lockstep.drive([search], _each_alone)[0]
 
 
 def run_searches(
@@ -145,10 +145,10 @@ def run_searches(
         raise ValueError(f"run_searches: {len(features)} folds; several runs of a fold-averaged search run "
                          "one after another (one run_search call each)")
     features = _search_features(features, config)
-    controls = _checked_controls(controls)
-    return lockstep.run_together(_search, features, config, seed=seed, runs=runs, out_dir=out_dir,
-                                 resume=resume, overwrite=overwrite, controls=controls, algorithm=algorithm,
-                                 initial_masks=initial_masks)
+    with showing_progress(_checked_controls(controls), config.search.generations, runs) as controls:
+        return lockstep.run_together(_search, features, config, seed=seed, runs=runs, out_dir=out_dir,
+                                     resume=resume, overwrite=overwrite, controls=controls,
+                                     algorithm=algorithm, initial_masks=initial_masks)
 
 
 def check_runs(runs: int) -> None:
