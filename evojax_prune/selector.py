@@ -56,18 +56,23 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
       time_budget, hv_patience: stop the search early (``RunControls``).
       validation_fraction: share of ``(X, y)`` held out, stratified, to score
         the masks when ``fit`` gets no ``X_val``.
+      ood: (M, D) out-of-distribution features for ``fit`` on arrays (``fit``'s
+        own ``ood=`` takes precedence), so that a Pipeline's ``fit(X, y)`` needs
+        no fit parameter.
 
     Attributes (after ``fit``):
       result_: the ``SearchResult``.
       support_: (D,) bool, the chosen member's mask.
-      member_: its position in ``result_.masks``.
+      member_: its position in ``result_.masks``. Both follow ``member``:
+        ``set_params(member=...)`` after a fit picks from the fitted front,
+        with no new search.
       classes_: the labels of ``y`` (``fit`` on arrays), in label order.
       n_features_in_: D (and ``feature_names_in_`` for a DataFrame).
     """
 
     def __init__(self, config: RunConfig | str | None = None, seed: int = 0, member: str | int = "accuracy",
                  max_features: int | None = None, time_budget: float | None = None,
-                 hv_patience: int | None = None, validation_fraction: float = 0.2):
+                 hv_patience: int | None = None, validation_fraction: float = 0.2, ood=None):
         self.config = config
         self.seed = seed
         self.member = member
@@ -75,6 +80,7 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
         self.time_budget = time_budget
         self.hv_patience = hv_patience
         self.validation_fraction = validation_fraction
+        self.ood = ood
 
     def fit(self, X, y=None, *, ood=None, X_val=None, y_val=None, initial_masks=None) -> FeatureSelector:
         """Runs the search and keeps one front member's mask.
@@ -100,12 +106,22 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
         controls = RunControls(time_budget=self.time_budget, hv_patience=self.hv_patience)
         result = run_search(features, config, seed=self.seed, controls=controls, initial_masks=initial_masks)
         self.result_ = result
+        self.member_  # noqa: B018 -- a bad member is refused now, not at the first transform
+        return self
+
+    @property
+    def member_(self) -> int:
+        """The position in ``result_.masks`` of the member ``member`` names."""
+        check_is_fitted(self, "result_")
         try:
-            self.member_ = result.member_index(self.member)
+            return self.result_.member_index(self.member)
         except ValueError as error:
             raise ValueError(f"FeatureSelector.{error}") from None
-        self.support_ = np.array(result.masks[self.member_], bool)
-        return self
+
+    @property
+    def support_(self) -> np.ndarray:
+        """(D,) bool, the mask of the member ``member`` names."""
+        return np.array(self.result_.masks[self.member_], bool)
 
     def transform(self, X):
         """(N, k) ``X[:, support_]``: a copy of the k selected columns (N k values), not a view."""
@@ -134,8 +150,8 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
         Sets ``n_features_in_`` and ``classes_``, as ``fit`` does.
         """
         if isinstance(X, FeatureSet):
-            given = [name for name, value in (("y", y), ("ood", ood), ("X_val", X_val), ("y_val", y_val))
-                     if value is not None]
+            given = [name for name, value in (("y", y), ("ood", ood), ("X_val", X_val), ("y_val", y_val),
+                                              ("FeatureSelector(ood=)", self.ood)) if value is not None]
             if given:
                 raise ValueError(f"FeatureSelector.fit: a FeatureSet holds its own splits and OoD data; "
                                  f"do not pass {', '.join(given)}")
@@ -143,14 +159,16 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
             self.classes_ = np.arange(X.num_classes)
             return X
         if y is None:
+            validate_data(self, X, dtype=np.float32)  # X first: a bad X is named before a missing y
             raise ValueError("FeatureSelector.fit needs labels y (or a FeatureSet as X)")
+        X, y = validate_data(self, X, y, dtype=np.float32)  # sets n_features_in_
+        ood = self.ood if ood is None else ood
         if ood is None:
             raise ValueError(
-                "FeatureSelector.fit needs ood=, (M, D) features of out-of-distribution samples: the "
-                "robustness objective (1 - AUROC of ODIN scores) ranks heads by how well they tell X's "
-                "samples from them, and cannot be computed without them"
+                "FeatureSelector.fit needs ood= (or FeatureSelector(ood=...)), (M, D) features of "
+                "out-of-distribution samples: the robustness objective (1 - AUROC of ODIN scores) ranks "
+                "heads by how well they tell X's samples from them, and cannot be computed without them"
             )
-        X, y = validate_data(self, X, y, dtype=np.float32)  # sets n_features_in_
         ood = check_array(ood, dtype=np.float32)
         if ood.shape[1] != X.shape[1]:
             raise ValueError(f"FeatureSelector.fit: ood has {ood.shape[1]} features, X has {X.shape[1]}")

@@ -67,6 +67,35 @@ def test_fit_on_a_featureset_and_the_members_it_can_choose(digits, pipeline):
         result.member_index("smallest")
 
 
+def test_ood_as_a_parameter_and_a_new_member_without_a_new_search(digits, pipeline, monkeypatch):
+    steps = Pipeline([("select", ep.FeatureSelector(config=TINY, seed=0, ood=digits.ood_val)),
+                      ("classify", LogisticRegression(max_iter=500))])
+    steps.fit(digits.x_train, digits.y_train, select__X_val=digits.x_val, select__y_val=digits.y_val)
+    selector = steps["select"]
+    # The same search as with fit's ood= keyword.
+    np.testing.assert_array_equal(selector.result_.masks, pipeline["select"].result_.masks)
+    import evojax_prune.selector as selector_module
+
+    monkeypatch.setattr(selector_module, "run_search", lambda *args, **kwargs: pytest.fail("searched again"))
+    selector.set_params(member="mem")
+    result = selector.result_
+    assert selector.member_ == result.member_index("mem")
+    np.testing.assert_array_equal(selector.get_support(), result.masks[result.member_index("mem")])
+    assert selector.transform(digits.x_test).shape[1] == result.masks.sum(axis=1).min()
+    selector.set_params(member=99)
+    with pytest.raises(ValueError, match=r"FeatureSelector\.member = 99"):
+        selector.get_support()
+    with pytest.raises(ValueError, match="a FeatureSet holds its own splits"):
+        ep.FeatureSelector(config=TINY, ood=digits.ood_val).fit(digits)
+
+
+def test_a_bad_x_is_named_before_anything_else():
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        ep.FeatureSelector(config=TINY).fit(np.ones(5))
+    with pytest.raises(ValueError, match="NaN"):
+        ep.FeatureSelector(config=TINY).fit(np.full((4, 3), np.nan))
+
+
 def test_arrays_without_ood_are_refused_and_the_default_split_is_stratified(digits):
     selector = ep.FeatureSelector(config=TINY)
     with pytest.raises(ValueError, match=r"needs ood=.*cannot be computed without them"):
