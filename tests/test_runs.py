@@ -1,6 +1,7 @@
 """run_searches(runs=R): R searches in lockstep, each exactly as alone, and the front merged over them."""
 
 import contextlib
+import csv
 import io
 import json
 
@@ -93,8 +94,16 @@ def test_merged_front_against_pymoo(together):
     assert summary["merged"]["hypervolume"] == pytest.approx(result.hypervolume)
     assert summary["run_hypervolumes"]["mean"] == pytest.approx(np.mean(result.run_hypervolumes))
     assert [run["seed"] for run in summary["runs"]] == [SEED + index for index in range(RUNS)]
-    rows = (out / "merged_pareto.csv").read_text().splitlines()
-    assert len(rows) == 1 + len(result.merged_run)
+    with open(out / "merged_pareto.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    with open(out / "run-0" / "pareto.csv") as stream:
+        assert list(rows[0]) == ["run", *csv.DictReader(stream).fieldnames]  # every pareto.csv column
+    assert len(rows) == len(result.merged_run)
+    for row, run, member in zip(rows, result.merged_run, result.merged_member, strict=True):
+        assert (int(row["run"]), int(row["member"])) == (run, member)
+        assert int(row["active_features"]) == result.runs[run].masks[member].sum()
+        assert int(row["epochs"]) == result.runs[run].validation["epochs"][member]
+        assert row["ood_score"] == CONFIG.ood.score
 
 
 def test_stopped_runs_resume_to_the_same_fronts(features, together, tmp_path):

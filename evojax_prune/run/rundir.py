@@ -186,16 +186,17 @@ def prepare_group(path: str | Path, runs: int, *, resume: bool, overwrite: bool)
 def write_merged(path: Path, merged) -> None:
     """merged_pareto.csv and runs.json of a ``lockstep.RunsResult``, in that order."""
     validation, test = merged.metrics("validation"), merged.metrics("test")
+    ood_score = merged.runs[0].config.ood.score
+    diverged = validation.get("diverged", np.zeros(len(merged.merged_run)))
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    columns = ("run", "member", "active", "mem", *(f"{split}_{name}" for name in CSV_METRICS
-                                                     for split in ("val", "test")))
-    writer.writerow(columns)
+    writer.writerow(("run", *CSV_COLUMNS))  # pareto.csv's columns, each row's run first
     masks = merged.masks
     for index, (run, member) in enumerate(zip(merged.merged_run, merged.merged_member, strict=True)):
         row = [int(run), int(member), int(masks[index].sum()), float(validation["mem"][index])]
         for name in CSV_METRICS:
             row += [float(validation[name][index]), float(test[name][index])]
+        row += [int(validation["epochs"][index]), ood_score, int(diverged[index])]
         writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in row])
     atomic.write_text(path / "merged_pareto.csv", table.getvalue())
     atomic.write_json(path / "runs.json", {
