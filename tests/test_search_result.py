@@ -56,6 +56,8 @@ def test_save_then_load_round_trips_every_field(in_memory, tmp_path):
     loaded = ep.SearchResult.load(path)
     assert_same_fields(loaded, result)
     assert loaded.config == result.config
+    with np.load(path / "pareto.npz") as archive:  # the file says what its full-width kernels are
+        assert "NOT weights" in str(archive["note"])
     # What the CLI reads too.
     assert cli.main(["report", str(path)]) == 0
 

@@ -10,7 +10,8 @@ is written in (metric names, objectives, reference point) is ``result.py``'s.
 Files written here (the rest of the format: ``rundir``):
   pareto.csv    the final front, one row per member (validation and test metrics;
                 ``ood_score``: the OoD score the AUROC columns are of)
-  pareto.npz    the front's masks and trained head parameters, and the baseline's
+  pareto.npz    the front's masks and trained head parameters (full width; ``note`` says that the
+                pruned units' rows are not weights), and the baseline's
   summary.json  baseline, front, hypervolume, wall time, ``stopping``
 """
 
@@ -52,6 +53,13 @@ from evojax_prune.run.rundir import (
 )
 from evojax_prune.score import ood_scores
 
+# Said in pareto.npz itself: the kernels are stored as trained, full width.
+PARAMS_NOTE = (
+    "hidden_kernel (and second_kernel, output_kernel) are stored full width as trained: the rows and columns "
+    "of units a mask prunes (masks == False) are NOT weights of the head and must not be used; apply a head "
+    "as evojax_prune.head.apply(params, mask, x), or take SearchResult.head(member), which keeps only the "
+    "kept units"
+)
 # config.json's record of what was searched, kept on the result (``SearchResult.provenance``).
 PROVENANCE_KEYS = ("features", "num_features", "num_classes", "strategy")
 
@@ -283,7 +291,7 @@ def write_results(path: Path, result: SearchResult) -> None:
     atomic.write_text(path / "pareto.csv", table.getvalue())
 
     arrays = {"format": np.asarray(FORMAT), "masks": result.masks, "objectives": result.objectives,
-              "baseline_mask": np.ones(result.masks.shape[1], bool)}
+              "baseline_mask": np.ones(result.masks.shape[1], bool), "note": np.asarray(PARAMS_NOTE)}
     for prefix, params in (("", result.params), ("baseline_", result.baseline_params)):
         for name in PARAM_NAMES + (SECOND_KERNEL,) * (params.second_kernel is not None):
             arrays[prefix + name] = np.asarray(getattr(params, name))
