@@ -15,6 +15,12 @@ recorded file says which).
 
   python benchmarks/reference_fronts.py --out benchmarks/results/reference_fronts_cpu.json
   python benchmarks/reference_fronts.py --check benchmarks/results/reference_fronts_cpu.json
+  python benchmarks/reference_fronts.py --front population \
+      --check benchmarks/results/reference_fronts_cpu_population.json
+
+The population file is the record from before the archive front became the
+default (``SearchConfig.front``): the same searches, the front drawn from the
+final population.
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ def _exact(values: dict) -> dict:
             for name, value in sorted(values.items())}
 
 
-def record(name: str) -> dict:
+def record(name: str, front: str | None = None) -> dict:
     seed, search = RUNS[name]
+    search = {**search, **({"front": front} if front else {})}
     config = ep.preset("quick").replace(search=search) if search else ep.preset("quick")
     result = ep.run_search(embedded.digits(), config, seed=seed)
     return {
@@ -88,8 +95,11 @@ def main(argv=None) -> int:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="write the record here")
     where.add_argument("--check", help="compare with this record")
+    parser.add_argument("--front", choices=("archive", "population"),
+                        help="SearchConfig.front (default: the preset's, the archive); "
+                             "reference_fronts_cpu_population.json is the population's")
     args = parser.parse_args(argv)
-    runs = {name: record(name) for name in RUNS}
+    runs = {name: record(name, args.front) for name in RUNS}
     if args.out:
         atomic.write_json(args.out, {"environment": rundir.environment(), "runs": runs})
         print(f"recorded {', '.join(runs)} in {args.out}")

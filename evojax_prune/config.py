@@ -43,6 +43,8 @@ AurocKind = Literal["exact", "paper"]
 OodScore = Literal["odin", "msp", "maxlogit", "energy", "mahalanobis"]
 Strategy = Literal["nsga2"]
 Selection = Literal["validation", "test"]
+# Which masks the reported front is drawn from (``SearchConfig.front``).
+FrontSource = Literal["archive", "population"]
 # What one bit of a chromosome keeps or removes (``HeadConfig.prune``).
 PruneTarget = Literal["features", "hidden1", "hidden2", "both"]
 Step = Literal["xla", "fused_sgd"]
@@ -53,6 +55,7 @@ AUROC_KINDS: tuple[AurocKind, ...] = get_args(AurocKind)
 OOD_SCORES: tuple[OodScore, ...] = get_args(OodScore)
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 SELECTIONS: tuple[Selection, ...] = get_args(Selection)
+FRONT_SOURCES: tuple[FrontSource, ...] = get_args(FrontSource)
 PRUNE_TARGETS: tuple[PruneTarget, ...] = get_args(PruneTarget)
 STEPS: tuple[Step, ...] = get_args(Step)
 TILE_SUMS: tuple[TileSum, ...] = get_args(TileSum)
@@ -412,6 +415,13 @@ class SearchConfig:
         train split (a validation split held out of it returns to training;
         ``search.selection``). The front is then tuned on the data it is
         reported on.
+      front: where the front comes from. ``"archive"``: the non-dominated
+        set of every mask evaluated so far (the evaluation cache holds their
+        objectives), so the front and its hypervolume never lose a member and
+        never fall from one generation to the next. ``"population"``: the
+        non-dominated members of the current population, as jMetalPy's NSGA-II
+        returns them (the authors' official code; the paper preset): a member
+        a later generation drops is lost and the hypervolume can fall.
 
     How long a search runs (a time budget, a hypervolume patience) is not
     here but ``search.controls.RunControls``: it does not change what a
@@ -428,6 +438,7 @@ class SearchConfig:
     strategy: Strategy = "nsga2"
     max_features: int | None = None
     selection: Selection = "validation"
+    front: FrontSource = "archive"
 
     def __post_init__(self):
         _positive_int("SearchConfig", "population_size", self.population_size)
@@ -457,6 +468,10 @@ class SearchConfig:
         _check(
             self.selection in SELECTIONS,
             f"SearchConfig.selection must be one of {SELECTIONS}, got {self.selection!r}",
+        )
+        _check(
+            self.front in FRONT_SOURCES,
+            f"SearchConfig.front must be one of {FRONT_SOURCES}, got {self.front!r}",
         )
 
     @property
@@ -614,7 +629,8 @@ def _paper() -> RunConfig:
         head=HeadConfig(hidden=512),
         train=TrainConfig(**PAPER_TRAINING),
         # 30 + 85 generations x 2 offspring = 200 evaluations, as the authors ran, selected on test.
-        search=SearchConfig(population_size=30, offspring_size=2, generations=85, selection="test"),
+        search=SearchConfig(population_size=30, offspring_size=2, generations=85, selection="test",
+                            front="population"),
         ood=OodConfig(temperature=1000.0, epsilon=0.0, auroc="paper"),
         preset="paper",
     )

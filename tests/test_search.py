@@ -295,3 +295,27 @@ def test_progress_from_python_shows_the_command_lines_lines_and_still_calls_back
         assert f"gen {record['generation']:>4}  evals {record['evaluations']:>6}" in shown
     with pytest.raises(TypeError, match="progress must be True or False"):
         RunControls(progress="yes")
+
+
+def test_the_archive_front_never_loses_a_member_and_its_hypervolume_never_falls(digits):
+    searched = tiny_config(generations=6)
+    assert searched.search.front == "archive" and searched.preset == "quick"
+    assert config.preset("paper").search.front == "population"  # as jMetalPy returned it
+    archive = run_search(digits, searched, seed=2)
+    population = run_search(digits, searched.replace(search={"front": "population"}), seed=2)
+    archived = [record["hypervolume"] for record in archive.history]
+    assert np.all(np.diff(archived) >= 0), archived
+    # The search itself is the same; only the front it reports differs.
+    assert archive.evaluations == population.evaluations
+    assert [r["trained"] for r in archive.history] == [r["trained"] for r in population.history]
+    for ours, theirs in zip(archived, [record["hypervolume"] for record in population.history], strict=True):
+        assert ours >= theirs - 1e-12
+    # Every member of the population's front is weakly dominated by a member of the archive's,
+    # and the archive's front is non-dominated (pymoo).
+    for point in population.objectives:
+        assert np.any(np.all(archive.objectives <= point + 1e-12, axis=1))
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    fronts = NonDominatedSorting().do(archive.objectives)
+    assert len(fronts[0]) == len(archive.masks)
+    assert archive.hypervolume == pytest.approx(archived[-1], abs=1e-6)

@@ -15,7 +15,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 
-from evojax_prune.config import OOD_SCORES
+from evojax_prune.config import FRONT_SOURCES, OOD_SCORES
 from evojax_prune.version import __version__
 
 PROG = "evojax-prune"
@@ -61,6 +61,7 @@ CONFIG_FLAGS = (
     ("--population", "population", "search", "population_size"),
     ("--generations", "generations", "search", "generations"),
     ("--selection", "selection", "search", "selection"),
+    ("--front", "front", "search", "front"),
     ("--max-features", "max_features", "search", "max_features"),
     ("--hidden-layers", "hidden_layers", "head", "hidden_layers"),
     ("--prune", "prune", "head", "prune"),
@@ -222,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--selection", choices=["validation", "test"],
                      help="the split the objectives are measured on (default: the preset's; paper: test, "
                           "as the authors, who had no validation split)")
+    run.add_argument("--front", choices=list(FRONT_SOURCES),
+                     help="where the reported front comes from: every mask evaluated (archive; every "
+                          "preset but paper) or the final population (population; paper, as jMetalPy)")
     run.add_argument("--runs", type=int, default=1, metavar="R",
                      help="R independent searches, seeds S .. S+R-1, trained together in lockstep; "
                           "--out holds run-0 .. run-{R-1} and their merged front (default 1)")

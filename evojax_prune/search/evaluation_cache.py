@@ -50,6 +50,11 @@ class MaskCache:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def masks(self) -> np.ndarray:
+        """(n, D) bool: every mask in the cache, in key order (the archive of a search)."""
+        raw = self.keys.view(np.uint8).reshape(len(self.keys), -1)
+        return np.unpackbits(raw, axis=1, count=self.num_features).astype(bool)
+
     def lookup(self, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Returns (found (K,) bool, values (K, metrics)) with NaN rows where not found."""
         found, position = find(self.keys, pack_masks(masks))

@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import moocore
 import numpy as np
 
 from evojax_prune import devices
@@ -233,7 +234,7 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
             evaluator.baseline = np.ones(length, bool)
         objectives = yield from evaluator.objectives(evolver.masks(population))
         state = evolver.init(init_key, population, objectives)
-        evaluator.retain_heads(evolver.masks(state.population))
+        _keep_heads_of(state, evolver, evaluator)
         history = []
         _record(history, state, evolver, evaluator, started, 0, on_generation)
         _checkpoint(write_path, state, evaluator, history, started)
@@ -250,7 +251,7 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
         selected_at = time.perf_counter()
         state = jax.block_until_ready(evolver.tell(tell_key, offspring, objectives, state))
         evaluator.seconds["select"] = time.perf_counter() - selected_at
-        evaluator.retain_heads(evolver.masks(state.population))
+        _keep_heads_of(state, evolver, evaluator)
         _record(history, state, evolver, evaluator, started, generation, on_generation)
         _checkpoint(write_path, state, evaluator, history, started)
 
@@ -304,9 +305,29 @@ def _resume_controls(run_path, write_path, controls, seeds_record) -> None:
 
 
 def _front_masks(state, evolver, evaluator) -> np.ndarray:
-    """(F, D) bool: the distinct masks of the population's front."""
+    """(F, L) bool: the distinct masks of the front (``SearchConfig.front``).
+
+    ``"archive"``: the masks no evaluated mask dominates (moocore's
+    non-dominated filter in float64 on the cached objectives; equal objective
+    vectors are all kept, as rank 0 keeps them); ``"population"``: the
+    population's own front.
+    """
+    if evaluator.config.search.front == "archive":
+        masks = evaluator.cache.masks()
+        objectives = evaluator.cached_objectives(masks)
+        if isinstance(evolver, strategy.MultiObjective):
+            return masks[moocore.is_nondominated(objectives, keep_weakly=True)]
+        return masks[evolver.front(objectives)]
     masks = np.unique(evolver.masks(state.population), axis=0)
     return masks[evolver.front(evaluator.cached_objectives(masks))]
+
+
+def _keep_heads_of(state, evolver, evaluator) -> None:
+    """Keeps the trained heads of the population and of the front (the final front scores them)."""
+    population = evolver.masks(state.population)
+    if evaluator.config.search.front == "archive":
+        population = np.concatenate([population, _front_masks(state, evolver, evaluator)])
+    evaluator.retain_heads(population)
 
 
 def _record(history, state, evolver, evaluator, started, generation, on_generation) -> None:
