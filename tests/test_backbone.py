@@ -158,9 +158,9 @@ def test_keras_imported_with_another_backend_is_refused():
         import importlib.util, os
         os.environ["KERAS_BACKEND"] = "numpy"
         import keras
-        spec = importlib.util.spec_from_file_location("backbone", {backbone.__file__!r})
-        backbone = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(backbone)
+        spec = importlib.util.spec_from_file_location("keras_backend", {keras_backend.__file__!r})
+        keras_backend = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(keras_backend)
         try:
             keras_backend.import_keras()
         except RuntimeError as error:

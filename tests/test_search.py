@@ -263,9 +263,16 @@ def test_front_keeps_the_heads_the_search_trained(digits):
     retrained = run_search(digits, tight, seed=1)
     assert retrained.history[0]["train_calls"] == [[8, 6]]  # no room kept for the baseline
     np.testing.assert_array_equal(retrained.masks, result.masks)
-    np.testing.assert_array_equal(retrained.params.hidden_kernel, result.params.hidden_kernel)
-    for name in result.test:
-        np.testing.assert_array_equal(retrained.test[name], result.test[name])
+    for leaf in ("hidden_kernel", "output_kernel", "output_bias"):
+        np.testing.assert_array_equal(getattr(retrained.params, leaf), getattr(result.params, leaf))
+    for split in ("validation", "test"):
+        for name, values in getattr(result, split).items():
+            if name.startswith("aupr"):
+                # The tight budget also scores one head per chunk: the AUPR's float32 sums then differ
+                # by an ulp (1.2e-7 seen); every other metric is bit for bit the same.
+                np.testing.assert_allclose(getattr(retrained, split)[name], values, rtol=0, atol=5e-7)
+            else:
+                np.testing.assert_array_equal(getattr(retrained, split)[name], values, err_msg=name)
 
 
 def test_bucket_sizes_keep_the_compiled_shapes_few():
