@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from typing import Any, Literal, get_args
 
 # optax constructors accepted by ``TrainConfig.optimizer``; each takes the
@@ -83,10 +84,12 @@ def _probability(owner: str, name: str, value: Any) -> None:
 
 
 def _positive_float(owner: str, name: str, value: Any, *, allow_zero: bool = False) -> None:
+    """A finite number > 0 (or >= 0): inf and NaN are refused, as no head trains or scores with them."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value >= 0.0 if allow_zero else value > 0.0) and value == value
+    ok = ok and (value >= 0.0 if allow_zero else value > 0.0)
+    ok = ok and (isinstance(value, int) or math.isfinite(value))  # a huge int is finite, not a float
     bound = ">= 0" if allow_zero else "> 0"
-    _check(ok, f"{owner}.{name} must be a number {bound}, got {value!r}")
+    _check(ok, f"{owner}.{name} must be a finite number {bound}, got {value!r}")
 
 
 def canonical_devices(spec: Any) -> int | tuple[int, ...] | None:

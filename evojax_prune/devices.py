@@ -220,6 +220,15 @@ def _cluster_has_several_processes() -> bool:
     return "," in env.get("TPU_WORKER_HOSTNAMES", "")
 
 
+def check_coordinator_address(address: str, name: str = "coordinator_address") -> str:
+    """``address`` if it is ``HOST:PORT`` (a port in 1 .. 65535), else a ValueError naming ``name``."""
+    host, colon, port = str(address).rpartition(":")
+    if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{name} {address!r}: expected HOST:PORT, process 0's host and a port in "
+                         "1 .. 65535 (e.g. 10.0.0.1:1234)")
+    return address
+
+
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
@@ -249,6 +258,7 @@ def initialize_distributed(
         except ValueError:
             raise ValueError(f"{name} must be {kind.__name__}, got {os.environ[name]!r}") from None
 
+    explicit_address = coordinator_address is not None
     coordinator_address = from_env(coordinator_address, COORDINATOR_ENV, str)
     num_processes = from_env(num_processes, NUM_PROCESSES_ENV, int)
     process_id = from_env(process_id, PROCESS_ID_ENV, int)
@@ -262,6 +272,8 @@ def initialize_distributed(
                 f"--process-id (or {COORDINATOR_ENV}, {NUM_PROCESSES_ENV}, {PROCESS_ID_ENV}); got "
                 f"coordinator {coordinator_address!r}, {num_processes!r} processes, process id {process_id!r}"
             )
+        check_coordinator_address(coordinator_address, "coordinator_address" if explicit_address
+                                  else COORDINATOR_ENV)
         if num_processes < 1 or not 0 <= process_id < num_processes:
             raise ValueError(
                 f"process id must lie in [0, {num_processes}) and there must be at least one process, "

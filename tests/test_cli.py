@@ -81,8 +81,11 @@ def test_the_embedded_run_trains_and_scores_with_every_ood_score(tmp_path, score
     [
         (["--ood-score", "gram"], "argument --ood-score: invalid choice: 'gram'"),
         (["--ood-temperature", "0"],
-         "--ood-temperature 0.0: OodConfig.temperature must be a number > 0, got 0.0"),
-        (["--ood-temperature", "nan"], "--ood-temperature nan: OodConfig.temperature must be a number > 0"),
+         "--ood-temperature 0.0: OodConfig.temperature must be a finite number > 0, got 0.0"),
+        (["--ood-temperature", "nan"],
+         "--ood-temperature nan: OodConfig.temperature must be a finite number > 0"),
+        (["--ood-temperature", "inf"],  # issue 33 (9): accepted
+         "--ood-temperature inf: OodConfig.temperature must be a finite number > 0, got inf"),
         (["--ood-score", "msp", "--ood-temperature", "2"], "the 'msp' score has no temperature"),
     ],
 )
@@ -96,3 +99,54 @@ def test_bad_ood_score_flags_are_one_line_exit_2_and_write_nothing(tmp_path, cap
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--seed", "4294967296"], "--seed 4294967296: the seed must be an integer in [0, 4294967295]"),
+        (["--seed", "99999999999999999999"], "--seed 99999999999999999999: the seed must be an integer in"),
+        (["--seed", "-1"], "--seed -1: the seed must be an integer in [0, 4294967295]"),
+        (["--seed", "4294967295", "--runs", "2"],
+         "--seed 4294967295: the seeds must be an integer in [0, 4294967295] (2**32 - 1: a seed keeps 32 "
+         "bits), got 4294967295 .. 4294967296 (2 runs)"),
+    ],
+)
+def test_a_seed_outside_32_bits_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, arguments, message):
+    """Issue 33 (2): --seed 4294967296 silently ran seed 0 (PRNGKey keeps 32 bits); 2**64 and above
+    was an internal OverflowError after the run directory was made."""
+    out = tmp_path / "run"
+    assert cli.main(["run", *arguments, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def one_class_featureset(tmp_path):
+    import numpy as np
+
+    from evojax_prune.data.featureset import FeatureSet
+
+    rng = np.random.default_rng(0)
+    rows = lambda n: rng.normal(size=(n, 4)).astype(np.float32)
+    labels = lambda n: np.zeros(n, np.int32)
+    return FeatureSet(x_train=rows(8), y_train=labels(8), x_val=rows(4), y_val=labels(4), x_test=rows(4),
+                      y_test=labels(4), ood_val=rows(4), ood_test=rows(4), class_names=("only",),
+                      metadata={"name": "single"}).save(tmp_path / "single.npz")
+
+
+def test_a_featureset_of_one_class_is_shown_by_inspect_with_a_warning_and_refused_by_run(tmp_path, capsys):
+    """Issue 33 (4): one class ran to a front of one member, accuracy 1, AUROC 0.5, and no word."""
+    path = one_class_featureset(tmp_path)
+    assert cli.main(["inspect", str(path)]) == 0  # a valid file: inspect shows it, and says so
+    captured = capsys.readouterr()
+    assert "C=1 classes ['only']" in captured.out
+    assert captured.err.strip() == (
+        f"evojax-prune: warning: {path}: has 1 class; the search needs at least 2 (with one class every head "
+        "is right on every sample and its softmax is 1 on any input, so no OoD score ranks anything); "
+        "'evojax-prune run' refuses it")
+    out = tmp_path / "run"
+    assert cli.main(["run", "--features", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"evojax-prune: error: {path}: has 1 class; the search needs at least 2"), err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

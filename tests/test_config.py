@@ -75,6 +75,22 @@ def test_invalid_settings_raise_a_value_error_naming_the_setting(build, message)
         build()
 
 
+NON_FINITE_FLOATS = [
+    (cfg.TrainConfig, "learning_rate"), (cfg.TrainConfig, "min_delta"), (cfg.TrainConfig, "lr_decay"),
+    (cfg.EngineConfig, "memory_budget_mb"), (cfg.OodConfig, "temperature"),
+    (cfg.OodConfig, "energy_temperature"), (cfg.OodConfig, "epsilon"),
+]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize(("section", "field"), NON_FINITE_FLOATS,
+                         ids=[f"{section.__name__}.{field}" for section, field in NON_FINITE_FLOATS])
+def test_a_non_finite_float_is_refused_naming_the_field(section, field, value):
+    """Issue 33 (9): a learning rate of inf was accepted; every float bounded below must be finite too."""
+    with pytest.raises(ValueError, match=rf"{section.__name__}\.{field} must be a finite number"):
+        section(**{field: value})
+
+
 def test_from_json_rejects_unknown_fields_and_bad_json():
     with pytest.raises(ValueError, match="unknown field"):
         cfg.RunConfig.from_dict({"search": {"populaton_size": 8}})

@@ -7,6 +7,7 @@ with one line naming the file, what is wrong and what to do, exit 2, leaving
 every file as it was.
 """
 
+import hashlib
 import io
 import json
 import os
@@ -27,9 +28,10 @@ from fronts import assert_same_front
 from evojax_prune import config
 from evojax_prune.cli import main as cli
 from evojax_prune.data import embedded
+from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.result import objectives
 from evojax_prune.run import rundir
-from evojax_prune.search.loop import run_search
+from evojax_prune.search.loop import run_search, run_searches
 from evojax_prune.search.progress import generation_line
 
 FLAGS = ["--population", "4", "--generations", "3", "--seed", "0", "--quiet"]
@@ -336,6 +338,167 @@ def test_a_read_only_run_directory_is_refused_before_any_work(base):
             if path.is_dir():
                 path.chmod(0o755)
         shutil.rmtree(scratch)
+
+
+# --------------------------------------------------------------------------- refusals change no byte
+
+
+def digests(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file's bytes under ``directory``, by path: which files, holding what."""
+    return {path.relative_to(directory).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+QUICK = config.preset("quick").replace(search={"population_size": 4, "generations": 3})
+MAX_SEED = 2**32 - 1
+
+
+def one_class_features(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    rows = lambda n: rng.normal(size=(n, 64)).astype(np.float32)
+    labels = lambda n: np.zeros(n, np.int32)
+    return FeatureSet(x_train=rows(8), y_train=labels(8), x_val=rows(4), y_val=labels(4), x_test=rows(4),
+                      y_test=labels(4), ood_val=rows(4), ood_test=rows(4), class_names=("only",),
+                      metadata={"name": "single"}).save(path)
+
+
+# Commands that --overwrite the base run and must be refused before anything is deleted:
+# (flags, what the one-line error says). {dir}: the test's scratch directory.
+REFUSED_OVERWRITES = {
+    "seed of 67 bits": (["--seed", "99999999999999999999"], "--seed 99999999999999999999: the seed must be"),
+    "seed 2**32": (["--seed", "4294967296"], "--seed 4294967296: the seed must be"),
+    "negative seed": (["--seed", "-1"], "--seed -1: the seed must be"),
+    "seeds past 32 bits": (["--seed", "4294967295", "--runs", "2"], "4294967295 .. 4294967296 (2 runs)"),
+    "initial masks a CSV": (["--initial-masks", "{dir}/masks.csv"], "masks.csv: not a .npy or .npz file"),
+    "initial masks too narrow": (["--initial-masks", "{dir}/narrow.npy"],
+                                 "narrow.npy: masks are bool (2, 3)"),
+    "one class": (["--features", "{dir}/single.npz"], "single.npz: has 1 class"),
+    "devices not there": (["--devices", "64"], "64"),
+    "coordinator without a port": (["--coordinator-address", "localhost", "--num-processes", "2",
+                                    "--process-id", "0"],
+                                   "--coordinator-address 'localhost': expected HOST:PORT"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_OVERWRITES))
+def test_a_refused_overwrite_changes_no_byte_of_the_old_run(base, tmp_path, capsys, case):
+    """Issue 33 (2): `run --out A --overwrite --seed 99999999999999999999` exited 1 and left A empty.
+
+    Every check comes before the old run's files are deleted: each refusal is one
+    line, exit 2, and the old run directory holds the same files, byte for byte.
+    """
+    (tmp_path / "masks.csv").write_text("0,1,0,1\n1,1,0,0\n")
+    np.save(tmp_path / "narrow.npy", np.ones((2, 3), bool))
+    one_class_features(tmp_path / "single.npz")
+    run = copy_of(base, tmp_path)
+    before = digests(run)
+    flags, message = REFUSED_OVERWRITES[case]
+    flags = [flag.format(dir=tmp_path) for flag in flags]
+    err = one_line_error(capsys, run_command(run, "--overwrite", *flags))
+    assert message in err, err
+    assert digests(run) == before
+
+
+def test_a_refused_overwrite_from_python_changes_no_byte_of_the_old_run(base, tmp_path):
+    """run_search(overwrite=True) checks the seed, the devices and the warm start before it deletes."""
+    run = copy_of(base, tmp_path)
+    before = digests(run)
+    digits = embedded.digits()
+    for options, message in ((dict(seed=2**32), "seed must be an integer in"),
+                             (dict(seed=10**20), "seed must be an integer in"),
+                             (dict(config=QUICK.replace(engine={"devices": 64})), "64"),
+                             (dict(initial_masks=np.ones((2, 3))), "masks are")):
+        options = {"config": QUICK, **options}
+        with pytest.raises(ValueError, match=message):
+            run_search(digits, options.pop("config"), out_dir=run, overwrite=True, **options)
+        assert digests(run) == before, options
+
+
+def test_a_refused_group_overwrite_changes_no_byte_of_any_run(base, tmp_path):
+    """run_searches(overwrite=True) deleted run-0 before it found run-1 could not be overwritten, and
+    checked its runs' seeds and warm start only after deleting them all."""
+    group = tmp_path / "group"
+    for index in range(2):
+        shutil.copytree(base, group / f"run-{index}")
+    (group / "runs.json").write_text("{}")
+    (group / "run-1" / "notes.txt").write_text("not a run's file")
+    digits = embedded.digits()
+    before = digests(group)
+    with pytest.raises(rundir.RunDirectoryError, match=r"run-1: will not overwrite.*notes\.txt"):
+        run_searches(digits, QUICK, runs=2, out_dir=group, overwrite=True)
+    assert digests(group) == before
+    (group / "run-1" / "notes.txt").unlink()
+    before = digests(group)
+    for options, message in ((dict(seed=MAX_SEED), r"\(2 runs\)"),
+                             (dict(initial_masks=np.ones((2, 3))), "masks are"),
+                             (dict(config=QUICK.replace(engine={"devices": 64})), "64")):
+        options = {"config": QUICK, **options}
+        with pytest.raises(ValueError, match=message):
+            run_searches(digits, options.pop("config"), runs=2, out_dir=group, overwrite=True, **options)
+        assert digests(group) == before, options
+
+
+# --------------------------------------------------------------------------- killed before a checkpoint
+
+# A child that runs the base command and SIGKILLs itself in the on_generation callback of
+# generation 0, before that generation's history line and checkpoint are written.
+KILLED_AT_GENERATION_0 = textwrap.dedent("""
+    import os, signal, sys
+    from evojax_prune.cli import main as cli, progress
+
+    def update(self, record):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    progress.SearchProgress.update = update
+    cli.main(sys.argv[1:])
+""")
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(base, tmp_path, capsys):
+    """Issue 33 (5): only config.json was left; --resume said "nothing to resume" and a plain run
+    "directory exists" (neither named --overwrite). It starts again: the uninterrupted front."""
+    run = tmp_path / "run"
+    child = subprocess.run([sys.executable, "-c", KILLED_AT_GENERATION_0, *run_command(run)],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert sorted(path.name for path in run.iterdir()) == ["config.json"]
+    before = digests(run)
+    # Another run's settings are still refused, and change nothing.
+    err = one_line_error(capsys, [*run_command(run, "--resume"), "--population", "6"])
+    assert "cannot resume, the run was started with a different config" in err, err
+    assert digests(run) == before
+    assert cli.main(run_command(run, "--resume")) == 0
+    assert_same_front(run, base)
+
+
+def test_a_run_killed_between_its_first_history_line_and_checkpoint_resumes_from_the_start(base, tmp_path):
+    """config.json and generation 0's history line, no checkpoint: run again from the start."""
+    run = copy_of(base, tmp_path)
+    for path in run.iterdir():
+        if path.name not in ("config.json", "history.jsonl"):
+            path.unlink()
+    history = run / "history.jsonl"
+    history.write_text(history.read_text().splitlines(keepends=True)[0])
+    assert cli.main(run_command(run, "--resume")) == 0
+    assert_same_front(run, base)
+
+
+def test_a_run_without_checkpoints_past_generation_0_is_refused_naming_overwrite(base, tmp_path, capsys):
+    """Both checkpoints gone after three generations: refused (never silently restarted), naming
+    --overwrite, and nothing is changed; an empty directory is refused naming the run without --resume."""
+    run = copy_of(base, tmp_path)
+    for name in (rundir.CHECKPOINT, rundir.PREVIOUS_CHECKPOINT):
+        (run / name).unlink()
+    before = digests(run)
+    err = one_line_error(capsys, run_command(run, "--resume"))
+    assert f"{run}: nothing to resume (no checkpoint.npz although it holds pareto.csv" in err, err
+    assert "--overwrite" in err, err
+    assert digests(run) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = one_line_error(capsys, run_command(empty, "--resume"))
+    assert f"{empty}: nothing to resume (no config.json" in err and "without --resume" in err, err
+    assert list(empty.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- diverged heads

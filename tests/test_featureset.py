@@ -119,3 +119,25 @@ def test_featureset_is_immutable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         featureset.class_names = ("x",)
     json.dumps(featureset.metadata)
+
+
+def test_a_featureset_of_one_class_is_valid_but_refused_by_name_at_the_start_of_a_search(tmp_path):
+    """Issue 33 (4): one class ran to a front of one member, accuracy 1.0, AUROC 0.5, without a word."""
+    from evojax_prune.config import preset
+    from evojax_prune.search.loop import run_search, run_searches
+
+    fields = small_featureset(y_train=np.zeros(12, np.int32), y_val=np.zeros(6, np.int32),
+                              y_test=np.zeros(6, np.int32), class_names=("only",))
+    single = FeatureSet(**fields)  # a valid FeatureSet: inspect prints it
+    assert FeatureSet.load(single.save(tmp_path / "single.npz")).num_classes == 1
+    message = "FeatureSet 'small': has 1 class; the search needs at least 2"
+    assert single.search_problem().startswith(message)
+    assert FeatureSet(**small_featureset()).search_problem() is None
+    config = preset("quick").replace(search={"population_size": 4, "generations": 1})
+    with pytest.raises(FeatureSetError, match=message):
+        run_search(single, config, out_dir=tmp_path / "run")
+    with pytest.raises(FeatureSetError, match=message):
+        run_search([single, single], config)
+    with pytest.raises(FeatureSetError, match=message):
+        run_searches(single, config, runs=2, out_dir=tmp_path / "runs")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()

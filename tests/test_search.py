@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +147,25 @@ def test_existing_run_directory_is_refused_unless_asked(digits, finished, capsys
     with pytest.raises(ValueError, match=r"--resume.*--overwrite"):
         run_search(digits, tiny_config(), seed=3, out_dir=out)
     assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("seed", [2**32, 2**32 + 3, 10**20, -1, 1.5, True])
+def test_a_seed_outside_32_bits_is_refused_naming_seed(digits, tmp_path, seed):
+    """Issue 33 (2): PRNGKey keeps 32 bits, so 2**32 ran seed 0's search; 2**64 and above raised an
+    OverflowError after the run directory was made."""
+    from evojax_prune.search.loop import MAX_SEED, check_seed, run_searches
+
+    assert MAX_SEED == 2**32 - 1
+    message = re.escape(f"seed must be an integer in [0, {MAX_SEED}]") + ".*got " + re.escape(repr(seed))
+    with pytest.raises(ValueError, match=message):
+        run_search(digits, tiny_config(), seed=seed, out_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=message):
+        run_searches(digits, tiny_config(), runs=2, seed=seed, out_dir=tmp_path / "runs")
+    # The seeds of a group, seed .. seed + runs - 1, all fit.
+    with pytest.raises(ValueError, match=re.escape(f"got {MAX_SEED} .. {MAX_SEED + 1} (2 runs)")):
+        run_searches(digits, tiny_config(), runs=2, seed=MAX_SEED, out_dir=tmp_path / "runs")
+    check_seed(MAX_SEED - 1, 2), check_seed(MAX_SEED), check_seed(0)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_paper_preset_runs_end_to_end_on_small_synthetic_features():

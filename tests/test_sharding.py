@@ -307,10 +307,24 @@ def test_one_process_initializes_nothing(monkeypatch):
         devices.initialize_distributed()
 
 
+@pytest.mark.parametrize("address", ["localhost", "localhost:", ":1234", "localhost:http", "host:70000"])
+def test_a_distributed_coordinator_address_not_host_port_is_refused_before_jax_starts(monkeypatch, address):
+    """Issue 33 (9): a coordinator address without a port reached jax.distributed (an IndexError)."""
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: pytest.fail("initialized"))
+    with pytest.raises(ValueError, match=f"coordinator_address '{address}': expected HOST:PORT"):
+        devices.initialize_distributed(address, num_processes=2, process_id=0)
+    monkeypatch.setenv(devices.COORDINATOR_ENV, address)
+    with pytest.raises(ValueError, match=f"{devices.COORDINATOR_ENV} '{address}': expected HOST:PORT"):
+        devices.initialize_distributed(num_processes=2, process_id=0)
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--devices", "7"], "asked for 7 devices, but JAX sees 1 cpu device"),
     (["--devices", "0,x"], "expected 'all', a count"),
     (["--process-id", "0"], "need all three"),
+    # Issue 33 (9): no port was an internal IndexError (exit 1).
+    (["--coordinator-address", "localhost", "--num-processes", "2", "--process-id", "0"],
+     "--coordinator-address 'localhost': expected HOST:PORT"),
 ])
 def test_cli_device_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, arguments, message):
     if jax.device_count() != 1:

@@ -4,6 +4,7 @@ The base is one finished command-line run (the quick preset, population 4, two
 generations, seed 0); every other run here is measured against it or its files.
 """
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -224,6 +225,10 @@ def bad_files(directory: Path) -> None:
     np.save(directory / "flat.npy", np.ones(64, bool))
     np.savez(directory / "nomasks.npz", weights=np.ones(3))
     (directory / "garbage.npy").write_bytes(b"not numpy at all")
+    (directory / "masks.csv").write_text("0,1,0,1\n1,1,0,0\n")
+    buffer = io.BytesIO()
+    np.save(buffer, np.ones((2, 64), bool))
+    (directory / "truncated.npy").write_bytes(buffer.getvalue()[:100])  # numpy's header, cut
 
 
 @pytest.mark.parametrize(
@@ -245,7 +250,9 @@ def bad_files(directory: Path) -> None:
         (["--initial-masks", "flat.npy"], "flat.npy: masks are bool (64,), expected (K, 64)"),
         (["--initial-masks", "halves.npy"], "halves.npy: masks must hold only 0 and 1, found [0.5]"),
         (["--initial-masks", "nomasks.npz"], "nomasks.npz: an .npz archive without a 'masks' array"),
-        (["--initial-masks", "garbage.npy"], "garbage.npy: not a readable .npy or .npz file"),
+        (["--initial-masks", "garbage.npy"], "garbage.npy: not a .npy or .npz file (it starts with 'not nu'"),
+        (["--initial-masks", "masks.csv"], "masks.csv: not a .npy or .npz file (it starts with '0,1,0,'"),
+        (["--initial-masks", "truncated.npy"], "truncated.npy: not a readable .npy or .npz file"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, arguments, message):
@@ -260,6 +267,16 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monke
     assert code == 2, err
     assert len(err.splitlines()) == 1 and message in err, err
     assert sorted(path.name for path in tmp_path.iterdir()) == before  # no run directory
+
+
+def test_initial_masks_from_a_csv_are_refused_as_not_numpy_not_as_pickled_data(tmp_path):
+    """Issue 33 (9): a CSV was refused as "pickled (object) data", which it is not."""
+    bad_files(tmp_path)
+    with pytest.raises(warm_start.InitialMasksError) as refused:
+        warm_start.read_initial_masks(tmp_path / "masks.csv", 64)
+    message = str(refused.value)
+    assert "masks.csv: not a .npy or .npz file" in message and "numpy.save" in message, message
+    assert "pickle" not in message, message
 
 
 def test_bad_controls_from_python_are_refused_before_anything_is_written(tmp_path):

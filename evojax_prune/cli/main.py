@@ -40,6 +40,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
     featureset = FeatureSet.load(args.features) if args.features else embedded.digits()
     print(featureset)
+    problem = featureset.search_problem(args.features)
+    if problem:  # a valid file all the same: inspect shows it, run refuses it
+        warnings.warn(f"{problem}; 'evojax-prune run' refuses it", UserWarning, stacklevel=1)
     return 0
 
 
@@ -108,6 +111,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--resume needs --out DIR, the run directory to continue")
     with _flag("--runs", args.runs):
         loop.check_runs(args.runs)
+    with _flag("--seed", args.seed):
+        loop.check_seed(args.seed, args.runs, name="the seed" if args.runs == 1 else "the seeds")
     _run_controls(args, None)
     # The embedded digits are a CPU demo: they default to the quick preset.
     preset_name = args.preset or ("default" if args.features else "quick")
@@ -115,12 +120,19 @@ def _run(args: argparse.Namespace) -> int:
 
     from evojax_prune import devices
 
+    if args.coordinator_address is not None:
+        try:
+            devices.check_coordinator_address(args.coordinator_address, "--coordinator-address")
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     # Before any other JAX call: several processes (flags, EVOJAX_PRUNE_* or a cluster launcher).
     devices.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                    detect=args.distributed)
     devices.select_devices(config.engine.devices)  # devices that are not there: exit 2 before any work
     main_process = devices.is_main_process()
     folds = [FeatureSet.load(path) for path in args.features] if args.features else [embedded.digits()]
+    for fold, path in zip(folds, args.features or [None], strict=True):
+        fold.check_searchable(path)  # one class: refused naming the file
     if len(folds) > 1 and args.runs > 1:
         raise UsageError(f"--runs {args.runs} with {len(folds)} folds (--features): run the folds' search "
                          "once per seed")

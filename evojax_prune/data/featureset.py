@@ -11,6 +11,11 @@ A FeatureSet holds what the frozen backbone produced once per image:
 
 On disk it is one ``.npz`` (no pickles) with a ``format_version``; ``load``
 validates everything and names the problem, ``save`` writes atomically.
+
+A FeatureSet of one class is a valid file (``inspect`` prints it, with a
+warning), but no search runs on it: every head is then right on every sample
+and no OoD score separates anything, so ``check_searchable`` refuses it at the
+start of a search (``loop.run_search``, ``evojax-prune run``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ FORMAT_VERSION = 1
 FEATURE_ARRAYS = ("x_train", "x_val", "x_test", "ood_val", "ood_test")
 LABEL_ARRAYS = ("y_train", "y_val", "y_test")
 SPLITS = (("x_train", "y_train"), ("x_val", "y_val"), ("x_test", "y_test"))
+MIN_SEARCH_CLASSES = 2  # a search needs two classes at least (``FeatureSet.check_searchable``)
 
 
 class FeatureSetError(ValueError):
@@ -140,6 +146,20 @@ class FeatureSet:
             json.dumps(self.metadata)
         except TypeError as error:
             fail(f"metadata must be JSON-serialisable: {error}")
+
+    def search_problem(self, source: str | None = None) -> str | None:
+        """Why no search can run on this FeatureSet (``source``: its file, else its name), or None."""
+        if self.num_classes >= MIN_SEARCH_CLASSES:
+            return None
+        return (f"{source or f'FeatureSet {self.name!r}'}: has {self.num_classes} class; the search needs "
+                f"at least {MIN_SEARCH_CLASSES} (with one class every head is right on every sample and its "
+                "softmax is 1 on any input, so no OoD score ranks anything)")
+
+    def check_searchable(self, source: str | None = None) -> None:
+        """Refuses a FeatureSet no search can run on (``search_problem``): a FeatureSetError."""
+        problem = self.search_problem(source)
+        if problem:
+            raise FeatureSetError(problem)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes the FeatureSet to ``path`` (.npz) atomically: a complete file or none."""

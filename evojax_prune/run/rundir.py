@@ -88,13 +88,18 @@ def results_remedy(path: Path) -> str:
 # --------------------------------------------------------------------------- the directory
 
 
-def prepare(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
+def prepare(path: str | Path, *, resume: bool, overwrite: bool, check_only: bool = False) -> Path:
     """Checks (and creates) the run directory before anything is computed.
 
     An existing, non-empty directory is refused unless ``resume`` (continue the
     run in it) or ``overwrite`` (delete the earlier run's files first) is given;
     ``overwrite`` refuses a directory holding files that are not a run's. A
     resumed directory loses the temporary files a killed writer left.
+
+    Every check comes before anything is deleted or created; ``check_only``
+    runs the checks alone, so that a search checks the directory first, then
+    everything else, and deletes only once all of it passed (a refused command
+    changes no byte of a run directory).
     """
     path = Path(path)
     if resume and overwrite:
@@ -103,12 +108,12 @@ def prepare(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
         raise RunDirectoryError(f"{path}: exists and is not a directory")
     existing = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     if resume:
-        if not any((path / name).is_file() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
-            raise RunDirectoryError(f"{path}: nothing to resume (no {CHECKPOINT})")
+        resume_point(path)
         require_writable(path, "resume the run")
-        for name in existing:
-            if name.startswith(".") and name.endswith(".tmp") and name[1:].startswith(RUN_FILES):
-                (path / name).unlink(missing_ok=True)  # a writer killed halfway
+        if not check_only:
+            for name in existing:
+                if name.startswith(".") and name.endswith(".tmp") and name[1:].startswith(RUN_FILES):
+                    (path / name).unlink(missing_ok=True)  # a writer killed halfway
         return path
     if existing:
         if not overwrite:
@@ -122,19 +127,42 @@ def prepare(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
                 f"{path}: will not overwrite, it holds files that are not a run's: {foreign[:5]}"
             )
         require_writable(path, "overwrite the run")
-        for name in existing:
-            target = path / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not _writable(parent):
         raise RunDirectoryError(f"{path}: cannot write here ({parent} is not writable)")
+    if check_only:
+        return path
+    for name in existing:
+        target = path / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunDirectoryError(f"{path}: cannot create the run directory ({error.strerror})") from None
     return path
+
+
+def resume_point(path: Path) -> str:
+    """Where a resumed run in ``path`` continues: ``"checkpoint"``, or ``"start"`` for a run
+    killed before its first checkpoint (config.json, and at most generation 0's history line, no
+    checkpoint and no results): it runs again from the beginning, as deterministic as uninterrupted.
+    Anything else is refused, naming ``--overwrite``."""
+    path = Path(path)
+    if any((path / name).is_file() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
+        return "checkpoint"
+    if not (path / "config.json").is_file():
+        raise RunDirectoryError(f"{path}: nothing to resume (no config.json, no {CHECKPOINT}); start the "
+                                "run without --resume")
+    results = [name for name in ("pareto.csv", "pareto.npz", "summary.json") if (path / name).exists()]
+    history = path / "history.jsonl"
+    lines = len(history.read_bytes().splitlines()) if history.is_file() else 0
+    if results or lines > 1:
+        found = ", ".join(results + ([f"history.jsonl of {lines} generations"] if lines > 1 else []))
+        raise RunDirectoryError(f"{path}: nothing to resume (no {CHECKPOINT} although it holds {found}); "
+                                f"start the run again with --overwrite (it deletes the run's files)")
+    return "start"
 
 
 GROUP_FILES = ("runs.json", "merged_pareto.csv")  # beside run-0 .. run-{R-1} (``run_searches(runs=R)``)
@@ -145,13 +173,16 @@ def group_members(path: str | Path, runs: int) -> list[Path]:
     return [Path(path) / f"run-{index}" for index in range(runs)]
 
 
-def prepare_group(path: str | Path, runs: int, *, resume: bool, overwrite: bool) -> list[Path]:
+def prepare_group(path: str | Path, runs: int, *, resume: bool, overwrite: bool,
+                  check_only: bool = False) -> list[Path]:
     """``prepare`` for a group of runs: the group directory and every member, all checked first.
 
     A group directory holds only its members (``run-<i>``) and ``GROUP_FILES``.
-    Resuming needs every member to be resumable and no other members; a new
-    group refuses an existing, non-empty directory unless ``overwrite``, which
-    replaces members and group files and nothing else.
+    Resuming needs every member to be resumable (``resume_point``) and no other
+    members; a new group refuses an existing, non-empty directory unless
+    ``overwrite``, which replaces members and group files and nothing else.
+    Nothing is deleted before every member passed its checks; ``check_only``:
+    the checks alone.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -161,13 +192,11 @@ def prepare_group(path: str | Path, runs: int, *, resume: bool, overwrite: bool)
     names = {member.name for member in members}
     others = [name for name in existing if name not in names and name not in GROUP_FILES
               and not name.startswith(".")]
+    replace = False
     if resume:
         if others:
             raise RunDirectoryError(f"{path}: cannot resume {runs} runs, it also holds {others[:5]} "
                                     "(started with another --runs?)")
-        for member in members:  # every member checked before any is touched
-            if not any((member / name).is_file() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
-                raise RunDirectoryError(f"{member}: nothing to resume (no {CHECKPOINT})")
     elif existing:
         if not overwrite:
             raise RunDirectoryError(f"{path}: directory exists and is not empty; pass --resume to continue "
@@ -175,9 +204,15 @@ def prepare_group(path: str | Path, runs: int, *, resume: bool, overwrite: bool)
         if others:
             raise RunDirectoryError(f"{path}: will not overwrite, it holds files that are not its runs': "
                                     f"{others[:5]}")
+        replace = True
+    for member in members:  # every member checked before any is touched
+        prepare(member, resume=resume, overwrite=replace, check_only=True)
+    if check_only:
+        return members
+    if replace:
         for member in members:
             if member.exists():
-                prepare(member, resume=False, overwrite=True)  # refuses foreign files before deleting
+                prepare(member, resume=False, overwrite=True)
         for name in GROUP_FILES:
             (path / name).unlink(missing_ok=True)
     return [prepare(member, resume=resume, overwrite=False) for member in members]

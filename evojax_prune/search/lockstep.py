@@ -164,22 +164,26 @@ def run_together(search: Callable[..., Generator], features, config, *, seed: in
                  **options) -> RunsResult:
     """``run_searches``: R searches of ``search`` (``loop._search``) driven in lockstep.
 
-    The group's run directories are all checked (``rundir.prepare_group``)
-    before any run starts, so that a bad one leaves nothing half-written.
+    The group's run directories are all checked (``rundir.prepare_group``),
+    then every search checks the rest of its run, and only then are the
+    directories prepared (an overwritten group's files deleted), so that a bad
+    one leaves everything as it was.
     """
     main = devices.is_main_process()
     paths: list[Path | None] = [None] * runs
+    prepared = out_dir is not None and (main or resume)
     if out_dir is not None:
-        if main or resume:
-            paths = rundir.prepare_group(out_dir, runs, resume=resume, overwrite=overwrite)
-        else:
-            paths = rundir.group_members(out_dir, runs)
+        paths = rundir.group_members(out_dir, runs)
+        if prepared:
+            rundir.prepare_group(out_dir, runs, resume=resume, overwrite=overwrite, check_only=True)
     data = device_data(features, devices.mesh_for(config.engine.devices))
     searches = [
         search(features, config, seed=seed + index, out_dir=paths[index], resume=resume, overwrite=False,
-               controls=_tagged(controls, index), data=data, **options)
+               controls=_tagged(controls, index), data=data, group=True, **options)
         for index in range(runs)
     ]
+    if prepared:
+        rundir.prepare_group(out_dir, runs, resume=resume, overwrite=overwrite)
     result = merge(drive(searches, train_and_score_together))
     if out_dir is not None and main:
         rundir.write_merged(Path(out_dir), result)

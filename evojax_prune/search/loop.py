@@ -48,7 +48,9 @@ from evojax_prune.search.evaluation_cache import MaskCache
 from evojax_prune.search.evaluator import MaskEvaluator
 from evojax_prune.search.hypervolume import hypervolume
 
-__all__ = ["RunControls", "check_runs", "run_search", "run_searches"]
+__all__ = ["MAX_SEED", "RunControls", "check_runs", "check_seed", "run_search", "run_searches"]
+
+MAX_SEED = 2**32 - 1  # jax.random.PRNGKey keeps 32 bits of a seed: 2**32 would be seed 0
 
 def run_search(
     features: FeatureSet | Sequence[FeatureSet],
@@ -101,6 +103,7 @@ def run_search(
       SearchResult; its ``stopping`` says why the search stopped and after
       which generation. Several seeds at once: ``run_searches``.
     """
+    check_seed(seed)
     features = _search_features(features, config)
     with showing_progress(_checked_controls(controls), config.search.generations) as controls:
         search = _search(features, config, seed=seed, out_dir=out_dir, resume=resume, overwrite=overwrite,
@@ -142,6 +145,7 @@ def run_searches(
       ``RunsResult``: each run's SearchResult and their merged front.
     """
     check_runs(runs)
+    check_seed(seed, runs)
     if isinstance(features, (list, tuple)) and len(features) > 1:
         raise ValueError(f"run_searches: {len(features)} folds; several runs of a fold-averaged search run "
                          "one after another (one run_search call each)")
@@ -158,6 +162,18 @@ def check_runs(runs: int) -> None:
         raise ValueError(f"runs must be an integer >= 1, got {runs!r}")
 
 
+def check_seed(seed: int, runs: int = 1, *, name: str = "seed") -> None:
+    """Refuses a seed (and with ``runs``, the seeds ``seed`` .. ``seed + runs - 1``) outside
+    [0, ``MAX_SEED``]: ``jax.random.PRNGKey`` keeps 32 bits, so a larger seed would alias a smaller one."""
+    if not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
+        raise ValueError(f"{name} must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    last = int(seed) + runs - 1
+    if seed < 0 or last > MAX_SEED:
+        seeds = f"{seed}" if runs == 1 else f"{seed} .. {last} ({runs} runs)"
+        raise ValueError(f"{name} must be an integer in [0, {MAX_SEED}] (2**32 - 1: a seed keeps 32 bits), "
+                         f"got {seeds}")
+
+
 def _search_features(features, config: RunConfig):
     """The search's view of ``features`` (one FeatureSet, or a list of folds), checked."""
     if isinstance(features, (list, tuple)):
@@ -168,6 +184,8 @@ def _search_features(features, config: RunConfig):
         raise TypeError(f"features must be a FeatureSet or a list of them, got {type(features).__name__}")
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
+    for fold in features if isinstance(features, list) else [features]:
+        fold.check_searchable()
     if isinstance(features, list):
         return [selection.search_view(fold, config.search) for fold in features]
     return selection.search_view(features, config.search)
@@ -186,23 +204,32 @@ def _each_alone(requests: list[tuple[MaskEvaluator, np.ndarray]]) -> list[np.nda
 
 
 def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resume: bool, overwrite: bool,
-            controls: RunControls, algorithm, initial_masks, data=None):
-    """``run_search`` for one run, as a generator: it yields ``(evaluator, masks)`` whenever masks need
-    training and takes their metric rows back (``MaskEvaluator.metrics``); it returns the SearchResult.
-    ``data``: ``device_data`` shared with other runs."""
+            controls: RunControls, algorithm, initial_masks, data=None, group: bool = False):
+    """``run_search`` for one run: every check, then the run as a generator.
+
+    Everything is checked here, before anything is deleted or written: the
+    seed, the strategy, the warm start, the run directory
+    (``rundir.prepare(check_only=True)``; ``group``: ``rundir.prepare_group``
+    checked and prepares it), the devices and, resuming, what the run was
+    started with. The generator returned prepares the run directory (an
+    overwritten run's files are deleted only then), yields ``(evaluator,
+    masks)`` whenever masks need training, takes their metric rows back
+    (``MaskEvaluator.metrics``) and returns the SearchResult. ``data``:
+    ``device_data`` shared with other runs.
+    """
     started = time.perf_counter()
+    check_seed(seed)
     search = config.search
     first = features[0] if isinstance(features, list) else features  # folds agree on D and C
     length = config.head.chromosome_length(first.num_features)  # D, or neurons (HeadConfig.prune)
     evolver = strategy.build(search, length, algorithm)
     # Process 0 writes; the others only read, and only to resume.
     main = devices.is_main_process()
-    on_generation, rules = controls.on_generation, controls.stopping
     seeds, seeds_record = _initial_masks(initial_masks, evolver.num_dims, evolver.population_size)
     run_path = None
     if out_dir is not None and (main or resume):
-        run_path = rundir.prepare(out_dir, resume=resume, overwrite=overwrite)
-    write_path = run_path if main else None
+        run_path = Path(out_dir) if group else rundir.prepare(out_dir, resume=resume, overwrite=overwrite,
+                                                              check_only=True)
     train_key, init_key, evolve_key = jax.random.split(jax.random.PRNGKey(seed), 3)
     if config.train.training_seed is not None:  # every run's heads train as this seed's run's would
         train_key = jax.random.split(jax.random.PRNGKey(config.train.training_seed), 3)[0]
@@ -220,10 +247,34 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
     settings = {"config": config.to_dict(), "seed": seed, "features": metadata,
                 "num_features": first.num_features, "num_classes": first.num_classes,
                 "strategy": evolver.kind if algorithm is None else type(algorithm).__name__}
-
+    recorded, from_start = None, False
     if resume:
-        state, history, elapsed = _restore(run_path, settings, evolver, evaluator, init_key)
-        _resume_controls(run_path, write_path, rules, seeds_record)
+        # A run killed before its first checkpoint starts again from the beginning.
+        from_start = rundir.resume_point(run_path) == "start"
+        recorded = _check_recorded(run_path, settings, seeds_record, from_start)
+    return _generations(
+        features, config, seed, evolver, evaluator, settings, controls, seeds, seeds_record,
+        run_path=run_path, write_path=run_path if main else None, resume=resume, from_start=from_start,
+        overwrite=overwrite, prepare=not group, recorded=recorded, keys=(init_key, evolve_key),
+        started=started, length=length,
+    )
+
+
+def _generations(features, config, seed, evolver, evaluator, settings, controls, seeds, seeds_record, *,
+                 run_path, write_path, resume, from_start, overwrite, prepare, recorded, keys, started,
+                 length):
+    """The run ``_search`` checked: the generator it returns."""
+    search = config.search
+    init_key, evolve_key = keys
+    on_generation, rules = controls.on_generation, controls.stopping
+    if run_path is not None and prepare:  # only now is an overwritten run's directory emptied
+        rundir.prepare(run_path, resume=resume, overwrite=overwrite)
+    if resume and not from_start:
+        state, history, elapsed = _restore(run_path, evolver, evaluator, init_key)
+        if write_path is not None and recorded.get("stopping") != rules.to_dict():
+            # The controls may change on resume (they are not what is searched); config.json's
+            # ``stopping`` records those of the latest session.
+            rundir.write_config_fields(write_path, recorded, stopping=rules.to_dict())
         started -= elapsed
     else:
         if write_path is not None:
@@ -286,22 +337,36 @@ def _initial_masks(initial_masks, num_dims: int, population_size: int):
     return masks, warm_start.record(masks, source)
 
 
-def _resume_controls(run_path, write_path, controls, seeds_record) -> None:
-    """A resumed run: its warm start must be the one it started with; its controls are recorded.
+def _check_recorded(run_path, settings, seeds_record, from_start: bool) -> dict[str, Any]:
+    """config.json of the run to resume, checked against this run's settings and warm start.
 
-    The time budget and the patience may change (they are not what is searched);
-    config.json's ``stopping`` then records those of the latest session.
+    Resuming from a checkpoint ignores the warm start (the checkpoint holds the
+    population) unless it differs from the one the run started with; starting
+    again (``from_start``) needs the very masks it started with.
     """
     recorded = rundir.read_config(run_path)
+    for name in rundir.CONFIG_KEYS:
+        ours, theirs = json.loads(json.dumps(settings[name])), recorded[name]
+        if name == "config" and isinstance(theirs, dict):
+            # How heads train is not what they learn: a run may resume with another engine.
+            ours, theirs = _without_engine(ours), _without_engine(theirs)
+        if theirs != ours:
+            raise rundir.RunDirectoryError(
+                f"{run_path}: cannot resume, the run was started with a different {name}"
+            )
     started_with = recorded.get("initial_masks")
+    source = "none" if started_with is None else started_with.get("source") or "an array"
     if seeds_record is not None and (started_with or {}).get("sha256") != seeds_record["sha256"]:
         raise rundir.RunDirectoryError(
-            f"{run_path}: cannot resume, the run was started with different initial masks "
-            f"({'none' if started_with is None else started_with.get('source') or 'an array'}); "
+            f"{run_path}: cannot resume, the run was started with different initial masks ({source}); "
             "resume without --initial-masks"
         )
-    if write_path is not None and recorded.get("stopping") != controls.to_dict():
-        rundir.write_config_fields(write_path, recorded, stopping=controls.to_dict())
+    if from_start and started_with is not None and seeds_record is None:
+        raise rundir.RunDirectoryError(
+            f"{run_path}: cannot resume, the run was killed before its first checkpoint and starts again, "
+            f"which needs the initial masks it was started with ({source}): pass them (--initial-masks)"
+        )
+    return recorded
 
 
 def _front_masks(state, evolver, evaluator) -> np.ndarray:
@@ -379,17 +444,9 @@ def _checkpoint(run_path, state, evaluator, history, started) -> None:
     )
 
 
-def _restore(run_path, settings, evolver, evaluator, init_key):
-    recorded = rundir.read_config(run_path)
-    for name in rundir.CONFIG_KEYS:
-        ours, theirs = json.loads(json.dumps(settings[name])), recorded[name]
-        if name == "config" and isinstance(theirs, dict):
-            # How heads train is not what they learn: a run may resume with another engine.
-            ours, theirs = _without_engine(ours), _without_engine(theirs)
-        if theirs != ours:
-            raise rundir.RunDirectoryError(
-                f"{run_path}: cannot resume, the run was started with a different {name}"
-            )
+def _restore(run_path, evolver, evaluator, init_key):
+    """The search state, history and run time of the checkpoint (config.json checked before:
+    ``_check_recorded``)."""
     # A state of the right structure to pour the saved leaves into.
     population = evolver.initial_population(init_key)
     template = evolver.init(init_key, population, np.zeros((evolver.population_size, 3), np.float32))

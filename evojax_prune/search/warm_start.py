@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 PARETO = "pareto.npz"
+# What the files numpy reads begin with: a .npy array, and an .npz (a zip archive).
+NPY_MAGIC, NPZ_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
 
 
 class InitialMasksError(ValueError):
@@ -45,6 +47,16 @@ def read_initial_masks(path: str | Path, num_features: int) -> np.ndarray:
     if not path.is_file():
         raise InitialMasksError(f"{path}: no such file; expected a .npy (K, {num_features}) mask array "
                                 f"or a run's {PARETO}")
+    try:
+        with open(path, "rb") as stream:
+            start = stream.read(len(NPY_MAGIC))
+    except OSError as error:
+        raise InitialMasksError(f"{path}: cannot be read ({error.strerror})") from None
+    if not start.startswith((NPY_MAGIC, NPZ_MAGIC)):  # a CSV, a text file: not numpy's "pickled data"
+        shown = f"starts with {start.decode('ascii', 'replace')!r}" if start else "is empty"
+        raise InitialMasksError(f"{path}: not a .npy or .npz file (it {shown}, not numpy's header); "
+                                f"expected a .npy (K, {num_features}) mask array, e.g. written by "
+                                f"numpy.save, or a run's {PARETO}")
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.lib.npyio.NpzFile):
