@@ -444,7 +444,8 @@ def test_a_refused_group_overwrite_changes_no_byte_of_any_run(base, tmp_path):
 # generation 0, before that generation's history line and checkpoint are written.
 KILLED_AT_GENERATION_0 = textwrap.dedent("""
     import os, signal, sys
-    from evojax_prune.cli import main as cli, progress
+    from evojax_prune.cli import main as cli
+    from evojax_prune.search import progress
 
     def update(self, record):
         os.kill(os.getpid(), signal.SIGKILL)
