@@ -75,6 +75,8 @@ def test_outputs_parse_and_agree(finished):
     assert recorded["seed"] == 3 and recorded["environment"]["packages"]["jax"]
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [row["generation"] for row in history] == list(range(4))
+    # Every line carries the run's fingerprint id (run/fingerprint.py), dropped when read back.
+    assert {row.pop("run_id") for row in history} == {recorded["fingerprint"]["id"]}
     assert history == result.history
     for row in history:
         assert {"train_seconds", "score_seconds", "select_seconds", "hypervolume"} <= set(row)

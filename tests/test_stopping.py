@@ -87,8 +87,9 @@ def test_a_resumed_run_counts_its_earlier_time(planned, tmp_path):
     """A budget the first session already spent stops a resumed run at once, after no new generation."""
     run = Path(shutil.copytree(planned, tmp_path / "run"))
     spent = rundir.read_history(run)[1]["elapsed_seconds"]
-    # Back to generation 1's checkpoint, as a run killed after it would be.
-    (run / rundir.CHECKPOINT).unlink()
+    # Back to generation 1's checkpoint and no results, as a run killed after it would be.
+    for name in (rundir.CHECKPOINT, *rundir.RESULT_FILES):
+        (run / name).unlink()
     assert cli.main(run_command(run, "--resume", "--time-budget", str(spent / 2))) == 0
     ended = summary_of(run)["stopping"]
     assert ended["reason"] == "time_budget" and ended["generation"] == 1

@@ -21,6 +21,8 @@ start of a search (``loop.run_search``, ``evojax-prune run``).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import zipfile
@@ -160,6 +162,19 @@ class FeatureSet:
         problem = self.search_problem(source)
         if problem:
             raise FeatureSetError(problem)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the arrays and class names as ``save`` stores them; the metadata (paths,
+        times) is not in it. A run's fingerprint holds it, so a run's files are tied to their data."""
+        hasher = hashlib.sha256()
+        arrays = [(name, np.asarray(getattr(self, name), np.float32)) for name in FEATURE_ARRAYS]
+        arrays += [(name, np.asarray(getattr(self, name), np.int32)) for name in LABEL_ARRAYS]
+        for name, array in arrays:
+            hasher.update(f"{name}{array.dtype.str}{array.shape}".encode())
+            hasher.update(np.ascontiguousarray(array).tobytes())
+        hasher.update(json.dumps(list(self.class_names)).encode())
+        return hasher.hexdigest()
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes the FeatureSet to ``path`` (.npz) atomically: a complete file or none."""

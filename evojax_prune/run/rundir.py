@@ -24,6 +24,7 @@ A file written before formats were numbered counts as format 1.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import io
@@ -32,6 +33,7 @@ import math
 import os
 import platform
 import shutil
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ import numpy as np
 from evojax_prune.config import RunConfig
 from evojax_prune.io import atomic
 from evojax_prune.result import METRIC_NAMES, REFERENCE_POINT
+from evojax_prune.run import fingerprint as fingerprints
 from evojax_prune.version import __version__
 
 FORMAT = 1
@@ -52,6 +55,7 @@ RUN_FILES = (
     # written by ``evojax-prune report`` and ``evojax-prune explain``
     "report.md", "ensembles.json", "published.json", "figures", "explain",
 )
+RESULT_FILES = ("pareto.csv", "pareto.npz", "summary.json")  # written together when a run ends
 CONFIG_KEYS = ("config", "seed", "features", "num_features", "num_classes", "strategy")
 HISTORY_KEYS = ("generation", "evaluations", "trained", "front_size", "hypervolume")
 PARAM_NAMES = ("hidden_kernel", "output_kernel", "output_bias")
@@ -74,6 +78,10 @@ class RunFileError(RunDirectoryError):
     def __init__(self, file: Path, problem: str, remedy: str):
         super().__init__(f"{file}: {problem}; {remedy}")
         self.file, self.problem, self.remedy = Path(file), problem, remedy
+
+
+class ForeignFileError(RunFileError):
+    """A file of a run directory belongs to another run (its fingerprint, ``fingerprint.py``)."""
 
 
 def restart_remedy(path: Path) -> str:
@@ -155,7 +163,7 @@ def resume_point(path: Path) -> str:
     if not (path / "config.json").is_file():
         raise RunDirectoryError(f"{path}: nothing to resume (no config.json, no {CHECKPOINT}); start the "
                                 "run without --resume")
-    results = [name for name in ("pareto.csv", "pareto.npz", "summary.json") if (path / name).exists()]
+    results = [name for name in RESULT_FILES if (path / name).exists()]
     history = path / "history.jsonl"
     lines = len(history.read_bytes().splitlines()) if history.is_file() else 0
     if results or lines > 1:
@@ -233,17 +241,23 @@ def write_merged(path: Path, merged) -> None:
             row += [float(validation[name][index]), float(test[name][index])]
         row += [int(validation["epochs"][index]), ood_score, int(diverged[index])]
         writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in row])
-    atomic.write_text(path / "merged_pareto.csv", table.getvalue())
-    atomic.write_json(path / "runs.json", {
+    runs = {
         "format": FORMAT,
         "runs": [{"directory": f"run-{index}", "seed": result.seed, "hypervolume": result.hypervolume,
-                  "front_size": len(result.masks), "stopping": result.stopping}
+                  "front_size": len(result.masks), "stopping": result.stopping,
+                  fingerprints.LINE_KEY: ((result.provenance or {}).get(fingerprints.KEY) or {}).get("id")}
                  for index, result in enumerate(merged.runs)],
         "merged": {"size": len(merged.merged_run), "hypervolume": merged.hypervolume,
                    "hypervolume_reference": list(REFERENCE_POINT),
                    "run": merged.merged_run.tolist(), "member": merged.merged_member.tolist()},
         "run_hypervolumes": merged.spread(),
-    })
+    }
+    # A finished group resumed merges the same runs again: files already so are left untouched.
+    for name, text in (("merged_pareto.csv", table.getvalue()),
+                       ("runs.json", atomic.json_text(runs))):
+        file = path / name
+        if not (file.is_file() and file.read_bytes() == text.encode("utf-8")):
+            atomic.write_text(file, text)
 
 
 def require_writable(path: Path, purpose: str) -> None:
@@ -306,12 +320,16 @@ def write_config_fields(path: Path, recorded: dict[str, Any], **fields: Any) -> 
     atomic.write_json(path / "config.json", {**recorded, **fields})
 
 
-def write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    atomic.write_text(path / "history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+def write_history(path: Path, history: list[dict[str, Any]],
+                  fingerprint: dict[str, Any] | None = None) -> None:
+    """history.jsonl: one line per generation, each with the run's ``run_id`` (``fingerprint.LINE_KEY``)."""
+    tag = {} if fingerprint is None else {fingerprints.LINE_KEY: fingerprint["id"]}
+    atomic.write_text(path / "history.jsonl", "".join(json.dumps({**row, **tag}) + "\n" for row in history))
 
 
 def write_checkpoint(path: Path, state_leaves: list[np.ndarray], cache_state: dict[str, np.ndarray], *,
-                     trained_masks: int, elapsed: float, generation: int) -> None:
+                     trained_masks: int, elapsed: float, generation: int,
+                     fingerprint: dict[str, Any] | None = None) -> None:
     """checkpoint.npz; the one it replaces becomes checkpoint.previous.npz.
 
     The new file is complete on disk before either rename, so a kill or a full
@@ -322,6 +340,8 @@ def write_checkpoint(path: Path, state_leaves: list[np.ndarray], cache_state: di
     arrays.update(cache_state)
     arrays.update(format=np.asarray(FORMAT), trained_masks=np.asarray(trained_masks),
                   elapsed_seconds=np.asarray(elapsed), generation=np.asarray(generation))
+    if fingerprint is not None:
+        arrays[fingerprints.KEY] = fingerprints.as_array(fingerprint)
     atomic.write_atomically(path / CHECKPOINT, lambda stream: np.savez(stream, **arrays),
                             keep_previous=path / PREVIOUS_CHECKPOINT)
 
@@ -384,6 +404,14 @@ def read_npz_file(file: Path, remedy: str) -> dict[str, np.ndarray]:
     return arrays
 
 
+def read_npz_fingerprint(file: Path, arrays: dict[str, np.ndarray], remedy: str) -> dict[str, Any] | None:
+    """The fingerprint an .npz of a run holds (popped from ``arrays``), None for one from before them."""
+    try:
+        return fingerprints.from_array(arrays.pop(fingerprints.KEY, None))
+    except ValueError as error:
+        raise RunFileError(file, str(error), remedy) from None
+
+
 def shape_problem(name: str, array: np.ndarray, shape: tuple[int | None, ...], kind: str) -> str | None:
     """Why ``array`` is not of ``shape`` (None: any size) and dtype kind, or None."""
     fits = array.ndim == len(shape) and all(want is None or want == got
@@ -410,31 +438,108 @@ def read_config(path: Path) -> dict[str, Any]:
     return recorded
 
 
-def read_history(path: Path) -> list[dict[str, Any]]:
-    """history.jsonl, validated: one object per generation, in order from generation 0."""
+def read_history(path: Path, fingerprint: dict[str, Any] | None = None, *,
+                 needed: int | None = None) -> list[dict[str, Any]]:
+    """history.jsonl, validated: one object per generation, in order from generation 0.
+
+    Args:
+      path: the run directory.
+      fingerprint: the run's (config.json's); a line of another run is refused
+        by name. Each line's ``run_id`` is checked and dropped.
+      needed: how many lines must be readable (None: all). A damaged line past
+        them cuts the history there, with a ``RuntimeWarning`` naming it: what
+        a reader needs is whole, and the rest is what it lost.
+    """
     file = path / "history.jsonl"
-    remedy = restart_remedy(path)
+    remedy = (f"restore {file.name} from a copy of the run, or start the run again with --overwrite "
+              "(it deletes the run's files)")
     text = _read_text(file, remedy)
     history = []
     for number, line in enumerate(text.splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RunFileError(file, f"line {number} is not valid JSON ({error.msg}: truncated or "
-                                     "overwritten?)", remedy) from None
-        if not isinstance(record, dict):
-            raise RunFileError(file, f"line {number} is not a JSON object", remedy)
-        missing = [key for key in HISTORY_KEYS if key not in record]
-        if missing:
-            raise RunFileError(file, f"line {number} lacks {', '.join(missing)} (written by another "
-                                     "version?)", remedy)
-        if record["generation"] != number - 1:
-            raise RunFileError(file, f"line {number} is generation {record['generation']!r}, expected "
-                                     f"{number - 1}", remedy)
+        problem, record = _history_line(line, number, fingerprint)
+        if problem and needed is not None and number > needed:
+            warnings.warn(f"{file}: {problem}; read generations 0 .. {number - 2} only", RuntimeWarning,
+                          stacklevel=2)
+            break
+        if problem:
+            raise RunFileError(file, problem, remedy)
         history.append(record)
     if not history:
         raise RunFileError(file, "empty", remedy)
     return history
+
+
+def _history_line(line: str, number: int, fingerprint: dict[str, Any] | None):
+    """(problem, record) of line ``number`` of history.jsonl: one of them None."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        return f"line {number} is not valid JSON ({error.msg}: truncated or overwritten?)", None
+    if not isinstance(record, dict):
+        return f"line {number} is not a JSON object", None
+    missing = [key for key in HISTORY_KEYS if key not in record]
+    if missing:
+        return f"line {number} lacks {', '.join(missing)} (written by another version?)", None
+    if record["generation"] != number - 1:
+        return f"line {number} is generation {record['generation']!r}, expected {number - 1}", None
+    run_id = record.pop(fingerprints.LINE_KEY, None)
+    if fingerprint is not None and run_id is not None and run_id != fingerprint["id"]:
+        return (f"line {number} belongs to another run (run_id {run_id!r}, config.json's "
+                f"{fingerprint['id']!r})"), None
+    return None, record
+
+
+def check_fingerprint(file: Path, found: dict[str, Any] | None, expected: dict[str, Any] | None, *,
+                      expected_from: str = "config.json's") -> None:
+    """Refuses ``file`` when its fingerprint is another run's (``fingerprint.mismatch``)."""
+    problem = fingerprints.mismatch(found, expected, expected_from=expected_from)
+    if problem:
+        raise ForeignFileError(file, problem, foreign_remedy(file))
+
+
+def check_same_run(found: dict[Path, dict[str, Any] | None]) -> None:
+    """Refuses the file whose fingerprint is not its run's, naming it and the parts that differ.
+
+    ``found``: file -> its fingerprint (None: none, or unreadable: the file's
+    own reader reports damage). The run's fingerprint is the one most files
+    carry (a tie: the first file's), so a config.json copied over from
+    another run is named as such, not the files that were always there.
+    """
+    known = {Path(file): value for file, value in found.items() if value is not None}
+    counts = collections.Counter(value["id"] for value in known.values())
+    if len(counts) <= 1:
+        return
+    first = next(iter(known.values()))["id"]
+    majority = max(counts, key=lambda run_id: (counts[run_id], run_id == first))
+    agreeing = [file.name for file, value in known.items() if value["id"] == majority]
+    reference = max((value for value in known.values() if value["id"] == majority), key=len)
+    for file, value in known.items():
+        if value["id"] != majority:
+            theirs = " and ".join(agreeing) + ("'s" if len(agreeing) == 1 else "'")
+            check_fingerprint(file, value, reference, expected_from=theirs)
+
+
+def peek_fingerprint(file: Path) -> dict[str, Any] | None:
+    """The fingerprint ``file`` carries (.json, .npz or history.jsonl's first line), or None: none, or a
+    file too damaged to say (its reader then reports the damage)."""
+    try:
+        if file.suffix == ".npz":
+            with np.load(file, allow_pickle=False) as archive:
+                entry = archive[fingerprints.KEY] if fingerprints.KEY in archive.files else None
+            return fingerprints.from_array(entry)
+        if file.name == "history.jsonl":
+            with file.open("rb") as stream:
+                run_id = json.loads(stream.readline()).get(fingerprints.LINE_KEY)
+            return None if run_id is None else {"id": run_id}
+        value = json.loads(file.read_bytes()).get(fingerprints.KEY)
+        return value if isinstance(value, dict) and "id" in value else None
+    except Exception:  # any damage: the file's own reader names it
+        return None
+
+
+def foreign_remedy(file: Path) -> str:
+    return (f"put this run's own {file.name} back (a file copied from another run is never used), "
+            f"or start the run again with --overwrite")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -447,6 +552,7 @@ class Checkpoint:
       trained_masks, elapsed, generation: the counters after ``generation``.
       file: the file read.
       fallback: why the newest checkpoint was not used (None: it was).
+      damaged: the damaged newest checkpoint to keep aside (``set_aside``) once the run goes on.
     """
 
     state_leaves: list[np.ndarray]
@@ -456,40 +562,55 @@ class Checkpoint:
     generation: int
     file: Path
     fallback: str | None = None
+    damaged: Path | None = None
 
 
-def read_checkpoint(path: Path, state_template: list[Any], num_features: int) -> Checkpoint:
-    """The newest readable checkpoint: checkpoint.npz, else checkpoint.previous.npz.
+def read_checkpoint(path: Path, state_template: list[Any], num_features: int,
+                    fingerprint: dict[str, Any] | None = None) -> Checkpoint:
+    """The newest readable checkpoint: checkpoint.npz, else checkpoint.previous.npz. Writes nothing.
 
     ``state_template`` is the search state's leaves of this run (their shapes
-    and dtypes are checked). A damaged newest checkpoint is moved aside to
-    ``checkpoint.damaged.npz`` (kept, never deleted) when the previous one is
-    used instead.
+    and dtypes are checked); ``fingerprint`` the run's (config.json's). A
+    checkpoint of another run is refused (``ForeignFileError``), never passed
+    over. A damaged newest checkpoint falls back on the previous one (``fallback``
+    says so; ``set_aside`` then keeps the damaged file as checkpoint.damaged.npz);
+    a damaged previous one beside a whole newest one is a ``RuntimeWarning``.
     """
     remedy = restart_remedy(path)
-    problems = {}
+    problems, found = {}, {}
     for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
         file = path / name
         if not file.is_file():
             problems[name] = "missing"
             continue
         try:
-            checkpoint = _parse_checkpoint(file, state_template, num_features, remedy)
+            found[name] = _parse_checkpoint(file, state_template, num_features, remedy, fingerprint)
+        except ForeignFileError:
+            raise
         except RunFileError as error:
             problems[name] = error.problem
-            continue
-        if name == CHECKPOINT:
-            return checkpoint
+    if CHECKPOINT in found:
+        if problems.get(PREVIOUS_CHECKPOINT, "missing") != "missing":
+            warnings.warn(f"{path / PREVIOUS_CHECKPOINT}: {problems[PREVIOUS_CHECKPOINT]}; the newest "
+                          f"checkpoint is whole and used, and the next generation replaces the damaged one",
+                          RuntimeWarning, stacklevel=2)
+        return found[CHECKPOINT]
+    if PREVIOUS_CHECKPOINT in found:
+        checkpoint = found[PREVIOUS_CHECKPOINT]
         newest = path / CHECKPOINT
         note = f"{newest}: {problems[CHECKPOINT]}"
         if newest.is_file():
-            kept = _unused_name(path, "checkpoint.damaged", ".npz")
-            os.replace(newest, kept)
-            note += f" (kept as {kept.name})"
-        note += f"; resuming from {name} (generation {checkpoint.generation})"
-        return dataclasses.replace(checkpoint, fallback=note)
+            note += " (kept as checkpoint.damaged.npz)"
+        note += f"; resuming from {PREVIOUS_CHECKPOINT} (generation {checkpoint.generation})"
+        return dataclasses.replace(checkpoint, fallback=note, damaged=newest if newest.is_file() else None)
     raise RunFileError(path / CHECKPOINT, f"{problems[CHECKPOINT]}, and {PREVIOUS_CHECKPOINT} is "
                                           f"{problems[PREVIOUS_CHECKPOINT]}", remedy)
+
+
+def set_aside(checkpoint: Checkpoint) -> None:
+    """Keeps the damaged newest checkpoint a fallback passed over as checkpoint.damaged[-N].npz."""
+    if checkpoint.damaged is not None and checkpoint.damaged.is_file():
+        os.replace(checkpoint.damaged, _unused_name(checkpoint.damaged.parent, "checkpoint.damaged", ".npz"))
 
 
 def _unused_name(path: Path, stem: str, suffix: str) -> Path:
@@ -499,8 +620,10 @@ def _unused_name(path: Path, stem: str, suffix: str) -> Path:
     return candidate
 
 
-def _parse_checkpoint(file: Path, state_template: list[Any], num_features: int, remedy: str) -> Checkpoint:
+def _parse_checkpoint(file: Path, state_template: list[Any], num_features: int, remedy: str,
+                      fingerprint: dict[str, Any] | None) -> Checkpoint:
     arrays = read_npz_file(file, remedy)
+    check_fingerprint(file, read_npz_fingerprint(file, arrays, remedy), fingerprint)
     counters = ("cache_keys", "cache_values", "trained_masks", "elapsed_seconds", "generation")
     names = [f"state_{i}" for i in range(len(state_template))]
     missing = [name for name in (*names, *counters) if name not in arrays]

@@ -33,6 +33,7 @@ from evojax_prune.config import RunConfig
 from evojax_prune.head import HeadParams
 from evojax_prune.io import atomic
 from evojax_prune.result import MEMBERS, METRIC_NAMES, REFERENCE_POINT, objectives, robustness
+from evojax_prune.run import fingerprint as fingerprints
 from evojax_prune.run import keras_export, rundir
 from evojax_prune.run.rundir import (
     CSV_COLUMNS,
@@ -61,7 +62,7 @@ PARAMS_NOTE = (
     "kept units"
 )
 # config.json's record of what was searched, kept on the result (``SearchResult.provenance``).
-PROVENANCE_KEYS = ("features", "num_features", "num_classes", "strategy")
+PROVENANCE_KEYS = ("features", "num_features", "num_classes", "strategy", fingerprints.KEY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,8 @@ class SearchResult:
         ``"generations"``, ``"time_budget"`` or ``"hv_patience"``, the
         generation it stopped after, the controls); None when unknown.
       provenance: config.json's record of what was searched (``features``: the
-        FeatureSet's metadata, ``num_features``, ``num_classes``, ``strategy``);
+        FeatureSet's metadata, ``num_features``, ``num_classes``, ``strategy``,
+        ``fingerprint``: what the run's files belong to, ``run/fingerprint.py``);
         None for a result built by hand. ``save`` writes it back.
 
     Load one from a run directory with ``SearchResult.load(run_dir)``; write
@@ -174,10 +176,11 @@ class SearchResult:
             "num_features": int(provenance.get("num_features", self.params.hidden_kernel.shape[1])),
             "num_classes": int(provenance.get("num_classes", self.params.output_bias.shape[-1])),
             "strategy": provenance.get("strategy", "unknown"),
+            fingerprints.KEY: provenance.get(fingerprints.KEY),
             "saved_by": "SearchResult.save",
         })
-        rundir.write_history(path, self.history)
-        write_results(path, self)
+        rundir.write_history(path, self.history, provenance.get(fingerprints.KEY))
+        write_results(path, self, provenance.get(fingerprints.KEY))
         return path
 
     def to_pandas(self, split: str = "validation"):
@@ -276,8 +279,12 @@ def _export_command(args) -> int:
     return 0
 
 
-def write_results(path: Path, result: SearchResult) -> None:
-    """pareto.csv, pareto.npz and summary.json of a ``SearchResult``, in that order."""
+def write_results(path: Path, result: SearchResult, fingerprint: dict[str, Any] | None = None) -> None:
+    """pareto.csv, pareto.npz and summary.json of a ``SearchResult``, written as one change
+    (``atomic.write_all_atomically``: a full disk leaves all three as they were).
+
+    ``fingerprint``: the run's (``run/fingerprint.py``), stored in pareto.npz and summary.json.
+    """
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -288,17 +295,17 @@ def write_results(path: Path, result: SearchResult) -> None:
             row += [float(result.validation[name][member]), float(result.test[name][member])]
         row += [int(result.validation["epochs"][member]), result.config.ood.score, int(diverged[member])]
         writer.writerow([f"{value:.6f}" if isinstance(value, float) else value for value in row])
-    atomic.write_text(path / "pareto.csv", table.getvalue())
 
     arrays = {"format": np.asarray(FORMAT), "masks": result.masks, "objectives": result.objectives,
               "baseline_mask": np.ones(result.masks.shape[1], bool), "note": np.asarray(PARAMS_NOTE)}
+    if fingerprint is not None:
+        arrays[fingerprints.KEY] = fingerprints.as_array(fingerprint)
     for prefix, params in (("", result.params), ("baseline_", result.baseline_params)):
         for name in PARAM_NAMES + (SECOND_KERNEL,) * (params.second_kernel is not None):
             arrays[prefix + name] = np.asarray(getattr(params, name))
-    atomic.write_atomically(path / "pareto.npz", lambda stream: np.savez_compressed(stream, **arrays))
 
     as_lists = lambda values: {name: np.asarray(value).tolist() for name, value in values.items()}
-    atomic.write_json(path / "summary.json", {
+    summary = {
         "format": FORMAT,
         "seed": result.seed,
         "preset": result.config.preset,
@@ -317,6 +324,13 @@ def write_results(path: Path, result: SearchResult) -> None:
                   "validation": as_lists(result.validation), "test": as_lists(result.test)},
         # why the search stopped (search.stopping.summary); None for a result built without a loop
         "stopping": result.stopping,
+    }
+    if fingerprint is not None:
+        summary[fingerprints.KEY] = fingerprint
+    atomic.write_all_atomically({
+        path / "pareto.csv": atomic.text_writer(table.getvalue()),
+        path / "pareto.npz": lambda stream: np.savez_compressed(stream, **arrays),
+        path / "summary.json": atomic.json_writer(summary),
     })
 
 
@@ -339,17 +353,25 @@ def read_run(path: str | os.PathLike) -> tuple[SearchResult, dict[str, Any]]:
     if not (path / "config.json").is_file():
         raise RunDirectoryError(f"{path}: not a run directory (no config.json)")
     recorded = read_config(path)
-    for name in ("summary.json", "pareto.npz", "pareto.csv"):
+    for name in rundir.RESULT_FILES:
         if not (path / name).is_file():
             raise RunDirectoryError(f"{path}: the run has not finished (no {name}); continue it with "
                                     f"the run's command and '--resume --out {path}'")
     remedy = results_remedy(path)
-    history = read_history(path)
+    fingerprint = recorded.get(fingerprints.KEY)
+    rundir.check_same_run({path / "config.json": fingerprint,
+                           **{path / name: rundir.peek_fingerprint(path / name)
+                              for name in ("pareto.npz", "summary.json", "history.jsonl")}})
+    # A damaged line past the first costs the history figure its tail, not the run's results.
+    history = read_history(path, fingerprint, needed=1)
     config = RunConfig.from_dict(recorded["config"])
     arrays = read_npz_file(path / "pareto.npz", remedy)
+    front_file = path / "pareto.npz"
+    rundir.check_fingerprint(front_file, rundir.read_npz_fingerprint(front_file, arrays, remedy), fingerprint)
     masks, params, baseline_params = _front_arrays(path / "pareto.npz", arrays, recorded["num_features"],
                                                    config.head, recorded["num_classes"], remedy)
     summary = read_json_file(path / "summary.json", remedy)
+    rundir.check_fingerprint(path / "summary.json", summary.get(fingerprints.KEY), fingerprint)
     validation, test, baseline = _summary_metrics(path / "summary.json", summary, len(masks), remedy)
     _check_csv(path / "pareto.csv", masks, config.ood.score, remedy)
     result = SearchResult(

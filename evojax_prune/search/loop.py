@@ -40,6 +40,7 @@ from evojax_prune.config import RunConfig
 from evojax_prune.data.featureset import FeatureSet
 from evojax_prune.result import METRIC_NAMES, REFERENCE_POINT, robustness
 from evojax_prune.result import objectives as to_objectives
+from evojax_prune.run import fingerprint as fingerprints
 from evojax_prune.run import rundir, search_result
 from evojax_prune.run.search_result import SearchResult
 from evojax_prune.search import folds, lockstep, selection, stopping, strategy, warm_start
@@ -104,10 +105,11 @@ def run_search(
       which generation. Several seeds at once: ``run_searches``.
     """
     check_seed(seed)
-    features = _search_features(features, config)
+    features, digest = _search_features(features, config)
     with showing_progress(_checked_controls(controls), config.search.generations) as controls:
         search = _search(features, config, seed=seed, out_dir=out_dir, resume=resume, overwrite=overwrite,
-                         controls=controls, algorithm=algorithm, initial_masks=initial_masks)
+                         controls=controls, algorithm=algorithm, initial_masks=initial_masks,
+                         features_digest=digest)
         return lockstep.drive([search], _each_alone)[0]
 
 
@@ -149,11 +151,12 @@ def run_searches(
     if isinstance(features, (list, tuple)) and len(features) > 1:
         raise ValueError(f"run_searches: {len(features)} folds; several runs of a fold-averaged search run "
                          "one after another (one run_search call each)")
-    features = _search_features(features, config)
+    features, digest = _search_features(features, config)
     with showing_progress(_checked_controls(controls), config.search.generations, runs) as controls:
         return lockstep.run_together(_search, features, config, seed=seed, runs=runs, out_dir=out_dir,
                                      resume=resume, overwrite=overwrite, controls=controls,
-                                     algorithm=algorithm, initial_masks=initial_masks)
+                                     algorithm=algorithm, initial_masks=initial_masks,
+                                     features_digest=digest)
 
 
 def check_runs(runs: int) -> None:
@@ -175,7 +178,8 @@ def check_seed(seed: int, runs: int = 1, *, name: str = "seed") -> None:
 
 
 def _search_features(features, config: RunConfig):
-    """The search's view of ``features`` (one FeatureSet, or a list of folds), checked."""
+    """The search's view of ``features`` (one FeatureSet, or a list of folds), checked, and the
+    digest of the data given (``FeatureSet.digest``; of folds, ``fingerprint.folds_digest``)."""
     if isinstance(features, (list, tuple)):
         features = folds.check_folds(features)
         if len(features) == 1:
@@ -184,11 +188,13 @@ def _search_features(features, config: RunConfig):
         raise TypeError(f"features must be a FeatureSet or a list of them, got {type(features).__name__}")
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
-    for fold in features if isinstance(features, list) else [features]:
+    given = features if isinstance(features, list) else [features]
+    for fold in given:
         fold.check_searchable()
+    digest = fingerprints.folds_digest([fold.digest for fold in given])
     if isinstance(features, list):
-        return [selection.search_view(fold, config.search) for fold in features]
-    return selection.search_view(features, config.search)
+        return [selection.search_view(fold, config.search) for fold in features], digest
+    return selection.search_view(features, config.search), digest
 
 
 def _checked_controls(controls: RunControls | None) -> RunControls:
@@ -204,18 +210,21 @@ def _each_alone(requests: list[tuple[MaskEvaluator, np.ndarray]]) -> list[np.nda
 
 
 def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resume: bool, overwrite: bool,
-            controls: RunControls, algorithm, initial_masks, data=None, group: bool = False):
+            controls: RunControls, algorithm, initial_masks, features_digest: str, data=None,
+            group: bool = False):
     """``run_search`` for one run: every check, then the run as a generator.
 
     Everything is checked here, before anything is deleted or written: the
     seed, the strategy, the warm start, the run directory
     (``rundir.prepare(check_only=True)``; ``group``: ``rundir.prepare_group``
     checked and prepares it), the devices and, resuming, what the run was
-    started with. The generator returned prepares the run directory (an
-    overwritten run's files are deleted only then), yields ``(evaluator,
+    started with, its checkpoint and history (every file of the run's own,
+    ``run/fingerprint.py``). The generator returned prepares the run directory
+    (an overwritten run's files are deleted only then), yields ``(evaluator,
     masks)`` whenever masks need training, takes their metric rows back
-    (``MaskEvaluator.metrics``) and returns the SearchResult. ``data``:
-    ``device_data`` shared with other runs.
+    (``MaskEvaluator.metrics``) and returns the SearchResult; for a finished
+    run resumed, it returns the run's result as written and writes nothing.
+    ``data``: ``device_data`` shared with other runs.
     """
     started = time.perf_counter()
     check_seed(seed)
@@ -247,35 +256,96 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
     settings = {"config": config.to_dict(), "seed": seed, "features": metadata,
                 "num_features": first.num_features, "num_classes": first.num_classes,
                 "strategy": evolver.kind if algorithm is None else type(algorithm).__name__}
-    recorded, from_start = None, False
+    fingerprint = fingerprints.make(config=config, seed=seed, features=features_digest,
+                                    strategy=settings["strategy"], file_format=rundir.FORMAT,
+                                    initial_masks=None if seeds_record is None else seeds_record["sha256"])
+    recorded, restored = None, None
     if resume:
         # A run killed before its first checkpoint starts again from the beginning.
         from_start = rundir.resume_point(run_path) == "start"
         recorded = _check_recorded(run_path, settings, seeds_record, from_start)
+        fingerprint = _resumed_fingerprint(run_path, recorded, fingerprint)
+        if not from_start:
+            restored = _restore(run_path, evolver, evaluator, init_key, fingerprint)
+            finished = _finished_result(run_path, search, controls, restored)
+            if finished is not None:
+                return _as_search(finished)
+    settings[fingerprints.KEY] = fingerprint
     return _generations(
         features, config, seed, evolver, evaluator, settings, controls, seeds, seeds_record,
-        run_path=run_path, write_path=run_path if main else None, resume=resume, from_start=from_start,
+        run_path=run_path, write_path=run_path if main else None, resume=resume, restored=restored,
         overwrite=overwrite, prepare=not group, recorded=recorded, keys=(init_key, evolve_key),
         started=started, length=length,
     )
 
 
+def _as_search(result: SearchResult):
+    """A search that has nothing to do: a generator returning ``result`` at once."""
+    return result
+    yield  # a generator, as every search is
+
+
+def _resumed_fingerprint(run_path: Path, recorded: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint of the run to resume: config.json's, once this call's data and strategy match
+    it (its configuration and seed were compared with ``_check_recorded``); ours for a run from
+    before fingerprints."""
+    theirs = recorded.get(fingerprints.KEY)
+    if not isinstance(theirs, dict):
+        return ours
+    for part in ("features", "strategy"):
+        if theirs.get(part) != ours[part]:
+            raise rundir.RunDirectoryError(
+                f"{run_path}: cannot resume, the run was started with another "
+                f"{fingerprints.PART_NAMES[part]} ({part} {theirs.get(part)!r} in config.json's fingerprint, "
+                f"this call's {ours[part]!r})"
+            )
+    return theirs
+
+
+def _finished_result(run_path: Path, search, controls: RunControls, restored) -> SearchResult | None:
+    """The result of a finished run resumed (no generation left to run under ``controls``, its
+    results written and whole), or None: the resumed run has generations or its results to write."""
+    history = restored.history
+    left = len(history) <= search.generations and controls.stopping.reason(history, restored.elapsed) is None
+    if left or not all((run_path / name).is_file() for name in rundir.RESULT_FILES):
+        return None
+    try:
+        result = SearchResult.load(run_path)
+    except rundir.ForeignFileError:
+        raise
+    except rundir.RunFileError:  # damaged results: written again from the checkpoint
+        return None
+    if len(result.history) < len(history):  # results of an earlier session: the checkpoint's are newer
+        return None
+    ended = result.stopping or {}
+    warnings.warn(f"{run_path}: the run is finished (generation {len(result.history) - 1} of "
+                  f"{search.generations}, stopped by {ended.get('reason', 'generations')}); nothing to do, "
+                  "its files are as they were", UserWarning, stacklevel=4)
+    return result
+
+
 def _generations(features, config, seed, evolver, evaluator, settings, controls, seeds, seeds_record, *,
-                 run_path, write_path, resume, from_start, overwrite, prepare, recorded, keys, started,
+                 run_path, write_path, resume, restored, overwrite, prepare, recorded, keys, started,
                  length):
-    """The run ``_search`` checked: the generator it returns."""
+    """The run ``_search`` checked (``restored``: the checkpoint it resumes from, or None): the
+    generator it returns."""
     search = config.search
     init_key, evolve_key = keys
     on_generation, rules = controls.on_generation, controls.stopping
+    fingerprint = settings[fingerprints.KEY]
     if run_path is not None and prepare:  # only now is an overwritten run's directory emptied
         rundir.prepare(run_path, resume=resume, overwrite=overwrite)
-    if resume and not from_start:
-        state, history, elapsed = _restore(run_path, evolver, evaluator, init_key)
+    if restored is not None:
+        state, history = restored.state, restored.history
+        if restored.checkpoint.fallback:
+            warnings.warn(restored.checkpoint.fallback, RuntimeWarning, stacklevel=3)
+        if write_path is not None:
+            rundir.set_aside(restored.checkpoint)
         if write_path is not None and recorded.get("stopping") != rules.to_dict():
             # The controls may change on resume (they are not what is searched); config.json's
             # ``stopping`` records those of the latest session.
             rundir.write_config_fields(write_path, recorded, stopping=rules.to_dict())
-        started -= elapsed
+        started -= restored.elapsed
     else:
         if write_path is not None:
             rundir.write_config(write_path, {**settings, "training_plan": evaluator.training_plan(),
@@ -288,7 +358,7 @@ def _generations(features, config, seed, evolver, evaluator, settings, controls,
         _keep_heads_of(state, evolver, evaluator)
         history = []
         _record(history, state, evolver, evaluator, started, 0, on_generation)
-        _checkpoint(write_path, state, evaluator, history, started)
+        _checkpoint(write_path, state, evaluator, history, started, fingerprint)
 
     stopped = None
     for generation in range(len(history), search.generations + 1):
@@ -304,12 +374,12 @@ def _generations(features, config, seed, evolver, evaluator, settings, controls,
         evaluator.seconds["select"] = time.perf_counter() - selected_at
         _keep_heads_of(state, evolver, evaluator)
         _record(history, state, evolver, evaluator, started, generation, on_generation)
-        _checkpoint(write_path, state, evaluator, history, started)
+        _checkpoint(write_path, state, evaluator, history, started, fingerprint)
 
     if resume and write_path is not None:
         # A resumed run that ran no generation (stopped at once, or already finished) still holds
         # the history line a kill may have left past its checkpoint.
-        rundir.write_history(write_path, history)
+        rundir.write_history(write_path, history, fingerprint)
     ended = stopping.summary(stopped, rules, history, search.generations, time.perf_counter() - started)
     result = _final_front(features, config, seed, state, evolver, evaluator, history, started)
     result = dataclasses.replace(result, stopping=ended,
@@ -318,7 +388,7 @@ def _generations(features, config, seed, evolver, evaluator, settings, controls,
     # Every process ran the same selection on the same gathered objectives.
     devices.assert_same_on_every_process((result.masks, result.objectives), "the final fronts")
     if write_path is not None:
-        search_result.write_results(write_path, result)
+        search_result.write_results(write_path, result, fingerprint)
     return result
 
 
@@ -431,30 +501,44 @@ def _record(history, state, evolver, evaluator, started, generation, on_generati
         on_generation(record)
 
 
-def _checkpoint(run_path, state, evaluator, history, started) -> None:
+def _checkpoint(run_path, state, evaluator, history, started, fingerprint) -> None:
     if run_path is None:
         return
     # History first: a kill between the two writes leaves a history one line
     # ahead of the checkpoint, which resume trims.
-    rundir.write_history(run_path, history)
+    rundir.write_history(run_path, history, fingerprint)
     rundir.write_checkpoint(
         run_path, [np.asarray(leaf) for leaf in jax.tree.leaves(jax.device_get(state))],
         evaluator.cache.state_dict(), trained_masks=evaluator.trained_masks,
-        elapsed=time.perf_counter() - started, generation=history[-1]["generation"],
+        elapsed=time.perf_counter() - started, generation=history[-1]["generation"], fingerprint=fingerprint,
     )
 
 
-def _restore(run_path, evolver, evaluator, init_key):
-    """The search state, history and run time of the checkpoint (config.json checked before:
-    ``_check_recorded``)."""
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What a resumed run continues from: the search state, its history, the run time so far."""
+
+    state: Any
+    history: list[dict[str, Any]]
+    elapsed: float
+    checkpoint: rundir.Checkpoint
+
+
+def _restore(run_path, evolver, evaluator, init_key, fingerprint) -> Restored:
+    """The checkpoint and history of the run to resume, read and checked; writes nothing (config.json
+    was checked before: ``_check_recorded``). Every file must be the run's own: the one whose
+    fingerprint most of them do not share is refused by name (``rundir.check_same_run``)."""
+    rundir.check_same_run({run_path / "config.json": fingerprint,
+                           **{run_path / name: rundir.peek_fingerprint(run_path / name)
+                              for name in (rundir.CHECKPOINT, rundir.PREVIOUS_CHECKPOINT, "history.jsonl")
+                              if (run_path / name).is_file()}})
     # A state of the right structure to pour the saved leaves into.
     population = evolver.initial_population(init_key)
     template = evolver.init(init_key, population, np.zeros((evolver.population_size, 3), np.float32))
     leaves, treedef = jax.tree.flatten(template)
-    history = rundir.read_history(run_path)
-    checkpoint = rundir.read_checkpoint(run_path, leaves, evaluator.cache.num_features)
-    if checkpoint.fallback:
-        warnings.warn(checkpoint.fallback, RuntimeWarning, stacklevel=3)
+    checkpoint = rundir.read_checkpoint(run_path, leaves, evaluator.cache.num_features, fingerprint)
+    # Lines past the checkpoint's are dropped on resume: damage there costs nothing.
+    history = rundir.read_history(run_path, fingerprint, needed=checkpoint.generation + 1)
     if len(history) <= checkpoint.generation:
         raise rundir.RunFileError(
             run_path / "history.jsonl",
@@ -464,7 +548,7 @@ def _restore(run_path, evolver, evaluator, init_key):
     state = jax.tree.unflatten(treedef, [jnp.asarray(leaf) for leaf in checkpoint.state_leaves])
     evaluator.cache = MaskCache.from_state_dict(evaluator.cache.num_features, checkpoint.cache_state)
     evaluator.trained_masks = checkpoint.trained_masks
-    return state, history[: checkpoint.generation + 1], checkpoint.elapsed
+    return Restored(state, history[: checkpoint.generation + 1], checkpoint.elapsed, checkpoint)
 
 
 def _without_engine(config: dict[str, Any]) -> dict[str, Any]:
