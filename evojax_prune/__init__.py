@@ -23,6 +23,7 @@ from evojax_prune.search.hypervolume import hypervolume
 from evojax_prune.search.lockstep import RunsResult
 from evojax_prune.search.loop import run_search, run_searches
 from evojax_prune.search.nsga2 import NSGA2
+from evojax_prune.search.resume import resume_search, resume_searches
 from evojax_prune.selector import FeatureSelector
 from evojax_prune.train.trainer import TrainedPopulation, train_population
 from evojax_prune.version import __version__
@@ -57,6 +58,8 @@ __all__ = [
     "operators",
     "preset",
     "ranking",
+    "resume_search",
+    "resume_searches",
     "run_search",
     "run_searches",
     "train_population",

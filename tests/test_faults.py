@@ -466,7 +466,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(base, t
     before = digests(run)
     # Another run's settings are still refused, and change nothing.
     err = one_line_error(capsys, [*run_command(run, "--resume"), "--population", "6"])
-    assert "cannot resume, the run was started with a different config" in err, err
+    assert "--population 6: the run in" in err and "search.population_size = 4" in err, err
     assert digests(run) == before
     assert cli.main(run_command(run, "--resume")) == 0
     assert_same_front(run, base)

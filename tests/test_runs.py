@@ -133,11 +133,12 @@ def test_bad_runs_are_refused_before_anything_is_written(tmp_path, together):
     before = sorted(path.name for path in out.iterdir())
     done = _cli("--runs", "2", "--out", str(out), cwd=tmp_path)
     assert done[0] == 2 and "directory exists and is not empty" in done[1]
+    # --resume takes the group's settings: a flag that disagrees names both values (issue 33, 3).
     done = _cli("--runs", "3", "--resume", "--out", str(out), cwd=tmp_path)
-    assert done[0] == 2 and "run-2: nothing to resume" in done[1]
+    assert done[0] == 2 and f"--runs 3: the run in {out} was started with runs 2;" in done[1]
     (out / "run-7").mkdir()
     done = _cli("--runs", "2", "--resume", "--out", str(out), cwd=tmp_path)
-    assert done[0] == 2 and "cannot resume 2 runs, it also holds ['run-7']" in done[1]
+    assert done[0] == 2 and "['run-0', 'run-1', 'run-7'] are not a group's run-0 .. run-2" in done[1]
     (out / "run-7").rmdir()
     (tmp_path / "half" / "run-0").mkdir(parents=True)
     done = _cli("--runs", "2", "--resume", "--out", "half", cwd=tmp_path)

@@ -138,7 +138,8 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(digits, finished, tmp_
 
 def test_resume_refuses_a_different_configuration(digits, finished):
     _, out = finished
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match=r"different config \(config\.head\.hidden: the run's \d+, this "
+                                         r"call's 8; resume_search\("):
         run_search(digits, tiny_config(generations=5).replace(head={"hidden": 8}), seed=3, out_dir=out,
                    resume=True)
 
@@ -146,7 +147,7 @@ def test_resume_refuses_a_different_configuration(digits, finished):
 def test_existing_run_directory_is_refused_unless_asked(digits, finished, capsys):
     _, out = finished
     before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
-    with pytest.raises(ValueError, match=r"--resume.*--overwrite"):
+    with pytest.raises(ValueError, match=r"resume=True.*overwrite=True"):  # Python's arguments, not flags
         run_search(digits, tiny_config(), seed=3, out_dir=out)
     assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
 

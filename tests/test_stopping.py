@@ -161,7 +161,8 @@ def test_max_features_bounds_every_mask_evaluated_and_is_configuration(planned, 
     # What is searched: a resume with another bound is refused, files untouched.
     before = {path.name: path.read_bytes() for path in run.iterdir()}
     assert cli.main(run_command(run, "--resume", "--max-features", "6")) == 2
-    assert "different config" in capsys.readouterr().err
+    assert "--max-features 6: the run in" in (err := capsys.readouterr().err), err
+    assert "was started with search.max_features = 5" in err, err
     assert {path.name: path.read_bytes() for path in run.iterdir()} == before
 
 

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -97,6 +98,44 @@ def _run_controls(args: argparse.Namespace, on_generation):
                            on_generation=on_generation)
 
 
+def _resumed_run(args: argparse.Namespace):
+    """``resume.RecordedRun`` of --out, every flag that says what the run is checked against it.
+
+    ``--resume`` takes the run's settings from its config.json; a flag that is
+    also given must agree, else it is refused naming the setting, the run's
+    value and the flag's. The engine (--devices) and the run controls may change.
+    """
+    from evojax_prune.search import resume
+
+    run = resume.read_recorded(args.out)
+    recorded = run.config
+    where = f"the run in {args.out} was started with"
+    remedy = "--resume continues it with its own settings (config.json): drop the flag, or start a new run"
+    for flag, given, theirs in (("--preset", args.preset, recorded.preset), ("--seed", args.seed, run.seed),
+                                ("--runs", args.runs, run.runs)):
+        if given is not None and given != theirs:
+            raise UsageError(f"{flag} {given}: {where} {flag[2:]} {theirs}; {remedy}")
+    for flag, attribute, section, field in CONFIG_FLAGS:
+        value = getattr(args, attribute)
+        if value is None:
+            continue
+        with _flag(flag, value):
+            asked = recorded.replace(**{section: {field: value}}, preset=recorded.preset)
+        if asked != recorded:
+            theirs = getattr(getattr(recorded, section), field)
+            raise UsageError(f"{flag} {value}: {where} {section}.{field} = {theirs!r}; {remedy}")
+    if args.ood_score is not None or args.ood_temperature is not None:
+        ood = _ood_settings(args, recorded.ood.score)
+        flag = "--ood-temperature" if args.ood_temperature is not None else "--ood-score"
+        value = args.ood_temperature if args.ood_temperature is not None else ood["score"]
+        with _flag(flag, value):
+            asked = recorded.replace(ood=ood, preset=recorded.preset)
+        if asked != recorded:
+            theirs = {name: getattr(recorded.ood, name) for name in ood}
+            raise UsageError(f"{flag} {value}: {where} ood {theirs}; {remedy}")
+    return run
+
+
 def _run(args: argparse.Namespace) -> int:
     from datetime import datetime
     from pathlib import Path
@@ -104,19 +143,30 @@ def _run(args: argparse.Namespace) -> int:
     from evojax_prune.config import preset
     from evojax_prune.data import embedded
     from evojax_prune.data.featureset import FeatureSet
-    from evojax_prune.search import loop, strategy, warm_start
+    from evojax_prune.search import loop, resume, strategy, warm_start
 
     # Everything is checked before anything is computed or written.
     if args.resume and not args.out:
         raise UsageError("--resume needs --out DIR, the run directory to continue")
-    with _flag("--runs", args.runs):
-        loop.check_runs(args.runs)
-    with _flag("--seed", args.seed):
-        loop.check_seed(args.seed, args.runs, name="the seed" if args.runs == 1 else "the seeds")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
     _run_controls(args, None)
-    # The embedded digits are a CPU demo: they default to the quick preset.
-    preset_name = args.preset or ("default" if args.features else "quick")
-    config = _configured(args, preset(preset_name))
+    recorded_run = _resumed_run(args) if args.resume else None
+    if recorded_run is not None:
+        seed, runs, config = recorded_run.seed, recorded_run.runs, recorded_run.config
+        preset_name = config.preset
+        if args.devices is not None:
+            with _flag("--devices", args.devices):
+                config = config.replace(engine={"devices": args.devices}, preset=config.preset)
+    else:
+        seed, runs = (0 if args.seed is None else args.seed), (1 if args.runs is None else args.runs)
+        with _flag("--runs", runs):
+            loop.check_runs(runs)
+        with _flag("--seed", seed):
+            loop.check_seed(seed, runs, name="the seed" if runs == 1 else "the seeds")
+        # The embedded digits are a CPU demo: they default to the quick preset.
+        preset_name = args.preset or ("default" if args.features else "quick")
+        config = _configured(args, preset(preset_name))
 
     from evojax_prune import devices
 
@@ -130,11 +180,16 @@ def _run(args: argparse.Namespace) -> int:
                                    detect=args.distributed)
     devices.select_devices(config.engine.devices)  # devices that are not there: exit 2 before any work
     main_process = devices.is_main_process()
-    folds = [FeatureSet.load(path) for path in args.features] if args.features else [embedded.digits()]
-    for fold, path in zip(folds, args.features or [None], strict=True):
+    given = [FeatureSet.load(path) for path in args.features] if args.features else None
+    if recorded_run is not None:  # the run's data: the files given, or the embedded digits rebuilt
+        searched = resume.recorded_features(recorded_run, given)
+        folds = searched if isinstance(searched, list) else [searched]
+    else:
+        folds = given or [embedded.digits()]
+    for fold, path in zip(folds, args.features or [None] * len(folds), strict=True):
         fold.check_searchable(path)  # one class: refused naming the file
-    if len(folds) > 1 and args.runs > 1:
-        raise UsageError(f"--runs {args.runs} with {len(folds)} folds (--features): run the folds' search "
+    if len(folds) > 1 and runs > 1:
+        raise UsageError(f"--runs {runs} with {len(folds)} folds (--features): run the folds' search "
                          "once per seed")
     features = folds[0]  # the folds agree on D and C (run_search checks)
     length = config.head.chromosome_length(features.num_features)  # D, or the neurons pruned
@@ -143,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.initial_masks is not None:  # InitialMasksError: exit 2
         warm_start.read_initial_masks(args.initial_masks, length)
     out = Path(args.out) if args.out else Path("runs") / (
-        f"{features.name}-{preset_name}-seed{args.seed}-{datetime.now():%Y%m%d-%H%M%S}"
+        f"{features.name}-{preset_name}-seed{seed}-{datetime.now():%Y%m%d-%H%M%S}"
     )
 
     from rich.console import Console
@@ -157,7 +212,7 @@ def _run(args: argparse.Namespace) -> int:
         + f"\npreset {preset_name}: population {config.search.population_size}, "
         f"{config.search.generations} generations of {config.search.num_offspring} offspring "
         f"(up to {config.search.max_evaluations} evaluations), "
-        f"{_seeds(args.seed, args.runs)}, output {out}\n"
+        f"{_seeds(seed, runs)}, output {out}" + (" (resumed)" if args.resume else "") + "\n"
         f"head: {config.head.hidden_layers} hidden layer(s) of {config.head.hidden}, pruning "
         f"{config.head.prune}; objectives on the {config.search.selection} split",
         highlight=False,
@@ -166,16 +221,24 @@ def _run(args: argparse.Namespace) -> int:
     if config.preset == "paper" and protocol not in (None, "paper"):
         console.print(f"note: {features.name} was extracted with the {protocol!r} protocol; the authors' OoD "
                       "images and resizing are `evojax-prune extract --protocol paper`", highlight=False)
-    with SearchProgress(config.search.generations, console, runs=args.runs) as progress:
-        options = dict(seed=args.seed, out_dir=out, resume=args.resume, overwrite=args.overwrite,
-                       controls=_run_controls(args, progress.update), initial_masks=args.initial_masks)
-        if args.runs > 1:
-            result = loop.run_searches(features, config, runs=args.runs, **options)
+    searched = folds if len(folds) > 1 else features
+    with SearchProgress(config.search.generations, console, runs=runs) as progress:
+        controls = _run_controls(args, progress.update)
+        if recorded_run is not None:  # as from Python: the run's settings, this session's controls
+            engine = None if args.devices is None else {"devices": args.devices}
+            resumed = resume.resume_searches if runs > 1 else resume.resume_search
+            result = resumed(out, searched, controls=controls, engine=engine,
+                             initial_masks=args.initial_masks)
         else:
-            result = loop.run_search(folds if len(folds) > 1 else features, config, **options)
-    if args.runs > 1:
+            options = dict(seed=seed, out_dir=out, overwrite=args.overwrite, controls=controls,
+                           initial_masks=args.initial_masks)
+            if runs > 1:
+                result = loop.run_searches(features, config, runs=runs, **options)
+            else:
+                result = loop.run_search(searched, config, **options)
+    if runs > 1:
         console.print(runs_table(result))
-        console.print(f"{result}\nresults in {out} (run-0 .. run-{args.runs - 1}, runs.json, "
+        console.print(f"{result}\nresults in {out} (run-0 .. run-{runs - 1}, runs.json, "
                       "merged_pareto.csv)", highlight=False)
         return 0
     console.print(front_table(result))
@@ -231,18 +294,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="configuration preset (default: quick on the embedded digits, else default)")
     run.add_argument("--population", type=int, metavar="N", help="population size")
     run.add_argument("--generations", type=int, metavar="G", help="generations after the initial one")
-    run.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    run.add_argument("--seed", type=int, metavar="S", help="seed (default 0; --resume: the run's)")
     run.add_argument("--selection", choices=["validation", "test"],
                      help="the split the objectives are measured on (default: the preset's; paper: test, "
                           "as the authors, who had no validation split)")
     run.add_argument("--front", choices=list(FRONT_SOURCES),
                      help="where the reported front comes from: every mask evaluated (archive; every "
                           "preset but paper) or the final population (population; paper, as jMetalPy)")
-    run.add_argument("--runs", type=int, default=1, metavar="R",
+    run.add_argument("--runs", type=int, metavar="R",
                      help="R independent searches, seeds S .. S+R-1, trained together in lockstep; "
                           "--out holds run-0 .. run-{R-1} and their merged front (default 1)")
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/NAME-PRESET-seedS-TIME)")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run (or group of runs) in --out from its checkpoint, with the "
+                          "settings it was started with (config.json); only --devices, --features, the "
+                          "stopping controls and --quiet may be given anew")
     run.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     run.add_argument("--quiet", action="store_true", help="print nothing but errors")
     pruned = run.add_argument_group("the head and what it prunes (README: 'Pruning targets')")
@@ -342,16 +408,37 @@ def dispatch(args: argparse.Namespace) -> int:
         return 1
 
 
+# The library's messages name Python arguments (``resume=True``); the command names its flags.
+AS_FLAGS = (
+    (r"\bresume=True\b", "--resume"),
+    (r"\boverwrite=True\b", "--overwrite"),
+    (r"\bwith resume=False\b", "without --resume"),
+    (r"\bresume_search\('([^']*)'\)", r"'evojax-prune run --out \1 --resume'"),
+    (r"\bresume_searches\('([^']*)'\)", r"'evojax-prune run --out \1 --resume'"),
+    (r"\bwithout initial_masks=", "without --initial-masks"),
+    (r"\binitial_masks=", "--initial-masks "),
+    (r"\bfeatures=\[FOLD, \.\.\.\]", "--features FOLD ..."),
+    (r"\bfeatures=", "--features "),
+)
+
+
+def as_flags(text: str) -> str:
+    """A library message as the command says it: each Python argument named by its flag."""
+    for pattern, flag in AS_FLAGS:
+        text = re.sub(pattern, flag, text)
+    return text
+
+
 def _one_line(error: BaseException) -> str:
     text = str(error)
     if isinstance(error, OSError) and error.strerror:  # without the "[Errno N]" prefix
         text = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
-    return " ".join(text.split()) or type(error).__name__
+    return as_flags(" ".join(text.split())) or type(error).__name__
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning as one line on stderr, as the errors are (no source location: not a bug)."""
-    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    print(f"{PROG}: warning: {as_flags(' '.join(str(message).split()))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

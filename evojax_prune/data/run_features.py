@@ -32,7 +32,7 @@ def read_run_features(recorded: dict[str, Any], features: Any = None, *, source:
         if name != "digits":
             raise ValueError(
                 f"{source}: the run used the features {name!r}, which cannot be rebuilt; "
-                "pass --features FILE, the FeatureSet .npz the run was started with"
+                "pass features=FILE, the FeatureSet .npz the run was started with"
             )
         splits = metadata.get("splits", {})
         features = embedded.digits(

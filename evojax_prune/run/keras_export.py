@@ -77,7 +77,7 @@ def export_head(compact: CompactHead, path: str | os.PathLike, *, inputs: str = 
     if path.suffix != ".keras":
         raise ValueError(f"{path}: a Keras model file must end in .keras")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path.parent}: no such directory")
     model = build_model(compact, inputs)

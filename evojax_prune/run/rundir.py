@@ -85,12 +85,11 @@ class ForeignFileError(RunFileError):
 
 
 def restart_remedy(path: Path) -> str:
-    return f"it cannot be rebuilt: start the run again ('evojax-prune run --overwrite --out {path}' ...)"
+    return "it cannot be rebuilt: start the run again with overwrite=True (it deletes the run's files)"
 
 
 def results_remedy(path: Path) -> str:
-    return (f"write the results again from the checkpoint with the run's command and "
-            f"'--resume --out {path}'")
+    return f"write the results again from the checkpoint: resume_search('{path}')"
 
 
 # --------------------------------------------------------------------------- the directory
@@ -111,7 +110,7 @@ def prepare(path: str | Path, *, resume: bool, overwrite: bool, check_only: bool
     """
     path = Path(path)
     if resume and overwrite:
-        raise RunDirectoryError("--resume and --overwrite exclude each other")
+        raise RunDirectoryError("resume=True and overwrite=True exclude each other")
     if path.exists() and not path.is_dir():
         raise RunDirectoryError(f"{path}: exists and is not a directory")
     existing = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
@@ -126,8 +125,8 @@ def prepare(path: str | Path, *, resume: bool, overwrite: bool, check_only: bool
     if existing:
         if not overwrite:
             raise RunDirectoryError(
-                f"{path}: directory exists and is not empty; pass --resume to continue the run in it "
-                "or --overwrite to replace it"
+                f"{path}: directory exists and is not empty; pass resume=True to continue the run in it "
+                "or overwrite=True to replace it"
             )
         foreign = [name for name in existing if not _is_run_file(name) and not name.startswith(".")]
         if foreign:
@@ -162,18 +161,27 @@ def resume_point(path: Path) -> str:
         return "checkpoint"
     if not (path / "config.json").is_file():
         raise RunDirectoryError(f"{path}: nothing to resume (no config.json, no {CHECKPOINT}); start the "
-                                "run without --resume")
+                                "run with resume=False")
     results = [name for name in RESULT_FILES if (path / name).exists()]
     history = path / "history.jsonl"
     lines = len(history.read_bytes().splitlines()) if history.is_file() else 0
     if results or lines > 1:
         found = ", ".join(results + ([f"history.jsonl of {lines} generations"] if lines > 1 else []))
         raise RunDirectoryError(f"{path}: nothing to resume (no {CHECKPOINT} although it holds {found}); "
-                                f"start the run again with --overwrite (it deletes the run's files)")
+                                f"start the run again with overwrite=True (it deletes the run's files)")
     return "start"
 
 
 GROUP_FILES = ("runs.json", "merged_pareto.csv")  # beside run-0 .. run-{R-1} (``run_searches(runs=R)``)
+
+
+def group_member_names(path: str | Path) -> list[str]:
+    """The names of the run directories ``run-<i>`` in ``path`` (a group's members), in no order."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return [entry.name for entry in path.iterdir()
+            if entry.is_dir() and entry.name.startswith("run-") and entry.name[4:].isdigit()]
 
 
 def group_members(path: str | Path, runs: int) -> list[Path]:
@@ -204,11 +212,11 @@ def prepare_group(path: str | Path, runs: int, *, resume: bool, overwrite: bool,
     if resume:
         if others:
             raise RunDirectoryError(f"{path}: cannot resume {runs} runs, it also holds {others[:5]} "
-                                    "(started with another --runs?)")
+                                    "(started with another runs=?)")
     elif existing:
         if not overwrite:
-            raise RunDirectoryError(f"{path}: directory exists and is not empty; pass --resume to continue "
-                                    "the runs in it or --overwrite to replace them")
+            raise RunDirectoryError(f"{path}: directory exists and is not empty; pass resume=True to "
+                                    "continue the runs in it or overwrite=True to replace them")
         if others:
             raise RunDirectoryError(f"{path}: will not overwrite, it holds files that are not its runs': "
                                     f"{others[:5]}")
@@ -451,7 +459,7 @@ def read_history(path: Path, fingerprint: dict[str, Any] | None = None, *,
         a reader needs is whole, and the rest is what it lost.
     """
     file = path / "history.jsonl"
-    remedy = (f"restore {file.name} from a copy of the run, or start the run again with --overwrite "
+    remedy = (f"restore {file.name} from a copy of the run, or start the run again with overwrite=True "
               "(it deletes the run's files)")
     text = _read_text(file, remedy)
     history = []
@@ -539,7 +547,7 @@ def peek_fingerprint(file: Path) -> dict[str, Any] | None:
 
 def foreign_remedy(file: Path) -> str:
     return (f"put this run's own {file.name} back (a file copied from another run is never used), "
-            f"or start the run again with --overwrite")
+            f"or start the run again with overwrite=True")
 
 
 @dataclasses.dataclass(frozen=True)

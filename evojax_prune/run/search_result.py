@@ -356,7 +356,7 @@ def read_run(path: str | os.PathLike) -> tuple[SearchResult, dict[str, Any]]:
     for name in rundir.RESULT_FILES:
         if not (path / name).is_file():
             raise RunDirectoryError(f"{path}: the run has not finished (no {name}); continue it with "
-                                    f"the run's command and '--resume --out {path}'")
+                                    f"resume_search('{path}')")
     remedy = results_remedy(path)
     fingerprint = recorded.get(fingerprints.KEY)
     rundir.check_same_run({path / "config.json": fingerprint,

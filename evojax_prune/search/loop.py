@@ -422,21 +422,32 @@ def _check_recorded(run_path, settings, seeds_record, from_start: bool) -> dict[
             ours, theirs = _without_engine(ours), _without_engine(theirs)
         if theirs != ours:
             raise rundir.RunDirectoryError(
-                f"{run_path}: cannot resume, the run was started with a different {name}"
+                f"{run_path}: cannot resume, the run was started with a different {name} "
+                f"({_first_difference(ours, theirs, name)}; resume_search('{run_path}') takes the run's own "
+                "settings)"
             )
     started_with = recorded.get("initial_masks")
     source = "none" if started_with is None else started_with.get("source") or "an array"
     if seeds_record is not None and (started_with or {}).get("sha256") != seeds_record["sha256"]:
         raise rundir.RunDirectoryError(
             f"{run_path}: cannot resume, the run was started with different initial masks ({source}); "
-            "resume without --initial-masks"
+            "resume without initial_masks="
         )
     if from_start and started_with is not None and seeds_record is None:
         raise rundir.RunDirectoryError(
             f"{run_path}: cannot resume, the run was killed before its first checkpoint and starts again, "
-            f"which needs the initial masks it was started with ({source}): pass them (--initial-masks)"
+            f"which needs the initial masks it was started with ({source}): pass them (initial_masks=FILE)"
         )
     return recorded
+
+
+def _first_difference(ours: Any, theirs: Any, where: str) -> str:
+    """The first setting in which two config.json values differ, with both values."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        for key in sorted(set(ours) | set(theirs), key=str):
+            if ours.get(key) != theirs.get(key):
+                return _first_difference(ours.get(key), theirs.get(key), f"{where}.{key}")
+    return f"{where}: the run's {theirs!r}, this call's {ours!r}"
 
 
 def _front_masks(state, evolver, evaluator) -> np.ndarray:
