@@ -1,5 +1,5 @@
 """One persistent XLA compilation cache for the whole test session (compile_cache.py), and the
-tiny finished run the report tests share.
+finished runs that several test files share.
 
 Many tests compile the same programs: the in-process tests, and the command-line
 runs they start in subprocesses (which inherit ``EVOJAX_PRUNE_CACHE_DIR``). A
@@ -41,3 +41,16 @@ def tiny_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "run"
     return run_search(embedded.digits(), tiny_config(), seed=0, out_dir=out), out
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory):
+    """A finished command-line run (``run_dirs.run_command``): the front every faulty run of
+    test_faults and test_reliability must reach. Never written to: tests work on ``copy_of``."""
+    from run_dirs import run_command
+
+    from evojax_prune.cli import main as cli
+
+    out = tmp_path_factory.mktemp("base") / "run"
+    assert cli.main(run_command(out)) == 0
+    return out

@@ -7,7 +7,6 @@ with one line naming the file, what is wrong and what to do, exit 2, leaving
 every file as it was.
 """
 
-import hashlib
 import io
 import json
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fronts import assert_same_front
+from run_dirs import FLAGS, copy_of, digests, one_line_error, run_command
 
 from evojax_prune import config
 from evojax_prune.cli import main as cli
@@ -34,37 +34,10 @@ from evojax_prune.run import rundir
 from evojax_prune.search.loop import run_search, run_searches
 from evojax_prune.search.progress import generation_line
 
-FLAGS = ["--population", "4", "--generations", "3", "--seed", "0", "--quiet"]
-
-
-def run_command(directory: Path, *extra: str) -> list[str]:
-    return ["run", *FLAGS, "--out", str(directory), *extra]
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """A finished run: the front every faulty run below must reach."""
-    out = tmp_path_factory.mktemp("base") / "run"
-    assert cli.main(run_command(out)) == 0
-    return out
-
-
-def copy_of(run: Path, tmp_path: Path, name: str = "run") -> Path:
-    return Path(shutil.copytree(run, tmp_path / name))
-
 
 def contents(directory: Path) -> dict[str, bytes]:
     return {path.relative_to(directory).as_posix(): path.read_bytes()
             for path in sorted(directory.rglob("*")) if path.is_file()}
-
-
-def one_line_error(capsys, argv: list[str]) -> str:
-    code = cli.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("evojax-prune: error: "), err
-    return err
 
 
 # --------------------------------------------------------------------------- damaged files
@@ -341,12 +314,6 @@ def test_a_read_only_run_directory_is_refused_before_any_work(base):
 
 
 # --------------------------------------------------------------------------- refusals change no byte
-
-
-def digests(directory: Path) -> dict[str, str]:
-    """SHA-256 of every file's bytes under ``directory``, by path: which files, holding what."""
-    return {path.relative_to(directory).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(directory.rglob("*")) if path.is_file()}
 
 
 QUICK = config.preset("quick").replace(search={"population_size": 4, "generations": 3})

@@ -267,9 +267,9 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
         fingerprint = _resumed_fingerprint(run_path, recorded, fingerprint)
         if not from_start:
             restored = _restore(run_path, evolver, evaluator, init_key, fingerprint)
-            finished = _finished_result(run_path, search, controls, restored)
+            finished = _finished_result(run_path, search, restored, controls)
             if finished is not None:
-                return _as_search(finished)
+                return _finished_search(run_path, search, finished)
     settings[fingerprints.KEY] = fingerprint
     return _generations(
         features, config, seed, evolver, evaluator, settings, controls, seeds, seeds_record,
@@ -279,8 +279,13 @@ def _search(features: FeatureSet, config: RunConfig, *, seed: int, out_dir, resu
     )
 
 
-def _as_search(result: SearchResult):
-    """A search that has nothing to do: a generator returning ``result`` at once."""
+def _finished_search(run_path: Path, search, result: SearchResult):
+    """The search of a finished run resumed: it says so once every run's checks passed, and returns
+    the run's result as written, writing nothing."""
+    ended = result.stopping or {}
+    warnings.warn(f"{run_path}: the run is finished (generation {len(result.history) - 1} of "
+                  f"{search.generations}, stopped by {ended.get('reason', 'generations')}); nothing to do, "
+                  "its files are as they were", UserWarning, stacklevel=4)
     return result
     yield  # a generator, as every search is
 
@@ -302,7 +307,7 @@ def _resumed_fingerprint(run_path: Path, recorded: dict[str, Any], ours: dict[st
     return theirs
 
 
-def _finished_result(run_path: Path, search, controls: RunControls, restored) -> SearchResult | None:
+def _finished_result(run_path: Path, search, restored, controls: RunControls) -> SearchResult | None:
     """The result of a finished run resumed (no generation left to run under ``controls``, its
     results written and whole), or None: the resumed run has generations or its results to write."""
     history = restored.history
@@ -317,10 +322,6 @@ def _finished_result(run_path: Path, search, controls: RunControls, restored) ->
         return None
     if len(result.history) < len(history):  # results of an earlier session: the checkpoint's are newer
         return None
-    ended = result.stopping or {}
-    warnings.warn(f"{run_path}: the run is finished (generation {len(result.history) - 1} of "
-                  f"{search.generations}, stopped by {ended.get('reason', 'generations')}); nothing to do, "
-                  "its files are as they were", UserWarning, stacklevel=4)
     return result
 
 
