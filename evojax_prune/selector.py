@@ -19,7 +19,15 @@ The robustness objective needs out-of-distribution data: it is the AUROC of
 ODIN scores separating the validation samples from OoD samples. ``fit(X, y)``
 therefore refuses to run without ``ood=`` rather than invent OoD data or
 silently drop the objective; ``fit(featureset)`` takes a ``FeatureSet``, which
-carries its own.
+carries its own. Where the OoD features can only be made at fit time (their
+width is the width of whatever reaches the selector), ``ood`` may be a
+callable ``ood(X) -> (M, D)``: the caller's choice of OoD data, still never
+the selector's.
+
+scikit-learn's ``check_estimator`` passes on it whole (legacy checks included;
+tests/test_selector.py runs it on a tiny search with a callable ``ood``), so
+no check is expected to fail. With the default ``ood=None`` every check that
+fits on arrays fails by design: the refusal above.
 """
 
 from __future__ import annotations
@@ -58,7 +66,8 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
         the masks when ``fit`` gets no ``X_val``.
       ood: (M, D) out-of-distribution features for ``fit`` on arrays (``fit``'s
         own ``ood=`` takes precedence), so that a Pipeline's ``fit(X, y)`` needs
-        no fit parameter.
+        no fit parameter; or a callable ``ood(X) -> (M, D)``, called with
+        ``fit``'s validated (N, D) float32 ``X``.
 
     Attributes (after ``fit``):
       result_: the ``SearchResult``.
@@ -89,9 +98,10 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
           X: (N, D) features, or a ``FeatureSet`` (then ``y``, ``ood``, ``X_val`` and
             ``y_val`` must be None: it holds its splits and OoD data).
           y: (N,) labels, any values sklearn accepts as classes.
-          ood: (M, D) features of out-of-distribution samples; required with
-            arrays (see the module docstring). They score the front twice, as
-            its validation and its "test" OoD data.
+          ood: (M, D) features of out-of-distribution samples, or a callable
+            ``ood(X)`` returning them; required with arrays (see the module
+            docstring). They score the front twice, as its validation and its
+            "test" OoD data.
           X_val, y_val: a validation split to score masks on; None holds out
             ``validation_fraction`` of (X, y). The front's "test" metrics in
             ``result_`` are this split again: nothing is held out from the
@@ -122,6 +132,12 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
     def support_(self) -> np.ndarray:
         """(D,) bool, the mask of the member ``member`` names."""
         return np.array(self.result_.masks[self.member_], bool)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True  # y, the class labels, unless X is a FeatureSet
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]  # transform picks columns
+        return tags
 
     def transform(self, X):
         """(N, k) ``X[:, support_]``: a copy of the k selected columns (N k values), not a view."""
@@ -157,12 +173,18 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
                                  f"do not pass {', '.join(given)}")
             self.n_features_in_ = X.num_features
             self.classes_ = np.arange(X.num_classes)
+            if hasattr(self, "feature_names_in_"):  # an earlier fit on a DataFrame's: not these columns
+                del self.feature_names_in_
             return X
         if y is None:
-            validate_data(self, X, dtype=np.float32)  # X first: a bad X is named before a missing y
-            raise ValueError("FeatureSelector.fit needs labels y (or a FeatureSet as X)")
+            # X first: a bad X is named before a missing y (validate_data would name y first).
+            check_array(X, dtype=np.float32)
+            raise ValueError("FeatureSelector requires y to be passed, but the target y is None: "
+                             "pass class labels y, or a FeatureSet as X")
         X, y = validate_data(self, X, y, dtype=np.float32)  # sets n_features_in_
         ood = self.ood if ood is None else ood
+        if callable(ood):
+            ood = ood(X)
         if ood is None:
             raise ValueError(
                 "FeatureSelector.fit needs ood= (or FeatureSelector(ood=...)), (M, D) features of "
@@ -174,6 +196,12 @@ class FeatureSelector(SelectorMixin, BaseEstimator):
             raise ValueError(f"FeatureSelector.fit: ood has {ood.shape[1]} features, X has {X.shape[1]}")
         self.classes_, labels = np.unique(y, return_inverse=True)
         if X_val is None:
+            counts = np.bincount(labels)
+            if counts.min() < 2:
+                lonely = self.classes_[counts < 2][:5].tolist()
+                raise ValueError(f"FeatureSelector.fit: classes {lonely} of y have one sample, too few to "
+                                 "hold out a stratified validation share; y must be class labels, each "
+                                 "with two samples at least, or pass X_val and y_val")
             x_train, x_val, y_train, y_val_ = train_test_split(
                 X, labels, test_size=self.validation_fraction, stratify=labels, random_state=self.seed)
         else:

@@ -11,12 +11,14 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from image_folders import write_random_folder
 from report_runs import tiny_config
 
 import evojax_prune as ep
 from evojax_prune import head
 from evojax_prune.cli import main as cli
 from evojax_prune.data import embedded
+from evojax_prune.io import keras_backend
 from evojax_prune.run import keras_export
 
 
@@ -163,3 +165,88 @@ def test_export_command_writes_a_model_and_refuses_to_overwrite(tiny_run, tmp_pa
     assert "the front has" in capsys.readouterr().err and not (tmp_path / "x.keras").exists()
     assert cli.main(["export", str(out), "--out", str(tmp_path / "x.h5")]) == 2
     assert "must end in .keras" in capsys.readouterr().err
+    # The digits are pixel values, not a backbone's features: no backbone to export.
+    assert cli.main(["export", str(out), "--with-backbone", "--out", str(tmp_path / "x.keras")]) == 2
+    assert "were not made by 'evojax-prune extract'" in capsys.readouterr().err
+    assert not (tmp_path / "x.keras").exists()
+
+
+IMAGE_SIZE = 32  # the smallest ResNet-50 takes: the backbone's cost is in its size
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """A tiny search on features ``extract`` made from an image folder with random weights:
+    (SearchResult, its run directory, the FeatureSet, the test images as extract resized them)."""
+    from evojax_prune.data import extract, images
+
+    base = tmp_path_factory.mktemp("images")
+    ind = write_random_folder(base / "ind", {"train": {"a": 6, "b": 6}, "test": {"a": 2, "b": 2}}, 0, 36)
+    ood = write_random_folder(base / "ood", {"train": {"p": 6, "q": 6}}, 1, 36)
+    features = extract.extract_featureset(ind, [ood], image_size=IMAGE_SIZE, weights=None, batch_size=4,
+                                          use_cache=False)
+    config = tiny_config().replace(search={"population_size": 4, "generations": 1})
+    out = base / "run"
+    result = ep.run_search(features, config, seed=0, out_dir=out)
+    test_images = np.asarray(images.load_dataset(ind).splits["test"].images(IMAGE_SIZE, resize="bilinear"))
+    return result, out, features, test_images
+
+
+def test_the_caffe_preprocessing_layer_is_keras_preprocess_input():
+    keras = keras_backend.import_keras()
+    rgb = np.random.default_rng(0).uniform(0, 255, size=(2, 5, 5, 3)).astype(np.float32)
+    expected = keras.applications.resnet50.preprocess_input(rgb.copy())
+    np.testing.assert_array_equal(np.asarray(keras_export.caffe_preprocessing()(rgb)), expected)
+
+
+def test_an_export_with_the_backbone_takes_images_to_the_heads_logits_in_plain_keras(image_run, tmp_path,
+                                                                                      capsys):
+    result, out, features, test_images = image_run
+    index = result.member_index("mem")
+    compact = result.head(index)
+    path = tmp_path / "images.keras"
+    assert cli.main(["export", str(out), "--member", "mem", "--with-backbone", "--out", str(path)]) == 0
+    printed = capsys.readouterr()
+    assert "takes (N, 32, 32, 3) RGB images" in printed.out and "random weights" in printed.err
+    np.save(tmp_path / "x.npy", test_images)  # uint8 RGB, (N, 32, 32, 3)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", LOAD_WITH_KERAS_ALONE, str(path), str(tmp_path / "x.npy"),
+                           str(tmp_path / "out.npy")], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # The head on the features extract computed from the same images: the same logits.
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), compact.logits(features.x_test), rtol=1e-4,
+                               atol=1e-4)
+    _, trainable = map(int, done.stdout.split()[-2:])
+    assert trainable == compact.num_parameters  # the backbone is frozen, the one-hot fixed
+    record = keras_export.read_record(path)
+    assert record["inputs"] == "images" and record["images"]["shape"] == [IMAGE_SIZE, IMAGE_SIZE, 3]
+    assert record["images"]["resize"] == "bilinear" and record["images"]["backbone"]["random_weights"]
+    assert record["feature_indices"] == compact.feature_indices.tolist()
+
+
+def test_an_export_with_the_backbone_refuses_what_it_cannot_build(image_run, in_memory, tmp_path):
+    result, _, _, _ = image_run
+    with pytest.raises(ValueError, match="not inputs='kept'"):
+        result.export(0, tmp_path / "a.keras", inputs="kept", with_backbone=True)
+    with pytest.raises(ValueError, match="random backbone weights"):
+        result.export(0, tmp_path / "a.keras", with_backbone=True, backbone_weights=tmp_path / "w.h5")
+    digits_run, _ = in_memory
+    with pytest.raises(ValueError, match=r"'digits' \(sklearn.datasets.load_digits.*records no backbone"):
+        digits_run.export(0, tmp_path / "a.keras", with_backbone=True)
+    # A run whose features came from a weights file: the file must be there, and the same one.
+    import h5py
+
+    weights = tmp_path / "resnet.weights.h5"
+    with h5py.File(weights, "w") as file:
+        file["w"] = np.zeros(3)
+    gone = {"weights": "file", "file": str(tmp_path / "gone.h5"), "sha256": "0" * 64}
+    recorded = {"name": "x", "image_size": 32, "backbone": gone}
+    with pytest.raises(FileNotFoundError, match=r"gone\.h5: no such file.*--backbone-weights PATH"):
+        keras_export.backbone_weights(recorded)
+    with pytest.raises(FileNotFoundError, match="not the weights the run's features were extracted with"):
+        keras_export.backbone_weights(recorded, weights)
+    imagenet = {"name": "x", "image_size": 32, "backbone": {"weights": "imagenet", "md5": "0" * 32}}
+    with pytest.raises(FileNotFoundError, match="imagenet weights, digest 0000"):
+        keras_export.backbone_weights(imagenet, weights)
+    assert not list(tmp_path.glob("*.keras"))

@@ -6,6 +6,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
+from sklearn.utils.estimator_checks import check_estimator
 from sklearn.utils.validation import check_is_fitted
 
 import evojax_prune as ep
@@ -94,6 +95,35 @@ def test_a_bad_x_is_named_before_anything_else():
         ep.FeatureSelector(config=TINY).fit(np.ones(5))
     with pytest.raises(ValueError, match="NaN"):
         ep.FeatureSelector(config=TINY).fit(np.full((4, 3), np.nan))
+    with pytest.raises(ValueError, match="requires y to be passed"):  # sklearn's words for it
+        ep.FeatureSelector(config=TINY).fit(np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"classes \[7\] of y have one sample"):
+        ep.FeatureSelector(config=TINY, ood=np.ones((2, 3))).fit(np.ones((5, 3)), [0, 0, 1, 1, 7])
+
+
+def ood_stand_in(X):
+    """OoD features made from the checks' own X (any width): its rows reversed, shifted by 3."""
+    return np.asarray(X, np.float32)[::-1] + 3.0
+
+
+def test_check_estimator():
+    """scikit-learn's whole estimator suite (legacy checks too) on a tiny search: nothing fails.
+
+    ``ood`` is a callable because the checks fit on arrays of many widths; with
+    ``ood=None`` each fit is refused by design (the module docstring).
+    """
+    results = []
+    check_estimator(ep.FeatureSelector(config=TINY, ood=ood_stand_in), on_fail=None, on_skip=None,
+                    callback=lambda **result: results.append(result))
+    failed = {r["check_name"]: f"{type(r['exception']).__name__}: {r['exception']}" for r in results
+              if r["status"] in ("failed", "xfail")}
+    assert not failed
+    skipped = {r["check_name"] for r in results if r["status"] == "skipped"}
+    assert skipped <= {"check_array_api_input"}  # runs only with SCIPY_ARRAY_API=1
+    passed = {r["check_name"] for r in results if r["status"] == "passed"}
+    assert {"check_transformer_general", "check_fit_idempotent", "check_requires_y_none",
+            "check_n_features_in_after_fitting", "check_estimators_pickle", "check_fit2d_1sample",
+            "check_pipeline_consistency", "check_transformer_preserve_dtypes"} <= passed
 
 
 def test_arrays_without_ood_are_refused_and_the_default_split_is_stratified(digits):

@@ -21,6 +21,7 @@ import csv
 import dataclasses
 import io
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,7 @@ class SearchResult:
         return np.asarray(jnp.argmax(compact.logits(x), axis=-1))
 
     def export(self, member: int | str, path: str | os.PathLike, *, inputs: str = "features",
+               with_backbone: bool = False, backbone_weights: str | os.PathLike | None = None,
                overwrite: bool = False) -> Path:
         """Writes a front member's head as a Keras model file (``.keras``), loadable without evojax-prune.
 
@@ -232,14 +234,26 @@ class SearchResult:
         takes the k kept features (in the order of ``feature_indices``, which
         the file records). Either way its trained weights hold only the kept
         units. See ``keras_export.export_head``.
+
+        ``with_backbone=True``: one model from images to classes, the run's
+        ResNet-50 (its weights, preprocessing and pooling, as ``extract``
+        recorded them) in front of the head; it takes (N, S, S, 3) RGB images
+        in 0..255 resized as ``extract`` did (the file records S and the resize).
+        ``backbone_weights``: the recorded weights file where it is on this
+        machine (checked to be the same file). A run on features not made by
+        ``extract`` (the embedded digits, ``FeatureSelector`` arrays) is refused.
         """
+        if with_backbone and inputs != "features":
+            raise ValueError(f"with_backbone=True: the model takes images, not inputs={inputs!r}")
         index = self.member_index(member)
         record = {"member": index, "seed": self.seed, "ood_score": self.config.ood.score,
                   "validation": {name: float(value[index]) for name, value in self.validation.items()},
                   "test": {name: float(value[index]) for name, value in self.test.items()},
                   "features": (self.provenance or {}).get("features")}
-        return keras_export.export_head(self.head(index), path, inputs=inputs, overwrite=overwrite,
-                                        record=record)
+        return keras_export.export_head(
+            self.head(index), path, inputs=keras_export.IMAGES if with_backbone else inputs,
+            overwrite=overwrite, record=record, features_metadata=record["features"],
+            weights=backbone_weights)
 
     def __repr__(self) -> str:
         return (
@@ -264,6 +278,12 @@ def register(parser) -> None:
     parser.add_argument("--out", required=True, metavar="FILE", help="the model file to write (.keras)")
     parser.add_argument("--inputs", choices=keras_export.INPUTS, default="features",
                         help="what the model takes: all D features (default) or the kept ones only")
+    parser.add_argument("--with-backbone", action="store_true",
+                        help="put the run's ResNet-50 (weights, preprocessing, pooling, as extract recorded "
+                             "them) in front: one model from images to classes")
+    parser.add_argument("--backbone-weights", metavar="PATH",
+                        help="with --with-backbone: the weights file extract used, where it is on this "
+                             "machine (default: the recorded one)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
     parser.set_defaults(handler=_export_command)
 
@@ -271,11 +291,21 @@ def register(parser) -> None:
 def _export_command(args) -> int:
     result = SearchResult.load(args.run_dir)
     index = result.member_index(args.member)
-    path = result.export(index, args.out, inputs=args.inputs, overwrite=args.overwrite)
+    if args.backbone_weights is not None and not args.with_backbone:
+        raise ValueError("--backbone-weights needs --with-backbone")
+    if args.with_backbone and args.inputs != "features":
+        raise ValueError(f"--with-backbone: the model takes images, not --inputs {args.inputs}")
+    path = result.export(index, args.out, inputs=args.inputs, with_backbone=args.with_backbone,
+                         backbone_weights=args.backbone_weights, overwrite=args.overwrite)
     kept = int(result.masks[index].sum())
+    images = keras_export.read_record(path).get("images")  # what the file says it takes
+    takes = f"(N, {', '.join(map(str, images['shape']))}) RGB images" if images else f"{args.inputs} inputs"
     print(f"wrote {path}: member {index} ({kept} of {result.masks.shape[1]} "
           f"{head_module.UNIT_NAMES[result.config.head.prune]} kept, validation accuracy "
-          f"{result.validation['accuracy'][index]:.4f}); load it with keras.saving.load_model")
+          f"{result.validation['accuracy'][index]:.4f}; takes {takes}); load it with keras.saving.load_model")
+    if images and images["backbone"].get("random_weights"):
+        print("warning: the backbone has random weights (extract --weights none): for tests only",
+              file=sys.stderr)
     return 0
 
 
