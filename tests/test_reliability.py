@@ -244,3 +244,22 @@ def test_a_full_disk_while_writing_the_results_changes_none_of_them(base, tmp_pa
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert cli.main(run_command(run, "--resume")) == 0
     assert_same_front(run, base)
+
+
+# --------------------------------------------------------------------------- the contract's table
+
+
+def test_every_test_the_reliability_contract_names_exists():
+    """docs/reliability.md cites its checks as ``file::test``: each must be a test of that file."""
+    import re
+
+    root = Path(__file__).parents[1]
+    text = (root / "docs" / "reliability.md").read_text()
+    cited, module = [], None
+    for match in re.finditer(r"`(test_\w+)::(test_\w+)`|`::(test_\w+)`", text):
+        module = match.group(1) or module  # "`::name`" continues the module cited before it
+        cited.append((module, match.group(2) or match.group(3)))
+    assert len(cited) >= 20
+    for module, name in cited:
+        source = (root / "tests" / f"{module}.py").read_text()
+        assert re.search(rf"^def {name}\(", source, re.MULTILINE), f"{module}::{name}"

@@ -242,7 +242,7 @@ def test_an_export_with_the_backbone_refuses_what_it_cannot_build(image_run, in_
         file["w"] = np.zeros(3)
     gone = {"weights": "file", "file": str(tmp_path / "gone.h5"), "sha256": "0" * 64}
     recorded = {"name": "x", "image_size": 32, "backbone": gone}
-    with pytest.raises(FileNotFoundError, match=r"gone\.h5: no such file.*--backbone-weights PATH"):
+    with pytest.raises(FileNotFoundError, match=r"gone\.h5: no such file.*backbone_weights=PATH"):
         keras_export.backbone_weights(recorded)
     with pytest.raises(FileNotFoundError, match="not the weights the run's features were extracted with"):
         keras_export.backbone_weights(recorded, weights)

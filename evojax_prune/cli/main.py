@@ -419,6 +419,8 @@ AS_FLAGS = (
     (r"\binitial_masks=", "--initial-masks "),
     (r"\bfeatures=\[FOLD, \.\.\.\]", "--features FOLD ..."),
     (r"\bfeatures=", "--features "),
+    (r"\bwith_backbone=True\b", "--with-backbone"),
+    (r"\bbackbone_weights=", "--backbone-weights "),
 )
 
 

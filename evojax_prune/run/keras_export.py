@@ -120,7 +120,7 @@ def backbone_weights(features_metadata: dict[str, Any] | None,
             f"the run's features {metadata.get('name', 'unnamed')!r} "
             f"({metadata.get('source', 'source unknown')}) were not made by 'evojax-prune extract' from "
             "images: their metadata records no backbone, so "
-            "there is no backbone to export; export the head alone (without with_backbone / --with-backbone)")
+            "there is no backbone to export; export the head alone (without with_backbone=True)")
     kind = recorded["weights"]
     if kind == "random":
         if weights is not None:
@@ -134,13 +134,13 @@ def backbone_weights(features_metadata: dict[str, Any] | None,
             raise backbone.WeightsUnavailableError(
                 f"{backbone.IMAGENET_WEIGHTS_FILE}, the weights the run's features were extracted with, is "
                 "not in Keras' cache (~/.keras/models) and cannot be downloaded; pass a copy of it "
-                "(backbone_weights=PATH, --backbone-weights PATH), checked against its MD5") from None
+                "(backbone_weights=PATH), checked against its MD5") from None
         return "imagenet"
     path = Path(recorded.get("file", "") if weights is None else weights).expanduser()
     if not path.is_file():
         raise backbone.WeightsUnavailableError(
             f"{path}: no such file, and the run's features were extracted with it; pass the same weights "
-            "file where it is on this machine (backbone_weights=PATH, --backbone-weights PATH)")
+            "file where it is on this machine (backbone_weights=PATH)")
     if kind == "imagenet":
         expected, found = recorded.get("md5", backbone.IMAGENET_WEIGHTS_MD5), _md5(path)
     else:
