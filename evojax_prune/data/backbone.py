@@ -133,7 +133,7 @@ def build_resnet50(image_size: int, weights: Weights = "imagenet", *,
 
     The last model built is kept and returned again for the same size and
     weights file (unchanged on disk): a process that extracts features and
-    explains heads builds it once (about 20 s on a 2-core CPU). Callers must
+    explains heads builds it once (ResNet-50 takes seconds to build). Callers must
     not change its weights.
     """
     return _built_model(*_model_key(image_size, weights, keras_cache_dir))

@@ -67,7 +67,7 @@ def dominance_matrix(fitness: jax.Array) -> jax.Array:
     Returns:
       (N, N) bool, ``[i, j]`` true when i dominates j: no worse in every objective
       and better in one. Identical points do not dominate each other. Memory: N^2
-      bytes (400 MB at N = 20,000); no (N, N, M) intermediate is formed.
+      bytes; no (N, N, M) intermediate is formed.
     """
     fitness = as_objectives(fitness)
     no_worse = jnp.ones((fitness.shape[0],) * 2, bool)
@@ -155,11 +155,11 @@ def _rank_by_chain(fitness: jax.Array, block: int | None, chunk: int | None) -> 
     dominators and take the rank of their first copy at the end.
     """
     num_points, num_objectives = fitness.shape
-    # Measured best on 2 CPU cores from N = 2,000 to 20,000 (M = 3).
+    # The best of those compared on a CPU from N = 2,000 to 20,000 (M = 3; docs/benchmarks.md).
     block = 64 if block is None else block
     chunk = 512 if chunk is None else chunk
     padded = _round_up(num_points, block)
-    # A tile as long as the whole array is about 4x slower on XLA:CPU (measured),
+    # A tile as long as the whole array is several times slower on XLA:CPU (docs/benchmarks.md),
     # and one reaching past the end is clamped: keep tiles shorter than the array.
     chunk = max(1, min(chunk, padded - block)) if padded > block else padded
     order = _lexicographic_order(fitness)
@@ -247,13 +247,11 @@ def non_dominated_rank(
           point; O(N log N) time, O(N) memory.
         ``"chain"`` (any M): longest dominating chain in lexicographic order,
           blocked; O(N^2 (M - 1)) time, O(N M + block * chunk) memory. No (N, N)
-          array, so N is limited by time only (N = 20,000, M = 3: about 0.1 to
-          0.3 s on 2 CPU cores).
+          array, so N is limited by time only (timings: docs/benchmarks.md).
         ``"peel"`` (any M): the dominance matrix (``dominance_matrix``), fronts
           peeled in a ``lax.while_loop`` by counting remaining dominators; one pass
-          over the matrix per front. Memory N^2 bytes + O(N): 400 MB at N = 20,000,
-          10 GB at N = 100,000. Fully parallel (a candidate for accelerators; not
-          benchmarked there), slow on CPU.
+          over the matrix per front. Memory N^2 bytes + O(N). Fully parallel (a
+          candidate for accelerators; not benchmarked there), slow on CPU.
         ``"auto"``: ``"sweep"`` for M = 2, else ``"peel"`` up to N = 256 (at most
           64 KB) and ``"chain"`` above.
       block, chunk: tile sizes of ``"chain"`` (None: 64 and 512).

@@ -48,7 +48,7 @@ from jax.experimental import pallas as pl
 # Hidden units per program: (r, 64) blocks of the kernel and its momentum, 32 KiB
 # each for r = 128, leave room for the gradient block in registers. With Triton's
 # warps and pipeline stages, the settings benchmarks/fused_sgd_step.py compares
-# (the only ones measured on a GPU so far: 149 us per step for 320 tiles on an H100).
+# (the only ones measured on a GPU so far: docs/benchmarks.md).
 BLOCK_HIDDEN = 64
 NUM_WARPS = 4
 NUM_STAGES = 1

@@ -6,20 +6,20 @@ the jitted trainer, so that everything the traced program depends on is in
 jit's cache key and in the run's config.json. Nothing here is read while a
 program is traced; the platform is the one of the devices the heads train on.
 
-What ``auto`` resolves to, and the measurements behind it (2-core CPU, H100,
-H200; README, "Benchmarks"):
+What ``auto`` resolves to, and why (the measurements behind each choice, on a
+2-core CPU, an H100 and an H200: docs/benchmarks.md, "Measurements behind the
+docstrings"):
 
-  * chunk size: 1 on a CPU (one head's products already keep the cores busy:
-    2.5 ms per head-step with chunks of 1, 4.1 with 2, 7.2 with 8); on an
-    accelerator as many heads as the memory budget allows, balanced, at most
+  * chunk size: 1 on a CPU (one head's products already keep the cores busy;
+    more heads per chunk cost more per head-step); on an accelerator as many
+    heads as the memory budget allows, balanced, at most
     ``max_heads_per_chunk`` (32: on an H100 packed chunks of 64 failed to
-    launch XLA's scatter and ran 48x slower per head than chunks of 32).
-  * capacity levels: 16 for chunks of one head (4 and 16 heads of the authors'
-    initial masks at RPS shapes, CPU: 1.07-1.11x faster than 8, compile 4.3 ->
-    6.9 s; ``benchmarks/cpu_step_layouts.py``), 8 for packed chunks.
-  * kernel layout: (H, c) for chunks of one head on a CPU (1.05-1.09x for the
-    trainer; XLA's CPU products read the contraction contiguously), (c, H)
-    elsewhere.
+    launch XLA's scatter and ran far slower per head than chunks of 32).
+  * capacity levels: 16 for chunks of one head (faster than 8 at RPS shapes
+    on a CPU, for a longer compile; ``benchmarks/cpu_step_layouts.py``), 8 for
+    packed chunks.
+  * kernel layout: (H, c) for chunks of one head on a CPU (XLA's CPU products
+    read the contraction contiguously), (c, H) elsewhere.
   * step: the fused SGD kernel (``fused_sgd.sgd_step``) for packed chunks on a
     GPU where Triton compiles the shapes, XLA's step otherwise.
   * tile sum: gather on a GPU (a fixed order; XLA's scatter adds with atomics
@@ -28,9 +28,8 @@ H200; README, "Benchmarks"):
   * command buffers: only for chunks of one head. On an H200 (jax 0.11.2) the
     programs of a search (chunks of about 30 heads) failed to instantiate
     their CUDA graphs ("RESOURCE_EXHAUSTED ... instantiate command buffer");
-    without them 32-head chunks ran 259 us per step against 263 with, while a
-    chunk of one head, launch-bound, ran 287 head-epochs/s with them, 90
-    without.
+    without them packed chunks ran as fast, while a chunk of one head,
+    launch-bound, ran about 3x slower.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ def population_loss_and_grads(
     The backward pass is written out rather than taken with ``jax.grad`` of a
     ``vmap``: autodiff there emits the kernel gradient as (K, H, c) followed by
     a transpose, which XLA on CPU fuses into the optimizer update as a strided
-    read, four times slower per step (16 ms vs 4 ms for the paper's head).
+    read, several times slower per step (docs/benchmarks.md, "Measurements
+    behind the docstrings").
     Here every product comes out in the layout its consumer reads.
 
     Args:
