@@ -150,3 +150,25 @@ def test_a_featureset_of_one_class_is_shown_by_inspect_with_a_warning_and_refuse
     err = capsys.readouterr().err
     assert err.startswith(f"evojax-prune: error: {path}: has 1 class; the search needs at least 2"), err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_library_errors_name_python_arguments_and_the_command_its_flags(tmp_path, capsys):
+    """Issue 32: an error from Python names Python's arguments (resume=True, num_images=0); the
+    command prints the same error naming its flags (cli.as_flags)."""
+    from evojax_prune.analysis.explain import explain_run
+    from evojax_prune.run import rundir
+
+    with pytest.raises(ValueError, match=r"^num_images=0: must be at least 1$"):
+        explain_run(tmp_path, num_images=0)
+    assert cli.main(["explain", str(tmp_path), "--images", "0"]) == 2
+    assert "error: --images 0: must be at least 1" in capsys.readouterr().err
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "config.json").write_text("{}")
+    with pytest.raises(rundir.RunDirectoryError, match=r"pass resume=True to continue .* or overwrite=True"):
+        rundir.prepare(taken, resume=False, overwrite=False)
+    assert cli.main(["run", "--out", str(taken), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --resume to continue the run in it or --overwrite to replace it" in err, err
+    assert cli.as_flags("write them again: resume_search('/r')") == \
+        "write them again: 'evojax-prune run --out /r --resume'"

@@ -79,15 +79,15 @@ def choose_members(spec: str, validation: dict[str, np.ndarray],
         elif word.lstrip("-").isdigit():
             index, label = int(word), f"member {word}"
             if not 0 <= index < size:
-                raise ValueError(f"--members: member {index} is not in the front (members 0 to {size - 1})")
+                raise ValueError(f"members={spec!r}: member {index} is not in the front (members 0 to {size - 1})")
         else:
             raise ValueError(
-                f"--members: unknown member {word!r}; use {', '.join(MEMBER_NAMES)} "
+                f"members={spec!r}: unknown member {word!r}; use {', '.join(MEMBER_NAMES)} "
                 f"or indexes 0 to {size - 1}"
             )
         labels.setdefault(index, []).append(label)
     if not labels:
-        raise ValueError("--members: no members given")
+        raise ValueError(f"members={spec!r}: no members given")
     return [(", ".join(names), index) for index, names in labels.items()]
 
 
@@ -122,7 +122,7 @@ def locate_dataset(metadata: dict[str, Any], *, folder: str | None = None, tfds:
     from evojax_prune.data import images
 
     if folder and tfds:
-        raise ValueError("give --folder or --tfds, not both")
+        raise ValueError("give folder= or tfds=, not both")
     if folder:
         return images.load_folder(folder)
     if tfds:
@@ -132,13 +132,13 @@ def locate_dataset(metadata: dict[str, Any], *, folder: str | None = None, tfds:
     if not isinstance(source, str) or not source.startswith((images.FOLDER_PREFIX, images.TFDS_PREFIX)):
         raise ValueError(
             f"the run's features {name!r} do not record the images they came from (no folder or TFDS "
-            "source in config.json); Grad-CAM needs the images: pass --folder PATH or --tfds NAME"
+            "source in config.json); Grad-CAM needs the images: pass folder=PATH or tfds=NAME"
         )
     if source.startswith(images.FOLDER_PREFIX):
         root = Path(source[len(images.FOLDER_PREFIX):])
         if not root.is_dir():
             raise FileNotFoundError(
-                f"{root}: the image folder the run's features came from is gone; pass --folder PATH "
+                f"{root}: the image folder the run's features came from is gone; pass folder=PATH "
                 "with the same images (layout PATH/SPLIT/LABEL/IMAGE)"
             )
         return images.load_folder(root)
@@ -158,7 +158,7 @@ def split_images(dataset, metadata: dict[str, Any], split: str, num_classes: int
 
     role = SPLIT_ROLES.get(split)
     if role is None:
-        raise ValueError(f"--split must be one of test, val, train; got {split!r}")
+        raise ValueError(f"split={split!r}: must be one of test, val, train")
     if len(dataset.class_names) != num_classes:
         raise ValueError(
             f"{dataset.source} has {len(dataset.class_names)} classes, the run's head has {num_classes}: "
@@ -177,7 +177,7 @@ def split_images(dataset, metadata: dict[str, Any], split: str, num_classes: int
         if expected is not None and int(expected) != found:
             raise ValueError(
                 f"{dataset.source}: its {name} split now has {found} images, the run's had {expected}; "
-                "the images changed since extract (pass --folder/--tfds with the run's images)"
+                "the images changed since extract (pass folder= or tfds= with the run's images)"
             )
     return getattr(plan, role)
 
@@ -202,7 +202,7 @@ def resolve_weights(text: str | None, metadata: dict[str, Any]):
             if not path.is_file():
                 raise backbone.WeightsUnavailableError(
                     f"{path}: the weights file the run's features were made with is gone; pass "
-                    "--weights PATH (a copy of it) or --weights imagenet for Keras' "
+                    "weights=PATH (a copy of it) or weights=imagenet for Keras' "
                     f"{backbone.IMAGENET_WEIGHTS_FILE}"
                 )
             return str(path)
@@ -215,7 +215,7 @@ def resolve_weights(text: str | None, metadata: dict[str, Any]):
         given = backbone.weights_id(weights)  # a missing or non-HDF5 file fails here, as in extract
         if expected is not None and given != expected:
             raise ValueError(
-                f"--weights {text}: the run's features were made with other weights ({expected}, given "
+                f"weights={text}: the run's features were made with other weights ({expected}, given "
                 f"{given}); explaining a head on another backbone is meaningless"
             )
     if weights == "imagenet":
@@ -359,11 +359,11 @@ def explain_run(run_dir: str | os.PathLike, *, members: str = DEFAULT_MEMBERS, n
 
     say = on_message or (lambda text: None)
     if num_images < 1:
-        raise ValueError(f"--images must be at least 1, got {num_images}")
+        raise ValueError(f"num_images={num_images}: must be at least 1")
     if top < 1:
-        raise ValueError(f"--top must be at least 1, got {top}")
+        raise ValueError(f"top={top}: must be at least 1")
     if target not in gradcam.TARGET_MODES:
-        raise ValueError(f"--target must be one of {gradcam.TARGET_MODES}, got {target!r}")
+        raise ValueError(f"target={target!r}: must be one of {gradcam.TARGET_MODES}")
     path = Path(run_dir)
     result, recorded = search_result.read_run(path)
     rundir.require_writable(path, "write the heat maps")
@@ -372,7 +372,7 @@ def explain_run(run_dir: str | os.PathLike, *, members: str = DEFAULT_MEMBERS, n
         raise ValueError(
             f"{path}: the run's chromosomes prune neurons (HeadConfig.prune {result.config.head.prune!r}); "
             "explain shows what the features a head keeps look at, which a neuron mask does not choose: "
-            "explain a run that prunes features (evojax-prune run --prune features)"
+            "explain a run that prunes features (HeadConfig.prune 'features', the default)"
         )
     num_features = result.masks.shape[1]
     if num_features != backbone.FEATURE_DIM:

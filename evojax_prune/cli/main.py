@@ -421,6 +421,18 @@ AS_FLAGS = (
     (r"\bfeatures=", "--features "),
     (r"\bwith_backbone=True\b", "--with-backbone"),
     (r"\bbackbone_weights=", "--backbone-weights "),
+    # explain_run's and extract_featureset's arguments
+    (r"\bmembers='([^']*)'", r"--members \1"),
+    (r"\bnum_images=", "--images "),
+    (r"\btop=", "--top "),
+    (r"\btarget='([^']*)'", r"--target \1"),
+    (r"\bsplit='([^']*)'", r"--split \1"),
+    (r"\bfolder=", "--folder "),
+    (r"\btfds=", "--tfds "),
+    (r"\bweights=", "--weights "),
+    (r"\bood=\[NAME_OR_PATH\]", "--ood NAME_OR_PATH"),
+    (r"\bprotocol='([^']*)'", r"--protocol \1"),
+    (r"\bimage_size=", "--image-size "),
 )
 
 

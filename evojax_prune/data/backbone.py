@@ -109,7 +109,7 @@ def imagenet_weights_file(keras_cache_dir: str | os.PathLike | None = None) -> P
             f"cannot get the ImageNet weights of ResNet-50 ({' '.join(str(error).split())[:200]}): "
             f"on a machine with internet, download {url} and either put it in "
             f"Keras' cache (~/.keras/models/{IMAGENET_WEIGHTS_FILE}) or pass its path "
-            "(--weights PATH, or weights=PATH)"
+            "(weights=PATH)"
         ) from None
     return Path(path)
 

@@ -190,7 +190,7 @@ def extract_featureset(
     say = on_message or (lambda text: None)
     if not ood:
         raise ValueError(
-            "at least one OoD data set is needed (--ood NAME_OR_PATH): the robustness objective uses it"
+            "at least one OoD data set is needed (ood=[NAME_OR_PATH]): the robustness objective uses it"
         )
     if image_size is not None and int(image_size) < backbone.MIN_IMAGE_SIZE:
         raise ValueError(
@@ -308,8 +308,8 @@ def _image_size(dataset: images.ImageDataset, image_size: int | None, protocol: 
             f"{name} {side} ({', '.join(names)})" for name, (side, names) in images.AUTHORS_DATASETS.items()
         )
         raise ValueError(
-            f"--protocol paper: {dataset.name!r} is not a data set the authors used, so their image size "
-            f"is unknown (known: {known}); pass --image-size S"
+            f"protocol='paper': {dataset.name!r} is not a data set the authors used, so their image size "
+            f"is unknown (known: {known}); pass image_size=S"
         )
     return images.DEFAULT_IMAGE_SIZE, "default"
 
