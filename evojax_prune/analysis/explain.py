@@ -79,7 +79,8 @@ def choose_members(spec: str, validation: dict[str, np.ndarray],
         elif word.lstrip("-").isdigit():
             index, label = int(word), f"member {word}"
             if not 0 <= index < size:
-                raise ValueError(f"members={spec!r}: member {index} is not in the front (members 0 to {size - 1})")
+                raise ValueError(f"members={spec!r}: member {index} is not in the front "
+                                 f"(members 0 to {size - 1})")
         else:
             raise ValueError(
                 f"members={spec!r}: unknown member {word!r}; use {', '.join(MEMBER_NAMES)} "
