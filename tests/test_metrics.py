@@ -98,6 +98,21 @@ def test_ranking_metrics_match_sklearn_and_the_authors_loop(kind, seed, num_ind,
     assert float(got["auroc_paper"]) == pytest.approx(_paper_auroc_loop(ind, ood), abs=1e-6)
 
 
+def test_every_metric_depends_on_the_scores_order_only():
+    # No score value enters a metric, only comparisons: any strictly increasing transform (the log-odds
+    # that msp / odin return instead of the max softmax) gives the same figures, count for count.
+    for seed, make in enumerate((_tied_scores, _continuous_scores)):
+        ind, ood = make(seed, 372, 372)
+        both = np.r_[ind, ood]
+        ranks = np.searchsorted(np.unique(both), both).astype(np.float32)  # dense: order and ties kept
+        plain = _all_metrics(jnp.asarray(ind), jnp.asarray(ood))
+        for transformed in (ranks, np.log1p(ranks) ** 3 - 7.0):
+            assert len(np.unique(transformed)) == len(np.unique(both))  # still strictly increasing
+            got = _all_metrics(jnp.asarray(transformed[:372]), jnp.asarray(transformed[372:]))
+            for name in (*OOD_METRICS, "fpr"):
+                np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(plain[name]), err_msg=name)
+
+
 def test_single_metric_functions_equal_ood_metrics_exactly():
     for seed, make in enumerate((_tied_scores, _continuous_scores)):
         ind, ood = (jnp.asarray(scores) for scores in make(seed, 372, 372))

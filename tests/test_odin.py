@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score
 
 from evojax_prune import head
@@ -17,9 +18,10 @@ max_softmax_probability = jax.jit(odin.max_softmax_probability)
 
 
 def _reference_log_score(logits, temperature):
-    """float64 NumPy: log(C * max softmax(logits / T))."""
-    gaps = (logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)) / temperature
-    return -np.log(np.mean(np.exp(gaps), axis=-1))
+    """float64, scipy: log(S / mean_{j != top} p_j) = -log mean_{j != top} exp((l_j - l_top) / T)."""
+    ordered = np.sort(logits.astype(np.float64), axis=-1)
+    gaps = (ordered[..., :-1] - ordered[..., -1:]) / temperature
+    return np.log(gaps.shape[-1]) - logsumexp(gaps, axis=-1)
 
 
 def _reference_probability(logits, temperature):
@@ -97,16 +99,26 @@ def test_max_softmax_probability_and_its_link_to_the_score(temperature):
     np.testing.assert_allclose(probability, _reference_probability(logits, temperature), rtol=1e-6)
     assert np.all(probability >= 1 / 10 - 1e-7) and np.all(probability <= 1.0)
     score = np.asarray(odin_score(jnp.asarray(logits), temperature), np.float64)
-    np.testing.assert_allclose(np.exp(score) / 10, probability, rtol=1e-6)
+    np.testing.assert_allclose(1 / (1 + 9 * np.exp(-score)), probability, rtol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1000.0])
+def test_two_classes_score_the_margin_over_t(temperature):
+    logits = np.random.default_rng(8).normal(size=(50, 2)).astype(np.float32) * 300
+    margin = np.abs(logits[:, 0].astype(np.float64) - logits[:, 1]) / temperature
+    np.testing.assert_allclose(np.asarray(odin_score(jnp.asarray(logits), temperature)), margin, rtol=2e-7)
 
 
 def test_score_range_shapes_and_extremes():
     equal = jnp.full((4, 3), 7.0)
     np.testing.assert_array_equal(np.asarray(odin_score(equal, 1000.0)), 0.0)
-    # One class taking all the mass at T = 1: log C, finite, no overflow.
-    confident = jnp.asarray([[1e4, -1e4, 0.0]])
-    np.testing.assert_allclose(np.asarray(odin_score(confident, 1.0)), np.log(3.0), rtol=1e-6)
-    assert float(max_softmax_probability(confident, 1.0)[0]) == 1.0
+    # One class taking all the mass at T = 1: the lead plus log of (C - 1) over the others' mean; no overflow,
+    # and still ranked where S itself is 1.0.
+    confident = jnp.asarray([[1e4, -1e4, 0.0], [1e4 + 1, -1e4, 0.0]])
+    np.testing.assert_allclose(np.asarray(odin_score(confident, 1.0)), 1e4 + np.array([0, 1]) + np.log(2.0),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(max_softmax_probability(confident, 1.0)), 1.0)
+    assert np.all(np.asarray(odin.odin_score(jnp.ones((3, 1)), 1.0)) == 0.0)  # one class: S = 1 everywhere
     population = jnp.asarray(np.random.default_rng(0).normal(size=(5, 7, 3)), jnp.float16)
     scores = jax.jit(odin.odin_score)(population)
     assert scores.shape == (5, 7) and scores.dtype == jnp.float32
@@ -142,6 +154,33 @@ def test_odin_perturb_takes_the_gradient_sign_step():
     before = odin_score(jnp.asarray(logits, jnp.float32), temperature)
     after = odin_score(jnp.asarray(perturbed @ weights + bias), temperature)
     assert np.all(np.asarray(after) > np.asarray(before))
+
+
+@pytest.mark.parametrize("scale", [10.0, 40.0])
+def test_odin_perturb_keeps_odins_sign_for_confident_heads(scale):
+    # At T = 1 a confident head's log-softmax gradient rounds away in float32: S rounds to 1 and the
+    # top class's term cancels (gaps past ~17), then the other classes' p_j underflow (past ~87). On
+    # the float32 log_softmax gradient, scale 40: 347 of 2400 signs reversed and 588 zero.
+    rng = np.random.default_rng(9)
+    weights = (rng.normal(size=(6, 3)) * scale).astype(np.float32)
+    bias = rng.normal(size=3).astype(np.float32)
+    features = rng.normal(size=(400, 6)).astype(np.float32)
+    epsilon = 0.01
+    logit_fn = _linear_logit_fn(jnp.asarray(weights), jnp.asarray(bias))
+    perturb = jax.jit(lambda x: odin.odin_perturb(logit_fn, x, epsilon, 1.0))
+    perturbed = np.asarray(perturb(jnp.asarray(features)))
+    # float64: grad log S = sum_{j != k} p_j (W[:, k] - W[:, j]), without forming 1 - p_k.
+    logits = features.astype(np.float64) @ weights + bias
+    probabilities = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+    predicted = np.argmax(logits, axis=1)
+    gradient = np.zeros_like(features, dtype=np.float64)
+    for j in range(3):
+        weight = np.where(predicted == j, 0.0, probabilities[:, j])[:, None]
+        gradient += weight * (weights.T[predicted] - weights.T[j])
+    decided = np.abs(gradient) > 1e-6 * np.abs(gradient).max(axis=1, keepdims=True)
+    assert decided.mean() > 0.99
+    expected = features - epsilon * np.sign(-gradient)
+    np.testing.assert_allclose(perturbed[decided], expected[decided], atol=1e-6)
 
 
 def test_odin_perturb_is_off_at_zero_and_leaves_pruned_features_alone():

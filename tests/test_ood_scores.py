@@ -8,17 +8,19 @@ AUROC of every score is scikit-learn's ``roc_auc_score`` of the reference
 scores of the heads' own activations.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.special import logsumexp
 from sklearn.covariance import EmpiricalCovariance
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from evojax_prune import config as cfg
 from evojax_prune import head
-from evojax_prune.score import evaluate, mahalanobis, ood_scores
+from evojax_prune.score import evaluate, mahalanobis, metrics, ood_scores
 from evojax_prune.train import memory
 
 POPULATION, FEATURES, HIDDEN, CLASSES = 4, 12, 6, 3
@@ -40,11 +42,24 @@ def _float64_log_max_softmax(logits):
     """log max softmax = -log(1 + sum of the other classes' exp(l_j - l_max)), in float64.
 
     The probability itself rounds to 1.0 in float64 once the top logit leads by
-    about 37, which ties confident samples the AUROC has to rank; its log
-    (a strictly increasing transform, so the same ranking) does not.
+    about 37; its log (a strictly increasing transform, so the same ranking)
+    keeps such samples apart until exp underflows, at leads past about 745.
     """
     ordered = np.sort(np.asarray(logits, np.float64), axis=-1)
     return -np.log1p(np.exp(ordered[:, :-1] - ordered[:, -1:]).sum(axis=-1))
+
+
+def _float64_log_odds_max_softmax(logits, temperature=1.0):
+    """log(S / mean_{j != top} p_j) of p = softmax(logits / T), S = max p, in float64 with scipy.
+
+    ``log(C - 1) - logsumexp_{j != top}((l_j - l_top) / T)``: a strictly
+    increasing function of S, so its ranking is S's, the exact one, at any
+    lead (no exp of the lead is taken); what ``msp_score`` and
+    ``odin.odin_score`` compute in float32.
+    """
+    ordered = np.sort(np.asarray(logits, np.float64), axis=-1)
+    gaps = (ordered[:, :-1] - ordered[:, -1:]) / temperature
+    return np.log(gaps.shape[-1]) - logsumexp(gaps, axis=-1)
 
 
 def _sklearn_mahalanobis(train_hidden, train_labels, hidden, num_classes):
@@ -70,9 +85,88 @@ def test_msp_is_the_max_softmax(scale):
     logits = _logits(1, scale=scale)
     got = np.asarray(ood_scores.msp_score(jnp.asarray(logits), 1000.0), np.float64)  # T ignored
     expected = _float64_max_softmax(logits)
-    np.testing.assert_allclose(np.exp(got), expected, rtol=2e-6)
-    # In log space, the confident samples (MSP 1 - 1e-9, 1.0 in float32) stay apart: relative precision.
-    np.testing.assert_allclose(got, _float64_log_max_softmax(logits), rtol=1e-5, atol=1e-30)
+    np.testing.assert_allclose(1 / (1 + (logits.shape[-1] - 1) * np.exp(-got)), expected, rtol=2e-6)
+    # As log-odds the confident samples (MSP 1 - 1e-9, 1.0 in float32) stay apart: relative precision.
+    np.testing.assert_allclose(got, _float64_log_odds_max_softmax(logits), rtol=1e-6)
+
+
+def _two_class_logits(scale, num_each=500, seed=0):
+    """float32 logits of two classes, InD a little more confident (wider) than OoD; labels 1 = InD."""
+    rng = np.random.default_rng(seed)
+    ind, ood = rng.normal(size=(num_each, 2)) * scale * 1.3, rng.normal(size=(num_each, 2)) * scale
+    logits = np.concatenate([ind, ood])
+    return logits.astype(np.float32), np.r_[np.ones(num_each), np.zeros(num_each)]
+
+
+@functools.cache
+def _jitted_ood_metrics(score, num_ind):
+    """A logit score and ``metrics.ood_metrics`` in one jitted call, T traced as ``OodSpec`` has it."""
+
+    def scored(logits, temperature):
+        scores = ood_scores.LOGIT_SCORES[score](logits, temperature)
+        return metrics.ood_metrics(scores[:num_ind], scores[num_ind:])
+
+    return jax.jit(scored)
+
+
+def _sklearn_ood_metrics(is_ind, reference):
+    fprs, tprs, _ = roc_curve(is_ind, reference, drop_intermediate=False)
+    return {
+        "auroc": roc_auc_score(is_ind, reference),
+        "fpr95": fprs[np.argmax(tprs >= 0.95)],
+        "aupr_in": average_precision_score(is_ind, reference),
+        "aupr_out": average_precision_score(1 - is_ind, -reference),
+    }
+
+
+# (score, T, logit scale). Past logit gaps of ~87 T, float32's exp underflows: on main's log S
+# (msp) and log(C S) (odin; at T = 1 already past gaps of ~17) such samples all tied, and at
+# scale 40 the AUROC was off by 0.003 (msp) and 0.06 (odin, T = 1). At T = 1000 only scale 1e5
+# reaches the underflow; scales 40 and 200 there guard the flat softmax's precision.
+LARGE_SCALE_CASES = [
+    ("msp", 1.0, 40.0), ("msp", 1.0, 200.0),
+    ("odin", 1.0, 40.0), ("odin", 1.0, 200.0),
+    ("odin", 1000.0, 40.0), ("odin", 1000.0, 200.0), ("odin", 1000.0, 1e5),
+]
+
+
+@pytest.mark.parametrize(("score", "temperature", "scale"), LARGE_SCALE_CASES)
+def test_softmax_scores_rank_exactly_at_large_logit_scales(score, temperature, scale):
+    logits, is_ind = _two_class_logits(scale)
+    got = jax.device_get(_jitted_ood_metrics(score, 500)(jnp.asarray(logits), jnp.float32(temperature)))
+    reference = _float64_log_odds_max_softmax(logits, temperature)
+    # Every InD/OoD pair is more than float32's resolution apart, so exact float32 scoring can
+    # (and must) reproduce the float64 figures.
+    ind, ood = reference[is_ind == 1], reference[is_ind == 0]
+    assert np.all(np.abs(ind[:, None] - ood[None, :]) > 1e-6 * np.maximum(ind[:, None], ood[None, :]))
+    log_msp = _float64_log_max_softmax(logits / temperature)
+    if len(np.unique(log_msp)) == len(log_msp):  # float64's own log S still separates every sample
+        assert roc_auc_score(is_ind, log_msp) == roc_auc_score(is_ind, reference)
+    for name, expected in _sklearn_ood_metrics(is_ind, reference).items():
+        assert float(got[name]) == pytest.approx(expected, abs=1e-6), name
+
+
+@pytest.mark.parametrize(("score", "temperature"), [("msp", 1.0), ("odin", 1.0), ("odin", 1000.0)])
+def test_evaluate_population_ranks_confident_heads_exactly(problem, score, temperature):
+    """End to end: heads whose logits lead by hundreds, scored as a search scores them."""
+    params, masks, features, labels, ood_features, _ = problem
+    # Output layer x 60: leads of 27 / 300 / 960 (10th / 50th / 90th percentiles).
+    confident = params.replace(output_kernel=params.output_kernel * 60, output_bias=params.output_bias * 60)
+    config = cfg.preset("quick").replace(ood={"score": score, "temperature": temperature})
+    got = evaluate.evaluate_population(confident, masks, features, labels, ood_features, config)
+    got = jax.device_get(got)
+    rows = np.concatenate([features, ood_features])
+    is_ind = np.r_[np.ones(NUM_IND), np.zeros(NUM_OOD)]
+    leads = []
+    for p in range(POPULATION):
+        one = jax.tree.map(lambda leaf, p=p: leaf[p], confident)
+        logits = np.asarray(jax.jit(head.apply)(one, jnp.asarray(masks[p]), rows), np.float64)
+        ordered = np.sort(logits, axis=-1)
+        leads.append(ordered[:, -1] - ordered[:, -2])
+        reference = _float64_log_odds_max_softmax(logits, temperature)
+        for name, expected in _sklearn_ood_metrics(is_ind, reference).items():
+            assert float(getattr(got, name)[p]) == pytest.approx(expected, abs=1e-6), (name, p)
+    assert np.median(np.concatenate(leads)) > 87  # most samples past float32's exp range at T = 1
 
 
 def test_max_logit_is_the_largest_logit():
@@ -145,9 +239,9 @@ def _reference_scores(score, one, mask, rows, train, temperature):
     hidden = np.asarray(jax.jit(head.last_hidden)(one, mask, rows), np.float64)
     logits = hidden @ np.asarray(one.output_kernel, np.float64) + np.asarray(one.output_bias, np.float64)
     if score == "odin":
-        return _float64_log_max_softmax(logits / temperature)
+        return _float64_log_odds_max_softmax(logits, temperature)
     if score == "msp":
-        return _float64_log_max_softmax(logits)
+        return _float64_log_odds_max_softmax(logits)
     if score == "maxlogit":
         return logits.max(axis=-1)
     if score == "energy":

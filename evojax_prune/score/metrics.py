@@ -14,6 +14,13 @@ and they count ties exactly (no random tie breaking), so the same scores always
 give the same value. Scores must not be NaN: NaN sorts last and compares
 false, so it would be counted as neither above nor below anything.
 
+Only the scores' order enters (comparisons, never a score value; no threshold
+is returned): every metric here is unchanged, count for count, by any strictly
+increasing transform of the scores. That is why the softmax scores may be
+returned as log-odds rather than probabilities (``odin.odin_score``,
+``ood_scores.msp_score``): the figures are the probabilities' own, without the
+ties float32 probabilities would introduce.
+
 Conventions (they differ between papers; reports should say which is used):
   * ``fpr_at_tpr``: InD is the positive class, as in the ODIN paper (Liang et
     al. 2018, arXiv 1706.02690). OpenOOD v1.5 takes OoD as positive instead,

@@ -7,12 +7,26 @@ objective. Scores of the logits (``LOGIT_SCORES``, each
   * ``odin``: ODIN's temperature-scaled maximum softmax (Liang et al. 2018,
     arXiv 1706.02690; ``odin.odin_score``, T = ``OodConfig.temperature``).
   * ``msp``: the maximum softmax probability (Hendrycks & Gimpel 2017,
-    arXiv 1610.02136), i.e. ODIN at T = 1, in log space (``msp_score``).
+    arXiv 1610.02136), i.e. ODIN at T = 1 (``msp_score``).
   * ``maxlogit``: the largest logit (Hendrycks et al., "Scaling
     out-of-distribution detection for real-world settings", arXiv 1911.11132).
   * ``energy``: the negative free energy ``T log sum_j exp(l_j / T)`` (Liu,
     Wang, Owens & Li 2020, arXiv 2010.03759, Eq. (5): the score is -E(x; f);
     T = ``OodConfig.energy_temperature``, the paper's 1 by default).
+
+Both softmax scores are returned as the log-odds of the top class against
+the mean of the others, ``log(S / mean_{j != top} p_j)``: a strictly
+increasing function of the maximum softmax S, so AUROC, FPR95 and AUPR
+(``metrics``: counts of pairs and thresholds, no score value enters them) are
+S's, and exact in float32 at any temperature and logit scale. S itself, and
+log S, are not: past logit gaps of about 87 T, float32's exp underflows, the
+gaps' contribution to log S is exactly 0 and every such sample ties (logits of
+scale 40, two classes: the AUROC was off the exact ranking's by up to 0.006
+for MSP, 0.06 for ODIN at T = 1; issue 33, finding 10). ``odin``'s module
+docstring derives the form and its precision. The other scores carry no
+softmax: MaxLogit and the energy are of the logits' scale (the energy's
+``log`` adds at most T log C to the largest logit) and keep float32's
+relative precision there.
 
 And a score fitted on the training split (``FITTED_SCORES``):
 
@@ -43,28 +57,25 @@ from evojax_prune.score import mahalanobis, odin
 
 
 def msp_score(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """Maximum softmax probability in log space, ``log max_j softmax(logits)_j``; the temperature is ignored.
+    """The maximum softmax probability's log-odds, ``log(MSP / mean_{j != top} p_j)``; T is ignored.
 
-    A strictly increasing function of the MSP (Hendrycks & Gimpel 2017,
-    arXiv 1610.02136), so every ranking metric is the MSP's. Taken as
-    ``-log1p(sum_{j != top} exp(l_j - l_max))`` because a confident head's MSP
-    is 1 - 1e-9 and rounds to 1.0 in float32 (and ``odin.odin_score`` at T = 1,
-    which adds log C, rounds it to log C), tying the samples the AUROC has to
-    rank; the other classes' mass keeps its full relative precision here.
+    ODIN's score at T = 1 (``odin.odin_score``), a strictly increasing
+    function of the MSP (Hendrycks & Gimpel 2017, arXiv 1610.02136), so every
+    ranking metric is the MSP's. Neither the MSP nor its log can carry that
+    ranking in float32: a confident head's MSP is 1 - 1e-9 and rounds to 1.0,
+    and log MSP ~ -sum_{j != top} exp(l_j - l_top) underflows to exactly 0
+    once every gap passes float32's exp range (about 87), tying all such
+    samples (the module docstring of ``odin`` has the numbers).
 
     Args:
       logits: (..., C) float logits; cast to float32.
       temperature: unused (MSP is T = 1); there so that every logit score has one signature.
 
     Returns:
-      (...,) float32 in [-log C, 0]; the MSP is ``exp(score)``.
+      (...,) float32 in [0, inf); the MSP is ``1 / (1 + (C - 1) exp(-score))``.
     """
     del temperature
-    logits = jnp.asarray(logits, jnp.float32)
-    gaps = logits - jnp.max(logits, axis=-1, keepdims=True)
-    # The first maximum only, so that a tie for the top still counts the other one.
-    is_top = jax.nn.one_hot(jnp.argmax(gaps, axis=-1), gaps.shape[-1], dtype=bool)
-    return -jnp.log1p(jnp.sum(jnp.where(is_top, 0.0, jnp.exp(gaps)), axis=-1))
+    return odin.odin_score(logits, 1.0)
 
 
 def max_logit_score(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
