@@ -176,11 +176,11 @@ def soft_vote(probabilities: jax.Array, members: jax.Array | None = None) -> jax
 def mean_score(scores: jax.Array, members: jax.Array | None = None) -> jax.Array:
     """Mean out-of-distribution score of the selected members: the soft OoD ensemble.
 
-    With ``odin.odin_score`` (``log(C * max softmax(l / T))``) this is the log
-    of the geometric mean of the members' C * max-softmax; at T = 1000, where
-    every max-softmax is 1 / C to within about |l| / T, it ranks samples as the
-    arithmetic mean of the max-softmax does to first order, while keeping
-    float32 resolution.
+    With ``odin.odin_score`` (the log-odds ``log((C - 1) S / (1 - S))`` of the
+    max-softmax S) this is the log of the geometric mean of the members' odds;
+    at T = 1000, where every S is 1 / C to within about |l| / T and the log-odds
+    is linear in S - 1 / C to first order, it ranks samples as the arithmetic
+    mean of the max-softmax does, while keeping float32 resolution.
 
     Args:
       scores: (K, N) float, higher = more in-distribution.
