@@ -124,8 +124,8 @@ def chunk_starts(population: int, chunk_size: int) -> np.ndarray:
 
     Moving the last chunk back (it then overlaps the one before) keeps every
     chunk full without padding or slicing the parameter stack, both of which
-    would copy all P heads' parameters (measured: ``lax.map(batch_size=...)``
-    does so whenever P is not a multiple of the batch size). The overlapping
+    would copy all P heads' parameters (``lax.map(batch_size=...)`` does so
+    whenever P is not a multiple of the batch size). The overlapping
     heads are evaluated twice, with identical results.
 
     Returns:

@@ -325,9 +325,8 @@ def ood_metrics(ind_scores: jax.Array, ood_scores: jax.Array) -> dict[str, jax.A
     Equal, count for count, to calling ``auroc``, ``auroc_paper``,
     ``fpr_at_tpr(..., 0.95)``, ``aupr_in`` and ``aupr_out`` one by one, which
     would sort the same arrays and search them nine times. Sharing the work
-    cuts the run time by about a third (vmapped over P = 1024 detectors with
-    372 + 372 scores on 2 CPU cores: 403 ms instead of 645 ms); compile time
-    stays about the same.
+    cuts the run time by about a third for the same compile time
+    (docs/benchmarks.md, "Measurements behind the docstrings").
 
     Args:
       ind_scores: (n,) float scores of InD samples, higher = more InD.
