@@ -140,13 +140,13 @@ def test_member_choice_and_spread():
 def test_report_keeps_the_grad_cam_section(tmp_path):
     from evojax_prune.analysis.report import EXPLAIN_END as SECTION_END
     from evojax_prune.analysis.report import EXPLAIN_START as SECTION_START
-    from evojax_prune.analysis.report import _explain_section
+    from evojax_prune.analysis.report import explain_section
 
     report = tmp_path / "report.md"
-    assert _explain_section(report) == ""
+    assert explain_section(report) == ""
     report.write_text(
         f"# Report\n\nold numbers\n\n{SECTION_START}\n## Grad-CAM\n![g](explain/a.png)\n{SECTION_END}\n"
     )
-    section = _explain_section(report)
+    section = explain_section(report)
     assert section.startswith(SECTION_START) and section.rstrip().endswith(SECTION_END)
     assert "old numbers" not in section and "explain/a.png" in section

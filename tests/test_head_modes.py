@@ -37,6 +37,19 @@ def test_a_neuron_run_reports_and_refuses_explain(tmp_path, capsys):
     assert cli.main(["report", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert "pruning second-layer neurons" in report and "| head | second-layer neurons |" in report
+    # Neurons everywhere (issue 32): the baseline, the frequency paragraph, the figures' labels.
+    assert "baseline (all second-layer neurons)" in report and "all features" not in report
+    assert "How often each of the 512 second-layer neurons is kept" in report
+    from evojax_prune.analysis import report as report_module
+    from evojax_prune.run.search_result import SearchResult
+
+    result = SearchResult.load(out)
+    figure = report_module.plot_front_pairs(result)
+    labels = [axes.get_xlabel() for axes in figure.axes]
+    labels += [text.get_text() for text in figure.legends[0].texts]
+    assert "MEM (fraction of second-layer neurons kept)  (lower is better)" in labels, labels
+    assert "baseline (all second-layer neurons)" in labels
+    assert not any("features" in label for label in labels), labels
     capsys.readouterr()
     assert cli.main(["explain", str(out)]) == 2
     error = capsys.readouterr().err

@@ -274,3 +274,45 @@ def test_an_ood_score_column_that_contradicts_the_config_is_damage(finished, tmp
     (copy / "pareto.csv").write_text(table.replace(",odin,", ",energy,"))
     with pytest.raises(rundir.RunFileError, match=r"pareto.csv: its ood_score column says \['energy'\]"):
         search_result.read_run(copy)
+
+
+def test_the_best_line_names_each_metrics_own_member(tiny_run):
+    """Issue 32: the line named one "best member" for the best accuracy and the best AUROC, which
+    two different members held."""
+    from evojax_prune.analysis.report import best_on_test
+
+    result, out = tiny_run
+    best = best_on_test(result)
+    assert best["accuracy"] == (int(np.argmax(result.test["accuracy"])), result.test["accuracy"].max())
+    assert best["auroc"] == (int(np.argmax(result.test["auroc"])), result.test["auroc"].max())
+    text = report.render_markdown(result, *_recorded_and_comparison(result, out))
+    line = next(line for line in text.splitlines() if line.startswith("- Best on test"))
+    assert f"accuracy **{best['accuracy'][1]:.4f}** (member {best['accuracy'][0]})" in line, line
+    assert f"AUROC **{best['auroc'][1]:.4f}** (member {best['auroc'][0]})" in line, line
+
+
+def _recorded_and_comparison(result, out):
+    from evojax_prune.data import embedded
+
+    recorded = json.loads((out / "config.json").read_text())
+    return recorded, ensemble.compare_ensembles(result, embedded.digits())
+
+
+def test_legends_never_cover_the_baseline_and_the_3d_front_and_heat_maps_have_colour_scales(tiny_run):
+    result, _ = tiny_run
+    for figure in (report.plot_front_pairs(result), report.plot_front_3d(result)):
+        figure.canvas.draw()
+        legends = figure.legends + [legend for axes in figure.axes if (legend := axes.get_legend())]
+        assert len(legends) == 1
+        box = legends[0].get_window_extent()
+        for axes in figure.axes:
+            if axes.get_label() == "<colorbar>":
+                continue
+            assert not box.overlaps(axes.get_window_extent()), "the legend lies over an axes"
+    figure = report.plot_front_3d(result)
+    assert [axes.get_ylabel() for axes in figure.axes if axes.get_label() == "<colorbar>"] == \
+        ["accuracy (validation)"]
+    masks = np.random.default_rng(0).random((5, 64)) < 0.5
+    figure = report.plot_feature_frequency(masks, image_side=8)
+    colorbars = [axes for axes in figure.axes if axes.get_label() == "<colorbar>"]
+    assert [axes.get_ylabel() for axes in colorbars] == ["fraction of members keeping it"]

@@ -4,6 +4,7 @@ import contextlib
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +154,26 @@ def test_runs_in_lockstep_fit_the_mahalanobis_score_as_each_run_alone(features):
     result = run_searches(features, config, seed=SEED, runs=2)
     for index in range(2):
         assert_same_result(result.runs[index], run_search(features, config, seed=SEED + index))
+
+
+def test_report_of_a_group_shows_the_merged_front_the_spread_and_each_run(together, tmp_path, capsys):
+    """Issue 32: `evojax-prune report GROUP_DIR`."""
+    import shutil
+
+    result, out = together
+    group = Path(shutil.copytree(out, tmp_path / "group"))
+    assert cli.main(["report", str(group)]) == 0, capsys.readouterr().err
+    for name in ("front_pairs", "front_3d", "run_hypervolumes"):
+        assert (group / "figures" / f"{name}.png").stat().st_size > 0, name
+    text = (group / "report.md").read_text()
+    recorded = json.loads((group / "runs.json").read_text())
+    assert f"Merged front: **{len(result.merged_run)} members**" in text
+    assert f"hypervolume **{recorded['merged']['hypervolume']:.4f}**" in text
+    assert f"mean **{recorded['run_hypervolumes']['mean']:.4f}**" in text
+    for index, run in enumerate(recorded["runs"]):
+        assert f"| {index} | {run['seed']} | {run['front_size']} | {run['hypervolume']:.4f} |" in text
+    # A group with its report still resumes (its files are a group's), and a run's report is refused
+    # the options of one run.
+    assert cli.main(["run", "--out", str(group), "--resume", "--quiet"]) == 0
+    assert cli.main(["report", str(group), "--compare-published", "rps"]) == 2
+    assert "a group of runs" in capsys.readouterr().err

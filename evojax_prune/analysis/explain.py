@@ -268,6 +268,11 @@ def draw_grid(pictures: np.ndarray, maps: np.ndarray, predictions: np.ndarray, p
     for cell in axes.flat:
         cell.set_xticks([])
         cell.set_yticks([])
+    from matplotlib import cm, colors
+
+    scale = cm.ScalarMappable(colors.Normalize(0.0, 1.0), cmap=gradcam.OVERLAY_COLORMAP)
+    figure.colorbar(scale, ax=axes[:, 1:] if heads else axes, shrink=0.6, aspect=30,
+                    label="Grad-CAM, each map over its own maximum")
     return figure
 
 

@@ -303,7 +303,11 @@ def normalise_map(heat: np.ndarray) -> np.ndarray:
     return np.asarray(heat / peak if peak > 0 else np.zeros_like(heat), np.float32)
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, strength: float = 0.5, colormap: str = "jet") -> np.ndarray:
+OVERLAY_COLORMAP = "jet"  # the heat maps' colours; explain's grids draw its colour scale
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, strength: float = 0.5,
+            colormap: str = OVERLAY_COLORMAP) -> np.ndarray:
     """(S, S, 3) uint8 image and (S, S) map in [0, 1] -> (S, S, 3) uint8 blend with the coloured map."""
     from matplotlib import colormaps
 

@@ -62,7 +62,7 @@ EXPLAIN_END = "<!-- evojax-prune explain: end -->"
 # --------------------------------------------------------------------------- figures
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -71,9 +71,27 @@ def _figure(width: float, height: float):
     return figure
 
 
-def _score_label(result) -> str:
+def score_label(result) -> str:
     """The OoD score the run's AUROC is of, e.g. "ODIN" (runs from before the choice: ODIN)."""
     return ood_scores.LABELS[result.config.ood.score]
+
+
+def unit_name(result) -> str:
+    """What the run's mask bits are: "features", or which neurons (``head.UNIT_NAMES``)."""
+    return head.UNIT_NAMES[result.config.head.prune]
+
+
+def _mem_label(result) -> str:
+    return f"MEM (fraction of {unit_name(result)} kept)"
+
+
+def best_on_test(result) -> dict[str, tuple[int, float]]:
+    """Each metric's own best front member on test: metric -> (member, value), for accuracy and the
+    run's AUROC. Two different members in general: a line that names one member for both is wrong."""
+    accuracy, auroc = result.test["accuracy"], result.test["auroc"]
+    best_accuracy, best_auroc = int(np.argmax(accuracy)), int(np.argmax(auroc))
+    return {"accuracy": (best_accuracy, float(accuracy[best_accuracy])),
+            "auroc": (best_auroc, float(auroc[best_auroc]))}
 
 
 def _front_points(result) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -89,20 +107,22 @@ def _front_points(result) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[flo
 def plot_front_3d(result):
     """The front in 3D: MEM and AUROC on the floor, accuracy up (and as colour); baseline a red star."""
     accuracy, mem, auroc, baseline = _front_points(result)
-    figure = _figure(6.5, 5.5)
+    figure = new_figure(6.5, 5.5)
     axes = figure.add_subplot(projection="3d")
-    axes.scatter(mem, auroc, accuracy, c=accuracy, cmap="viridis", s=40, depthshade=False,
+    points = axes.scatter(mem, auroc, accuracy, c=accuracy, cmap="viridis", s=40, depthshade=False,
                           edgecolors="k", linewidths=0.4, label="front members")
     for x, y, z in zip(mem, auroc, accuracy, strict=True):  # drop lines make the height readable
         axes.plot([x, x], [y, y], [min(accuracy.min(), baseline[0]), z], color="0.6", linewidth=0.6)
     axes.scatter([baseline[1]], [baseline[2]], [baseline[0]], marker="*", s=220, color="crimson",
-                 edgecolors="k", depthshade=False, label="baseline (all features)")
-    axes.set_xlabel("MEM (fraction of features kept)")
-    axes.set_ylabel(f"{_score_label(result)} AUROC ({result.config.ood.auroc})")
+                 edgecolors="k", depthshade=False, label=f"baseline (all {unit_name(result)})")
+    axes.set_xlabel(_mem_label(result))
+    axes.set_ylabel(f"{score_label(result)} AUROC ({result.config.ood.auroc})")
     axes.set_zlabel("accuracy")
     axes.view_init(elev=22, azim=-58)
     axes.set_title(f"Pareto front, validation ({len(mem)} members)")
-    axes.legend(loc="upper left", fontsize=8)
+    figure.colorbar(points, ax=axes, label="accuracy (validation)", shrink=0.65, pad=0.1)
+    # Below the axes: a legend inside them can hide the baseline's star.
+    figure.legend(loc="outside lower center", ncols=2, fontsize=8)
     return figure
 
 
@@ -123,15 +143,15 @@ def plot_front_pairs(result):
     of objectives (the two-objective front of the projection).
     """
     accuracy, mem, auroc, baseline = _front_points(result)
-    auroc_label = f"{_score_label(result)} AUROC ({result.config.ood.auroc})"
+    auroc_label = f"{score_label(result)} AUROC ({result.config.ood.auroc})"
     # name -> (values, larger is better, axis label, index into ``baseline``)
     objectives = {
         "accuracy": (accuracy, True, "accuracy", 0),
-        "mem": (mem, False, "MEM (fraction of features kept)", 1),
+        "mem": (mem, False, _mem_label(result), 1),
         "auroc": (auroc, True, auroc_label, 2),
     }
     pairs = (("mem", "accuracy", "auroc"), ("auroc", "accuracy", "mem"), ("mem", "auroc", "accuracy"))
-    figure = _figure(13.5, 4.2)
+    figure = new_figure(13.5, 4.2)
     for axes, (x_name, y_name, colour_name) in zip(figure.subplots(1, 3), pairs, strict=True):
         x, x_up, x_label, x_base = objectives[x_name]
         y, y_up, y_label, y_base = objectives[y_name]
@@ -143,12 +163,13 @@ def plot_front_pairs(result):
         points = axes.scatter(x, y, c=objectives[colour_name][0], cmap="viridis", s=36, edgecolors="k",
                               linewidths=0.4, zorder=2)
         axes.scatter([baseline[x_base]], [baseline[y_base]], marker="*", s=220, color="crimson",
-                     edgecolors="k", zorder=3, label="baseline (all features)")
+                     edgecolors="k", zorder=3, label=f"baseline (all {unit_name(result)})")
         axes.set_xlabel(x_label + ("" if x_up else "  (lower is better)"))
         axes.set_ylabel(y_label)
         axes.grid(alpha=0.3)
         figure.colorbar(points, ax=axes, label=objectives[colour_name][2])
-    figure.axes[0].legend(loc="lower right", fontsize=8)
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", fontsize=8)  # never over the star
     figure.suptitle(f"Pareto front, pairwise projections (validation, {len(mem)} members)")
     return figure
 
@@ -156,7 +177,7 @@ def plot_front_pairs(result):
 def plot_history(history: list[dict[str, Any]]):
     """Hypervolume of the front per generation (left); best accuracy and AUROC, smallest MEM (right)."""
     generations = np.array([row["generation"] for row in history])
-    figure = _figure(11, 4)
+    figure = new_figure(11, 4)
     left, right = figure.subplots(1, 2)
     left.plot(generations, [row["hypervolume"] for row in history], marker="o", color="C0")
     left.set_xlabel("generation")
@@ -176,12 +197,14 @@ def plot_history(history: list[dict[str, Any]]):
     return figure
 
 
-def plot_ensembles(comparison: ensemble.EnsembleComparison, score_label: str = "ODIN"):
+def plot_ensembles(comparison: ensemble.EnsembleComparison, score_label: str = "ODIN",
+                   units: str = "features"):
     """Bars per band: ensembles vs the band's best member, test accuracy (left) and test AUROC (right).
 
-    ``score_label`` names the members' OoD score (``ood_scores.LABELS``).
+    ``score_label`` names the members' OoD score (``ood_scores.LABELS``); ``units`` what the
+    masks prune (``head.UNIT_NAMES``).
     """
-    figure = _figure(13, 5)
+    figure = new_figure(13, 5)
     left, right = figure.subplots(1, 2)
     panels = (
         (left, "accuracy", "class_members",
@@ -205,7 +228,7 @@ def plot_ensembles(comparison: ensemble.EnsembleComparison, score_label: str = "
             colour = "0.6" if field.startswith("best_member") else f"C{offset}"
             axes.bar(positions + (offset - (len(bars) - 1) / 2) * width, heights, width, label=label,
                      color=colour, edgecolor="k", linewidth=0.4)
-        axes.axhline(baseline, color="crimson", linestyle="--", linewidth=1, label="baseline (all features)")
+        axes.axhline(baseline, color="crimson", linestyle="--", linewidth=1, label=f"baseline (all {units})")
         everything = np.concatenate([*values, [baseline]])
         low, high = float(np.nanmin(everything)), float(np.nanmax(everything))
         margin = max(0.01, 0.15 * (high - low))
@@ -236,7 +259,7 @@ def plot_feature_frequency(masks: np.ndarray, image_side: int | None = None, uni
     frequency = masks.mean(axis=0)
     num_members, num_features = masks.shape
     as_image = image_side is not None and image_side * image_side == num_features
-    figure = _figure(11 if as_image else 8, 4)
+    figure = new_figure(11 if as_image else 8, 4)
     axes = figure.subplots(1, 2 if as_image else 1, width_ratios=[1, 1.6] if as_image else None)
     if as_image:
         image_axes, axes = axes
@@ -244,7 +267,7 @@ def plot_feature_frequency(masks: np.ndarray, image_side: int | None = None, uni
         image_axes.set_title(f"kept by this fraction of the {num_members} members")
         image_axes.set_xticks([])
         image_axes.set_yticks([])
-        figure.colorbar(shown, ax=image_axes, shrink=0.85)
+        figure.colorbar(shown, ax=image_axes, shrink=0.85, label="fraction of members keeping it")
     order = np.argsort(-frequency, kind="stable")
     ranks = np.arange(1, num_features + 1)
     if num_features <= 128:
@@ -269,7 +292,7 @@ def plot_published(comparison: published.PublishedComparison, ours_label: str = 
     front beats on that pair of objectives.
     """
     theirs_label = f"authors, {published.label(comparison.dataset)} (10 runs merged)"
-    figure = _figure(12, 4.6)
+    figure = new_figure(12, 4.6)
     panels = ((1, False, "MEM (fraction of features kept)  (lower is better)"), (2, True, "AUROC"))
     for axes, (column, x_up, x_label) in zip(figure.subplots(1, 2), panels, strict=True):
         for points, label, colour, marker in ((comparison.theirs, theirs_label, "C1", "^"),
@@ -290,7 +313,7 @@ def plot_published(comparison: published.PublishedComparison, ours_label: str = 
     return figure
 
 
-def _save_png(figure, path: Path) -> None:
+def save_png(figure, path: Path) -> None:
     def write(stream):
         buffer = io.BytesIO()  # render fully before touching the file
         figure.savefig(buffer, format="png", dpi=110)
@@ -346,7 +369,7 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
         "front_3d": plot_front_3d(result),
         "front_pairs": plot_front_pairs(result),
         "history": plot_history(result.history),
-        "ensembles": plot_ensembles(comparison, _score_label(result)),
+        "ensembles": plot_ensembles(comparison, score_label(result), unit_name(result)),
         "features": plot_feature_frequency(result.masks, image_size if pixels else None,
                                            head.UNIT_NAMES[result.config.head.prune]),
     }
@@ -355,14 +378,14 @@ def write_report(run_dir: str | os.PathLike, features: Any = None, *,
         against = compare_with_published(result, compare_published)
         figures[PUBLISHED_FIGURE] = plot_published(against)
     for name, figure in figures.items():
-        _save_png(figure, figures_dir / f"{name}.png")
+        save_png(figure, figures_dir / f"{name}.png")
     atomic.write_json(path / "ensembles.json", comparison.to_dict())
     if against is not None:
         atomic.write_json(path / "published.json", against.to_dict())
     report = path / "report.md"
     text = render_markdown(result, recorded, comparison, against)
     # Keep the Grad-CAM section `explain` added to an earlier report.md.
-    grad_cam = _explain_section(report)
+    grad_cam = explain_section(report)
     atomic.write_text(report, text.rstrip("\n") + "\n\n" + grad_cam if grad_cam else text)
     return report
 
@@ -383,7 +406,7 @@ def compare_with_published(result, name: str) -> published.PublishedComparison:
     minimised = objectives(result.test, "paper")
     points = np.column_stack([1.0 - minimised[:, 0], minimised[:, 1], 1.0 - minimised[:, 2]])
     split = "test" if not _selected_on_test(result) else "test (also the split it was selected on)"
-    description = (f"{split} accuracy, MEM, {_score_label(result)} AUROC as the authors computed it "
+    description = (f"{split} accuracy, MEM, {score_label(result)} AUROC as the authors computed it "
                    f"(auroc_paper); selected on {'test' if _selected_on_test(result) else 'validation'} "
                    f"with the {result.config.ood.auroc} AUROC; preset {result.config.preset}")
     return published.compare_to_published(points, name, description)
@@ -414,8 +437,8 @@ def _published_section(result, recorded: dict[str, Any], against: published.Publ
         f"`{published.source_path(against.dataset)}` of {published.SOURCE_REPOSITORY} at commit "
         f"`{published.SOURCE_COMMIT[:12]}`), AUROC of ODIN at T = 1000 as their code computed it. "
         f"This run is on the data `{name}` and optimised {result.config.search.selection} error, MEM and 1 - "
-        f"{_score_label(result)} AUROC ({odin.auroc}; preset {result.config.preset}). Its points here "
-        f"are test accuracy, MEM and the authors' AUROC of its {_score_label(result)} score "
+        f"{score_label(result)} AUROC ({odin.auroc}; preset {result.config.preset}). Its points here "
+        f"are test accuracy, MEM and the authors' AUROC of its {score_label(result)} score "
         "(`test_auroc_paper` in `pareto.csv`), so that both fronts hold the same measures. "
         + selection,
         "",
@@ -440,7 +463,7 @@ def _published_section(result, recorded: dict[str, Any], against: published.Publ
     return lines
 
 
-def _explain_section(report: Path) -> str:
+def explain_section(report: Path) -> str:
     if not report.is_file():
         return ""
     text = report.read_text()
@@ -485,7 +508,8 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
     head_config = result.config.head
     history = result.history
     base_val, base_test = result.baseline_validation, result.baseline_test
-    score = _score_label(result)
+    score = score_label(result)
+    best = best_on_test(result)
     lines = [
         f"# Run report: {metadata.get('name', 'unnamed')}, preset {result.config.preset}, seed {result.seed}",
         "",
@@ -508,9 +532,10 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
         f"{int(result.masks.sum(axis=1).max())} of {length} {units}.",
         f"- Hypervolume (validation objectives error, MEM, 1 - AUROC; reference (1, 1, 1)): "
         f"**{result.hypervolume:.4f}** (generation 0: {history[0]['hypervolume']:.4f}).",
-        f"- Best member on test: accuracy **{comparison.best_accuracy:.4f}**, {score} AUROC "
-        f"**{comparison.best_auroc:.4f}**; baseline (all {units}): accuracy {base_test['accuracy']:.4f}, "
-        f"{score} AUROC {base_test['auroc']:.4f}.",
+        f"- Best on test, each metric's own member: accuracy **{best['accuracy'][1]:.4f}** (member "
+        f"{best['accuracy'][0]}), {score} AUROC **{best['auroc'][1]:.4f}** (member {best['auroc'][0]}); "
+        f"baseline (all {units}): accuracy {base_test['accuracy']:.4f}, {score} AUROC "
+        f"{base_test['auroc']:.4f}.",
     ]
     # A one-member band is that member, not an ensemble.
     ensembles = [band for band in comparison.bands if len(band.class_members) >= 2]
@@ -590,10 +615,10 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
         "",
         "## Features",
         "",
-        "How often each feature is kept across the front: features kept by (nearly) every member are the "
-        "ones accuracy depends on; those kept by none were pruned everywhere.",
+        f"How often each of the {length} {units} is kept across the front: {units} kept by (nearly) every "
+        "member are the ones accuracy depends on; those kept by none were pruned everywhere.",
         "",
-        "![feature frequency](figures/features.png)",
+        f"![{units} frequency](figures/features.png)",
         "",
     ]
     return "\n".join(lines)
@@ -603,8 +628,11 @@ def render_markdown(result, recorded: dict[str, Any], comparison: ensemble.Ensem
 
 
 def register(subparser: argparse.ArgumentParser) -> None:
-    """Adds ``evojax-prune report RUN_DIR [--features FILE] [--compare-published NAME]``."""
-    subparser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
+    """Adds ``evojax-prune report RUN_DIR [--features FILE] [--compare-published NAME]``
+    (``RUN_DIR`` a group of runs: ``group_report.py``)."""
+    subparser.add_argument("run_dir", metavar="RUN_DIR",
+                           help="a finished run directory, or a group of runs (run --runs R): the merged "
+                                "front, the runs' hypervolumes and a line per run")
     subparser.add_argument(
         "--features", metavar="FILE",
         help="the FeatureSet .npz the run used (not needed for the embedded digits)",
@@ -618,16 +646,26 @@ def register(subparser: argparse.ArgumentParser) -> None:
 
 
 def _command(args: argparse.Namespace) -> int:
+    from evojax_prune.analysis import group_report
+
     name = args.compare_published
     if name is not None:
         name = published.dataset_name(name)  # a bad name: exit 2 before anything is read or written
+    if group_report.is_group(args.run_dir):
+        if name is not None or args.features is not None:
+            raise ValueError(f"{args.run_dir}: a group of runs; --features and --compare-published are for "
+                             "one run's report (evojax-prune report GROUP_DIR/run-<i>)")
+        path = group_report.write_group_report(args.run_dir)
+        print(f"report: {path}")
+        print(f"figures: {', '.join(f'figures/{figure}.png' for figure in group_report.FIGURES)}")
+        return 0
     path = write_report(args.run_dir, args.features, compare_published=name)
-    summary = json.loads((path.parent / "ensembles.json").read_text())
     figures = FIGURES + ((PUBLISHED_FIGURE,) if name is not None else ())
     print(f"report: {path}")
     print(f"figures: {', '.join(f'figures/{figure}.png' for figure in figures)}")
-    best = summary["best_member"]
-    print(f"best member on test: accuracy {best['accuracy']:.4f}, AUROC {best['auroc']:.4f}")
+    best = best_on_test(search_result.SearchResult.load(path.parent))
+    print(f"best on test: accuracy {best['accuracy'][1]:.4f} (member {best['accuracy'][0]}), AUROC "
+          f"{best['auroc'][1]:.4f} (member {best['auroc'][0]})")
     if name is not None:
         against = json.loads((path.parent / "published.json").read_text())
         print(f"hypervolume beside the authors' {published.label(name)} front: this run (test) "

@@ -173,6 +173,7 @@ def resume_point(path: Path) -> str:
 
 
 GROUP_FILES = ("runs.json", "merged_pareto.csv")  # beside run-0 .. run-{R-1} (``run_searches(runs=R)``)
+GROUP_REPORT_FILES = ("report.md", "figures")  # written by ``evojax-prune report GROUP_DIR``
 
 
 def group_member_names(path: str | Path) -> list[str]:
@@ -206,7 +207,7 @@ def prepare_group(path: str | Path, runs: int, *, resume: bool, overwrite: bool,
     existing = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     members = group_members(path, runs)
     names = {member.name for member in members}
-    others = [name for name in existing if name not in names and name not in GROUP_FILES
+    others = [name for name in existing if name not in names and name not in GROUP_FILES + GROUP_REPORT_FILES
               and not name.startswith(".")]
     replace = False
     if resume:
@@ -229,8 +230,9 @@ def prepare_group(path: str | Path, runs: int, *, resume: bool, overwrite: bool,
         for member in members:
             if member.exists():
                 prepare(member, resume=False, overwrite=True)
-        for name in GROUP_FILES:
-            (path / name).unlink(missing_ok=True)
+        for name in GROUP_FILES + GROUP_REPORT_FILES:
+            target = path / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     return [prepare(member, resume=resume, overwrite=False) for member in members]
 
 

@@ -381,7 +381,8 @@ def read_run(path: str | os.PathLike) -> tuple[SearchResult, dict[str, Any]]:
     if not path.is_dir():
         raise RunDirectoryError(f"{path}: not a directory (expected a run directory)")
     if not (path / "config.json").is_file():
-        raise RunDirectoryError(f"{path}: not a run directory (no config.json)")
+        raise RunDirectoryError(f"{path}: not a run directory (no config.json), nor a group of runs "
+                                "(no runs.json)")
     recorded = read_config(path)
     for name in rundir.RESULT_FILES:
         if not (path / name).is_file():
