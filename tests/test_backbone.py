@@ -143,7 +143,10 @@ def test_imagenet_weights_without_internet_or_cache_say_what_to_do(tmp_path, mon
         backbone.build_resnet50(SIZE, weights="imagenet", keras_cache_dir=tmp_path)
     message = str(error.value)
     assert "cannot get the ImageNet weights" in message
-    assert backbone.IMAGENET_WEIGHTS_FILE in message and "--weights PATH" in message
+    assert backbone.IMAGENET_WEIGHTS_FILE in message and "weights=PATH" in message  # Python's argument
+    from evojax_prune.cli.main import as_flags
+
+    assert "--weights PATH" in as_flags(message)  # what the command prints
 
 
 def test_image_size_below_32_is_refused():
