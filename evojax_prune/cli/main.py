@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     # heavy libraries inside the handler).
     for name, summary, module in (
         ("extract", "compute a FeatureSet from images", "evojax_prune.data.extract"),
-        ("report", "plots and a report for a finished run", "evojax_prune.analysis.report"),
+        ("report", "plots and a report for a finished run", "evojax_prune.analysis.report_command"),
         ("explain", "Grad-CAM heat maps of front members", "evojax_prune.analysis.explain"),
         ("export", "a front member's head as a Keras model file", "evojax_prune.run.search_result"),
     ):
